@@ -1,0 +1,101 @@
+"""The connector interface.
+
+A connector says what a source holds and what changed in it; the engine decides what to do. It never
+touches the store, the embedder, the scheduler or HTTP.
+
+Errors a connector raises (all from ``syncd.errors``):
+
+* ``DocumentGone`` from ``read``: the document no longer exists; the engine deletes it.
+* ``DocumentSkipped`` from ``read``: it exists but cannot be indexed (binary, too large...); the engine
+  removes any old copy and records the reason.
+* ``DocumentUnavailable`` from ``read``: it could not be read now; the old copy stays, the reason is
+  recorded, and it is tried again on the next cycle.
+* ``RootUnavailable`` from ``list_documents``: the whole source is missing (unmounted share, deleted
+  repository); nothing is deleted.
+* ``ConnectorError`` from anything: the source failed as a whole; retried with backoff.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+from syncd.config import ConnectorConfig, LimitsConfig
+from syncd.models import Change, DocumentRef, SourceDocument
+
+
+@dataclass(frozen=True, kw_only=True)
+class ConnectorContext:
+    """What the engine gives a connector: a private state folder and the size limits."""
+
+    state_dir: Path
+    """A folder of the connector's own (mirrors, caches); it survives restarts."""
+    base_dir: Path
+    """The config file's folder: relative paths in the connector's config resolve against it."""
+    limits: LimitsConfig
+
+
+class Watch(abc.ABC):
+    """A running watcher that pushes change hints."""
+
+    @abc.abstractmethod
+    def stop(self) -> None:
+        """Stop watching; idempotent."""
+
+    @abc.abstractmethod
+    def is_alive(self) -> bool:
+        """False when the watcher died and must be restarted (the engine then rescans)."""
+
+    @property
+    def mode(self) -> str:
+        return "events"
+
+
+class Connector(abc.ABC):
+    """A source of documents."""
+
+    type_name: ClassVar[str]
+    config_model: ClassVar[type[ConnectorConfig]]
+
+    def __init__(self, config: ConnectorConfig, context: ConnectorContext) -> None:
+        self.config = config
+        self.context = context
+        self.name = config.name
+
+    @abc.abstractmethod
+    def list_documents(self) -> Iterator[DocumentRef]:
+        """Every indexable document at the source now, with a cheap fingerprint.
+
+        Raises RootUnavailable when the source itself is missing, never an empty listing for it.
+        """
+
+    @abc.abstractmethod
+    def read(self, doc_id: str) -> SourceDocument:
+        """The document's content and metadata. Raises DocumentGone, DocumentSkipped or DocumentUnavailable."""
+
+    def watch(self, sink: Callable[[Change], None]) -> Watch | None:
+        """Start pushing change hints to ``sink`` (from any thread); None when the source is polled."""
+        return None
+
+    @property
+    def poll_interval(self) -> float | None:
+        """Seconds between polls for polled sources; None for watched ones."""
+        return None
+
+    @property
+    def reconcile_interval(self) -> float | None:
+        """Seconds between full reconcile scans (None: never on a schedule)."""
+        return None
+
+    def poll(self) -> Iterator[Change] | None:
+        """Incremental changes since the connector's cursor, or None to fall back to a full listing."""
+        return None
+
+    def commit_cursor(self) -> None:
+        """Called once the changes returned by the last poll() are committed to the store."""
+
+    def close(self) -> None:
+        """Release resources."""

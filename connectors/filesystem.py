@@ -1,0 +1,356 @@
+"""File-share connector: a local folder or a mounted network share.
+
+Local disks are watched with watchdog's inotify observer; network mounts (NFS, SMB/CIFS, SSHFS), which
+deliver no inotify events, with its polling observer. Events are only hints: the engine re-reads the
+file, and a reconcile scan (at start and on a schedule) is the truth. Queue overflow, a dead observer
+and the inotify watch limit are detected and answered with a rescan (and, for the limit, polling).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import errno
+import fnmatch
+import hashlib
+import logging
+import os
+import stat
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Literal
+
+from connectors.base import Connector, ConnectorContext, Watch
+from syncd.config import ConnectorConfig, Duration
+from syncd.errors import DocumentGone, DocumentSkipped, DocumentUnavailable, RootUnavailable
+from syncd.extract import media_type_for
+from syncd.models import Change, DocumentRef, SourceDocument
+
+NETWORK_FS = {"nfs", "nfs4", "cifs", "smb3", "smbfs", "fuse.sshfs", "sshfs", "9p", "fuse.rclone", "afs",
+              "ceph", "glusterfs", "fuse.glusterfs", "davfs", "fuse.davfs2"}
+
+# Hidden files, editor swap/backup files and temporary files of atomic saves.
+DEFAULT_IGNORE = [".*", "*~", "*.swp", "*.swx", "*.swo", "*.tmp", "*.temp", "#*#", "4913", "*.part",
+                  "*.crdownload", "~$*"]
+
+
+class FilesystemConfig(ConnectorConfig):
+    type: Literal["filesystem"]
+    path: str
+    """Root folder to index (relative paths are relative to the config file)."""
+    include: tuple[str, ...] = ("**/*.md", "**/*.txt", "**/*.rst", "**/*.html", "**/*.pdf")
+    """Globs on the path relative to the root; `*` also crosses folders."""
+    exclude: tuple[str, ...] = ()
+    watch: Literal["auto", "events", "poll"] = "auto"
+    """auto picks polling for network filesystems, events (inotify) otherwise."""
+    poll_interval: Duration = 2.0
+    """How often the polling observer compares snapshots (watch = "poll")."""
+    reconcile_interval: Duration = 600.0
+    """How often a full scan compares the folder with the index (0 = only at start)."""
+    ignore_hidden: bool = True
+    """Skip hidden files and folders, editor swap files and temporary files."""
+
+
+def _matches(rel: str, patterns: tuple[str, ...] | list[str]) -> bool:
+    for pattern in patterns:
+        if fnmatch.fnmatchcase(rel, pattern):
+            return True
+        if pattern.startswith("**/") and fnmatch.fnmatchcase(rel, pattern[3:]):
+            return True
+    return False
+
+
+def filesystem_type(path: Path) -> str:
+    """The type of the filesystem holding ``path`` (from /proc/mounts), or "" when unknown."""
+    try:
+        mounts = Path("/proc/mounts").read_text().splitlines()
+    except OSError:
+        return ""
+    best, best_type = "", ""
+    target = str(path.resolve())
+    for line in mounts:
+        parts = line.split()
+        if len(parts) < 3:
+            continue
+        mount = parts[1].replace("\\040", " ")
+        if (target == mount or target.startswith(mount.rstrip("/") + "/")) and len(mount) >= len(best):
+            best, best_type = mount, parts[2]
+    return best_type
+
+
+class FilesystemConnector(Connector):
+    type_name = "filesystem"
+    config_model = FilesystemConfig
+
+    def __init__(self, config: FilesystemConfig, context: ConnectorContext) -> None:
+        super().__init__(config, context)
+        self.cfg = config
+        root = Path(os.path.expanduser(config.path))
+        if not root.is_absolute():
+            root = context.base_dir / root
+        self.root = Path(os.path.abspath(root))
+
+    # -- paths -----------------------------------------------------------------------------------------
+    def doc_id_for(self, path: str | os.PathLike[str]) -> str | None:
+        """The doc id (relative posix path) of an absolute path under the root, or None outside it."""
+        try:
+            rel = Path(os.path.abspath(path)).relative_to(self.root)
+        except ValueError:
+            return None
+        return rel.as_posix() if rel.parts else None
+
+    def wants(self, doc_id: str) -> bool:
+        """Whether a path (relative to the root) is one this connector indexes."""
+        if self.cfg.ignore_hidden and any(_matches(part, DEFAULT_IGNORE) for part in doc_id.split("/")):
+            return False
+        if not _matches(doc_id, self.cfg.include) or _matches(doc_id, self.cfg.exclude):
+            return False
+        return media_type_for(doc_id) is not None
+
+    def _check_root(self) -> None:
+        try:
+            st = os.stat(self.root)
+        except FileNotFoundError:
+            raise RootUnavailable(f"root folder {self.root} does not exist", connector=self.name) from None
+        except OSError as exc:
+            raise RootUnavailable(f"root folder {self.root}: {exc.strerror}", connector=self.name) from None
+        if not stat.S_ISDIR(st.st_mode):
+            raise RootUnavailable(f"root {self.root} is not a folder", connector=self.name)
+
+    # -- listing ---------------------------------------------------------------------------------------
+    def list_documents(self, prefix: str = "") -> Iterator[DocumentRef]:
+        self._check_root()
+        start = self.root / prefix if prefix else self.root
+        stack = [start]
+        while stack:
+            folder = stack.pop()
+            try:
+                entries = list(os.scandir(folder))
+            except FileNotFoundError:
+                if folder == self.root:
+                    raise RootUnavailable(f"root folder {self.root} vanished", connector=self.name) from None
+                continue
+            except NotADirectoryError:
+                continue
+            except PermissionError:
+                continue  # an unreadable folder: its files cannot be indexed; reported per file when read
+            for entry in entries:
+                rel = self.doc_id_for(entry.path)
+                if rel is None:
+                    continue
+                if self.cfg.ignore_hidden and _matches(entry.name, DEFAULT_IGNORE):
+                    continue
+                try:
+                    if entry.is_dir(follow_symlinks=False):
+                        stack.append(Path(entry.path))
+                        continue
+                    if not self.wants(rel):
+                        continue
+                    st = entry.stat(follow_symlinks=True) if entry.is_symlink() else entry.stat(follow_symlinks=False)
+                except OSError:
+                    # Dangling or looping symlink, or gone since scandir: read() reports it.
+                    yield DocumentRef(doc_id=rel, fingerprint="unreadable")
+                    continue
+                if not stat.S_ISREG(st.st_mode):
+                    yield DocumentRef(doc_id=rel, fingerprint=f"special:{stat.S_IFMT(st.st_mode)}")
+                    continue
+                yield DocumentRef(doc_id=rel, fingerprint=f"{st.st_mtime_ns}:{st.st_size}:{st.st_ino}")
+
+    # -- reading ---------------------------------------------------------------------------------------
+    def read(self, doc_id: str) -> SourceDocument:
+        path = self.root / doc_id
+        media_type = media_type_for(doc_id)
+        if media_type is None or not self.wants(doc_id):
+            raise DocumentGone("excluded", doc_id=doc_id, connector=self.name)
+        try:
+            lst = os.lstat(path)
+        except FileNotFoundError:
+            raise DocumentGone("deleted", doc_id=doc_id, connector=self.name) from None
+        except OSError as exc:
+            raise DocumentUnavailable("unreadable", doc_id=doc_id, connector=self.name, detail=exc.strerror or "") from None
+        if stat.S_ISLNK(lst.st_mode):
+            try:
+                real = Path(os.path.realpath(path, strict=True))
+            except (OSError, RuntimeError):
+                raise DocumentSkipped("broken-symlink", doc_id=doc_id, connector=self.name,
+                                      detail="symlink is dangling or loops") from None
+            if real != self.root and self.root not in real.parents:
+                raise DocumentSkipped("symlink-outside-root", doc_id=doc_id, connector=self.name,
+                                      detail="symlink points outside the connector root")
+        limit = getattr(self.context.limits, media_type)
+        try:
+            # O_NONBLOCK so a FIFO never blocks the reader; O_NOFOLLOW is not used: links were checked above.
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        except FileNotFoundError:
+            raise DocumentGone("deleted", doc_id=doc_id, connector=self.name) from None
+        except PermissionError:
+            raise DocumentUnavailable("permission-denied", doc_id=doc_id, connector=self.name,
+                                      detail="no read permission") from None
+        except OSError as exc:
+            raise DocumentUnavailable("unreadable", doc_id=doc_id, connector=self.name, detail=exc.strerror or "") from None
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise DocumentSkipped("not-a-regular-file", doc_id=doc_id, connector=self.name,
+                                      detail="FIFO, socket or device")
+            if st.st_size > limit:
+                raise DocumentSkipped("too-large", doc_id=doc_id, connector=self.name,
+                                      detail=f"{st.st_size} bytes > {media_type} limit {limit}")
+            os.set_blocking(fd, True)
+            with os.fdopen(fd, "rb", closefd=False) as fh:
+                content = fh.read(limit + 1)
+        except OSError as exc:
+            raise DocumentUnavailable("read-error", doc_id=doc_id, connector=self.name, detail=exc.strerror or "") from None
+        finally:
+            os.close(fd)
+        if len(content) > limit:
+            raise DocumentSkipped("too-large", doc_id=doc_id, connector=self.name,
+                                  detail=f"more than the {media_type} limit {limit}")
+        digest = hashlib.blake2b(content, digest_size=16).hexdigest()
+        owner = str(st.st_uid)
+        try:
+            import pwd
+
+            owner = pwd.getpwuid(st.st_uid).pw_name
+        except (KeyError, ImportError):
+            pass
+        return SourceDocument(
+            doc_id=doc_id,
+            fingerprint=f"{st.st_mtime_ns}:{st.st_size}:{st.st_ino}",
+            revision=digest,
+            uri=str(path),
+            title=Path(doc_id).stem,
+            content=content,
+            media_type=media_type,
+            modified_at=dt.datetime.fromtimestamp(st.st_mtime, tz=dt.UTC),
+            metadata={"owner": owner, "mode": oct(stat.S_IMODE(st.st_mode)), "mtime_ns": str(st.st_mtime_ns),
+                      "size": str(st.st_size)},
+        )
+
+    # -- watching --------------------------------------------------------------------------------------
+    @property
+    def reconcile_interval(self) -> float | None:
+        return self.cfg.reconcile_interval or None
+
+    def watch_mode(self) -> str:
+        if self.cfg.watch != "auto":
+            return self.cfg.watch
+        return "poll" if filesystem_type(self.root) in NETWORK_FS else "events"
+
+    def watch(self, sink: Callable[[Change], None]) -> Watch:
+        self._check_root()
+        return FolderWatch(self, sink, self.watch_mode())
+
+
+class _OverflowHandler(logging.Handler):
+    """watchdog reports an inotify queue overflow only in a log record: turn that into a rescan."""
+
+    def __init__(self, on_overflow: Callable[[], None]) -> None:
+        super().__init__(level=logging.WARNING)
+        self.on_overflow = on_overflow
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "overflow" in record.getMessage().lower():
+            self.on_overflow()
+
+
+class FolderWatch(Watch):
+    """A watchdog observer on the connector root feeding change hints to the engine."""
+
+    def __init__(self, connector: FilesystemConnector, sink: Callable[[Change], None], mode: str) -> None:
+        from watchdog.events import FileSystemEvent, FileSystemEventHandler
+
+        self.connector = connector
+        self.sink = sink
+        self.requested_mode = mode
+        self._mode = mode
+        self.fallback_reason = ""
+        outer = self
+
+        class Handler(FileSystemEventHandler):
+            def on_any_event(self, event: FileSystemEvent) -> None:
+                # An exception here would kill the observer thread: never let one escape.
+                try:
+                    outer._handle(event)
+                except Exception:  # noqa: BLE001
+                    logging.getLogger("syncd.filesystem").exception("watch handler failed")
+                    outer._emit(Change(connector=connector.name, kind="rescan", doc_id=""))
+
+        self._handler = Handler()
+        self._overflow = _OverflowHandler(lambda: self._emit(Change(connector=connector.name, kind="rescan", doc_id="")))
+        logging.getLogger("watchdog.observers.inotify_c").addHandler(self._overflow)
+        logging.getLogger("watchdog.observers.inotify").addHandler(self._overflow)
+        self._lock = threading.Lock()
+        self._observer = self._start(mode)
+
+    @property
+    def mode(self) -> str:
+        return self._mode
+
+    def _start(self, mode: str):  # type: ignore[no-untyped-def]
+        from watchdog.observers import Observer
+        from watchdog.observers.polling import PollingObserver
+
+        if mode == "poll":
+            observer = PollingObserver(timeout=self.connector.cfg.poll_interval)
+        else:
+            observer = Observer()
+        observer.schedule(self._handler, str(self.connector.root), recursive=True)
+        try:
+            observer.start()
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EMFILE) or mode == "poll":
+                raise
+            # The inotify watch limit is reached: poll instead, and say so in status.
+            self.fallback_reason = f"inotify limit reached ({exc.strerror}); polling instead"
+            logging.getLogger("syncd.filesystem").warning(self.fallback_reason)
+            self._mode = "poll"
+            observer = PollingObserver(timeout=self.connector.cfg.poll_interval)
+            observer.schedule(self._handler, str(self.connector.root), recursive=True)
+            observer.start()
+        return observer
+
+    def _emit(self, change: Change) -> None:
+        self.sink(change)
+
+    def _handle(self, event) -> None:  # type: ignore[no-untyped-def]
+        import time
+
+        etype = event.event_type
+        if etype in ("opened", "closed_no_write"):
+            return
+        now = time.time()
+        name = self.connector.name
+        src = os.fsdecode(event.src_path)
+        dest = os.fsdecode(getattr(event, "dest_path", "") or "")
+        if event.is_directory:
+            if etype in ("moved", "deleted", "created"):
+                for path in (src, dest):
+                    rel = self.connector.doc_id_for(path) if path else None
+                    if rel is not None or (path and os.path.abspath(path) == str(self.connector.root)):
+                        self._emit(Change(connector=name, kind="rescan", doc_id=rel or "", seen_at=now))
+            return
+        src_id = self.connector.doc_id_for(src)
+        if etype == "moved":
+            dest_id = self.connector.doc_id_for(dest) if dest else None
+            for doc_id in (src_id, dest_id):
+                if doc_id is not None:
+                    self._emit(Change(connector=name, kind="upsert", doc_id=doc_id, seen_at=now))
+            return
+        if src_id is not None:
+            kind = "delete" if etype == "deleted" else "upsert"
+            self._emit(Change(connector=name, kind=kind, doc_id=src_id, seen_at=now))
+
+    def is_alive(self) -> bool:
+        return bool(self._observer.is_alive())
+
+    def stop(self) -> None:
+        with self._lock:
+            logging.getLogger("watchdog.observers.inotify_c").removeHandler(self._overflow)
+            logging.getLogger("watchdog.observers.inotify").removeHandler(self._overflow)
+            try:
+                self._observer.stop()
+                self._observer.join(timeout=5)
+            except RuntimeError:
+                pass
+

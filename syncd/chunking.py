@@ -1,0 +1,139 @@
+"""Structure-aware chunking.
+
+Blocks (paragraphs, lists, code) are packed into chunks within one section, measured in the embedding
+model's own tokens. Chunk boundaries are content-defined: a chunk ends after a block whose text hash
+falls on a boundary, or when the next block would overflow the token budget. An edit therefore changes
+the chunk it lands in (and at most the next one), never every chunk after it, so a one-paragraph edit
+re-embeds one or two chunks. A block longer than the budget is cut into token windows with overlap.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from syncd.models import Block, Chunk
+
+CHUNKER_VERSION = "1"
+_BOUNDARY_MODULUS = 3
+_HEADING_PREFIX_TOKENS = 32
+
+
+class TokenCounter(Protocol):
+    """The embedding model's tokenizer, as the chunker needs it."""
+
+    def count(self, texts: Sequence[str]) -> list[int]:
+        """Tokens in each text, without special tokens."""
+
+    def windows(self, text: str, size: int, overlap: int) -> list[tuple[int, int]]:
+        """Character spans of consecutive windows of ``size`` tokens overlapping by ``overlap``."""
+
+
+class HFTokenCounter:
+    """TokenCounter over a Hugging Face ``tokenizers`` tokenizer.json (fast, no torch import)."""
+
+    def __init__(self, tokenizer_json: str) -> None:
+        from tokenizers import Tokenizer
+
+        self._tok = Tokenizer.from_file(tokenizer_json)
+        self._tok.no_truncation()
+        self._tok.no_padding()
+
+    def count(self, texts: Sequence[str]) -> list[int]:
+        if not texts:
+            return []
+        return [len(e.ids) for e in self._tok.encode_batch(list(texts), add_special_tokens=False)]
+
+    def windows(self, text: str, size: int, overlap: int) -> list[tuple[int, int]]:
+        offsets = self._tok.encode(text, add_special_tokens=False).offsets
+        if not offsets:
+            return [(0, len(text))]
+        step = max(1, size - overlap)
+        spans = []
+        for start in range(0, len(offsets), step):
+            window = offsets[start:start + size]
+            spans.append((window[0][0], window[-1][1]))
+            if start + size >= len(offsets):
+                break
+        return spans
+
+
+def content_hash(embed_text: str, model_id: str) -> str:
+    """Identity of a chunk's vector: the text that is embedded plus the model that embeds it."""
+    return hashlib.blake2b(f"{model_id}\x00{embed_text}".encode(), digest_size=16).hexdigest()
+
+
+def embed_input(text: str, heading_path: Sequence[str]) -> str:
+    """The text the model sees: the heading path gives a paragraph its context."""
+    if not heading_path:
+        return text
+    return " > ".join(heading_path) + "\n\n" + text
+
+
+@dataclass(frozen=True, slots=True)
+class _Piece:
+    text: str
+    heading_path: tuple[str, ...]
+    start_line: int
+    end_line: int
+    tokens: int
+
+
+class Chunker:
+    """Turns blocks into chunks of at most ``max_tokens`` model tokens (special tokens included)."""
+
+    def __init__(self, counter: TokenCounter, *, max_tokens: int, overlap_tokens: int, model_id: str) -> None:
+        self.counter = counter
+        self.max_tokens = max_tokens
+        self.overlap_tokens = min(overlap_tokens, max_tokens // 4)
+        self.model_id = model_id
+        # Room for [CLS]/[SEP] and the heading prefix that embed_input() adds.
+        self.budget = max(8, max_tokens - 2 - min(_HEADING_PREFIX_TOKENS, max_tokens // 4))
+
+    def _pieces(self, blocks: Sequence[Block]) -> list[_Piece]:
+        counts = self.counter.count([b.text for b in blocks])
+        pieces: list[_Piece] = []
+        for block, n in zip(blocks, counts, strict=True):
+            if n <= self.budget:
+                pieces.append(_Piece(block.text, block.heading_path, block.start_line, block.end_line, n))
+                continue
+            for start, end in self.counter.windows(block.text, self.budget, self.overlap_tokens):
+                text = block.text[start:end]
+                first = block.start_line + block.text.count("\n", 0, start)
+                last = block.start_line + block.text.count("\n", 0, end)
+                pieces.append(_Piece(text, block.heading_path, first, min(last, block.end_line),
+                                     self.counter.count([text])[0]))
+        return pieces
+
+    def chunk(self, blocks: Sequence[Block]) -> list[Chunk]:
+        groups: list[list[_Piece]] = []
+        current: list[_Piece] = []
+        used = 0
+        for piece in self._pieces(blocks):
+            if current and (piece.heading_path != current[-1].heading_path or used + piece.tokens + 1 > self.budget):
+                groups.append(current)
+                current, used = [], 0
+            current.append(piece)
+            used += piece.tokens + (1 if len(current) > 1 else 0)
+            if _is_boundary(piece.text):
+                groups.append(current)
+                current, used = [], 0
+        if current:
+            groups.append(current)
+        chunks = []
+        for index, group in enumerate(groups):
+            text = "\n\n".join(p.text for p in group)
+            path = group[0].heading_path
+            chunks.append(Chunk(
+                text=text, index=index, heading_path=path,
+                start_line=group[0].start_line, end_line=max(p.end_line for p in group),
+                content_hash=content_hash(embed_input(text, path), self.model_id),
+            ))
+        return chunks
+
+
+def _is_boundary(text: str) -> bool:
+    digest = hashlib.blake2b(text.encode(), digest_size=4).digest()
+    return int.from_bytes(digest, "big") % _BOUNDARY_MODULUS == 0

@@ -1,0 +1,265 @@
+"""The `syncd` command line (INTERFACE.md). Exit codes: 0 success, 1 a problem found, 2 usage or config error."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from syncd import __version__
+from syncd.errors import ConfigError, SyncdError
+
+EXIT_OK, EXIT_PROBLEM, EXIT_USAGE = 0, 1, 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="syncd", description="Keep a LanceDB vector index true to its sources.")
+    p.add_argument("--version", action="version", version=f"syncd {__version__}")
+    p.add_argument("--config", help="config file (default: $SYNCD_CONFIG, else ./syncd.toml)")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub.add_parser("run", help="the service: catch up, then watch and poll; serves HTTP")
+    s = sub.add_parser("sync", help="one-shot incremental catch-up, then exit")
+    s.add_argument("--connector", help="only this connector")
+    s.add_argument("--json", action="store_true", help="one JSON summary line on stdout")
+    s.add_argument("--allow-mass-delete", action="store_true",
+                   help="allow this run to delete more than sync.max_delete_fraction of a connector's documents")
+    r = sub.add_parser("reindex", help="full rebuild from the sources, built aside and swapped in atomically")
+    r.add_argument("--connector", help="only this connector (the others are copied over)")
+    r.add_argument("--json", action="store_true")
+    q = sub.add_parser("query", help="hybrid search with citations")
+    q.add_argument("text", help="the query; - reads one query per line from stdin")
+    q.add_argument("-k", type=int, default=10, help="results to return (default 10)")
+    q.add_argument("--connector")
+    q.add_argument("--json", action="store_true")
+    st = sub.add_parser("status", help="the daemon's /status, or the same figures from the store")
+    st.add_argument("--json", action="store_true")
+    v = sub.add_parser("verify", help="compare the index with the sources; exit 1 on drift")
+    v.add_argument("--repair", action="store_true", help="re-sync exactly the documents found out of sync")
+    v.add_argument("--connector")
+    v.add_argument("--json", action="store_true")
+    return p
+
+
+def _emit(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, ensure_ascii=False, separators=(",", ":")) + "\n")
+    sys.stdout.flush()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from syncd import config as config_mod
+    from syncd.logs import configure
+
+    try:
+        cfg = config_mod.load(args.config)
+        if getattr(args, "connector", None):
+            cfg.connector(args.connector)
+        if args.command == "query" and not 1 <= args.k <= 1000:
+            raise ConfigError("-k must be between 1 and 1000")
+    except ConfigError as exc:
+        sys.stderr.write(f"syncd: {exc}\n")
+        return EXIT_USAGE
+    configure(cfg.logging.level, cfg.logging.format)
+    try:
+        return int(_COMMANDS[args.command](cfg, args))
+    except ConfigError as exc:
+        sys.stderr.write(f"syncd: {exc}\n")
+        return EXIT_USAGE
+    except SyncdError as exc:
+        sys.stderr.write(f"syncd: {exc}\n")
+        return EXIT_PROBLEM
+    except KeyboardInterrupt:
+        return 130
+
+
+def cmd_run(cfg: Any, args: argparse.Namespace) -> int:
+    from syncd.daemon import Service
+
+    service = Service(cfg)
+    service.install_signals()
+    try:
+        service.start()
+    except BaseException:
+        service.shutdown()
+        raise
+    return service.run_forever()
+
+
+def cmd_sync(cfg: Any, args: argparse.Namespace) -> int:
+    from syncd.models import SyncSummary
+    from syncd.runtime import Runtime
+
+    rt = Runtime(cfg)
+    try:
+        summary = SyncSummary()
+        if rt.open():
+            summary.merge(rt.engine.rebuild(progress=sys.stderr.isatty() and not args.json))
+        for name in rt.connectors:
+            if args.connector and name != args.connector:
+                continue
+            poll = rt.connectors[name].poll()
+            if poll is not None:
+                seen = {}
+                rescan = False
+                for change in poll:
+                    rescan = rescan or change.kind == "rescan"
+                    for d in (change.doc_id, change.dest_id):
+                        if d:
+                            seen[d] = 0.0
+                part = (rt.engine.reconcile(name, allow_mass_delete=args.allow_mass_delete) if rescan
+                        else rt.engine.process({name: seen}))
+                if not any(f.connector == name and not f.doc_id for f in part.failures):
+                    rt.connectors[name].commit_cursor()
+            else:
+                part = rt.engine.reconcile(name, allow_mass_delete=args.allow_mass_delete)
+            summary.merge(part)
+        rt.state.save(only_dirty=False)
+    finally:
+        rt.close()
+    _report(summary, args.json)
+    return EXIT_PROBLEM if summary.failures else EXIT_OK
+
+
+def cmd_reindex(cfg: Any, args: argparse.Namespace) -> int:
+    from syncd.runtime import Runtime
+
+    rt = Runtime(cfg)
+    try:
+        rt.open()
+        summary = rt.engine.rebuild(only=args.connector, progress=sys.stderr.isatty() and not args.json)
+    finally:
+        rt.close()
+    _report(summary, args.json)
+    return EXIT_PROBLEM if summary.failures else EXIT_OK
+
+
+def _report(summary: Any, as_json: bool) -> None:
+    data = summary.as_dict()
+    if as_json:
+        _emit(data)
+        return
+    print(f"{data['docs_seen']} documents seen: {data['docs_added']} added, {data['docs_changed']} changed, "
+          f"{data['docs_deleted']} deleted, {data['docs_renamed']} renamed, {data['docs_unchanged']} unchanged, "
+          f"{data['docs_failed']} failed; {data['chunks_embedded']} chunks embedded, {data['chunks_reused']} reused, "
+          f"{data['chunks_deleted']} deleted in {data['seconds']:.2f} s")
+    for f in data["failures"]:
+        print(f"  failed: {f['connector']}:{f['doc_id']}: {f['reason']}")
+
+
+def cmd_query(cfg: Any, args: argparse.Namespace) -> int:
+    from syncd.api import Index
+
+    index = Index(cfg)
+    queries = [line.strip() for line in sys.stdin if line.strip()] if args.text == "-" else [args.text]
+    for text in queries:
+        result = index.query(text, k=args.k, connector=args.connector)
+        if args.json or args.text == "-":
+            _emit(result)
+            continue
+        if not result["results"]:
+            print("no results")
+        for i, r in enumerate(result["results"], 1):
+            where = " > ".join(r["heading_path"])
+            print(f"{i}. [{r['score']:.4f}] {r['connector']}:{r['doc_id']} lines {r['start_line']}-{r['end_line']}"
+                  f"{' (' + where + ')' if where else ''} @ {r['revision'][:12]}")
+            print(f"   {r['uri']}")
+            snippet = " ".join(r["text"].split())
+            print(f"   {snippet[:200]}{'…' if len(snippet) > 200 else ''}")
+    return EXIT_OK
+
+
+def cmd_status(cfg: Any, args: argparse.Namespace) -> int:
+    data = _daemon_status(cfg)
+    if data is None:
+        from syncd.daemon import build_status
+        from syncd.runtime import Runtime
+
+        rt = Runtime(cfg, lock=False)
+        try:
+            rt.store.open(create=False)
+            rt.engine.load_index()
+            data = build_status(rt)
+            for c in data["connectors"]:
+                c["state"] = "stopped"
+        finally:
+            rt.close()
+        data["daemon"] = None
+    if args.json:
+        _emit(data)
+        return EXIT_OK
+    store = data["store"]
+    print(f"syncd {data['version']}: daemon {'running at ' + data['daemon'] if data.get('daemon') else 'not running'}")
+    print(f"store {store['uri']} table {store['table']} v{store['table_version']}: {store['docs']} docs, "
+          f"{store['chunks']} chunks")
+    for c in data["connectors"]:
+        print(f"  {c['name']} ({c['type']}): {c['state']}, {c['docs']} docs, {c['chunks']} chunks, lag {c['lag_s']} s, "
+              f"backlog {c['backlog']}, {c['failed_docs']} failed")
+        if c.get("mass_delete_blocked"):
+            b = c["mass_delete_blocked"]
+            print(f"    MASS DELETE BLOCKED: {b['would_delete']} of {b['total']} documents would be deleted; run "
+                  f"`syncd sync --connector {c['name']} --allow-mass-delete` to allow")
+        if c["last_error"]:
+            print(f"    last error: {c['last_error']}")
+    return EXIT_OK
+
+
+def _daemon_status(cfg: Any) -> dict[str, Any] | None:
+    """The running daemon's /status, found through the state folder."""
+    import os
+
+    import httpx
+
+    from syncd.config import resolve_secret
+    from syncd.state import read_json
+
+    info = read_json(cfg.state_dir / "daemon.json")
+    if not info:
+        return None
+    try:
+        os.kill(int(info["pid"]), 0)
+    except (OSError, ValueError, KeyError):
+        return None
+    headers = {}
+    if cfg.http.token_env and os.environ.get(cfg.http.token_env):
+        headers["Authorization"] = f"Bearer {resolve_secret(cfg.http.token_env, key='http.token_env')}"
+    try:
+        response = httpx.get(f"{info['url']}/status", headers=headers, timeout=5)
+        response.raise_for_status()
+    except httpx.HTTPError:
+        return None
+    data: dict[str, Any] = response.json()
+    data["daemon"] = info["url"]
+    return data
+
+
+def cmd_verify(cfg: Any, args: argparse.Namespace) -> int:
+    from syncd.runtime import Runtime
+    from syncd.verify import repair, verify
+
+    rt = Runtime(cfg, lock=args.repair)
+    try:
+        rt.store.open(create=False)
+        rt.engine.load_index()
+        report = verify(rt, connector=args.connector)
+        result = report.as_dict()
+        if args.repair and not report.ok:
+            summary = repair(rt, report)
+            rt.state.save(only_dirty=False)
+            after = verify(rt, connector=args.connector)
+            result = {**after.as_dict(), "repaired": summary.as_dict(), "before": report.as_dict()}
+            report = after
+    finally:
+        rt.close()
+    if args.json:
+        _emit(result)
+    else:
+        print(f"checked {result['checked_docs']} documents: {'in sync' if report.ok else 'DRIFT'}")
+        for kind in ("missing", "stale", "orphaned", "duplicated"):
+            for e in result[kind]:
+                print(f"  {kind}: {e['connector']}:{e['doc_id']}")
+    return EXIT_OK if report.ok else EXIT_PROBLEM
+
+
+_COMMANDS = {"run": cmd_run, "sync": cmd_sync, "reindex": cmd_reindex, "query": cmd_query, "status": cmd_status,
+             "verify": cmd_verify}

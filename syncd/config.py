@@ -1,0 +1,296 @@
+"""Configuration: one pydantic model per TOML section, validated at start-up.
+
+Every error names the key (``connectors[1].path``) and the problem. Relative paths resolve against the
+config file's folder. Secrets are never in the file: it names an environment variable that holds them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+
+from syncd.errors import ConfigError
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+
+
+def parse_duration(value: Any) -> float:
+    """``"30s"``, ``"10m"``, ``"1h"``, ``"250ms"`` or a bare number of seconds, as seconds."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as \"30s\", \"10m\" or \"1h\"")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    else:
+        match = _DURATION.match(str(value))
+        if not match:
+            raise ValueError(f"expected a duration such as \"30s\", \"10m\" or \"1h\", got {value!r}")
+        seconds = float(match.group(1)) * _UNITS[match.group(2)]
+    if seconds < 0:
+        raise ValueError("a duration cannot be negative")
+    return seconds
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+class Section(BaseModel):
+    """Base of every section: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StoreConfig(Section):
+    uri: str = "./.syncd/index"
+    """LanceDB URI: a local folder (relative to the config file) or an object-store URI."""
+    table: str = "chunks"
+    """Base name of the chunk table; a reindex builds a new table and switches to it."""
+    read_consistency_interval: Duration = 0.0
+    """How often readers in other processes look for new commits (0 = on every query)."""
+
+    @field_validator("table")
+    @classmethod
+    def _table_name(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9_-]+", value):
+            raise ValueError("must match [A-Za-z0-9_-]+")
+        return value
+
+
+class EmbeddingConfig(Section):
+    model: str = "all-MiniLM-L6-v2"
+    """A model name (all-MiniLM-L6-v2 resolves to the packaged offline copy) or a local folder."""
+    batch_size: int = Field(default=64, ge=1, le=4096)
+    device: str = "auto"
+    """auto, cpu, cuda or mps."""
+    threads: int = Field(default=0, ge=0)
+    """Torch CPU threads; 0 = one per core."""
+
+
+class ChunkingConfig(Section):
+    max_tokens: int = Field(default=256, ge=16, le=8192)
+    """Largest chunk, in the embedding model's own tokens."""
+    overlap_tokens: int = Field(default=32, ge=0)
+    """Tokens repeated between the pieces of a block that is split because it is too long."""
+
+
+class HttpConfig(Section):
+    bind: str = "127.0.0.1:8765"
+    """host:port; port 0 picks a free port (logged, and written to the state folder)."""
+    token_env: str | None = None
+    """Environment variable holding the bearer token; required when bind is not a loopback address."""
+
+    @field_validator("bind")
+    @classmethod
+    def _bind(cls, value: str) -> str:
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError("expected host:port, e.g. \"127.0.0.1:8765\"")
+        return value
+
+    @property
+    def host(self) -> str:
+        return self.bind.rpartition(":")[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.bind.rpartition(":")[2])
+
+    @property
+    def is_loopback(self) -> bool:
+        import ipaddress
+
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+
+class StateConfig(Section):
+    dir: str = "./.syncd/state"
+    """Local folder for cursors, caches and the running daemon's address."""
+
+
+class LimitsConfig(Section):
+    """Largest source file per type, in bytes; larger ones are skipped with a reason."""
+
+    markdown: int = Field(default=20_000_000, ge=1)
+    text: int = Field(default=20_000_000, ge=1)
+    rst: int = Field(default=20_000_000, ge=1)
+    html: int = Field(default=20_000_000, ge=1)
+    pdf: int = Field(default=100_000_000, ge=1)
+    wikitext: int = Field(default=20_000_000, ge=1)
+
+
+class SyncConfig(Section):
+    max_delete_fraction: float = Field(default=0.5, gt=0, le=1)
+    """A cycle may delete at most this share of a connector's documents without --allow-mass-delete."""
+    max_batch_docs: int = Field(default=256, ge=1)
+    """Most documents written in one LanceDB commit."""
+    verify_interval: Duration = 3600.0
+    """How often the service compares the index with the sources (0 = never)."""
+    maintenance_interval: Duration = 300.0
+    """How often the service compacts the table and prunes old versions."""
+    version_retention: Duration = 900.0
+    """Old table versions are kept at least this long so readers in other processes never break."""
+
+
+class LoggingConfig(Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "json", "console"] = "auto"
+
+
+class ConnectorConfig(Section):
+    """Fields every connector has; each connector type extends it with its own."""
+
+    name: str
+    """Unique name, [a-z0-9_-]+."""
+    type: str
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not re.fullmatch(r"[a-z0-9_-]+", value):
+            raise ValueError("must match [a-z0-9_-]+")
+        return value
+
+
+class Config(Section):
+    store: StoreConfig = StoreConfig()
+    embedding: EmbeddingConfig = EmbeddingConfig()
+    chunking: ChunkingConfig = ChunkingConfig()
+    http: HttpConfig = HttpConfig()
+    state: StateConfig = StateConfig()
+    limits: LimitsConfig = LimitsConfig()
+    sync: SyncConfig = SyncConfig()
+    logging: LoggingConfig = LoggingConfig()
+    connectors: tuple[ConnectorConfig, ...] = ()
+
+    # Set by load(): where the file was, to resolve relative paths.
+    base_dir: Path = Path(".")
+    source: str = "<defaults>"
+
+    def resolve_path(self, value: str) -> Path:
+        """A path from the config, relative to the config file's folder."""
+        path = Path(os.path.expanduser(value))
+        return path if path.is_absolute() else (self.base_dir / path).resolve()
+
+    @property
+    def store_uri(self) -> str:
+        """The store URI, absolute for a local folder."""
+        if "://" in self.store.uri:
+            return self.store.uri
+        return str(self.resolve_path(self.store.uri))
+
+    @property
+    def state_dir(self) -> Path:
+        return self.resolve_path(self.state.dir)
+
+    def connector(self, name: str) -> ConnectorConfig:
+        for connector in self.connectors:
+            if connector.name == name:
+                return connector
+        known = ", ".join(c.name for c in self.connectors) or "none"
+        raise ConfigError(f"no connector named {name!r} (configured: {known})", key="connectors")
+
+
+def find_config_path(explicit: str | None) -> Path:
+    """--config, else $SYNCD_CONFIG, else ./syncd.toml."""
+    if explicit:
+        return Path(explicit)
+    if os.environ.get("SYNCD_CONFIG"):
+        return Path(os.environ["SYNCD_CONFIG"])
+    return Path("syncd.toml")
+
+
+def _format_loc(loc: tuple[Any, ...], prefix: str = "") -> str:
+    out = prefix
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def _raise_validation(exc: ValidationError, prefix: str, source: str) -> None:
+    err = exc.errors()[0]
+    key = _format_loc(tuple(err["loc"]), prefix)
+    msg = err["msg"]
+    if err["type"] == "extra_forbidden":
+        msg = "unknown key"
+    raise ConfigError(f"{source}: {key}: {msg}", key=key) from None
+
+
+def parse(data: dict[str, Any], *, base_dir: Path, source: str) -> Config:
+    """Validate a parsed TOML document. Raises ConfigError naming the key."""
+    from syncd.registry import connector_class
+
+    raw_connectors = data.pop("connectors", [])
+    if not isinstance(raw_connectors, list):
+        raise ConfigError(f"{source}: connectors: expected [[connectors]] tables", key="connectors")
+    connectors: list[ConnectorConfig] = []
+    names: set[str] = set()
+    for i, raw in enumerate(raw_connectors):
+        key = f"connectors[{i}]"
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{source}: {key}: expected a table", key=key)
+        ctype = raw.get("type")
+        if not isinstance(ctype, str):
+            raise ConfigError(f"{source}: {key}.type: required (e.g. \"filesystem\")", key=f"{key}.type")
+        try:
+            cls = connector_class(ctype)
+        except KeyError as exc:
+            raise ConfigError(f"{source}: {key}.type: {exc.args[0]}", key=f"{key}.type") from None
+        try:
+            parsed = cls.config_model.model_validate(raw)
+        except ValidationError as exc:
+            _raise_validation(exc, key, source)
+        if parsed.name in names:
+            raise ConfigError(f"{source}: {key}.name: duplicate connector name {parsed.name!r}", key=f"{key}.name")
+        names.add(parsed.name)
+        connectors.append(parsed)
+    try:
+        config = Config.model_validate(
+            {**data, "connectors": tuple(connectors), "base_dir": base_dir, "source": source}
+        )
+    except ValidationError as exc:
+        _raise_validation(exc, "", source)
+    return config
+
+
+def load(path: str | os.PathLike[str] | None = None) -> Config:
+    """Read and validate the config file (see find_config_path)."""
+    cfg_path = find_config_path(str(path) if path is not None else None)
+    try:
+        text = cfg_path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(
+            f"config file not found: {cfg_path} (pass --config PATH or set SYNCD_CONFIG)", key=None
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {cfg_path}: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{cfg_path}: invalid TOML: {exc}") from None
+    for forbidden in ("base_dir", "source"):
+        if forbidden in data:
+            raise ConfigError(f"{cfg_path}: {forbidden}: unknown key", key=forbidden)
+    return parse(data, base_dir=cfg_path.resolve().parent, source=str(cfg_path))
+
+
+def resolve_secret(env_name: str | None, *, key: str) -> str | None:
+    """The secret held by the environment variable ``env_name`` (None when no variable is named)."""
+    if env_name is None:
+        return None
+    value = os.environ.get(env_name)
+    if not value:
+        raise ConfigError(f"{key}: environment variable {env_name} is not set", key=key)
+    return value

@@ -1,0 +1,534 @@
+"""The long-running service (`syncd run`).
+
+Threads:
+
+* the writer: the only thread that touches the engine and the store's write path. It takes everything
+  pending at once and commits it as one batch, so an isolated save is processed at once (no quiet
+  period) and a burst batches itself while the previous batch is being embedded and committed;
+* watchdog observers, which only push hints into the work queue;
+* an APScheduler background scheduler, whose jobs (reconcile, poll, maintenance, verify) only enqueue;
+* the HTTP server, which only reads (through its own reader handle on the store);
+* the main thread: signals, sd_notify and the watcher health check.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+import signal
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from syncd import __version__
+from syncd.config import Config
+from syncd.errors import ConfigError, SyncdError
+from syncd.http import Endpoints, HttpServer
+from syncd.metrics import Metrics
+from syncd.models import Change
+from syncd.notify import notify, watchdog_interval
+from syncd.runtime import Runtime
+from syncd.state import write_json_atomic
+from syncd.store import Store
+
+log = structlog.get_logger("syncd.daemon")
+
+_MAINTAIN_EVERY_COMMITS = 40
+
+
+@dataclass
+class WorkQueue:
+    """Pending work, de-duplicated: hints per (connector, doc id) keep the time first seen."""
+
+    cond: threading.Condition = field(default_factory=threading.Condition)
+    hints: dict[str, dict[str, float]] = field(default_factory=dict)
+    rescans: dict[str, set[str]] = field(default_factory=dict)
+    tasks: deque[tuple[str, Callable[[], None]]] = field(default_factory=deque)
+    in_flight: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def push(self, change: Change) -> None:
+        seen = change.seen_at or time.time()
+        with self.cond:
+            if change.kind == "rescan":
+                self.rescans.setdefault(change.connector, set()).add(change.doc_id)
+            else:
+                docs = self.hints.setdefault(change.connector, {})
+                for doc_id in (change.doc_id, change.dest_id):
+                    if doc_id:
+                        docs[doc_id] = min(docs.get(doc_id, seen), seen)
+            self.cond.notify()
+
+    def push_task(self, name: str, fn: Callable[[], None]) -> None:
+        with self.cond:
+            if all(n != name for n, _ in self.tasks):
+                self.tasks.append((name, fn))
+            self.cond.notify()
+
+    def backlog(self, connector: str) -> tuple[int, float | None]:
+        """(changes seen but not committed, first-seen time of the oldest)."""
+        with self.cond:
+            times = list(self.hints.get(connector, {}).values()) + list(self.in_flight.get(connector, {}).values())
+        return len(times), (min(times) if times else None)
+
+    def empty(self) -> bool:
+        with self.cond:
+            return not any(self.hints.values()) and not any(self.rescans.values()) and not self.tasks
+
+
+class Service:
+    """`syncd run`: catch up, then watch and poll until told to stop."""
+
+    def __init__(self, config: Config, *, embedder: Any | None = None) -> None:
+        self.config = config
+        self.metrics = Metrics()
+        self.queue = WorkQueue()
+        self.stopping = threading.Event()
+        self.started_at = time.time()
+        self.runtime: Runtime | None = None
+        self._embedder = embedder
+        self.reader: Store | None = None
+        self.http: HttpServer | None = None
+        self.scheduler: Any = None
+        self.watches: dict[str, Any] = {}
+        self.initial_pending: set[str] = set()
+        self.writer_thread: threading.Thread | None = None
+        self.writer_alive_at = time.time()
+        self.writer_error: str | None = None
+        self.last_reconcile_at: float | None = None
+        self.last_verify: dict[str, Any] | None = None
+        self._reload_requested = threading.Event()
+
+    # -- lifecycle -------------------------------------------------------------------------------------
+    def start(self) -> None:
+        cfg = self.config
+        token = None
+        if not cfg.http.is_loopback:
+            from syncd.config import resolve_secret
+
+            if not cfg.http.token_env:
+                raise ConfigError(f"{cfg.source}: http.token_env: required when http.bind ({cfg.http.bind}) is not "
+                                  "a loopback address", key="http.token_env")
+            token = resolve_secret(cfg.http.token_env, key="http.token_env")
+        self.runtime = Runtime(cfg, embedder=self._embedder, metrics=self.metrics)
+        rt = self.runtime
+        needs_rebuild = rt.open()
+        notify("STATUS=loading the embedding model")
+        if hasattr(rt.embedder, "load"):
+            rt.embedder.load()
+        self.reader = Store(cfg.store_uri, cfg.state_dir, base_table=cfg.store.table, dim=rt.embedder.dim,
+                            signature=rt.signature, read_consistency_interval=cfg.store.read_consistency_interval)
+        self.http = HttpServer(cfg.http.host, cfg.http.port, Endpoints(
+            healthy=self.healthy, ready=self.ready, status=self.status, metrics=self.metrics_text,
+            search=self.search, page=self.page, token=token))
+        self.http.start()
+        write_json_atomic(cfg.state_dir / "daemon.json", {"pid": os.getpid(), "url": self.http.url,
+                                                          "started_at": self.started_at})
+        log.info("http.listening", url=self.http.url)
+        if needs_rebuild:
+            self.queue.push_task("rebuild", lambda: rt.engine.rebuild())
+        for name in rt.connectors:
+            self.initial_pending.add(name)
+            self.queue.push(Change(connector=name, kind="rescan", doc_id=""))
+        self.writer_thread = threading.Thread(target=self._writer, name="syncd-writer", daemon=True)
+        self.writer_thread.start()
+        for name, connector in rt.connectors.items():
+            self._start_watch(name, connector)
+        self._start_scheduler()
+        notify("READY=1")
+        notify(f"STATUS=catching up {len(rt.connectors)} connector(s)")
+
+    def _start_watch(self, name: str, connector: Any) -> None:
+        try:
+            watch = connector.watch(self.queue.push)
+        except SyncdError as exc:
+            log.error("watch.failed", connector=name, error=str(exc))
+            assert self.runtime is not None
+            self.runtime.engine.status[name].last_error = str(exc)
+            return
+        if watch is not None:
+            self.watches[name] = watch
+
+    def _start_scheduler(self) -> None:
+        from apscheduler.events import EVENT_JOB_MAX_INSTANCES
+        from apscheduler.schedulers.background import BackgroundScheduler
+
+        assert self.runtime is not None
+        sched = BackgroundScheduler(daemon=True)
+        for name, connector in self.runtime.connectors.items():
+            self._schedule_connector(sched, name, connector)
+        sync_cfg = self.config.sync
+        if sync_cfg.maintenance_interval:
+            sched.add_job(lambda: self.queue.push_task("maintenance", self._maintain), "interval",
+                          seconds=sync_cfg.maintenance_interval, id="maintenance", max_instances=1, coalesce=True,
+                          misfire_grace_time=int(sync_cfg.maintenance_interval))
+        if sync_cfg.verify_interval:
+            sched.add_job(lambda: self.queue.push_task("verify", self._verify), "interval",
+                          seconds=sync_cfg.verify_interval, id="verify", max_instances=1, coalesce=True,
+                          misfire_grace_time=int(sync_cfg.verify_interval))
+
+        def skipped(event: Any) -> None:
+            self.metrics.skipped_runs.labels(job=event.job_id).inc()
+
+        sched.add_listener(skipped, EVENT_JOB_MAX_INSTANCES)
+        sched.start()
+        self.scheduler = sched
+
+    def _schedule_connector(self, sched: Any, name: str, connector: Any) -> None:
+        interval = connector.poll_interval
+        if interval:
+            sched.add_job(lambda: self.queue.push_task(f"poll:{name}", lambda: self._poll(name)), "interval",
+                          seconds=interval, id=f"poll:{name}", max_instances=1, coalesce=True,
+                          misfire_grace_time=max(1, int(interval)))
+        recon = connector.reconcile_interval
+        if recon:
+            sched.add_job(lambda: self.queue.push(Change(connector=name, kind="rescan", doc_id="")), "interval",
+                          seconds=recon, id=f"reconcile:{name}", max_instances=1, coalesce=True,
+                          misfire_grace_time=max(1, int(recon)))
+
+    def run_forever(self) -> int:
+        """Main loop: health checks and watchdog pings until SIGTERM/SIGINT."""
+        ping = watchdog_interval()
+        last_ping = 0.0
+        while not self.stopping.wait(0.5):
+            if self._reload_requested.is_set():
+                self._reload_requested.clear()
+                self.reload()
+            self._check_watches()
+            if ping and time.time() - last_ping >= ping and self.healthy():
+                notify("WATCHDOG=1")
+                last_ping = time.time()
+        return self.shutdown()
+
+    def install_signals(self) -> None:
+        def stop(signum: int, _frame: Any) -> None:
+            log.info("daemon.stopping", signal=signal.Signals(signum).name)
+            self.stopping.set()
+            with self.queue.cond:
+                self.queue.cond.notify_all()
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGHUP, lambda *_: self._reload_requested.set())
+
+    def shutdown(self) -> int:
+        notify("STOPPING=1")
+        self.stopping.set()
+        for watch in self.watches.values():
+            watch.stop()
+        if self.scheduler is not None:
+            self.scheduler.shutdown(wait=False)
+        with self.queue.cond:
+            self.queue.cond.notify_all()
+        if self.writer_thread is not None:
+            # The batch in flight is finished (never half-written): merge_insert is one atomic commit.
+            self.writer_thread.join(timeout=60)
+        if self.http is not None:
+            self.http.stop()
+        try:
+            (self.config.state_dir / "daemon.json").unlink()
+        except FileNotFoundError:
+            pass
+        if self.runtime is not None:
+            self.runtime.close()
+        log.info("daemon.stopped")
+        return 0
+
+    # -- the writer ------------------------------------------------------------------------------------
+    def _writer(self) -> None:
+        assert self.runtime is not None
+        engine = self.runtime.engine
+        q = self.queue
+        last_state_save = time.time()
+        while not self.stopping.is_set():
+            with q.cond:
+                while q.empty() and not self.stopping.is_set():
+                    self.writer_alive_at = time.time()
+                    q.cond.wait(timeout=1.0)
+                if self.stopping.is_set():
+                    break
+                rescans, q.rescans = q.rescans, {}
+                tasks = list(q.tasks)
+                q.tasks.clear()
+                hints = {}
+                if not any(rescans.values()):
+                    hints, q.hints = q.hints, {}
+                    q.in_flight = {c: dict(d) for c, d in hints.items()}
+            self.writer_alive_at = time.time()
+            try:
+                for name, fn in tasks:
+                    if name == "rebuild":
+                        notify("STATUS=rebuilding the index (settings changed)")
+                    fn()
+                for name, prefixes in rescans.items():
+                    if name not in engine.connectors:
+                        continue
+                    for prefix in sorted(prefixes):
+                        if prefix and "" in prefixes:
+                            continue
+                        summary = engine.reconcile(name, prefix=prefix)
+                        self.last_reconcile_at = time.time()
+                        if summary.docs_changed or summary.docs_added or summary.docs_deleted or summary.docs_renamed:
+                            log.info("sync.finished", connector=name, kind="reconcile", **_counts(summary))
+                    if name in self.initial_pending:
+                        self.initial_pending.discard(name)
+                        if not self.initial_pending:
+                            notify("STATUS=idle: initial catch-up finished")
+                            log.info("daemon.ready")
+                if hints:
+                    engine.process(hints)
+                self.writer_error = None
+            except Exception as exc:  # noqa: BLE001 - the writer must survive anything one cycle throws
+                self.writer_error = f"{type(exc).__name__}: {exc}"
+                log.exception("writer.cycle_failed")
+                # Give the hints back so nothing is lost; the next cycle retries them.
+                for conn, docs in hints.items():
+                    for doc_id, seen in docs.items():
+                        q.push(Change(connector=conn, kind="upsert", doc_id=doc_id, seen_at=seen))
+                self.stopping.wait(1.0)
+            finally:
+                with q.cond:
+                    q.in_flight = {}
+            for name in engine.connectors:
+                count, _ = q.backlog(name)
+                self.metrics.backlog.labels(connector=name).set(count)
+            if self.runtime.store.commits_since_maintenance >= _MAINTAIN_EVERY_COMMITS:
+                self._maintain()
+            if time.time() - last_state_save > 5:
+                self.runtime.state.save()
+                last_state_save = time.time()
+
+    def _poll(self, name: str) -> None:
+        assert self.runtime is not None
+        engine = self.runtime.engine
+        connector = engine.connectors.get(name)
+        if connector is None:
+            return
+        try:
+            changes = connector.poll()
+        except SyncdError as exc:
+            engine.status[name].last_error = str(exc)
+            engine.status[name].state = "failing"
+            self.metrics.sync_errors.labels(connector=name).inc()
+            log.error("poll.failed", connector=name, error=str(exc))
+            return
+        if changes is None:
+            engine.reconcile(name)
+            return
+        seen: dict[str, float] = {}
+        now = time.time()
+        rescan = False
+        for change in changes:
+            if change.kind == "rescan":
+                rescan = True
+            for doc_id in (change.doc_id, change.dest_id):
+                if doc_id:
+                    seen.setdefault(doc_id, change.seen_at or now)
+        summary = engine.reconcile(name) if rescan else engine.process({name: seen})
+        if not any(f.connector == name and (not f.doc_id or "store-write-failed" in f.reason) for f in summary.failures):
+            connector.commit_cursor()
+
+    def _maintain(self) -> None:
+        assert self.runtime is not None
+        try:
+            self.runtime.store.maintain(retention_s=self.config.sync.version_retention)
+        except SyncdError as exc:
+            log.error("maintenance.failed", error=str(exc))
+
+    def _verify(self) -> None:
+        from syncd.verify import verify
+
+        assert self.runtime is not None
+        report = verify(self.runtime)
+        self.last_verify = {**report.as_dict(), "at": time.time()}
+        for kind in ("missing", "stale", "orphaned", "duplicated"):
+            self.metrics.drift.labels(kind=kind).set(len(getattr(report, kind)))
+
+    def _check_watches(self) -> None:
+        assert self.runtime is not None
+        for name, watch in list(self.watches.items()):
+            if not watch.is_alive() and not self.stopping.is_set():
+                log.error("watch.died", connector=name, action="restarting and rescanning")
+                self.metrics.watcher_restarts.labels(connector=name).inc()
+                watch.stop()
+                del self.watches[name]
+                connector = self.runtime.connectors.get(name)
+                if connector is not None:
+                    self._start_watch(name, connector)
+                    self.queue.push(Change(connector=name, kind="rescan", doc_id=""))
+
+    # -- reload ----------------------------------------------------------------------------------------
+    def reload(self) -> None:
+        """SIGHUP: re-read the config; start, stop or restart connectors whose settings changed."""
+        from syncd import config as config_mod
+        from syncd.runtime import build_connector
+
+        assert self.runtime is not None
+        try:
+            new = config_mod.load(self.config.source)
+        except ConfigError as exc:
+            log.error("config.reload_rejected", error=str(exc), action="keeping the running config")
+            return
+        old_by_name = {c.name: c for c in self.config.connectors}
+        new_by_name = {c.name: c for c in new.connectors}
+        rt = self.runtime
+
+        def apply() -> None:
+            for name in old_by_name:
+                if name not in new_by_name or new_by_name[name] != old_by_name[name]:
+                    if name in self.watches:
+                        self.watches.pop(name).stop()
+                    connector = rt.connectors.pop(name, None)
+                    if connector is not None:
+                        connector.close()
+                    rt.engine.remove_connector(name)
+                    if self.scheduler is not None:
+                        for job_id in (f"poll:{name}", f"reconcile:{name}"):
+                            if self.scheduler.get_job(job_id):
+                                self.scheduler.remove_job(job_id)
+            for name, cc in new_by_name.items():
+                if name in rt.connectors:
+                    continue
+                connector = build_connector(new, cc, rt.state)
+                rt.connectors[name] = connector
+                rt.engine.add_connector(connector)
+                self.initial_pending.add(name)
+                self.queue.push(Change(connector=name, kind="rescan", doc_id=""))
+                self._start_watch(name, connector)
+                if self.scheduler is not None:
+                    self._schedule_connector(self.scheduler, name, connector)
+            self.config = new
+            log.info("config.reloaded", connectors=sorted(new_by_name))
+
+        self.queue.push_task("reload", apply)
+
+    # -- read side -------------------------------------------------------------------------------------
+    def healthy(self) -> bool:
+        thread = self.writer_thread
+        return thread is not None and thread.is_alive() and not self.stopping.is_set()
+
+    def ready(self) -> bool:
+        return self.healthy() and not self.initial_pending
+
+    def metrics_text(self) -> bytes:
+        from prometheus_client import generate_latest
+
+        return generate_latest(self.metrics.registry)
+
+    def search(self, q: str, k: int, connector: str | None) -> dict[str, Any]:
+        assert self.runtime is not None and self.reader is not None
+        self.reader.refresh()
+        vector = self.runtime.embedder.encode([q])[0]
+        return {"query": q, "results": self.reader.search(vector, q, k=k, connector=connector)}
+
+    def status(self) -> dict[str, Any]:
+        assert self.runtime is not None
+        return build_status(self.runtime, self, queue=self.queue)
+
+    def page(self) -> str:
+        return render_page(self.status())
+
+
+def _counts(summary: Any) -> dict[str, Any]:
+    data = summary.as_dict()
+    data.pop("failures", None)
+    return data
+
+
+def build_status(runtime: Runtime, service: Service | None = None, *, queue: WorkQueue | None = None) -> dict[str, Any]:
+    """The /status document (also what `syncd status` prints when no daemon runs)."""
+    engine = runtime.engine
+    store_stats: dict[str, Any] = {}
+    try:
+        store_stats = runtime.store.stats()
+    except Exception as exc:  # noqa: BLE001 - status must answer even when the store is unwell
+        store_stats = {"error": str(exc)}
+    total_chunks = sum(d.chunks for docs in engine.index.values() for d in docs.values())
+    total_docs = sum(len(docs) for docs in engine.index.values())
+    connectors = []
+    now = time.time()
+    for name, connector in engine.connectors.items():
+        st = engine.status[name]
+        docs = engine.docs(name)
+        backlog, oldest = queue.backlog(name) if queue is not None else (0, None)
+        interval = connector.poll_interval
+        if interval:
+            lag = (now - st.last_success_at) if st.last_success_at else (now - (service.started_at if service else now))
+        else:
+            lag = (now - oldest) if oldest is not None else 0.0
+        cstate = runtime.state.connector(name)
+        watch = service.watches.get(name) if service is not None else None
+        state = st.state
+        if service is not None and name in service.initial_pending:
+            state = "catching-up"
+        entry = {
+            "name": name, "type": connector.type_name, "state": state,
+            "last_sync_at": _iso(st.last_sync_at), "last_success_at": _iso(st.last_success_at),
+            "lag_s": round(max(lag, 0.0), 3), "backlog": backlog, "docs": len(docs),
+            "chunks": sum(d.chunks for d in docs.values()), "failed_docs": len(cstate.failures),
+            "last_error": st.last_error,
+            "failures": [{"doc_id": d, "reason": r} for d, r in list(cstate.failures.items())[:100]],
+            "mass_delete_blocked": st.mass_delete_blocked,
+            "recent": st.recent[-20:],
+        }
+        if watch is not None:
+            entry["watch"] = {"mode": watch.mode, "alive": watch.is_alive(),
+                              "fallback": getattr(watch, "fallback_reason", "") or None}
+        connectors.append(entry)
+    return {
+        "version": __version__,
+        "uptime_s": round(now - service.started_at, 3) if service else 0.0,
+        "store": {"uri": runtime.config.store_uri, "table": runtime.store.table_name,
+                  "table_version": store_stats.get("table_version"), "docs": total_docs, "chunks": total_chunks,
+                  "fragments": store_stats.get("fragments"), "bytes": store_stats.get("bytes"),
+                  "last_maintenance_at": _iso(runtime.store.last_maintenance_at)},
+        "embedding": {"model": runtime.config.embedding.model, "dim": runtime.embedder.dim},
+        "connectors": connectors,
+        "last_reconcile_at": _iso(service.last_reconcile_at) if service else None,
+        "verify": service.last_verify if service else None,
+        "writer_error": service.writer_error if service else None,
+    }
+
+
+def _iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
+def render_page(status: dict[str, Any]) -> str:
+    """A small read-only status page; refreshes itself every 5 seconds."""
+    rows = []
+    for c in status["connectors"]:
+        recent = "".join(
+            f"<li>{html.escape(r['action'])} {html.escape(r['doc_id'])}"
+            f"{(' — ' + html.escape(r['reason'])) if r.get('reason') else ''}</li>" for r in reversed(c["recent"][-8:])
+        )
+        rows.append(
+            f"<tr><td>{html.escape(c['name'])}</td><td>{html.escape(c['type'])}</td>"
+            f"<td class='state {html.escape(c['state'])}'>{html.escape(c['state'])}</td>"
+            f"<td>{c['lag_s']}</td><td>{c['backlog']}</td><td>{c['docs']}</td><td>{c['chunks']}</td>"
+            f"<td>{c['failed_docs']}</td><td>{html.escape(c['last_error'] or '')}</td><td><ul>{recent}</ul></td></tr>"
+        )
+    store = status["store"]
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta http-equiv="refresh" content="5">
+<title>syncd status</title>
+<style>
+body {{ font: 14px/1.4 system-ui, sans-serif; margin: 2em; color: #222; }}
+table {{ border-collapse: collapse; width: 100%; }} th, td {{ border: 1px solid #ccc; padding: 4px 8px; text-align: left;
+vertical-align: top; }} th {{ background: #f3f3f3; }} .idle {{ color: #197a19; }} .failing, .unavailable, .blocked
+{{ color: #b00020; font-weight: bold; }} ul {{ margin: 0; padding-left: 1.2em; }}
+</style></head><body>
+<h1>syncd {html.escape(status['version'])}</h1>
+<p>Store <code>{html.escape(str(store['uri']))}</code>, table <code>{html.escape(str(store['table']))}</code>
+version {store['table_version']}: {store['docs']} documents, {store['chunks']} chunks.
+Model {html.escape(status['embedding']['model'])} ({status['embedding']['dim']}-d). Up {status['uptime_s']:.0f} s.</p>
+<table><tr><th>connector</th><th>type</th><th>state</th><th>lag (s)</th><th>backlog</th><th>docs</th><th>chunks</th>
+<th>failed</th><th>last error</th><th>recent changes</th></tr>
+{''.join(rows)}
+</table></body></html>"""

@@ -1,0 +1,33 @@
+"""Prometheus metrics (names per INTERFACE.md). Each engine gets its own registry so tests and
+several engines in one process never collide."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.chunks_embedded = Counter("syncd_chunks_embedded", "Chunks sent to the embedding model.", registry=r)
+        self.chunks_reused = Counter("syncd_chunks_reused", "Chunks of changed documents whose vectors were kept.",
+                                     registry=r)
+        self.docs_synced = Counter("syncd_docs_synced", "Documents written, by action.", ["connector", "action"],
+                                   registry=r)
+        self.sync_errors = Counter("syncd_sync_errors", "Documents or cycles that failed.", ["connector"], registry=r)
+        self.freshness = Histogram(
+            "syncd_freshness_seconds", "Source change first seen -> committed and queryable.",
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300), registry=r)
+        self.last_success = Gauge("syncd_connector_last_success_timestamp_seconds",
+                                  "Unix time of the connector's last successful cycle.", ["connector"], registry=r)
+        self.backlog = Gauge("syncd_backlog", "Changes seen but not yet committed.", ["connector"], registry=r)
+        self.commits = Counter("syncd_store_commits", "LanceDB commits made.", registry=r)
+        self.commit_seconds = Histogram("syncd_commit_seconds", "Time of one LanceDB commit.", registry=r)
+        self.embed_seconds = Histogram("syncd_embed_seconds", "Time of one embedding call.", registry=r)
+        self.drift = Gauge("syncd_verify_drift", "Entries found out of sync by the last verify, by kind.", ["kind"],
+                           registry=r)
+        self.skipped_runs = Counter("syncd_scheduler_skipped_runs", "Scheduled runs skipped (still running).",
+                                    ["job"], registry=r)
+        self.watcher_restarts = Counter("syncd_watcher_restarts", "Watchers found dead and restarted.",
+                                        ["connector"], registry=r)

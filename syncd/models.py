@@ -1,0 +1,129 @@
+"""Data passed between the stages: frozen, keyword-only dataclasses."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class DocumentRef:
+    """A document as a listing sees it, before it is read.
+
+    ``fingerprint`` is cheap to get (file: mtime and size; git: blob sha; wiki: revid). When it equals the
+    fingerprint seen last time, the engine trusts that the content is unchanged and does not read it.
+    """
+
+    doc_id: str
+    fingerprint: str
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SourceDocument:
+    """A document read from its source: raw content plus citation metadata."""
+
+    doc_id: str
+    fingerprint: str
+    revision: str
+    uri: str
+    title: str
+    content: bytes
+    media_type: str
+    """One of the extractor types: markdown, text, rst, html, pdf, wikitext."""
+    modified_at: dt.datetime | None = None
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Change:
+    """A hint from a watcher: something about ``doc_id`` may have changed.
+
+    Hints are never trusted as the truth: the engine re-reads the source before it writes.
+    ``kind`` is ``upsert``, ``delete``, ``move`` (``doc_id`` moved to ``dest_id``) or ``rescan``
+    (``doc_id`` is a folder prefix, "" for the whole connector, to be compared with the source).
+    """
+
+    connector: str
+    kind: str
+    doc_id: str
+    dest_id: str | None = None
+    seen_at: float = 0.0
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Block:
+    """A structural unit of a document's text: a paragraph, list, code block or table."""
+
+    text: str
+    heading_path: tuple[str, ...]
+    start_line: int
+    end_line: int
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Chunk:
+    """A piece of a document small enough to embed, with what a citation needs."""
+
+    text: str
+    index: int
+    heading_path: tuple[str, ...]
+    start_line: int
+    end_line: int
+    content_hash: str
+
+
+@dataclass(kw_only=True, slots=True)
+class Failure:
+    """A document that could not be indexed, and why."""
+
+    connector: str
+    doc_id: str
+    reason: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"connector": self.connector, "doc_id": self.doc_id, "reason": self.reason}
+
+
+@dataclass(kw_only=True, slots=True)
+class SyncSummary:
+    """What one sync or reindex did; the JSON shape of ``syncd sync --json``."""
+
+    docs_seen: int = 0
+    docs_changed: int = 0
+    docs_added: int = 0
+    docs_deleted: int = 0
+    docs_renamed: int = 0
+    docs_unchanged: int = 0
+    docs_failed: int = 0
+    chunks_embedded: int = 0
+    chunks_reused: int = 0
+    chunks_deleted: int = 0
+    seconds: float = 0.0
+    failures: list[Failure] = field(default_factory=list)
+
+    def merge(self, other: SyncSummary) -> None:
+        """Add ``other``'s counts to this one."""
+        for name in (
+            "docs_seen", "docs_changed", "docs_added", "docs_deleted", "docs_renamed", "docs_unchanged",
+            "docs_failed", "chunks_embedded", "chunks_reused", "chunks_deleted",
+        ):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.seconds += other.seconds
+        self.failures.extend(other.failures)
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "docs_seen": self.docs_seen,
+            "docs_changed": self.docs_changed,
+            "docs_added": self.docs_added,
+            "docs_deleted": self.docs_deleted,
+            "docs_renamed": self.docs_renamed,
+            "docs_unchanged": self.docs_unchanged,
+            "docs_failed": self.docs_failed,
+            "chunks_embedded": self.chunks_embedded,
+            "chunks_reused": self.chunks_reused,
+            "chunks_deleted": self.chunks_deleted,
+            "seconds": round(self.seconds, 4),
+            "failures": [f.as_dict() for f in self.failures],
+        }

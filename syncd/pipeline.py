@@ -1,0 +1,526 @@
+"""The sync engine: where a changed document becomes chunks, vectors and one atomic store commit.
+
+The engine is the single writer. Given candidate document ids (from watcher hints, a poll or a full
+listing), it reads each one, compares its revision with the store, extracts and chunks what changed,
+reuses the vectors of every chunk whose content hash the store already holds (unchanged paragraphs,
+renames, copies), embeds only the rest, and writes the whole batch in one ``merge_insert``. State (the
+fingerprint cache, failures, cursors) advances only after that commit returns.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import structlog
+
+from connectors.base import Connector
+from syncd.chunking import Chunker
+from syncd.errors import (
+    ConnectorError,
+    DocumentError,
+    DocumentGone,
+    DocumentSkipped,
+    MassDeletionRefused,
+    RootUnavailable,
+    StoreError,
+)
+from syncd.extract import extract
+from syncd.metrics import Metrics
+from syncd.models import Chunk, Failure, SourceDocument, SyncSummary
+from syncd.state import StateDir
+from syncd.store import IndexedDoc, Store, chunk_id, doc_key, sql_string
+
+log = structlog.get_logger("syncd.pipeline")
+
+
+@dataclass(kw_only=True)
+class ConnectorStatus:
+    """What /status shows of one connector (beyond counts read from the index)."""
+
+    state: str = "starting"
+    last_sync_at: float | None = None
+    last_success_at: float | None = None
+    last_error: str | None = None
+    mass_delete_blocked: dict[str, Any] | None = None
+    recent: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(kw_only=True)
+class _Planned:
+    doc: SourceDocument
+    chunks: list[Chunk]
+    title: str
+    previous: IndexedDoc | None
+
+
+class Engine:
+    """Reads, chunks, embeds and writes. Not thread-safe: one thread (the writer) calls it."""
+
+    def __init__(self, *, store: Store, embedder: Any, chunker: Chunker, connectors: Mapping[str, Connector],
+                 state: StateDir, limits: Any, max_batch_docs: int = 256, max_delete_fraction: float = 0.5,
+                 mass_delete_min_docs: int = 10, metrics: Metrics | None = None) -> None:
+        self.store = store
+        self.embedder = embedder
+        self.chunker = chunker
+        self.connectors = dict(connectors)
+        self.state = state
+        self.limits = limits
+        self.max_batch_docs = max_batch_docs
+        self.max_delete_fraction = max_delete_fraction
+        self.mass_delete_min_docs = mass_delete_min_docs
+        self.metrics = metrics or Metrics()
+        self.index: dict[str, dict[str, IndexedDoc]] = {}
+        self.status: dict[str, ConnectorStatus] = {name: ConnectorStatus() for name in self.connectors}
+
+    # -- index view ------------------------------------------------------------------------------------
+    def load_index(self) -> None:
+        """Read which documents (and revisions) the store holds."""
+        self.index = {name: {} for name in self.connectors}
+        for (connector, doc_id), info in self.store.indexed_docs().items():
+            self.index.setdefault(connector, {})[doc_id] = info
+
+    def docs(self, connector: str) -> dict[str, IndexedDoc]:
+        return self.index.setdefault(connector, {})
+
+    def add_connector(self, connector: Connector) -> None:
+        self.connectors[connector.name] = connector
+        self.status.setdefault(connector.name, ConnectorStatus())
+        self.index.setdefault(connector.name, {})
+
+    def remove_connector(self, name: str) -> None:
+        self.connectors.pop(name, None)
+        self.status.pop(name, None)
+
+    # -- entry points ----------------------------------------------------------------------------------
+    def reconcile(self, name: str, *, prefix: str = "", allow_mass_delete: bool = False) -> SyncSummary:
+        """Compare the connector's full listing (or the part under ``prefix``) with the index."""
+        started = time.monotonic()
+        connector = self.connectors[name]
+        cstate = self.state.connector(name)
+        status = self.status[name]
+        status.last_sync_at = time.time()
+        summary = SyncSummary()
+        try:
+            if prefix and hasattr(connector, "list_documents"):
+                refs = list(connector.list_documents(prefix))  # type: ignore[call-arg]
+            else:
+                refs = list(connector.list_documents())
+        except ConnectorError as exc:
+            self._connector_failed(name, exc, summary)
+            summary.seconds = time.monotonic() - started
+            return summary
+        indexed = self.docs(name)
+        scope = [d for d in indexed if not prefix or d == prefix or d.startswith(prefix.rstrip("/") + "/")]
+        listed = {ref.doc_id for ref in refs}
+        candidates: list[str] = []
+        for ref in refs:
+            summary.docs_seen += 1
+            cached = cstate.fingerprints.get(ref.doc_id)
+            have = indexed.get(ref.doc_id)
+            if (cached and have and cached[0] == ref.fingerprint and cached[1] == have.revision
+                    and ref.doc_id not in cstate.failures):
+                summary.docs_unchanged += 1
+                continue
+            candidates.append(ref.doc_id)
+        gone = [d for d in scope if d not in listed]
+        allowed_gone = self._guard_deletions(name, len(gone), len(indexed), allow_mass_delete, summary)
+        if allowed_gone:
+            candidates.extend(gone)
+        # Failures that vanished from the listing are forgotten.
+        for doc_id in [d for d in cstate.failures if d not in listed and (not prefix or d.startswith(prefix))]:
+            cstate.failures.pop(doc_id, None)
+            cstate.dirty = True
+        self._apply_all(name, candidates, {}, summary, allow_mass_delete=True, count_seen=False)
+        self._finish_cycle(name, summary)
+        summary.seconds = time.monotonic() - started
+        return summary
+
+    def process(self, changes: Mapping[str, Mapping[str, float]]) -> SyncSummary:
+        """Apply watcher hints: ``{connector: {doc_id: first_seen_unix_time}}``."""
+        started = time.monotonic()
+        summary = SyncSummary()
+        for name, seen in changes.items():
+            if name not in self.connectors or not seen:
+                continue
+            self.status[name].last_sync_at = time.time()
+            self._apply_all(name, list(seen), seen, summary, allow_mass_delete=False, count_seen=True)
+            self._finish_cycle(name, summary)
+        summary.seconds = time.monotonic() - started
+        return summary
+
+    # -- the guard -------------------------------------------------------------------------------------
+    def _guard_deletions(self, name: str, would_delete: int, total: int, allow: bool, summary: SyncSummary) -> bool:
+        status = self.status[name]
+        limit = self.max_delete_fraction * total
+        if allow or would_delete <= limit or would_delete < self.mass_delete_min_docs:
+            status.mass_delete_blocked = None
+            return True
+        exc = MassDeletionRefused(connector=name, would_delete=would_delete, total=total,
+                                  limit=self.max_delete_fraction)
+        status.mass_delete_blocked = {"would_delete": would_delete, "total": total,
+                                      "max_delete_fraction": self.max_delete_fraction, "since": time.time()}
+        status.last_error = str(exc)
+        log.error("sync.mass_delete_refused", connector=name, would_delete=would_delete, total=total,
+                  max_delete_fraction=self.max_delete_fraction)
+        summary.failures.append(Failure(connector=name, doc_id="", reason=f"mass-delete-refused: {exc}"))
+        return False
+
+    # -- applying --------------------------------------------------------------------------------------
+    def _apply_all(self, name: str, doc_ids: list[str], seen: Mapping[str, float], summary: SyncSummary, *,
+                   allow_mass_delete: bool, count_seen: bool) -> None:
+        for start in range(0, len(doc_ids), self.max_batch_docs):
+            batch = doc_ids[start:start + self.max_batch_docs]
+            self._apply_batch(name, batch, seen, summary, allow_mass_delete=allow_mass_delete, count_seen=count_seen)
+
+    def _apply_batch(self, name: str, doc_ids: list[str], seen: Mapping[str, float], summary: SyncSummary, *,
+                     allow_mass_delete: bool, count_seen: bool) -> None:
+        connector = self.connectors[name]
+        cstate = self.state.connector(name)
+        indexed = self.docs(name)
+        planned: dict[str, _Planned] = {}
+        gone: list[str] = []
+        skipped: dict[str, str] = {}
+        unchanged_fp: dict[str, tuple[str, str]] = {}
+        failed: dict[str, str] = {}
+        for doc_id in dict.fromkeys(doc_ids):
+            if count_seen:
+                summary.docs_seen += 1
+            bound = log.bind(connector=name, doc_id=doc_id)
+            try:
+                doc = connector.read(doc_id)
+            except DocumentGone:
+                if doc_id in indexed:
+                    gone.append(doc_id)
+                else:
+                    cstate.fingerprints.pop(doc_id, None)
+                    if cstate.failures.pop(doc_id, None) is not None:
+                        cstate.dirty = True
+                continue
+            except DocumentSkipped as exc:
+                skipped[doc_id] = exc.describe()
+                bound.warning("document.skipped", reason=exc.describe())
+                continue
+            except DocumentError as exc:
+                failed[doc_id] = exc.describe()
+                bound.warning("document.failed", reason=exc.describe())
+                continue
+            previous = indexed.get(doc_id)
+            if previous is not None and previous.revision == doc.revision:
+                unchanged_fp[doc_id] = (doc.fingerprint, doc.revision)
+                summary.docs_unchanged += 1
+                continue
+            try:
+                extracted = extract(doc.content, doc.media_type, size_limit=getattr(self.limits, doc.media_type, None))
+                chunks = self.chunker.chunk(extracted.blocks)
+            except DocumentSkipped as exc:
+                skipped[doc_id] = exc.describe()
+                bound.warning("document.skipped", reason=exc.describe())
+                continue
+            title = doc.title if doc.title and doc.media_type not in ("markdown", "html", "rst") else (
+                extracted.title or doc.title)
+            planned[doc_id] = _Planned(doc=doc, chunks=chunks, title=title, previous=previous)
+
+        if gone and not allow_mass_delete:
+            try:
+                connector_available = getattr(connector, "check_available", None)
+                if connector_available is not None:
+                    connector_available()
+            except RootUnavailable as exc:
+                self._connector_failed(name, exc, summary)
+                gone = []
+            if gone and not self._guard_deletions(name, len(gone), len(indexed), False, summary):
+                gone = []
+
+        # Renames: a deleted document and a new one with the same content in the same batch.
+        new_by_revision: dict[str, list[str]] = {}
+        for doc_id, plan in planned.items():
+            if plan.previous is None:
+                new_by_revision.setdefault(plan.doc.revision, []).append(doc_id)
+        renamed: set[str] = set()
+        renamed_from: set[str] = set()
+        for old_id in gone:
+            targets = new_by_revision.get(indexed[old_id].revision)
+            if targets:
+                renamed.add(targets.pop())
+                renamed_from.add(old_id)
+
+        # Vectors: reuse every content hash the store has, embed the rest once each.
+        all_chunks = [c for plan in planned.values() for c in plan.chunks]
+        vectors: dict[str, np.ndarray] = {}
+        if all_chunks:
+            try:
+                vectors = self.store.vectors_for(c.content_hash for c in all_chunks)
+            except StoreError as exc:
+                self._batch_failed(name, list(planned) + gone, exc, summary)
+                return
+        to_embed: dict[str, str] = {}
+        for plan in planned.values():
+            for c in plan.chunks:
+                if c.content_hash not in vectors and c.content_hash not in to_embed:
+                    to_embed[c.content_hash] = _embed_text(c)
+        if to_embed:
+            embedded, embed_failed = self._embed(to_embed, planned)
+            vectors.update(embedded)
+            summary.chunks_embedded += len(embedded)
+            self.metrics.chunks_embedded.inc(len(embedded))
+            for doc_id, reason in embed_failed.items():
+                planned.pop(doc_id, None)
+                failed[doc_id] = reason
+                renamed.discard(doc_id)
+
+        # One commit for the whole batch.
+        now = dt.datetime.now(dt.UTC)
+        records: list[dict[str, Any]] = []
+        for doc_id, plan in planned.items():
+            for c in plan.chunks:
+                records.append(_record(name, doc_id, plan, c, vectors[c.content_hash], now))
+        replace = [doc_key(name, d) for d in [*planned, *gone, *[s for s in skipped if s in indexed]]]
+        if replace:
+            commit_start = time.monotonic()
+            try:
+                self.store.apply(self.store.make_rows(records), replace)
+            except StoreError as exc:
+                self._batch_failed(name, list(planned) + gone, exc, summary)
+                return
+            self.metrics.commits.inc()
+            self.metrics.commit_seconds.observe(time.monotonic() - commit_start)
+        committed_at = time.time()
+
+        # The commit returned: now the view of the index and the state may advance.
+        status = self.status[name]
+        for doc_id, plan in planned.items():
+            reused = sum(1 for c in plan.chunks if c.content_hash not in to_embed)
+            if plan.previous is None:
+                if doc_id in renamed:
+                    summary.docs_renamed += 1
+                    action = "renamed"
+                else:
+                    summary.docs_added += 1
+                    action = "added"
+            else:
+                summary.docs_changed += 1
+                action = "changed"
+                summary.chunks_deleted += max(0, plan.previous.chunks - len(plan.chunks))
+            if action != "renamed":
+                summary.chunks_reused += reused
+                self.metrics.chunks_reused.inc(reused)
+            self.metrics.docs_synced.labels(connector=name, action=action).inc()
+            indexed[doc_id] = IndexedDoc(revision=plan.doc.revision, chunks=len(plan.chunks))
+            cstate.fingerprints[doc_id] = [plan.doc.fingerprint, plan.doc.revision]
+            cstate.failures.pop(doc_id, None)
+            _remember(status, action, doc_id, committed_at)
+        for doc_id in gone:
+            info = indexed.pop(doc_id)
+            cstate.fingerprints.pop(doc_id, None)
+            cstate.failures.pop(doc_id, None)
+            if doc_id not in renamed_from:
+                summary.docs_deleted += 1
+                summary.chunks_deleted += info.chunks
+                self.metrics.docs_synced.labels(connector=name, action="deleted").inc()
+                _remember(status, "deleted", doc_id, committed_at)
+        for doc_id, fp in unchanged_fp.items():
+            cstate.fingerprints[doc_id] = list(fp)
+            cstate.failures.pop(doc_id, None)
+        for doc_id, reason in skipped.items():
+            info = indexed.pop(doc_id, None)
+            if info is not None:
+                summary.chunks_deleted += info.chunks
+            cstate.fingerprints.pop(doc_id, None)
+            failed[doc_id] = reason
+        for doc_id, reason in failed.items():
+            cstate.failures[doc_id] = reason
+            summary.docs_failed += 1
+            summary.failures.append(Failure(connector=name, doc_id=doc_id, reason=reason))
+            self.metrics.sync_errors.labels(connector=name).inc()
+            _remember(status, "failed", doc_id, committed_at, reason)
+        cstate.dirty = True
+        for doc_id in list(planned) + gone:
+            first_seen = seen.get(doc_id)
+            if first_seen:
+                self.metrics.freshness.observe(max(0.0, committed_at - first_seen))
+        if planned or gone:
+            log.info("sync.batch_committed", connector=name, upserts=len(planned), deletes=len(gone),
+                     embedded=len(to_embed), version=self.store.table.version if replace else None)
+
+    def _embed(self, texts: dict[str, str], planned: dict[str, _Planned]) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+        """Embed ``texts`` (hash -> text); on failure, isolate the documents whose chunks fail."""
+        hashes = list(texts)
+        started = time.monotonic()
+        try:
+            matrix = self.embedder.encode([texts[h] for h in hashes])
+            self.metrics.embed_seconds.observe(time.monotonic() - started)
+            good = np.isfinite(matrix).all(axis=1)
+            if good.all():
+                return dict(zip(hashes, matrix, strict=True)), {}
+        except Exception as exc:  # noqa: BLE001 - the model may raise anything; isolate per document below
+            log.warning("embed.batch_failed", error=str(exc), texts=len(hashes))
+        # Retry document by document so one bad document cannot fail the others.
+        out: dict[str, np.ndarray] = {}
+        failed: dict[str, str] = {}
+        for doc_id, plan in planned.items():
+            wanted = [c.content_hash for c in plan.chunks if c.content_hash in texts and c.content_hash not in out]
+            if not wanted:
+                continue
+            try:
+                matrix = self.embedder.encode([texts[h] for h in wanted])
+            except Exception as exc:  # noqa: BLE001
+                failed[doc_id] = f"embedding-failed: {type(exc).__name__}: {exc}"
+                continue
+            if not np.isfinite(matrix).all():
+                failed[doc_id] = "embedding-failed: the model returned non-finite values"
+                continue
+            out.update(zip(wanted, matrix, strict=True))
+        return out, failed
+
+    def _batch_failed(self, name: str, doc_ids: Iterable[str], exc: Exception, summary: SyncSummary) -> None:
+        cstate = self.state.connector(name)
+        reason = f"store-write-failed: {exc}"
+        self.status[name].last_error = reason
+        log.error("sync.batch_failed", connector=name, error=str(exc))
+        for doc_id in doc_ids:
+            cstate.failures[doc_id] = reason
+            summary.docs_failed += 1
+            summary.failures.append(Failure(connector=name, doc_id=doc_id, reason=reason))
+            self.metrics.sync_errors.labels(connector=name).inc()
+        cstate.dirty = True
+
+    def _connector_failed(self, name: str, exc: Exception, summary: SyncSummary) -> None:
+        status = self.status[name]
+        status.last_error = str(exc)
+        status.state = "unavailable" if isinstance(exc, RootUnavailable) else "failing"
+        self.metrics.sync_errors.labels(connector=name).inc()
+        summary.failures.append(Failure(connector=name, doc_id="", reason=str(exc)))
+        log.error("connector.failed", connector=name, error=str(exc))
+
+    def _finish_cycle(self, name: str, summary: SyncSummary) -> None:
+        status = self.status[name]
+        connector_failures = [f for f in summary.failures if f.connector == name and not f.doc_id]
+        if not connector_failures:
+            status.last_success_at = time.time()
+            status.state = "idle"
+            if status.mass_delete_blocked is None:
+                status.last_error = None
+            self.metrics.last_success.labels(connector=name).set(status.last_success_at)
+        elif status.mass_delete_blocked is not None:
+            status.state = "blocked"
+
+    # -- full rebuild ----------------------------------------------------------------------------------
+    def rebuild(self, *, only: str | None = None, progress: bool = False) -> SyncSummary:
+        """Re-read, re-chunk and re-embed every document into a new table, then switch to it atomically.
+
+        With ``only``, the other connectors' rows are copied over unchanged.
+        """
+        started = time.monotonic()
+        summary = SyncSummary()
+        name_new, table = self.store.create_rebuild_table()
+        try:
+            if only is not None:
+                keep = self.store.scan(self.store.table.schema.names, f"connector != {sql_string(only)}")
+                if keep.num_rows:
+                    table.add(keep)
+            for name, connector in self.connectors.items():
+                if only is not None and name != only:
+                    continue
+                refs = list(connector.list_documents())
+                bar = _progress(len(refs), f"reindex {name}", progress)
+                cstate = self.state.connector(name)
+                cstate.fingerprints.clear()
+                cstate.failures.clear()
+                for start in range(0, len(refs), self.max_batch_docs):
+                    batch = refs[start:start + self.max_batch_docs]
+                    self._rebuild_batch(name, [r.doc_id for r in batch], table, summary)
+                    if bar is not None:
+                        bar.update(len(batch))
+                if bar is not None:
+                    bar.close()
+        except BaseException:
+            self.store.drop_table(name_new)
+            raise
+        self.store.switch_to(name_new)
+        self.state.save(only_dirty=False)
+        self.load_index()
+        summary.seconds = time.monotonic() - started
+        return summary
+
+    def _rebuild_batch(self, name: str, doc_ids: list[str], table: Any, summary: SyncSummary) -> None:
+        connector = self.connectors[name]
+        cstate = self.state.connector(name)
+        planned: dict[str, _Planned] = {}
+        for doc_id in doc_ids:
+            summary.docs_seen += 1
+            try:
+                doc = connector.read(doc_id)
+                extracted = extract(doc.content, doc.media_type, size_limit=getattr(self.limits, doc.media_type, None))
+                chunks = self.chunker.chunk(extracted.blocks)
+            except DocumentGone:
+                continue
+            except DocumentError as exc:
+                cstate.failures[doc_id] = exc.describe()
+                summary.docs_failed += 1
+                summary.failures.append(Failure(connector=name, doc_id=doc_id, reason=exc.describe()))
+                continue
+            title = doc.title if doc.title and doc.media_type not in ("markdown", "html", "rst") else (
+                extracted.title or doc.title)
+            planned[doc_id] = _Planned(doc=doc, chunks=chunks, title=title, previous=None)
+        texts: dict[str, str] = {}
+        for plan in planned.values():
+            for c in plan.chunks:
+                texts.setdefault(c.content_hash, _embed_text(c))
+        vectors, failed = self._embed(texts, planned) if texts else ({}, {})
+        summary.chunks_embedded += len(vectors)
+        self.metrics.chunks_embedded.inc(len(vectors))
+        now = dt.datetime.now(dt.UTC)
+        records = []
+        for doc_id, plan in planned.items():
+            if doc_id in failed:
+                continue
+            for c in plan.chunks:
+                records.append(_record(name, doc_id, plan, c, vectors[c.content_hash], now))
+        if records:
+            table.add(self.store.make_rows(records))
+        for doc_id, plan in planned.items():
+            if doc_id in failed:
+                cstate.failures[doc_id] = failed[doc_id]
+                summary.docs_failed += 1
+                summary.failures.append(Failure(connector=name, doc_id=doc_id, reason=failed[doc_id]))
+                continue
+            summary.docs_added += 1
+            cstate.fingerprints[doc_id] = [plan.doc.fingerprint, plan.doc.revision]
+        cstate.dirty = True
+
+
+def _embed_text(chunk: Chunk) -> str:
+    from syncd.chunking import embed_input
+
+    return embed_input(chunk.text, chunk.heading_path)
+
+
+def _record(connector: str, doc_id: str, plan: _Planned, c: Chunk, vector: np.ndarray, now: dt.datetime) -> dict[str, Any]:
+    return {
+        "chunk_id": chunk_id(connector, doc_id, c.index), "doc_key": doc_key(connector, doc_id),
+        "doc_id": doc_id, "connector": connector, "text": c.text, "vector": vector,
+        "uri": plan.doc.uri, "title": plan.title, "revision": plan.doc.revision, "chunk_index": c.index,
+        "heading_path": list(c.heading_path), "start_line": c.start_line, "end_line": c.end_line,
+        "content_hash": c.content_hash, "updated_at": now,
+    }
+
+
+def _remember(status: ConnectorStatus, action: str, doc_id: str, at: float, reason: str | None = None) -> None:
+    entry: dict[str, Any] = {"action": action, "doc_id": doc_id, "at": at}
+    if reason:
+        entry["reason"] = reason
+    status.recent.append(entry)
+    del status.recent[:-50]
+
+
+def _progress(total: int, desc: str, enabled: bool) -> Any:
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="doc")

@@ -1,0 +1,47 @@
+"""Connector registry: every connector type, built-in or third-party, comes from the
+``syncd.connectors`` entry-point group."""
+
+from __future__ import annotations
+
+import functools
+from importlib.metadata import entry_points
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from connectors.base import Connector
+
+# Built-ins are listed here too so that a source checkout that was not pip-installed still works.
+_BUILTIN = {
+    "filesystem": "connectors.filesystem:FilesystemConnector",
+    "git": "connectors.git:GitConnector",
+    "mediawiki": "connectors.mediawiki:MediaWikiConnector",
+    "confluence": "connectors.confluence:ConfluenceConnector",
+}
+
+
+@functools.cache
+def _targets() -> dict[str, str]:
+    targets = dict(_BUILTIN)
+    for ep in entry_points(group="syncd.connectors"):
+        targets[ep.name] = ep.value
+    return targets
+
+
+def connector_types() -> list[str]:
+    return sorted(_targets())
+
+
+def connector_class(type_name: str) -> type[Connector]:
+    """The connector class registered under ``type_name``; KeyError names the known types."""
+    target = _targets().get(type_name)
+    if target is None:
+        raise KeyError(f"unknown connector type {type_name!r} (known: {', '.join(connector_types())})")
+    module_name, _, attr = target.partition(":")
+    import importlib
+
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        raise KeyError(f"connector type {type_name!r} is not available: {exc}") from None
+    cls: type[Connector] = getattr(module, attr)
+    return cls

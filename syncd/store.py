@@ -1,0 +1,314 @@
+"""The LanceDB store. This is the only module that imports lancedb.
+
+One row per chunk (schema in INTERFACE.md). Every write is one ``merge_insert`` keyed on ``chunk_id``
+with ``when_not_matched_by_source_delete`` scoped to the documents in the batch: all chunks of every
+document in a batch are replaced, and deleted documents removed, in a single atomic commit.
+Filters never contain raw document ids: they use ``doc_key``, a hex hash of (connector, doc_id).
+
+The live table's name sits in ``<state>/store.json`` with the signature of the settings it was built
+with (model, dimension, chunking). A reindex builds a new table aside and switches that pointer with an
+atomic rename, so readers always open a complete table.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from syncd.errors import StoreError
+from syncd.state import read_json, write_json_atomic
+
+POINTER_VERSION = 1
+
+
+def doc_key(connector: str, doc_id: str) -> str:
+    """Filter-safe key of a document: hex only, whatever the id holds."""
+    return hashlib.blake2b(f"{connector}\x00{doc_id}".encode(), digest_size=16).hexdigest()
+
+
+def chunk_id(connector: str, doc_id: str, index: int) -> str:
+    return hashlib.blake2b(f"{connector}\x00{doc_id}\x00{index}".encode(), digest_size=16).hexdigest()
+
+
+def sql_string(value: str) -> str:
+    """A SQL string literal for a LanceDB filter: single quotes doubled, NUL rejected."""
+    if "\x00" in value:
+        raise ValueError("NUL cannot appear in a filter value")
+    return "'" + value.replace("'", "''") + "'"
+
+
+def schema(dim: int) -> pa.Schema:
+    return pa.schema([
+        pa.field("chunk_id", pa.string(), nullable=False),
+        pa.field("doc_key", pa.string(), nullable=False),
+        pa.field("doc_id", pa.string(), nullable=False),
+        pa.field("connector", pa.string(), nullable=False),
+        pa.field("text", pa.string()),
+        pa.field("vector", pa.list_(pa.float32(), dim)),
+        pa.field("uri", pa.string()),
+        pa.field("title", pa.string()),
+        pa.field("revision", pa.string()),
+        pa.field("chunk_index", pa.int32()),
+        pa.field("heading_path", pa.list_(pa.string())),
+        pa.field("start_line", pa.int32()),
+        pa.field("end_line", pa.int32()),
+        pa.field("content_hash", pa.string()),
+        pa.field("updated_at", pa.timestamp("us", tz="UTC")),
+    ])
+
+
+@dataclass(frozen=True, slots=True)
+class IndexedDoc:
+    """What the store holds of one document."""
+
+    revision: str
+    chunks: int
+
+
+RESULT_COLUMNS = ["text", "doc_id", "connector", "uri", "title", "revision", "chunk_index", "heading_path",
+                  "start_line", "end_line", "updated_at"]
+
+
+class Store:
+    """The chunk table. One process writes (the engine); any number read."""
+
+    def __init__(self, uri: str, state_dir: Path, *, base_table: str, dim: int, signature: str,
+                 read_consistency_interval: float | None = None) -> None:
+        self.uri = uri
+        self.state_dir = state_dir
+        self.base_table = base_table
+        self.dim = dim
+        self.signature = signature
+        self.read_consistency_interval = read_consistency_interval
+        self._db: Any = None
+        self._table: Any = None
+        self.table_name = base_table
+        self.commits_since_maintenance = 0
+        self.last_maintenance_at: float | None = None
+
+    # -- opening ---------------------------------------------------------------------------------------
+    @property
+    def pointer_path(self) -> Path:
+        return self.state_dir / "store.json"
+
+    def _connect(self) -> Any:
+        import lancedb
+
+        if self._db is None:
+            kwargs: dict[str, Any] = {}
+            if self.read_consistency_interval is not None:
+                kwargs["read_consistency_interval"] = dt.timedelta(seconds=self.read_consistency_interval)
+            try:
+                self._db = lancedb.connect(self.uri, **kwargs)
+            except Exception as exc:  # noqa: BLE001 - lancedb raises OSError, ValueError, RuntimeError...
+                raise StoreError(f"cannot open store {self.uri}: {exc}") from exc
+        return self._db
+
+    def pointer(self) -> dict[str, Any] | None:
+        return read_json(self.pointer_path)
+
+    def stored_signature(self) -> str | None:
+        pointer = self.pointer()
+        return None if pointer is None else str(pointer.get("signature"))
+
+    def _table_names(self) -> list[str]:
+        db = self._connect()
+        result = db.list_tables()
+        names = getattr(result, "tables", result)
+        return list(names)
+
+    def open(self, *, create: bool = True) -> None:
+        """Open the live table (creating it, empty, when there is none and ``create`` is set)."""
+        pointer = self.pointer()
+        name = pointer["table"] if pointer else self.base_table
+        db = self._connect()
+        try:
+            if name in self._table_names():
+                self._table = db.open_table(name)
+            elif create:
+                self._table = self._create(name)
+                write_json_atomic(self.pointer_path, self._pointer_doc(name))
+            else:
+                raise StoreError(f"no index at {self.uri} (table {name!r}); run `syncd sync` first")
+        except StoreError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            raise StoreError(f"cannot open table {name!r} in {self.uri}: {exc}") from exc
+        self.table_name = name
+        if pointer is None and create:
+            write_json_atomic(self.pointer_path, self._pointer_doc(name))
+
+    def _pointer_doc(self, name: str) -> dict[str, Any]:
+        return {"state_version": POINTER_VERSION, "table": name, "signature": self.signature,
+                "dim": self.dim, "switched_at": time.time()}
+
+    def _create(self, name: str) -> Any:
+        from lancedb.index import FTS
+
+        table = self._connect().create_table(name, schema=schema(self.dim), mode="overwrite")
+        table.create_index("text", config=FTS(), replace=True)
+        return table
+
+    @property
+    def table(self) -> Any:
+        if self._table is None:
+            self.open()
+        return self._table
+
+    def refresh(self) -> None:
+        """Re-open by the pointer if a reindex switched tables (readers in other processes)."""
+        pointer = self.pointer()
+        if pointer and pointer["table"] != self.table_name:
+            self._table = self._connect().open_table(pointer["table"])
+            self.table_name = pointer["table"]
+
+    # -- reading ---------------------------------------------------------------------------------------
+    def scan(self, columns: Sequence[str], where: str | None = None) -> pa.Table:
+        query = self.table.search().select(list(columns))
+        if where:
+            query = query.where(where)
+        return query.limit(None).to_arrow()
+
+    def indexed_docs(self) -> dict[tuple[str, str], IndexedDoc]:
+        """Every document in the index, with its revision and chunk count."""
+        data = self.scan(["connector", "doc_id", "revision"])
+        out: dict[tuple[str, str], IndexedDoc] = {}
+        for connector, doc_id, revision in zip(
+            data["connector"].to_pylist(), data["doc_id"].to_pylist(), data["revision"].to_pylist(), strict=True
+        ):
+            key = (connector, doc_id)
+            prev = out.get(key)
+            out[key] = IndexedDoc(revision=revision, chunks=(prev.chunks + 1) if prev else 1)
+        return out
+
+    def vectors_for(self, hashes: Iterable[str]) -> dict[str, np.ndarray]:
+        """Existing vectors by content hash (for reuse: unchanged chunks, renames, copies)."""
+        wanted = sorted(set(hashes))
+        found: dict[str, np.ndarray] = {}
+        for start in range(0, len(wanted), 500):
+            part = wanted[start:start + 500]
+            where = "content_hash IN (" + ", ".join(sql_string(h) for h in part) + ")"
+            data = self.scan(["content_hash", "vector"], where)
+            if data.num_rows == 0:
+                continue
+            vectors = data["vector"].combine_chunks().flatten().to_numpy().reshape(-1, self.dim)
+            for h, vec in zip(data["content_hash"].to_pylist(), vectors, strict=True):
+                found.setdefault(h, vec)
+        return found
+
+    def count_rows(self) -> int:
+        return int(self.table.count_rows())
+
+    # -- writing ---------------------------------------------------------------------------------------
+    def apply(self, rows: pa.Table, replace_keys: Sequence[str], *, table: Any = None) -> None:
+        """Replace every chunk of the documents in ``replace_keys`` with ``rows`` in one commit."""
+        target = table if table is not None else self.table
+        if not replace_keys:
+            return
+        keys = sorted(set(replace_keys))
+        where = "doc_key IN (" + ", ".join(sql_string(k) for k in keys) + ")"
+        try:
+            (target.merge_insert("chunk_id").when_matched_update_all().when_not_matched_insert_all()
+             .when_not_matched_by_source_delete(where).execute(rows))
+        except Exception as exc:  # noqa: BLE001
+            raise StoreError(f"write to {self.table_name} failed: {exc}") from exc
+        self.commits_since_maintenance += 1
+
+    def make_rows(self, records: list[dict[str, Any]]) -> pa.Table:
+        """An Arrow table in the store's schema; ``vector`` values may be numpy arrays."""
+        sch = schema(self.dim)
+        if not records:
+            return sch.empty_table()
+        matrix = np.stack([np.asarray(r["vector"], dtype=np.float32) for r in records])
+        columns = {}
+        for f in sch:
+            if f.name == "vector":
+                columns[f.name] = pa.FixedSizeListArray.from_arrays(pa.array(matrix.reshape(-1)), self.dim)
+            else:
+                columns[f.name] = pa.array([r[f.name] for r in records], type=f.type)
+        return pa.Table.from_pydict(columns, schema=sch)
+
+    # -- rebuilding ------------------------------------------------------------------------------------
+    def create_rebuild_table(self) -> tuple[str, Any]:
+        name = f"{self.base_table}_{time.strftime('%Y%m%d%H%M%S')}_{int(time.time() * 1000) % 1000:03d}"
+        return name, self._create(name)
+
+    def switch_to(self, name: str) -> None:
+        """Make ``name`` the live table (atomic pointer rename), then drop the old one."""
+        old = self.table_name
+        write_json_atomic(self.pointer_path, self._pointer_doc(name))
+        self._table = self._connect().open_table(name)
+        self.table_name = name
+        if old != name:
+            self.drop_table(old)
+
+    def drop_table(self, name: str) -> None:
+        try:
+            self._connect().drop_table(name)
+        except Exception:  # noqa: BLE001, S110 - a table that is already gone needs no dropping
+            pass
+
+    def drop_abandoned_rebuilds(self) -> list[str]:
+        """Tables left by a reindex that crashed before switching."""
+        dropped = []
+        prefix = self.base_table + "_"
+        for name in self._table_names():
+            if name != self.table_name and (name.startswith(prefix) or name == self.base_table):
+                self.drop_table(name)
+                dropped.append(name)
+        return dropped
+
+    # -- searching -------------------------------------------------------------------------------------
+    def search(self, vector: np.ndarray, text: str, *, k: int = 10, connector: str | None = None) -> list[dict[str, Any]]:
+        query = self.table.search(query_type="hybrid").vector(vector.tolist()).text(text)
+        if connector is not None:
+            query = query.where(f"connector = {sql_string(connector)}", prefilter=True)
+        try:
+            rows = query.select(RESULT_COLUMNS).limit(k).to_list()
+        except Exception as exc:  # noqa: BLE001
+            raise StoreError(f"search failed: {exc}") from exc
+        results = []
+        for row in rows:
+            updated = row.get("updated_at")
+            results.append({
+                "score": float(row.get("_relevance_score", 0.0)),
+                "text": row["text"], "doc_id": row["doc_id"], "connector": row["connector"], "uri": row["uri"],
+                "title": row["title"], "revision": row["revision"], "chunk_index": int(row["chunk_index"]),
+                "heading_path": list(row["heading_path"] or []),
+                "start_line": int(row["start_line"]), "end_line": int(row["end_line"]),
+                "updated_at": updated.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if updated else None,
+            })
+        return results
+
+    # -- maintenance -----------------------------------------------------------------------------------
+    def stats(self) -> dict[str, Any]:
+        table = self.table
+        stats = table.stats()
+        return {
+            "uri": self.uri, "table": self.table_name, "table_version": int(table.version),
+            "fragments": int(stats["fragment_stats"]["num_fragments"]),
+            "bytes": int(stats["total_bytes"]),
+        }
+
+    def maintain(self, *, retention_s: float) -> None:
+        """Compact fragments, fold new rows into indexes, prune versions older than ``retention_s``."""
+        table = self.table
+        try:
+            table.optimize(cleanup_older_than=dt.timedelta(seconds=max(retention_s, 60.0)))
+            existing = {idx.columns[0] for idx in table.list_indices()}
+            if table.count_rows() > 0:
+                for column in ("doc_key", "chunk_id", "content_hash"):
+                    if column not in existing:
+                        table.create_scalar_index(column, index_type="BTREE")
+        except Exception as exc:  # noqa: BLE001
+            raise StoreError(f"maintenance failed: {exc}") from exc
+        self.commits_since_maintenance = 0
+        self.last_maintenance_at = time.time()

@@ -1,0 +1,75 @@
+"""Test doubles shipped with the package.
+
+* ``HashEmbedder`` stands in for the sentence-transformers model in unit tests, where loading torch for
+  every test would make the suite slow: it is deterministic, normalised, and similar texts share words
+  and therefore dimensions. It uses the real model's tokenizer for chunking. End-to-end tests use the
+  real packaged model.
+* ``FaultyEmbedder`` wraps an embedder and raises or returns NaN on chosen calls, to test that one bad
+  batch fails only its own documents.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Sequence
+
+import numpy as np
+
+from syncd.embedding import resolve_model_path
+
+
+class HashEmbedder:
+    """Deterministic bag-of-words embedder (feature hashing); counts the texts it embeds."""
+
+    def __init__(self, dim: int = 384, model_id: str = "test-hash-embedder") -> None:
+        self.dim = dim
+        self.model_id = model_id
+        self.calls: list[list[str]] = []
+
+    @property
+    def embedded(self) -> int:
+        return sum(len(c) for c in self.calls)
+
+    def token_counter(self) -> object:
+        from syncd.chunking import HFTokenCounter
+
+        return HFTokenCounter(str(resolve_model_path("all-MiniLM-L6-v2") / "tokenizer.json"))
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        self.calls.append(list(texts))
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        for i, text in enumerate(texts):
+            for word in re.findall(r"\w+", text.lower()):
+                h = int.from_bytes(hashlib.blake2b(word.encode(), digest_size=8).digest(), "big")
+                out[i, h % self.dim] += 1.0 if (h >> 32) & 1 else -1.0
+            norm = float(np.linalg.norm(out[i]))
+            if norm == 0:
+                out[i, 0] = 1.0
+            else:
+                out[i] /= norm
+        return out
+
+
+class FaultyEmbedder:
+    """Wraps an embedder; ``fail_on`` texts containing a marker raise, ``nan_on`` ones return NaN."""
+
+    def __init__(self, inner: HashEmbedder, *, raise_marker: str | None = None, nan_marker: str | None = None) -> None:
+        self.inner = inner
+        self.dim = inner.dim
+        self.model_id = inner.model_id
+        self.raise_marker = raise_marker
+        self.nan_marker = nan_marker
+
+    def token_counter(self) -> object:
+        return self.inner.token_counter()
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        if self.raise_marker and any(self.raise_marker in t for t in texts):
+            raise RuntimeError("injected embedding failure")
+        out = self.inner.encode(texts)
+        if self.nan_marker:
+            for i, t in enumerate(texts):
+                if self.nan_marker in t:
+                    out[i] = np.nan
+        return out

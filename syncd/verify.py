@@ -1,0 +1,131 @@
+"""`syncd verify`: compare the index with the sources, without loading the embedding model.
+
+Reports documents that are missing (at the source, not in the index), stale (indexed at another
+revision), orphaned (in the index, gone from the source) and duplicated (a chunk id twice, or two
+chunks at the same position of a document). ``repair`` re-syncs exactly those documents.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from syncd.errors import ConnectorError, DocumentError, DocumentGone
+from syncd.models import SyncSummary
+
+
+@dataclass(kw_only=True)
+class VerifyReport:
+    missing: list[dict[str, str]] = field(default_factory=list)
+    stale: list[dict[str, str]] = field(default_factory=list)
+    orphaned: list[dict[str, str]] = field(default_factory=list)
+    duplicated: list[dict[str, str]] = field(default_factory=list)
+    checked_docs: int = 0
+    errors: list[dict[str, str]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not (self.missing or self.stale or self.orphaned or self.duplicated)
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"ok": self.ok, "missing": self.missing, "stale": self.stale, "orphaned": self.orphaned,
+                               "duplicated": self.duplicated, "checked_docs": self.checked_docs}
+        if self.errors:
+            out["errors"] = self.errors
+        return out
+
+
+def verify(runtime: Any, *, connector: str | None = None) -> VerifyReport:
+    """Compare every connector's documents and revisions with the store."""
+    report = VerifyReport()
+    store = runtime.store
+    data = store.scan(["chunk_id", "connector", "doc_id", "revision", "chunk_index"])
+    indexed: dict[tuple[str, str], set[str]] = {}
+    positions: Counter[tuple[str, str, int]] = Counter()
+    for cid_conn_doc in zip(data["connector"].to_pylist(), data["doc_id"].to_pylist(), data["revision"].to_pylist(),
+                            data["chunk_index"].to_pylist(), strict=True):
+        conn, doc_id, revision, index = cid_conn_doc
+        indexed.setdefault((conn, doc_id), set()).add(revision)
+        positions[(conn, doc_id, index)] += 1
+    dup_ids = [cid for cid, n in Counter(data["chunk_id"].to_pylist()).items() if n > 1]
+    dup_docs = {(c, d) for (c, d, _), n in positions.items() if n > 1}
+    for conn, doc_id in sorted(dup_docs):
+        report.duplicated.append({"connector": conn, "doc_id": doc_id})
+    if dup_ids and not dup_docs:
+        report.duplicated.append({"connector": "", "doc_id": f"{len(dup_ids)} duplicate chunk ids"})
+    for (conn, doc_id), revisions in sorted(indexed.items()):
+        if len(revisions) > 1 and (conn, doc_id) not in dup_docs:
+            report.duplicated.append({"connector": conn, "doc_id": doc_id})
+    for name, conn in runtime.connectors.items():
+        if connector is not None and name != connector:
+            continue
+        try:
+            refs = list(conn.list_documents())
+        except ConnectorError as exc:
+            report.errors.append({"connector": name, "doc_id": "", "reason": str(exc)})
+            continue
+        listed = set()
+        failures = runtime.state.connector(name).failures
+        for ref in refs:
+            report.checked_docs += 1
+            try:
+                doc = conn.read(ref.doc_id)
+            except DocumentGone:
+                continue
+            except DocumentError as exc:
+                # Not indexable: it should not be in the index (a skipped document), or its old copy stays
+                # (a document that could not be read now).
+                listed.add(ref.doc_id)
+                if exc.reason in _SKIP_REASONS and (name, ref.doc_id) in indexed:
+                    report.orphaned.append({"connector": name, "doc_id": ref.doc_id})
+                continue
+            listed.add(ref.doc_id)
+            have = indexed.get((name, ref.doc_id))
+            if have is None:
+                if ref.doc_id in failures and _skipped_reason(failures[ref.doc_id]):
+                    continue  # skipped with a recorded reason (empty, binary...) after extraction
+                report.missing.append({"connector": name, "doc_id": ref.doc_id})
+            elif doc.revision not in have:
+                report.stale.append({"connector": name, "doc_id": ref.doc_id})
+        for (conn_name, doc_id) in indexed:
+            if conn_name == name and doc_id not in listed:
+                report.orphaned.append({"connector": name, "doc_id": doc_id})
+    configured = set(runtime.connectors)
+    for (conn_name, doc_id) in sorted(indexed):
+        if conn_name not in configured and connector is None:
+            report.orphaned.append({"connector": conn_name, "doc_id": doc_id})
+    return report
+
+
+_SKIP_REASONS = {"binary", "empty", "undecodable", "too-large", "corrupt", "encrypted", "not-a-regular-file",
+                 "symlink-outside-root", "broken-symlink", "unsupported-type", "unparseable"}
+
+
+def _skipped_reason(reason: str) -> bool:
+    return reason.split(":", 1)[0] in _SKIP_REASONS
+
+
+def repair(runtime: Any, report: VerifyReport) -> SyncSummary:
+    """Re-sync exactly the documents the report names."""
+    from syncd.store import doc_key
+
+    engine = runtime.engine
+    summary = SyncSummary()
+    targets: dict[str, set[str]] = {}
+    for entry in report.missing + report.stale + report.orphaned + report.duplicated:
+        if entry["connector"] and entry["doc_id"]:
+            targets.setdefault(entry["connector"], set()).add(entry["doc_id"])
+    # Duplicates and documents of removed connectors are cleared first, so the re-sync writes one clean copy.
+    clear = [doc_key(e["connector"], e["doc_id"]) for e in report.duplicated if e["connector"]]
+    clear += [doc_key(e["connector"], e["doc_id"]) for e in report.orphaned if e["connector"] not in engine.connectors]
+    if clear:
+        runtime.store.apply(runtime.store.make_rows([]), clear)
+        engine.load_index()
+    for name, doc_ids in targets.items():
+        if name not in engine.connectors:
+            continue
+        for doc_id in doc_ids:
+            engine.state.connector(name).fingerprints.pop(doc_id, None)
+        summary.merge(engine.process({name: {d: 0.0 for d in doc_ids}}))
+    return summary
