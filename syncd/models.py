@@ -33,6 +33,14 @@ class SourceDocument:
     """One of the extractor types: markdown, text, rst, html, pdf, wikitext."""
     modified_at: dt.datetime | None = None
     metadata: Mapping[str, str] = field(default_factory=dict)
+    content_id: str = ""
+    """Identity of the content (blob sha, content hash) when ``revision`` names something else, such as a
+    commit or a wiki revid. Two documents with equal ``identity`` hold the same content: equal identity
+    means unchanged, and a deleted and an added document with equal identity are a rename."""
+
+    @property
+    def identity(self) -> str:
+        return self.content_id or self.revision
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -122,7 +122,7 @@ class Engine:
             summary.docs_seen += 1
             cached = cstate.fingerprints.get(ref.doc_id)
             have = indexed.get(ref.doc_id)
-            if (cached and have and cached[0] == ref.fingerprint and cached[1] == have.revision
+            if (cached and have and cached[0] == ref.fingerprint and cached[1] == have.identity
                     and ref.doc_id not in cstate.failures):
                 summary.docs_unchanged += 1
                 continue
@@ -210,8 +210,8 @@ class Engine:
                 bound.warning("document.failed", reason=exc.describe())
                 continue
             previous = indexed.get(doc_id)
-            if previous is not None and previous.revision == doc.revision:
-                unchanged_fp[doc_id] = (doc.fingerprint, doc.revision)
+            if previous is not None and previous.identity == doc.identity:
+                unchanged_fp[doc_id] = (doc.fingerprint, doc.identity)
                 summary.docs_unchanged += 1
                 continue
             try:
@@ -240,11 +240,11 @@ class Engine:
         new_by_revision: dict[str, list[str]] = {}
         for doc_id, plan in planned.items():
             if plan.previous is None:
-                new_by_revision.setdefault(plan.doc.revision, []).append(doc_id)
+                new_by_revision.setdefault(plan.doc.identity, []).append(doc_id)
         renamed: set[str] = set()
         renamed_from: set[str] = set()
         for old_id in gone:
-            targets = new_by_revision.get(indexed[old_id].revision)
+            targets = new_by_revision.get(indexed[old_id].identity)
             if targets:
                 renamed.add(targets.pop())
                 renamed_from.add(old_id)
@@ -310,8 +310,8 @@ class Engine:
                 summary.chunks_reused += reused
                 self.metrics.chunks_reused.inc(reused)
             self.metrics.docs_synced.labels(connector=name, action=action).inc()
-            indexed[doc_id] = IndexedDoc(revision=plan.doc.revision, chunks=len(plan.chunks))
-            cstate.fingerprints[doc_id] = [plan.doc.fingerprint, plan.doc.revision]
+            indexed[doc_id] = IndexedDoc(revision=plan.doc.revision, chunks=len(plan.chunks), identity=plan.doc.identity)
+            cstate.fingerprints[doc_id] = [plan.doc.fingerprint, plan.doc.identity]
             cstate.failures.pop(doc_id, None)
             _remember(status, action, doc_id, committed_at)
         for doc_id in gone:
@@ -490,7 +490,7 @@ class Engine:
                 summary.failures.append(Failure(connector=name, doc_id=doc_id, reason=failed[doc_id]))
                 continue
             summary.docs_added += 1
-            cstate.fingerprints[doc_id] = [plan.doc.fingerprint, plan.doc.revision]
+            cstate.fingerprints[doc_id] = [plan.doc.fingerprint, plan.doc.identity]
         cstate.dirty = True
 
 
@@ -506,7 +506,8 @@ def _record(connector: str, doc_id: str, plan: _Planned, c: Chunk, vector: np.nd
         "doc_id": doc_id, "connector": connector, "text": c.text, "vector": vector,
         "uri": plan.doc.uri, "title": plan.title, "revision": plan.doc.revision, "chunk_index": c.index,
         "heading_path": list(c.heading_path), "start_line": c.start_line, "end_line": c.end_line,
-        "content_hash": c.content_hash, "updated_at": now,
+        "content_hash": c.content_hash, "updated_at": now, "doc_identity": plan.doc.identity,
+        "modified_at": plan.doc.modified_at,
     }
 
 

@@ -62,6 +62,9 @@ def schema(dim: int) -> pa.Schema:
         pa.field("end_line", pa.int32()),
         pa.field("content_hash", pa.string()),
         pa.field("updated_at", pa.timestamp("us", tz="UTC")),
+        # Extensions beyond INTERFACE.md:
+        pa.field("doc_identity", pa.string()),  # content identity of the whole document (see SourceDocument)
+        pa.field("modified_at", pa.timestamp("us", tz="UTC")),  # source's own modification time, when known
     ])
 
 
@@ -71,6 +74,7 @@ class IndexedDoc:
 
     revision: str
     chunks: int
+    identity: str = ""
 
 
 RESULT_COLUMNS = ["text", "doc_id", "connector", "uri", "title", "revision", "chunk_index", "heading_path",
@@ -179,14 +183,16 @@ class Store:
 
     def indexed_docs(self) -> dict[tuple[str, str], IndexedDoc]:
         """Every document in the index, with its revision and chunk count."""
-        data = self.scan(["connector", "doc_id", "revision"])
+        data = self.scan(["connector", "doc_id", "revision", "doc_identity"])
         out: dict[tuple[str, str], IndexedDoc] = {}
-        for connector, doc_id, revision in zip(
-            data["connector"].to_pylist(), data["doc_id"].to_pylist(), data["revision"].to_pylist(), strict=True
+        for connector, doc_id, revision, identity in zip(
+            data["connector"].to_pylist(), data["doc_id"].to_pylist(), data["revision"].to_pylist(),
+            data["doc_identity"].to_pylist(), strict=True
         ):
             key = (connector, doc_id)
             prev = out.get(key)
-            out[key] = IndexedDoc(revision=revision, chunks=(prev.chunks + 1) if prev else 1)
+            out[key] = IndexedDoc(revision=revision, chunks=(prev.chunks + 1) if prev else 1,
+                                  identity=identity or revision)
         return out
 
     def vectors_for(self, hashes: Iterable[str]) -> dict[str, np.ndarray]:

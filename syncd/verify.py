@@ -40,10 +40,10 @@ def verify(runtime: Any, *, connector: str | None = None) -> VerifyReport:
     """Compare every connector's documents and revisions with the store."""
     report = VerifyReport()
     store = runtime.store
-    data = store.scan(["chunk_id", "connector", "doc_id", "revision", "chunk_index"])
+    data = store.scan(["chunk_id", "connector", "doc_id", "doc_identity", "chunk_index"])
     indexed: dict[tuple[str, str], set[str]] = {}
     positions: Counter[tuple[str, str, int]] = Counter()
-    for cid_conn_doc in zip(data["connector"].to_pylist(), data["doc_id"].to_pylist(), data["revision"].to_pylist(),
+    for cid_conn_doc in zip(data["connector"].to_pylist(), data["doc_id"].to_pylist(), data["doc_identity"].to_pylist(),
                             data["chunk_index"].to_pylist(), strict=True):
         conn, doc_id, revision, index = cid_conn_doc
         indexed.setdefault((conn, doc_id), set()).add(revision)
@@ -86,7 +86,7 @@ def verify(runtime: Any, *, connector: str | None = None) -> VerifyReport:
                 if ref.doc_id in failures and _skipped_reason(failures[ref.doc_id]):
                     continue  # skipped with a recorded reason (empty, binary...) after extraction
                 report.missing.append({"connector": name, "doc_id": ref.doc_id})
-            elif doc.revision not in have:
+            elif doc.identity not in have:
                 report.stale.append({"connector": name, "doc_id": ref.doc_id})
         for (conn_name, doc_id) in indexed:
             if conn_name == name and doc_id not in listed:
