@@ -94,8 +94,8 @@ class Connector(abc.ABC):
         """Incremental changes since the connector's cursor, or None to fall back to a full listing."""
         return None
 
-    def commit_cursor(self) -> None:
+    def commit_cursor(self) -> None:  # noqa: B027 - optional hook; most connectors have no cursor
         """Called once the changes returned by the last poll() are committed to the store."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook
         """Release resources."""

@@ -1,10 +1,10 @@
 """Structure-aware chunking.
 
 Blocks (paragraphs, lists, code) are packed into chunks within one section, measured in the embedding
-model's own tokens. Chunk boundaries are content-defined: a chunk ends after a block whose text hash
-falls on a boundary, or when the next block would overflow the token budget. An edit therefore changes
-the chunk it lands in (and at most the next one), never every chunk after it, so a one-paragraph edit
-re-embeds one or two chunks. A block longer than the budget is cut into token windows with overlap.
+model's own tokens. A chunk closes as soon as it holds a third of the budget, when the next block would
+overflow it, or at a heading. Boundaries therefore depend only on the blocks next to them: an edit
+changes the chunk it lands in and at most its neighbour, never every chunk after it, so a one-paragraph
+edit re-embeds one or two chunks. A block longer than the budget is cut into token windows with overlap.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from typing import Protocol
 from syncd.models import Block, Chunk
 
 CHUNKER_VERSION = "1"
-_BOUNDARY_MODULUS = 3
 _HEADING_PREFIX_TOKENS = 32
 
 
@@ -91,6 +90,9 @@ class Chunker:
         self.model_id = model_id
         # Room for [CLS]/[SEP] and the heading prefix that embed_input() adds.
         self.budget = max(8, max_tokens - 2 - min(_HEADING_PREFIX_TOKENS, max_tokens // 4))
+        # A chunk closes as soon as it holds this many tokens: most paragraphs are a chunk of their own and
+        # only short ones are merged, so an edit re-chunks its own paragraph and at most its neighbour.
+        self.min_tokens = max(1, self.budget // 3)
 
     def _pieces(self, blocks: Sequence[Block]) -> list[_Piece]:
         counts = self.counter.count([b.text for b in blocks])
@@ -117,7 +119,7 @@ class Chunker:
                 current, used = [], 0
             current.append(piece)
             used += piece.tokens + (1 if len(current) > 1 else 0)
-            if _is_boundary(piece.text):
+            if used >= self.min_tokens:
                 groups.append(current)
                 current, used = [], 0
         if current:
@@ -133,7 +135,3 @@ class Chunker:
             ))
         return chunks
 
-
-def _is_boundary(text: str) -> bool:
-    digest = hashlib.blake2b(text.encode(), digest_size=4).digest()
-    return int.from_bytes(digest, "big") % _BOUNDARY_MODULUS == 0
