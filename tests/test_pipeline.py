@@ -1,0 +1,251 @@
+"""The engine on real LanceDB (HashEmbedder): incremental sync, reuse, renames, deletes, odd names, skips."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+
+from syncd.extract import extract
+from syncd.store import Store
+from tests.conftest import write_config
+from tests.corpus import markdown_doc
+
+
+def rows(rt) -> list[dict]:
+    return rt.store.scan(["doc_id", "chunk_index", "text", "revision", "content_hash", "start_line", "end_line",
+                          "heading_path", "uri", "chunk_id"]).to_pylist()
+
+
+def doc_ids(rt) -> set[str]:
+    return {r["doc_id"] for r in rows(rt)}
+
+
+def expected_new_texts(rt, path: Path) -> set[str]:
+    """Content hashes of the file's chunks that the store does not hold yet (computed independently)."""
+    chunks = rt.chunker.chunk(extract(path.read_bytes(), "markdown").blocks)
+    have = {r["content_hash"] for r in rows(rt)}
+    return {c.content_hash for c in chunks} - have
+
+
+def sync(rt, **kw):
+    return rt.engine.reconcile("docs", **kw)
+
+
+def test_first_sync_indexes_every_file_with_its_content_hash_as_revision(fs_config, docs, make_runtime):
+    for i in range(5):
+        (docs / f"p{i}.md").write_text(markdown_doc(i))
+    (docs / "sub").mkdir()
+    (docs / "sub" / "notes.txt").write_text("plain text notes\n\nsecond paragraph\n")
+    rt = make_runtime(fs_config)
+    s = sync(rt)
+    assert s.docs_added == 6 and s.docs_seen == 6 and s.docs_failed == 0
+    assert doc_ids(rt) == {f"p{i}.md" for i in range(5)} | {"sub/notes.txt"}
+    for r in rows(rt):
+        content = (docs / r["doc_id"]).read_bytes()
+        assert r["revision"] == hashlib.blake2b(content, digest_size=16).hexdigest()
+        assert r["uri"] == str(docs / r["doc_id"])
+    assert s.chunks_embedded == len({r["content_hash"] for r in rows(rt)})
+
+
+def test_second_sync_without_changes_reads_nothing_and_writes_nothing(fs_config, docs, make_runtime):
+    for i in range(3):
+        (docs / f"p{i}.md").write_text(markdown_doc(i))
+    rt = make_runtime(fs_config)
+    sync(rt)
+    version = rt.store.table.version
+    s = sync(rt)
+    assert (s.docs_unchanged, s.chunks_embedded, s.docs_changed) == (3, 0, 0)
+    assert rt.store.table.version == version
+
+
+def test_touch_without_content_change_embeds_nothing_and_writes_nothing(fs_config, docs, make_runtime):
+    path = docs / "a.md"
+    path.write_text(markdown_doc(1))
+    rt = make_runtime(fs_config)
+    sync(rt)
+    version = rt.store.table.version
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 5_000_000_000))
+    s = sync(rt)
+    assert s.docs_unchanged == 1 and s.chunks_embedded == 0 and s.docs_changed == 0
+    assert rt.store.table.version == version
+
+
+def test_one_paragraph_edit_embeds_only_the_new_chunk_texts(fs_config, docs, make_runtime):
+    path = docs / "big.md"
+    path.write_text(markdown_doc(3, sections=14, paras=6))
+    rt = make_runtime(fs_config)
+    sync(rt)
+    before = len(rows(rt))
+    assert before >= 50
+    text = path.read_text()
+    para = [p for p in text.split("\n\n") if p and not p.startswith(("#", "-", "`"))][20]
+    path.write_text(text.replace(para, para + " The drill happens every quarter.", 1))
+    expected = expected_new_texts(rt, path)
+    s = sync(rt)
+    assert s.docs_changed == 1
+    assert s.chunks_embedded == len(expected) and 1 <= s.chunks_embedded <= 2
+    assert s.chunks_reused == len(rows(rt)) - s.chunks_embedded
+    assert any("drill happens every quarter" in r["text"] for r in rows(rt))
+
+
+def test_rename_and_move_embed_nothing_and_count_as_renamed(fs_config, docs, make_runtime):
+    (docs / "a.md").write_text(markdown_doc(1))
+    (docs / "b.md").write_text(markdown_doc(2))
+    rt = make_runtime(fs_config)
+    sync(rt)
+    (docs / "a.md").rename(docs / "renamed.md")
+    (docs / "folder").mkdir()
+    (docs / "b.md").rename(docs / "folder" / "b.md")
+    s = sync(rt)
+    assert (s.docs_renamed, s.docs_added, s.docs_deleted, s.chunks_embedded) == (2, 0, 0, 0)
+    assert doc_ids(rt) == {"renamed.md", "folder/b.md"}
+    assert all(r["uri"] == str(docs / r["doc_id"]) for r in rows(rt))
+
+
+def test_delete_removes_every_chunk_and_a_shorter_document_leaves_no_trailing_chunks(fs_config, docs, make_runtime):
+    (docs / "long.md").write_text(markdown_doc(5, sections=8))
+    (docs / "gone.md").write_text(markdown_doc(6))
+    rt = make_runtime(fs_config)
+    sync(rt)
+    gone_chunks = sum(1 for r in rows(rt) if r["doc_id"] == "gone.md")
+    (docs / "gone.md").unlink()
+    (docs / "long.md").write_text(markdown_doc(5, sections=1))
+    expected_chunks = len(rt.chunker.chunk(extract((docs / "long.md").read_bytes(), "markdown").blocks))
+    s = sync(rt)
+    assert s.docs_deleted == 1 and s.docs_changed == 1
+    assert s.chunks_deleted >= gone_chunks
+    left = [r for r in rows(rt) if r["doc_id"] == "long.md"]
+    assert doc_ids(rt) == {"long.md"}
+    assert sorted(r["chunk_index"] for r in left) == list(range(expected_chunks))
+
+
+ODD_NAMES = [
+    "it's \"odd\"; DROP.md",
+    "naïve café ünïcode 文档.md",
+    "new\nline.md",
+    "-leading-dash.md",
+    "back\\slash OR 1=1 --.md",
+    "percent % and _underscore_.md",
+]
+
+
+def test_odd_file_names_index_query_edit_and_delete(tmp_path, docs, make_runtime):
+    cfg = write_config(tmp_path, [{"name": "docs", "type": "filesystem", "path": str(docs), "include": ["**/*.md"]}])
+    for i, name in enumerate(ODD_NAMES):
+        (docs / name).write_text(f"# Odd {i}\n\nThe oddname{i} document body.\n")
+    (docs / "plain.md").write_text("# Plain\n\nplain body\n")
+    rt = make_runtime(cfg)
+    s = sync(rt)
+    assert s.docs_failed == 0
+    assert doc_ids(rt) == set(ODD_NAMES) | {"plain.md"}
+    # Each odd document can be replaced on its own without touching any other row.
+    (docs / ODD_NAMES[0]).write_text("# Odd 0\n\nrewritten body\n")
+    (docs / ODD_NAMES[2]).unlink()
+    s = sync(rt)
+    assert (s.docs_changed, s.docs_deleted) == (1, 1)
+    assert doc_ids(rt) == (set(ODD_NAMES) - {ODD_NAMES[2]}) | {"plain.md"}
+    texts = {r["doc_id"]: r["text"] for r in rows(rt)}
+    assert texts[ODD_NAMES[0]] == "rewritten body"
+    assert texts["plain.md"] == "plain body"
+    results = rt.store.search(rt.embedder.encode(["oddname1"])[0], "oddname1", k=3, connector="docs")
+    assert results[0]["doc_id"] == ODD_NAMES[1]
+
+
+def test_bad_inputs_are_skipped_with_a_reason_and_nothing_else_is_lost(tmp_path, docs, make_runtime):
+    cfg = write_config(tmp_path, [{"name": "docs", "type": "filesystem", "path": str(docs)}],
+                       limits={"markdown": 10_000})
+    (docs / "good.md").write_text("# Good\n\ngood content\n")
+    (docs / "binary.md").write_bytes(b"\x00\x01\x02binary" * 100)
+    (docs / "empty.md").write_bytes(b"")
+    (docs / "latin1.txt").write_bytes("caf\xe9 cr\xe8me".encode("latin-1"))
+    (docs / "huge.md").write_text("x " * 20_000)
+    (docs / "utf16.txt").write_text("utf sixteen text", encoding="utf-16")
+    os.mkfifo(docs / "pipe.md")
+    outside = tmp_path / "outside.md"
+    outside.write_text("secret outside the root")
+    (docs / "escape.md").symlink_to(outside)
+    (docs / "loop.md").symlink_to(docs / "loop.md")
+    (docs / "broken.pdf").write_bytes(b"%PDF-1.4 truncated garbage")
+    rt = make_runtime(cfg)
+    s = sync(rt)
+    reasons = {f.doc_id: f.reason.split(":")[0] for f in s.failures}
+    assert reasons == {
+        "binary.md": "binary", "empty.md": "empty", "latin1.txt": "undecodable", "huge.md": "too-large",
+        "pipe.md": "not-a-regular-file", "escape.md": "symlink-outside-root", "loop.md": "broken-symlink",
+        "broken.pdf": "corrupt",
+    }
+    assert doc_ids(rt) == {"good.md", "utf16.txt"}
+    assert rt.state.connector("docs").failures.keys() == reasons.keys()
+    # A failed document that gets fixed is picked up on the next cycle.
+    (docs / "empty.md").write_text("now it has words\n")
+    s = sync(rt)
+    assert s.docs_added == 1 and "empty.md" in doc_ids(rt)
+    assert "empty.md" not in rt.state.connector("docs").failures
+
+
+def test_hidden_swap_and_excluded_files_are_ignored(tmp_path, docs, make_runtime):
+    cfg = write_config(tmp_path, [{"name": "docs", "type": "filesystem", "path": str(docs),
+                                   "exclude": ["drafts/**"]}])
+    (docs / "keep.md").write_text("keep me")
+    (docs / ".hidden.md").write_text("hidden")
+    (docs / "keep.md.swp").write_text("swap")
+    (docs / "keep.md~").write_text("backup")
+    (docs / ".git").mkdir()
+    (docs / ".git" / "x.md").write_text("in a hidden folder")
+    (docs / "drafts").mkdir()
+    (docs / "drafts" / "d.md").write_text("draft")
+    (docs / "image.png").write_bytes(b"\x89PNG")
+    rt = make_runtime(cfg)
+    sync(rt)
+    assert doc_ids(rt) == {"keep.md"}
+
+
+def test_changing_the_chunking_settings_rebuilds_instead_of_mixing(tmp_path, docs, make_runtime):
+    (docs / "a.md").write_text(markdown_doc(1))
+    cfg = write_config(tmp_path, [{"name": "docs", "type": "filesystem", "path": str(docs)}])
+    rt = make_runtime(cfg)
+    sync(rt)
+    old_table = rt.store.table_name
+    rt.close()
+    cfg = write_config(tmp_path, [{"name": "docs", "type": "filesystem", "path": str(docs)}],
+                       chunking={"max_tokens": 64})
+    rt2 = make_runtime(cfg)
+    assert rt2.store.stored_signature() != rt2.signature
+    rt2.engine.rebuild()
+    assert rt2.store.table_name != old_table
+    assert rt2.store.stored_signature() == rt2.signature
+    counts = rt2.chunker.counter.count([r["text"] for r in rows(rt2)])
+    assert max(counts) <= rt2.chunker.budget < 64
+
+
+def test_reindex_builds_aside_and_switches_atomically(fs_config, docs, make_runtime):
+    for i in range(3):
+        (docs / f"p{i}.md").write_text(markdown_doc(i))
+    rt = make_runtime(fs_config)
+    sync(rt)
+    before = sorted((r["doc_id"], r["chunk_index"], r["text"]) for r in rows(rt))
+    unique_texts = len({r["content_hash"] for r in rows(rt)})
+    old = rt.store.table_name
+    reader = Store(rt.config.store_uri, rt.config.state_dir, base_table="chunks", dim=rt.embedder.dim, signature="")
+    reader.open(create=False)
+    s = rt.engine.rebuild()
+    assert s.docs_added == 3 and s.chunks_embedded == unique_texts  # no vector reuse in a reindex
+    assert rt.store.table_name != old
+    assert sorted((r["doc_id"], r["chunk_index"], r["text"]) for r in rows(rt)) == before
+    reader.refresh()
+    assert reader.table_name == rt.store.table_name and reader.count_rows() == len(before)
+    assert old not in rt.store._table_names()
+
+
+def test_a_second_writer_is_refused_while_one_holds_the_store(fs_config, make_runtime):
+    from syncd import config as config_mod
+    from syncd.runtime import Runtime, WriterLocked
+    from syncd.testing import HashEmbedder
+
+    make_runtime(fs_config)
+    with pytest.raises(WriterLocked):
+        Runtime(config_mod.load(fs_config), embedder=HashEmbedder())
