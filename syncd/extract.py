@@ -176,6 +176,8 @@ def _extract_html(text: str) -> tuple[str, list[Block]]:
     soup = BeautifulSoup(text, "html.parser")
     for tag in soup(["script", "style", "noscript", "template", "iframe", "object", "svg"]):
         tag.decompose()
+    for br in soup("br"):
+        br.replace_with("\n")
     title = soup.title.get_text(" ", strip=True) if soup.title else ""
     stack: list[tuple[int, str]] = []
     blocks: list[Block] = []
@@ -184,7 +186,7 @@ def _extract_html(text: str) -> tuple[str, list[Block]]:
         if tag.find_parent(_HTML_BLOCKS) is not None:
             continue  # nested inside a block that is already taken whole
         line = tag.sourceline or 1
-        body = tag.get_text("\n" if tag.name == "pre" else " ", strip=tag.name != "pre")
+        body = tag.get_text()
         body = body if tag.name == "pre" else re.sub(r"\s+", " ", body).strip()
         if tag.name in _HTML_HEADINGS:
             level = int(tag.name[1])
