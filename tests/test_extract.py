@@ -30,7 +30,8 @@ def test_rst_sections_become_heading_paths_and_heading_lines_are_not_text():
 
 def test_html_drops_scripts_and_keeps_headings():
     html = ("<html><head><title>T</title><script>alert('x')</script></head><body>\n<h1>Top</h1>\n"
-            "<p>Visible <b>text</b>.</p>\n<script>var secret = 1;</script>\n<h2>Sub</h2>\n<ul><li>item</li></ul>\n</body></html>")
+            "<p>Visible <b>text</b>.</p>\n<script>var secret = 1;</script>\n<h2>Sub</h2>\n"
+            "<ul><li>item</li></ul>\n</body></html>")
     ex = extract(html.encode(), "html")
     assert [(b.text, b.heading_path) for b in ex.blocks] == [("Visible text.", ("Top",)), ("item", ("Top", "Sub"))]
     assert all("secret" not in b.text and "alert" not in b.text for b in ex.blocks)
