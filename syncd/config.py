@@ -52,6 +52,12 @@ class StoreConfig(Section):
     """Base name of the chunk table; a reindex builds a new table and switches to it."""
     read_consistency_interval: Duration = 0.0
     """How often readers in other processes look for new commits (0 = on every query)."""
+    compact_every_commits: int = Field(default=32, ge=1, le=10_000)
+    """The service compacts small fragments after this many commits (LanceDB advises about 20)."""
+    max_fragments: int = Field(default=64, ge=2)
+    """... or as soon as the table holds more fragments than this."""
+    ann_min_rows: int = Field(default=100_000, ge=1)
+    """An ANN vector index is built once the table holds this many rows; below it a flat scan is faster."""
 
     @field_validator("table")
     @classmethod
@@ -137,8 +143,10 @@ class SyncConfig(Section):
     """How often the service compares the index with the sources (0 = never)."""
     maintenance_interval: Duration = 300.0
     """How often the service compacts the table and prunes old versions."""
-    version_retention: Duration = 900.0
-    """Old table versions are kept at least this long so readers in other processes never break."""
+    version_retention: Annotated[float, BeforeValidator(parse_duration), Field(ge=600.0)] = 900.0
+    """Old table versions are kept at least this long so readers in other processes never break (>= 10m)."""
+    backoff_max: Duration = 900.0
+    """Longest wait between attempts of a connector that keeps failing (the wait doubles from its interval)."""
 
 
 class LoggingConfig(Section):

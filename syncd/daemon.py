@@ -14,6 +14,7 @@ Threads:
 from __future__ import annotations
 
 import html
+import math
 import os
 import signal
 import threading
@@ -34,11 +35,60 @@ from syncd.models import Change
 from syncd.notify import notify, watchdog_interval
 from syncd.runtime import Runtime
 from syncd.state import write_json_atomic
-from syncd.store import Store
+from syncd.store import MaintenancePolicy, Store
 
 log = structlog.get_logger("syncd.daemon")
 
-_MAINTAIN_EVERY_COMMITS = 40
+_BACKOFF_BASE_S = 1.0
+"""Shortest wait after a connector's first failure when its poll interval is shorter."""
+_MAINTENANCE_GRACE = 3.0
+"""Maintenance is overdue (a health failure) after this many maintenance intervals without a success."""
+
+
+class StopRequested(BaseException):  # noqa: N818 - a control-flow signal, not an error
+    """Raised in the writer between embedding slices once SIGTERM/SIGINT arrived: the batch in flight is
+    abandoned before its commit, so no document is ever half-written and the state never runs ahead.
+    A BaseException so the engine's per-document error handling lets it through."""
+
+
+class _StoppableEmbedder:
+    """Wraps the embedder: embeds in slices and gives up between them once the service is stopping."""
+
+    def __init__(self, inner: Any, stopping: threading.Event, slice_size: int) -> None:
+        self._inner = inner
+        self._stopping = stopping
+        self._slice = max(1, slice_size)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def encode(self, texts: Any) -> Any:
+        import numpy as np
+
+        texts = list(texts)
+        parts = []
+        for start in range(0, max(len(texts), 1), self._slice):
+            if self._stopping.is_set():
+                raise StopRequested
+            parts.append(self._inner.encode(texts[start:start + self._slice]))
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
+@dataclass
+class Backoff:
+    """A connector that keeps failing waits interval * 2^(failures-1) between attempts, capped."""
+
+    failures: int = 0
+    retry_at: float = 0.0
+    delay_s: float = 0.0
+
+    def failed(self, base_s: float, cap_s: float, now: float) -> None:
+        self.failures += 1
+        self.delay_s = min(cap_s, max(base_s, _BACKOFF_BASE_S) * 2 ** (self.failures - 1))
+        self.retry_at = now + self.delay_s
+
+    def succeeded(self) -> None:
+        self.failures, self.retry_at, self.delay_s = 0, 0.0, 0.0
 
 
 @dataclass
@@ -102,6 +152,14 @@ class Service:
         self.last_reconcile_at: float | None = None
         self.last_verify: dict[str, Any] | None = None
         self._reload_requested = threading.Event()
+        self._requests_queued: set[str] = set()
+        self.policy = _policy(config)
+        self.backoff: dict[str, Backoff] = {}
+        self.poll_ok_at: dict[str, float] = {}
+        self.maintenance_error: str | None = None
+        self.last_maintenance_attempt_at: float | None = None
+        self._last_status_line = ""
+        self.cycle_started_at: float | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -116,6 +174,8 @@ class Service:
             token = resolve_secret(cfg.http.token_env, key="http.token_env")
         self.runtime = Runtime(cfg, embedder=self._embedder, metrics=self.metrics)
         rt = self.runtime
+        rt.engine.embedder = _StoppableEmbedder(rt.engine.embedder, self.stopping, cfg.embedding.batch_size)
+        rt.store.after_commit = self._after_commit
         needs_rebuild = rt.open()
         notify("STATUS=loading the embedding model")
         if hasattr(rt.embedder, "load"):
@@ -124,7 +184,7 @@ class Service:
                             signature=rt.signature, read_consistency_interval=cfg.store.read_consistency_interval)
         self.http = HttpServer(cfg.http.host, cfg.http.port, Endpoints(
             healthy=self.healthy, ready=self.ready, status=self.status, metrics=self.metrics_text,
-            search=self.search, page=self.page, token=token))
+            search=self.search, page=self.page, token=token, problems=self.health_problems))
         self.http.start()
         write_json_atomic(cfg.state_dir / "daemon.json", {"pid": os.getpid(), "url": self.http.url,
                                                           "started_at": self.started_at})
@@ -139,8 +199,10 @@ class Service:
         for name, connector in rt.connectors.items():
             self._start_watch(name, connector)
         self._start_scheduler()
+        # Ready once the store is open and every catch-up has started (not finished: a big first sync
+        # must not hit systemd's start timeout). /readyz turns 200 when they have finished.
         notify("READY=1")
-        notify(f"STATUS=catching up {len(rt.connectors)} connector(s)")
+        notify(f"STATUS=catching up: 0/{len(rt.connectors)} connector(s) done")
 
     def _start_watch(self, name: str, connector: Any) -> None:
         try:
@@ -181,14 +243,44 @@ class Service:
     def _schedule_connector(self, sched: Any, name: str, connector: Any) -> None:
         interval = connector.poll_interval
         if interval:
-            sched.add_job(lambda: self.queue.push_task(f"poll:{name}", lambda: self._poll(name)), "interval",
-                          seconds=interval, id=f"poll:{name}", max_instances=1, coalesce=True,
-                          misfire_grace_time=max(1, int(interval)))
+            def poll_job() -> None:
+                if self._backing_off(name, f"poll:{name}"):
+                    return
+                self.queue.push_task(f"poll:{name}", lambda: self._poll(name))
+
+            sched.add_job(poll_job, "interval", seconds=interval, id=f"poll:{name}", max_instances=1,
+                          coalesce=True, misfire_grace_time=max(1, math.ceil(interval)))
         recon = connector.reconcile_interval
         if recon:
-            sched.add_job(lambda: self.queue.push(Change(connector=name, kind="rescan", doc_id="")), "interval",
-                          seconds=recon, id=f"reconcile:{name}", max_instances=1, coalesce=True,
-                          misfire_grace_time=max(1, int(recon)))
+            def reconcile_job() -> None:
+                if self._backing_off(name, f"reconcile:{name}"):
+                    return
+                self.queue.push(Change(connector=name, kind="rescan", doc_id=""))
+
+            sched.add_job(reconcile_job, "interval", seconds=recon, id=f"reconcile:{name}", max_instances=1,
+                          coalesce=True, misfire_grace_time=max(1, math.ceil(recon)))
+
+    def _backing_off(self, name: str, job: str) -> bool:
+        """True (and the skip counted) while a failing connector waits for its next attempt."""
+        backoff = self.backoff.get(name)
+        if backoff is not None and time.time() < backoff.retry_at:
+            self.metrics.skipped_runs.labels(job=job).inc()
+            return True
+        return False
+
+    def _outcome(self, name: str, ok: bool) -> None:
+        """Record a cycle's outcome for the connector's backoff."""
+        assert self.runtime is not None
+        backoff = self.backoff.setdefault(name, Backoff())
+        if ok:
+            backoff.succeeded()
+        else:
+            connector = self.runtime.connectors.get(name)
+            base = (connector.poll_interval or connector.reconcile_interval or _BACKOFF_BASE_S) if connector else 1.0
+            backoff.failed(base, self.config.sync.backoff_max, time.time())
+            log.warning("connector.backing_off", connector=name, failures=backoff.failures,
+                        retry_in_s=round(backoff.delay_s, 3))
+        self.metrics.consecutive_failures.labels(connector=name).set(backoff.failures)
 
     def run_forever(self) -> int:
         """Main loop: health checks and watchdog pings until SIGTERM/SIGINT."""
@@ -199,6 +291,7 @@ class Service:
                 self._reload_requested.clear()
                 self.reload()
             self._check_watches()
+            self._check_requests()
             if ping and time.time() - last_ping >= ping and self.healthy():
                 notify("WATCHDOG=1")
                 last_ping = time.time()
@@ -218,6 +311,7 @@ class Service:
     def shutdown(self) -> int:
         notify("STOPPING=1")
         self.stopping.set()
+        notify("STATUS=stopping: finishing or abandoning the batch in flight")
         for watch in self.watches.values():
             watch.stop()
         if self.scheduler is not None:
@@ -225,8 +319,11 @@ class Service:
         with self.queue.cond:
             self.queue.cond.notify_all()
         if self.writer_thread is not None:
-            # The batch in flight is finished (never half-written): merge_insert is one atomic commit.
+            # The writer stops between embedding slices (StopRequested) or after its commit: merge_insert is
+            # one atomic commit and the state only advances after it, so nothing is ever half-written.
             self.writer_thread.join(timeout=60)
+            if self.writer_thread.is_alive():
+                log.error("daemon.writer_still_busy", action="exiting; the uncommitted batch is redone on restart")
         if self.http is not None:
             self.http.stop()
         try:
@@ -258,7 +355,7 @@ class Service:
                 if not any(rescans.values()):
                     hints, q.hints = q.hints, {}
                     q.in_flight = {c: dict(d) for c, d in hints.items()}
-            self.writer_alive_at = time.time()
+            self.writer_alive_at = self.cycle_started_at = time.time()
             try:
                 for name, fn in tasks:
                     if name == "rebuild":
@@ -272,16 +369,23 @@ class Service:
                             continue
                         summary = engine.reconcile(name, prefix=prefix)
                         self.last_reconcile_at = time.time()
+                        if not prefix:
+                            self._outcome(name, not any(f.connector == name and not f.doc_id
+                                                        for f in summary.failures))
                         if summary.docs_changed or summary.docs_added or summary.docs_deleted or summary.docs_renamed:
                             log.info("sync.finished", connector=name, kind="reconcile", **_counts(summary))
                     if name in self.initial_pending:
                         self.initial_pending.discard(name)
+                        total = len(engine.connectors)
+                        notify(f"STATUS=catching up: {total - len(self.initial_pending)}/{total} connector(s) done")
                         if not self.initial_pending:
-                            notify("STATUS=idle: initial catch-up finished")
                             log.info("daemon.ready")
                 if hints:
                     engine.process(hints)
                 self.writer_error = None
+            except StopRequested:
+                log.info("writer.batch_abandoned", reason="stopping", action="redone by the catch-up on restart")
+                break
             except Exception as exc:  # noqa: BLE001 - the writer must survive anything one cycle throws
                 self.writer_error = f"{type(exc).__name__}: {exc}"
                 log.exception("writer.cycle_failed")
@@ -291,13 +395,15 @@ class Service:
                         q.push(Change(connector=conn, kind="upsert", doc_id=doc_id, seen_at=seen))
                 self.stopping.wait(1.0)
             finally:
+                self.cycle_started_at = None
                 with q.cond:
                     q.in_flight = {}
             for name in engine.connectors:
                 count, _ = q.backlog(name)
                 self.metrics.backlog.labels(connector=name).set(count)
-            if self.runtime.store.commits_since_maintenance >= _MAINTAIN_EVERY_COMMITS:
+            if self.runtime.store.maintenance_due(self.policy):
                 self._maintain()
+            self._status_line()
             if time.time() - last_state_save > 5:
                 self.runtime.state.save()
                 last_state_save = time.time()
@@ -308,36 +414,106 @@ class Service:
         connector = engine.connectors.get(name)
         if connector is None:
             return
+        started = time.time()
         try:
             changes = connector.poll()
+            if changes is None:
+                summary = engine.reconcile(name)
+                ok = not any(f.connector == name and not f.doc_id for f in summary.failures)
+                self._poll_done(name, started, ok)
+                return
+            seen: dict[str, float] = {}
+            now = time.time()
+            rescan = False
+            for change in changes:
+                if change.kind == "rescan":
+                    rescan = True
+                for doc_id in (change.doc_id, change.dest_id):
+                    if doc_id:
+                        seen.setdefault(doc_id, change.seen_at or now)
         except SyncdError as exc:
             engine.status[name].last_error = str(exc)
             engine.status[name].state = "failing"
             self.metrics.sync_errors.labels(connector=name).inc()
             log.error("poll.failed", connector=name, error=str(exc))
+            self._poll_done(name, started, False)
             return
-        if changes is None:
-            engine.reconcile(name)
-            return
-        seen: dict[str, float] = {}
-        now = time.time()
-        rescan = False
-        for change in changes:
-            if change.kind == "rescan":
-                rescan = True
-            for doc_id in (change.doc_id, change.dest_id):
-                if doc_id:
-                    seen.setdefault(doc_id, change.seen_at or now)
         summary = engine.reconcile(name) if rescan else engine.process({name: seen})
-        if not any(f.connector == name and (not f.doc_id or "store-write-failed" in f.reason) for f in summary.failures):
+        ok = not any(f.connector == name and (not f.doc_id or "store-write-failed" in f.reason)
+                     for f in summary.failures)
+        if ok:
             connector.commit_cursor()
+        self._poll_done(name, started, ok)
+
+    def _poll_done(self, name: str, started: float, ok: bool) -> None:
+        if ok:
+            # The index now reflects the source as of this poll's start: lag is measured from there.
+            self.poll_ok_at[name] = started
+        self._outcome(name, ok)
+
+    def _after_commit(self) -> None:
+        """After each commit on the live table (writer thread): compact once small fragments pile up."""
+        assert self.runtime is not None
+        if self.runtime.store.maintenance_due(self.policy):
+            self._maintain()
 
     def _maintain(self) -> None:
         assert self.runtime is not None
+        store = self.runtime.store
+        self.last_maintenance_attempt_at = time.time()
+        started = time.monotonic()
         try:
-            self.runtime.store.maintain(retention_s=self.config.sync.version_retention)
+            result = store.maintain(retention_s=self.config.sync.version_retention, policy=self.policy)
         except SyncdError as exc:
+            self.maintenance_error = str(exc)
+            self.metrics.maintenance_runs.labels(outcome="failed").inc()
             log.error("maintenance.failed", error=str(exc))
+            return
+        self.maintenance_error = None
+        self.metrics.maintenance_runs.labels(outcome="ok").inc()
+        self.metrics.last_maintenance.set(store.last_maintenance_at or time.time())
+        try:
+            stats = store.stats()
+        except Exception:  # noqa: BLE001 - figures only; the next run retries
+            stats = {}
+        if "fragments" in stats:
+            self.metrics.fragments.set(stats["fragments"])
+        log.info("maintenance.finished", seconds=round(time.monotonic() - started, 3),
+                 fragments=stats.get("fragments"), table_version=stats.get("table_version"),
+                 indexes_created=result.get("indexes_created"))
+
+    def maintenance_overdue(self) -> bool:
+        """Maintenance that silently stopped running (scheduler dead, every run failing) is a health failure."""
+        interval = self.config.sync.maintenance_interval
+        if not interval or self.runtime is None:
+            return False
+        deadline = (self.runtime.store.last_maintenance_at or self.started_at) + _MAINTENANCE_GRACE * interval
+        if time.time() <= deadline:
+            return False
+        # A cycle that began before the deadline (a long catch-up, a rebuild) holds the queued maintenance
+        # task back: that is waiting, not stopping. The next cycle runs tasks first.
+        started = self.cycle_started_at
+        return not (started is not None and started <= deadline)
+
+    def _status_line(self) -> None:
+        """STATUS= for systemctl status: progress and figures, sent when they change."""
+        assert self.runtime is not None
+        engine = self.runtime.engine
+        docs = sum(len(d) for d in engine.index.values())
+        chunks = sum(i.chunks for d in engine.index.values() for i in d.values())
+        backlog = sum(self.queue.backlog(n)[0] for n in engine.connectors)
+        failing = sorted(n for n, st in engine.status.items() if st.state in ("failing", "unavailable", "blocked"))
+        if self.initial_pending:
+            total = len(engine.connectors)
+            head = f"catching up: {total - len(self.initial_pending)}/{total} connector(s) done"
+        else:
+            head = "idle" if not backlog else "syncing"
+        line = f"{head}; {docs} docs, {chunks} chunks, backlog {backlog}"
+        if failing:
+            line += "; failing: " + ", ".join(failing)
+        if line != self._last_status_line:
+            self._last_status_line = line
+            notify("STATUS=" + line)
 
     def _verify(self) -> None:
         from syncd.verify import verify
@@ -347,6 +523,31 @@ class Service:
         self.last_verify = {**report.as_dict(), "at": time.time()}
         for kind in ("missing", "stale", "orphaned", "duplicated"):
             self.metrics.drift.labels(kind=kind).set(len(getattr(report, kind)))
+
+    def _check_requests(self) -> None:
+        """Hand `syncd sync --connector NAME --allow-mass-delete`, left in the state folder, to the writer."""
+        from syncd.approvals import answer, pending_mass_deletes
+
+        assert self.runtime is not None
+        rt = self.runtime
+        for name, path in pending_mass_deletes(self.config.state_dir):
+            if name in self._requests_queued:
+                continue
+            self._requests_queued.add(name)
+
+            def run(name: str = name, path: Any = path) -> None:
+                try:
+                    if name in rt.engine.connectors:
+                        result = rt.engine.reconcile(name, allow_mass_delete=True).as_dict()
+                        log.info("sync.mass_delete_allowed", connector=name, docs_deleted=result["docs_deleted"])
+                    else:
+                        result = {"error": f"no connector named {name!r}"}
+                    rt.state.save()
+                    answer(path, result)
+                finally:
+                    self._requests_queued.discard(name)
+
+            self.queue.push_task(f"allow-mass-delete:{name}", run)
 
     def _check_watches(self) -> None:
         assert self.runtime is not None
@@ -386,6 +587,9 @@ class Service:
                     if connector is not None:
                         connector.close()
                     rt.engine.remove_connector(name)
+                    self.initial_pending.discard(name)
+                    self.backoff.pop(name, None)
+                    self.poll_ok_at.pop(name, None)
                     if self.scheduler is not None:
                         for job_id in (f"poll:{name}", f"reconcile:{name}"):
                             if self.scheduler.get_job(job_id):
@@ -402,14 +606,30 @@ class Service:
                 if self.scheduler is not None:
                     self._schedule_connector(self.scheduler, name, connector)
             self.config = new
+            self.policy = _policy(new)
             log.info("config.reloaded", connectors=sorted(new_by_name))
+            notify("STATUS=config reloaded: " + ", ".join(sorted(new_by_name)))
 
         self.queue.push_task("reload", apply)
 
     # -- read side -------------------------------------------------------------------------------------
     def healthy(self) -> bool:
+        return not self.health_problems()
+
+    def health_problems(self) -> list[str]:
+        """Why the service is unhealthy; empty when it is alive and well."""
         thread = self.writer_thread
-        return thread is not None and thread.is_alive() and not self.stopping.is_set()
+        problems = []
+        if thread is None or not thread.is_alive():
+            problems.append("the writer thread is not running")
+        if self.stopping.is_set():
+            problems.append("stopping")
+        if self.scheduler is not None and not self.scheduler.running:
+            problems.append("the scheduler is not running")
+        if self.maintenance_overdue():
+            problems.append("maintenance has not succeeded for too long"
+                            + (f" (last error: {self.maintenance_error})" if self.maintenance_error else ""))
+        return problems
 
     def ready(self) -> bool:
         return self.healthy() and not self.initial_pending
@@ -431,6 +651,11 @@ class Service:
 
     def page(self) -> str:
         return render_page(self.status())
+
+
+def _policy(config: Config) -> MaintenancePolicy:
+    return MaintenancePolicy(compact_every_commits=config.store.compact_every_commits,
+                             max_fragments=config.store.max_fragments, ann_min_rows=config.store.ann_min_rows)
 
 
 def _counts(summary: Any) -> dict[str, Any]:
@@ -457,9 +682,14 @@ def build_status(runtime: Runtime, service: Service | None = None, *, queue: Wor
         backlog, oldest = queue.backlog(name) if queue is not None else (0, None)
         interval = connector.poll_interval
         if interval:
-            lag = (now - st.last_success_at) if st.last_success_at else (now - (service.started_at if service else now))
+            # Time since the source state the index reflects (the last fully committed poll), which
+            # includes any backlog seen since; before the first one, time since start.
+            polled = service.poll_ok_at.get(name) if service is not None else None
+            since = polled or st.last_success_at or (service.started_at if service else now)
+            lag = max(now - since, (now - oldest) if oldest is not None else 0.0)
         else:
             lag = (now - oldest) if oldest is not None else 0.0
+        backoff = service.backoff.get(name) if service is not None else None
         cstate = runtime.state.connector(name)
         watch = service.watches.get(name) if service is not None else None
         state = st.state
@@ -474,6 +704,9 @@ def build_status(runtime: Runtime, service: Service | None = None, *, queue: Wor
             "failures": [{"doc_id": d, "reason": r} for d, r in list(cstate.failures.items())[:100]],
             "mass_delete_blocked": st.mass_delete_blocked,
             "recent": st.recent[-20:],
+            "consecutive_failures": backoff.failures if backoff else 0,
+            "retry_at": _iso(backoff.retry_at) if backoff and backoff.failures else None,
+            "backoff_s": round(backoff.delay_s, 3) if backoff else 0.0,
         }
         if watch is not None:
             entry["watch"] = {"mode": watch.mode, "alive": watch.is_alive(),
@@ -484,14 +717,41 @@ def build_status(runtime: Runtime, service: Service | None = None, *, queue: Wor
         "uptime_s": round(now - service.started_at, 3) if service else 0.0,
         "store": {"uri": runtime.config.store_uri, "table": runtime.store.table_name,
                   "table_version": store_stats.get("table_version"), "docs": total_docs, "chunks": total_chunks,
-                  "fragments": store_stats.get("fragments"), "bytes": store_stats.get("bytes"),
-                  "last_maintenance_at": _iso(runtime.store.last_maintenance_at)},
+                  "rows": store_stats.get("rows"),
+                  "fragments": store_stats.get("fragments"), "unindexed_rows": store_stats.get("unindexed_rows"),
+                  "bytes": store_stats.get("bytes"), "indexes": store_stats.get("indexes"),
+                  "last_reconcile_at": _iso(service.last_reconcile_at) if service else None,
+                  "last_maintenance_at": _iso(runtime.store.last_maintenance_at),
+                  "maintenance_runs": runtime.store.maintenance_runs,
+                  "maintenance_error": service.maintenance_error if service else None,
+                  "maintenance_overdue": service.maintenance_overdue() if service else False,
+                  **({"error": store_stats["error"]} if "error" in store_stats else {})},
         "embedding": {"model": runtime.config.embedding.model, "dim": runtime.embedder.dim},
         "connectors": connectors,
         "last_reconcile_at": _iso(service.last_reconcile_at) if service else None,
         "verify": service.last_verify if service else None,
         "writer_error": service.writer_error if service else None,
+        "healthy": service.healthy() if service else None,
+        "problems": service.health_problems() if service else [],
     }
+
+
+def _retry_note(connector: dict[str, Any]) -> str:
+    if not connector.get("consecutive_failures"):
+        return ""
+    return (f"<br><small>failed {connector['consecutive_failures']}× in a row; "
+            f"next try at {html.escape(str(connector.get('retry_at')))}</small>")
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "?"
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GiB"
 
 
 def _iso(ts: float | None) -> str | None:
@@ -512,9 +772,13 @@ def render_page(status: dict[str, Any]) -> str:
             f"<tr><td>{html.escape(c['name'])}</td><td>{html.escape(c['type'])}</td>"
             f"<td class='state {html.escape(c['state'])}'>{html.escape(c['state'])}</td>"
             f"<td>{c['lag_s']}</td><td>{c['backlog']}</td><td>{c['docs']}</td><td>{c['chunks']}</td>"
-            f"<td>{c['failed_docs']}</td><td>{html.escape(c['last_error'] or '')}</td><td><ul>{recent}</ul></td></tr>"
+            f"<td>{c['failed_docs']}</td><td>{html.escape(c['last_error'] or '')}"
+            f"{_retry_note(c)}</td><td><ul>{recent}</ul></td></tr>"
         )
     store = status["store"]
+    problems = "".join(f"<li>{html.escape(p)}</li>" for p in status.get("problems") or [])
+    health = (f"<p class='failing'>Unhealthy:</p><ul class='failing'>{problems}</ul>" if problems
+              else "<p class='idle'>Healthy.</p>")
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta http-equiv="refresh" content="5">
 <title>syncd status</title>
@@ -526,8 +790,11 @@ vertical-align: top; }} th {{ background: #f3f3f3; }} .idle {{ color: #197a19; }
 </style></head><body>
 <h1>syncd {html.escape(status['version'])}</h1>
 <p>Store <code>{html.escape(str(store['uri']))}</code>, table <code>{html.escape(str(store['table']))}</code>
-version {store['table_version']}: {store['docs']} documents, {store['chunks']} chunks.
+version {store['table_version']}: {store['docs']} documents, {store['chunks']} chunks,
+{store.get('fragments')} fragments, {store.get('unindexed_rows')} unindexed rows, {_size(store.get('bytes'))} on disk.
+Last reconcile {store.get('last_reconcile_at') or 'never'}, last maintenance {store.get('last_maintenance_at') or 'never'}.
 Model {html.escape(status['embedding']['model'])} ({status['embedding']['dim']}-d). Up {status['uptime_s']:.0f} s.</p>
+{health}
 <table><tr><th>connector</th><th>type</th><th>state</th><th>lag (s)</th><th>backlog</th><th>docs</th><th>chunks</th>
 <th>failed</th><th>last error</th><th>recent changes</th></tr>
 {''.join(rows)}

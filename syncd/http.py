@@ -24,8 +24,10 @@ class Endpoints:
 
     def __init__(self, *, healthy: Callable[[], bool], ready: Callable[[], bool], status: Callable[[], dict[str, Any]],
                  metrics: Callable[[], bytes], search: Callable[[str, int, str | None], dict[str, Any]],
-                 page: Callable[[], str], token: str | None) -> None:
+                 page: Callable[[], str], token: str | None,
+                 problems: Callable[[], list[str]] | None = None) -> None:
         self.healthy = healthy
+        self.problems = problems
         self.ready = ready
         self.status = status
         self.metrics = metrics
@@ -65,7 +67,10 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             if url.path == "/healthz":
                 ok = ep.healthy()
-                self._json(200 if ok else 503, {"status": "ok" if ok else "unhealthy"})
+                body: dict[str, Any] = {"status": "ok" if ok else "unhealthy"}
+                if not ok and ep.problems is not None and self._authorized():
+                    body["problems"] = ep.problems()
+                self._json(200 if ok else 503, body)
                 return
             if not self._authorized():
                 self.send_response(401)
@@ -108,6 +113,9 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class HttpServer:
+    """The server in its own daemon thread; handler threads are daemons too, so a hung client never
+    holds up shutdown."""
+
     def __init__(self, host: str, port: int, endpoints: Endpoints) -> None:
         handler = type("Handler", (_Handler,), {"endpoints": endpoints})
         ThreadingHTTPServer.allow_reuse_address = True

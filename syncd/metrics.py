@@ -31,3 +31,12 @@ class Metrics:
                                     ["job"], registry=r)
         self.watcher_restarts = Counter("syncd_watcher_restarts", "Watchers found dead and restarted.",
                                         ["connector"], registry=r)
+        self.consecutive_failures = Gauge("syncd_connector_consecutive_failures",
+                                          "Failed cycles in a row (the connector backs off while > 0).",
+                                          ["connector"], registry=r)
+        self.maintenance_runs = Counter("syncd_maintenance_runs", "Store maintenance runs, by outcome.", ["outcome"],
+                                        registry=r)
+        self.last_maintenance = Gauge("syncd_last_maintenance_timestamp_seconds",
+                                      "Unix time of the last successful store maintenance.", registry=r)
+        self.fragments = Gauge("syncd_store_fragments", "Fragments in the live table after the last maintenance.",
+                               registry=r)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -97,6 +97,8 @@ class Store:
         self.table_name = base_table
         self.commits_since_maintenance = 0
         self.last_maintenance_at: float | None = None
+        self.maintenance_runs = 0
+        self.after_commit: Callable[[], None] | None = None
 
     # -- opening ---------------------------------------------------------------------------------------
     @property
@@ -227,6 +229,9 @@ class Store:
         except Exception as exc:  # noqa: BLE001
             raise StoreError(f"write to {self.table_name} failed: {exc}") from exc
         self.commits_since_maintenance += 1
+        if table is None and self.after_commit is not None:
+            # The service compacts from here, so a long catch-up does not pile up hundreds of fragments.
+            self.after_commit()
 
     def make_rows(self, records: list[dict[str, Any]]) -> pa.Table:
         """An Arrow table in the store's schema; ``vector`` values may be numpy arrays."""
@@ -296,25 +301,87 @@ class Store:
 
     # -- maintenance -----------------------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
+        """Table version, fragments, rows not yet in every index, bytes on disk, indexes."""
         table = self.table
         stats = table.stats()
+        indexes: dict[str, Any] = {}
+        unindexed = 0
+        for idx in table.list_indices():
+            pending = int(getattr(idx, "num_unindexed_rows", 0) or 0)
+            unindexed = max(unindexed, pending)
+            indexes[idx.columns[0]] = {"type": str(idx.index_type), "unindexed_rows": pending}
         return {
             "uri": self.uri, "table": self.table_name, "table_version": int(table.version),
+            "rows": int(stats["num_rows"]),
             "fragments": int(stats["fragment_stats"]["num_fragments"]),
+            "small_fragments": int(stats["fragment_stats"].get("num_small_fragments", 0)),
+            "unindexed_rows": unindexed,
             "bytes": int(stats["total_bytes"]),
+            "indexes": indexes,
         }
 
-    def maintain(self, *, retention_s: float) -> None:
-        """Compact fragments, fold new rows into indexes, prune versions older than ``retention_s``."""
-        table = self.table
+    def maintenance_due(self, policy: MaintenancePolicy) -> bool:
+        """Small fragments piling up: every ``compact_every_commits`` commits, or past ``max_fragments``."""
+        if self.commits_since_maintenance >= policy.compact_every_commits:
+            return True
+        if self.commits_since_maintenance == 0:
+            return False
         try:
-            table.optimize(cleanup_older_than=dt.timedelta(seconds=max(retention_s, 60.0)))
-            existing = {idx.columns[0] for idx in table.list_indices()}
-            if table.count_rows() > 0:
-                for column in ("doc_key", "chunk_id", "content_hash"):
+            return int(self.table.stats()["fragment_stats"]["num_fragments"]) > policy.max_fragments
+        except Exception:  # noqa: BLE001 - a failed look is no reason to compact; the schedule still runs
+            return False
+
+    def maintain(self, *, retention_s: float, policy: MaintenancePolicy | None = None) -> dict[str, Any]:
+        """Compact small fragments, fold new rows into the indexes, prune versions older than ``retention_s``.
+
+        Keeps BTree indexes on ``doc_key``, ``doc_id`` and ``chunk_id`` (merges and deletes filter on them)
+        and builds an ANN vector index once the table holds ``policy.ann_min_rows`` rows. Queries never use
+        index-only search, so rows not yet in the ANN index are still found by a flat scan.
+        """
+        from lancedb.index import FTS, BTree, IvfPq
+
+        policy = policy or MaintenancePolicy()
+        table = self.table
+        # Never 0 while readers exist, and never delete_unverified: a reader may still hold an old version.
+        retention = dt.timedelta(seconds=max(retention_s, MIN_VERSION_RETENTION_S))
+        created: list[str] = []
+        try:
+            table.optimize(cleanup_older_than=retention)
+            existing = {idx.columns[0]: idx for idx in table.list_indices()}
+            rows = int(table.count_rows())
+            if rows > 0:
+                for column in SCALAR_INDEX_COLUMNS:
                     if column not in existing:
-                        table.create_scalar_index(column, index_type="BTREE")
+                        table.create_index(column, config=BTree())
+                        created.append(column)
+                if "text" not in existing:
+                    table.create_index("text", config=FTS(), replace=True)
+                    created.append("text")
+                if "vector" not in existing and rows >= policy.ann_min_rows:
+                    table.create_index("vector", config=IvfPq())
+                    created.append("vector")
+                if created:
+                    # New indexes cover the rows present now; optimize() keeps folding later ones in.
+                    table.optimize()
         except Exception as exc:  # noqa: BLE001
             raise StoreError(f"maintenance failed: {exc}") from exc
         self.commits_since_maintenance = 0
         self.last_maintenance_at = time.time()
+        self.maintenance_runs += 1
+        return {"indexes_created": created, "rows": rows}
+
+
+SCALAR_INDEX_COLUMNS = ("doc_key", "doc_id", "chunk_id", "content_hash")
+"""BTree-indexed: merges match on chunk_id, deletes and scoped merges filter on doc_key, lookups on doc_id,
+vector reuse on content_hash."""
+MIN_VERSION_RETENTION_S = 600.0
+"""Old versions are kept at least 10 minutes whatever the config says: readers may still be on them."""
+
+
+@dataclass(frozen=True, slots=True)
+class MaintenancePolicy:
+    """When to compact and when the vector index pays off (``[store]`` in the config)."""
+
+    compact_every_commits: int = 32
+    max_fragments: int = 64
+    ann_min_rows: int = 100_000
