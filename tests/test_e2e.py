@@ -84,8 +84,8 @@ def test_daemon_makes_an_edit_searchable_for_http_cli_and_python_api_readers(tmp
     out = syncd(cfg, "query", "purple elephants offsite", "-k", "1", "--json")
     assert "Purple elephants" in json.loads(out.stdout)["results"][0]["text"]
     # And so does the Python API in yet another process.
-    code = ("import json, syncd; idx = syncd.open_index(%r); "
-            "print(json.dumps(idx.search('purple elephants offsite', k=1)))" % str(cfg))
+    code = (f"import json, syncd; idx = syncd.open_index({str(cfg)!r}); "
+            "print(json.dumps(idx.search('purple elephants offsite', k=1)))")
     api = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert "Purple elephants" in json.loads(api.stdout)[0]["text"]
     # Deleting the file removes it from results.
