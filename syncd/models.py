@@ -37,6 +37,9 @@ class SourceDocument:
     """Identity of the content (blob sha, content hash) when ``revision`` names something else, such as a
     commit or a wiki revid. Two documents with equal ``identity`` hold the same content: equal identity
     means unchanged, and a deleted and an added document with equal identity are a rename."""
+    uri_template: str = ""
+    """A per-chunk citation URI with ``{start_line}`` and ``{end_line}`` fields (a web view's line anchor);
+    "" when ``uri`` serves every chunk."""
 
     @property
     def identity(self) -> str:

@@ -500,11 +500,17 @@ def _embed_text(chunk: Chunk) -> str:
     return embed_input(chunk.text, chunk.heading_path)
 
 
+def _chunk_uri(doc: SourceDocument, c: Chunk) -> str:
+    if not doc.uri_template:
+        return doc.uri
+    return doc.uri_template.replace("{start_line}", str(c.start_line)).replace("{end_line}", str(c.end_line))
+
+
 def _record(connector: str, doc_id: str, plan: _Planned, c: Chunk, vector: np.ndarray, now: dt.datetime) -> dict[str, Any]:
     return {
         "chunk_id": chunk_id(connector, doc_id, c.index), "doc_key": doc_key(connector, doc_id),
         "doc_id": doc_id, "connector": connector, "text": c.text, "vector": vector,
-        "uri": plan.doc.uri, "title": plan.title, "revision": plan.doc.revision, "chunk_index": c.index,
+        "uri": _chunk_uri(plan.doc, c), "title": plan.title, "revision": plan.doc.revision, "chunk_index": c.index,
         "heading_path": list(c.heading_path), "start_line": c.start_line, "end_line": c.end_line,
         "content_hash": c.content_hash, "updated_at": now, "doc_identity": plan.doc.identity,
         "modified_at": plan.doc.modified_at,
