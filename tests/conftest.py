@@ -24,6 +24,9 @@ from syncd.testing import HashEmbedder
 
 REPO = Path(__file__).resolve().parent.parent
 
+# The real MediaWiki fixtures (mediawiki, wiki_ns, wiki_client).
+pytest_plugins = ["mediawiki_server"]
+
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.02, what: str = "condition") -> Any:
     """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` seconds."""
