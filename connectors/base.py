@@ -76,6 +76,14 @@ class Connector(abc.ABC):
     def read(self, doc_id: str) -> SourceDocument:
         """The document's content and metadata. Raises DocumentGone, DocumentSkipped or DocumentUnavailable."""
 
+    def check_available(self) -> None:
+        """Raise RootUnavailable when the source itself is missing now.
+
+        The engine asks before it deletes documents that a watcher or a poll reported gone, so a share that
+        was unmounted is never read as "these documents were deleted".
+        """
+        return None
+
     def watch(self, sink: Callable[[Change], None]) -> Watch | None:
         """Start pushing change hints to ``sink`` (from any thread); None when the source is polled."""
         return None

@@ -117,6 +117,10 @@ class FilesystemConnector(Connector):
         if not stat.S_ISDIR(st.st_mode):
             raise RootUnavailable(f"root {self.root} is not a folder", connector=self.name)
 
+    def check_available(self) -> None:
+        """Raise RootUnavailable when the root folder is missing or not a folder (asked before deleting)."""
+        self._check_root()
+
     # -- listing ---------------------------------------------------------------------------------------
     def list_documents(self, prefix: str = "") -> Iterator[DocumentRef]:
         self._check_root()

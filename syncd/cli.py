@@ -88,9 +88,14 @@ def cmd_run(cfg: Any, args: argparse.Namespace) -> int:
 
 def cmd_sync(cfg: Any, args: argparse.Namespace) -> int:
     from syncd.models import SyncSummary
-    from syncd.runtime import Runtime
+    from syncd.runtime import Runtime, WriterLocked
 
-    rt = Runtime(cfg)
+    try:
+        rt = Runtime(cfg)
+    except WriterLocked:
+        if not args.allow_mass_delete:
+            raise
+        return _allow_mass_delete_in_daemon(cfg, args)
     try:
         summary = SyncSummary()
         if rt.open():
@@ -117,6 +122,40 @@ def cmd_sync(cfg: Any, args: argparse.Namespace) -> int:
         rt.state.save(only_dirty=False)
     finally:
         rt.close()
+    _report(summary, args.json)
+    return EXIT_PROBLEM if summary.failures else EXIT_OK
+
+
+def _allow_mass_delete_in_daemon(cfg: Any, args: argparse.Namespace) -> int:
+    """The service holds the writer lock: hand it the allowed reconcile and print what it did."""
+    import os
+
+    from syncd.approvals import request_mass_delete, wait_answer
+    from syncd.models import Failure, SyncSummary
+    from syncd.state import read_json
+
+    info = read_json(cfg.state_dir / "daemon.json") or {}
+
+    def alive() -> bool:
+        try:
+            os.kill(int(info["pid"]), 0)
+        except (OSError, ValueError, KeyError):
+            return False
+        return True
+
+    names = [args.connector] if args.connector else [c.name for c in cfg.connectors]
+    summary = SyncSummary()
+    for name in names:
+        path = request_mass_delete(cfg.state_dir, name)
+        result = wait_answer(path, timeout=3600, alive=alive)
+        if result is None:
+            raise SyncdError(f"the running service did not answer the request for connector {name!r}; "
+                             f"it stays in {path} and is picked up when the service runs")
+        if "error" in result:
+            raise SyncdError(str(result["error"]))
+        part = SyncSummary(**{k: v for k, v in result.items() if k != "failures"})
+        part.failures = [Failure(**f) for f in result.get("failures", [])]
+        summary.merge(part)
     _report(summary, args.json)
     return EXIT_PROBLEM if summary.failures else EXIT_OK
 
