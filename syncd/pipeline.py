@@ -10,6 +10,7 @@ fingerprint cache, failures, cursors) advances only after that commit returns.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -514,6 +515,7 @@ def _record(connector: str, doc_id: str, plan: _Planned, c: Chunk, vector: np.nd
         "heading_path": list(c.heading_path), "start_line": c.start_line, "end_line": c.end_line,
         "content_hash": c.content_hash, "updated_at": now, "doc_identity": plan.doc.identity,
         "modified_at": plan.doc.modified_at,
+        "metadata": json.dumps(dict(plan.doc.metadata), sort_keys=True, ensure_ascii=False),
     }
 
 

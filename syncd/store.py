@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import os
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -65,6 +66,7 @@ def schema(dim: int) -> pa.Schema:
         # Extensions beyond INTERFACE.md:
         pa.field("doc_identity", pa.string()),  # content identity of the whole document (see SourceDocument)
         pa.field("modified_at", pa.timestamp("us", tz="UTC")),  # source's own modification time, when known
+        pa.field("metadata", pa.string()),  # JSON object of source metadata: owner, mode, size, blob sha...
     ])
 
 
@@ -106,6 +108,9 @@ class Store:
         return self.state_dir / "store.json"
 
     def _connect(self) -> Any:
+        # LanceDB's Rust logger warns on every hybrid query about a future change of projected score
+        # columns; keep the service's logs to what an operator must read.
+        os.environ.setdefault("LANCEDB_LOG", "error")
         import lancedb
 
         if self._db is None:
