@@ -334,9 +334,15 @@ class FolderWatch(Watch):
                     if rel is not None or (path and os.path.abspath(path) == str(self.connector.root)):
                         self._emit(Change(connector=name, kind="rescan", doc_id=rel or "", seen_at=now))
             return
+        # Only paths the connector indexes become hints: editor swap files and temp files of atomic saves
+        # would otherwise cost a read each.
         src_id = self.connector.doc_id_for(src)
+        if src_id is not None and not self.connector.wants(src_id):
+            src_id = None
         if etype == "moved":
             dest_id = self.connector.doc_id_for(dest) if dest else None
+            if dest_id is not None and not self.connector.wants(dest_id):
+                dest_id = None
             for doc_id in (src_id, dest_id):
                 if doc_id is not None:
                     self._emit(Change(connector=name, kind="upsert", doc_id=doc_id, seen_at=now))

@@ -107,3 +107,38 @@ def test_poll_mode_picks_up_changes_without_inotify(tmp_path: Path, docs: Path):
         assert d.service.watches["docs"].mode == "poll"
         (docs / "polled.md").write_text("found by polling\n")
         wait_for(lambda: has_text(d, "polled.md", "found by polling"), what="poll")
+
+
+def test_watch_limit_reached_falls_back_to_polling_and_says_so(fs_config: Path, docs: Path, monkeypatch):
+    """Stands in for the kernel's inotify watch limit (a global sysctl that a test cannot lower for itself
+    alone): the inotify observer's start raises ENOSPC exactly as watchdog does past the limit."""
+    import errno
+
+    from watchdog.observers.inotify import InotifyObserver
+
+    def full(self):
+        raise OSError(errno.ENOSPC, "inotify watch limit reached")
+
+    monkeypatch.setattr(InotifyObserver, "start", full)
+    with InProcessDaemon(fs_config) as d:
+        watch = d.service.watches["docs"]
+        assert watch.mode == "poll" and "inotify limit" in watch.fallback_reason
+        status = d.service.status()["connectors"][0]
+        assert status["watch"]["mode"] == "poll" and status["watch"]["fallback"]
+        (docs / "after-fallback.md").write_text("still found\n")
+        wait_for(lambda: "after-fallback.md" in indexed(d), timeout=30, what="polling after the fallback")
+
+
+def test_auto_mode_polls_network_filesystems_and_watches_local_ones(tmp_path: Path, docs: Path, monkeypatch):
+    """No NFS or SMB share can be mounted here: the mount table lookup stands in for one reporting nfs4."""
+    import connectors.filesystem as fsmod
+    from syncd import config as config_mod
+    from syncd.runtime import build_connector
+    from syncd.state import StateDir
+
+    cfg = config_mod.load(write_config(tmp_path, [{"name": "docs", "type": "filesystem", "path": str(docs)}]))
+    connector = build_connector(cfg, cfg.connectors[0], StateDir(tmp_path / "state"))
+    assert fsmod.filesystem_type(docs) not in fsmod.NETWORK_FS
+    assert connector.watch_mode() == "events"
+    monkeypatch.setattr(fsmod, "filesystem_type", lambda path: "nfs4")
+    assert connector.watch_mode() == "poll"
