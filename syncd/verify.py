@@ -23,10 +23,13 @@ class VerifyReport:
     duplicated: list[dict[str, str]] = field(default_factory=list)
     checked_docs: int = 0
     errors: list[dict[str, str]] = field(default_factory=list)
+    torn: set[tuple[str, str]] = field(default_factory=set)
+    """(connector, doc_id) of documents whose chunk positions have gaps (reported as stale)."""
 
     @property
     def ok(self) -> bool:
-        return not (self.missing or self.stale or self.orphaned or self.duplicated)
+        # A source that could not be listed is not known to be in sync.
+        return not (self.missing or self.stale or self.orphaned or self.duplicated or self.errors)
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"ok": self.ok, "missing": self.missing, "stale": self.stale, "orphaned": self.orphaned,
@@ -48,6 +51,12 @@ def verify(runtime: Any, *, connector: str | None = None) -> VerifyReport:
         conn, doc_id, revision, index = cid_conn_doc
         indexed.setdefault((conn, doc_id), set()).add(revision)
         positions[(conn, doc_id, index)] += 1
+    # A document's chunks must sit at positions 0..n-1: a gap means a torn or partial document.
+    spans: dict[tuple[str, str], set[int]] = {}
+    for conn, doc_id, index in positions:
+        spans.setdefault((conn, doc_id), set()).add(index)
+    incomplete = {key for key, idx in spans.items() if idx != set(range(len(idx)))}
+    report.torn = incomplete
     dup_ids = [cid for cid, n in Counter(data["chunk_id"].to_pylist()).items() if n > 1]
     dup_docs = {(c, d) for (c, d, _), n in positions.items() if n > 1}
     for conn, doc_id in sorted(dup_docs):
@@ -85,8 +94,10 @@ def verify(runtime: Any, *, connector: str | None = None) -> VerifyReport:
             if have is None:
                 if ref.doc_id in failures and _skipped_reason(failures[ref.doc_id]):
                     continue  # skipped with a recorded reason (empty, binary...) after extraction
+                if _not_indexable(runtime, doc):
+                    continue  # skipped at extraction, even if the state that recorded why was lost
                 report.missing.append({"connector": name, "doc_id": ref.doc_id})
-            elif doc.identity not in have:
+            elif doc.identity not in have or (name, ref.doc_id) in incomplete:
                 report.stale.append({"connector": name, "doc_id": ref.doc_id})
         for (conn_name, doc_id) in indexed:
             if conn_name == name and doc_id not in listed:
@@ -104,6 +115,20 @@ _SKIP_REASONS = {"binary", "empty", "undecodable", "too-large", "corrupt", "encr
 
 def _skipped_reason(reason: str) -> bool:
     return reason.split(":", 1)[0] in _SKIP_REASONS
+
+
+def _not_indexable(runtime: Any, doc: Any) -> bool:
+    """Whether extraction skips ``doc`` (empty, binary, corrupt...): such a document belongs in no index.
+    Extraction needs no model, so verify stays cheap."""
+    from syncd.errors import DocumentSkipped
+    from syncd.extract import extract
+
+    limits = getattr(runtime.config, "limits", None)
+    try:
+        extract(doc.content, doc.media_type, size_limit=getattr(limits, doc.media_type, None))
+    except DocumentSkipped:
+        return True
+    return False
 
 
 def repair(runtime: Any, report: VerifyReport) -> SyncSummary:
@@ -127,5 +152,9 @@ def repair(runtime: Any, report: VerifyReport) -> SyncSummary:
             continue
         for doc_id in doc_ids:
             engine.state.connector(name).fingerprints.pop(doc_id, None)
+            if (name, doc_id) in report.torn:
+                # Rewrite it whole although the stored identity matches: one atomic replacement of all its
+                # chunks; vectors of unchanged text are still reused.
+                engine.docs(name).pop(doc_id, None)
         summary.merge(engine.process({name: {d: 0.0 for d in doc_ids}}))
     return summary
