@@ -343,9 +343,10 @@ class FolderWatch(Watch):
             dest_id = self.connector.doc_id_for(dest) if dest else None
             if dest_id is not None and not self.connector.wants(dest_id):
                 dest_id = None
-            for doc_id in (src_id, dest_id):
-                if doc_id is not None:
-                    self._emit(Change(connector=name, kind="upsert", doc_id=doc_id, seen_at=now))
+            # One hint for both paths, so the engine sees them in the same batch and pairs the rename.
+            first, second = (src_id, dest_id) if src_id is not None else (dest_id, None)
+            if first is not None:
+                self._emit(Change(connector=name, kind="move", doc_id=first, dest_id=second, seen_at=now))
             return
         if src_id is not None:
             kind = "delete" if etype == "deleted" else "upsert"

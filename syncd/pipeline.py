@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -98,17 +98,26 @@ class Engine:
         self.status.pop(name, None)
 
     # -- entry points ----------------------------------------------------------------------------------
-    def reconcile(self, name: str, *, prefix: str = "", allow_mass_delete: bool = False) -> SyncSummary:
-        """Compare the connector's full listing (or the part under ``prefix``) with the index."""
+    def reconcile(self, name: str, *, prefix: str | Sequence[str] = "", allow_mass_delete: bool = False) -> SyncSummary:
+        """Compare the connector's full listing (or the parts under ``prefix``, one folder or several) with
+        the index.
+
+        Folders are reconciled together so that a folder move (gone under one prefix, new under another)
+        is one cycle in which the new documents are written before the old ones are deleted: their chunk
+        vectors are still in the store to be reused.
+        """
         started = time.monotonic()
+        prefixes = [prefix] if isinstance(prefix, str) else list(prefix)
+        if "" in prefixes:
+            prefixes = []
         connector = self.connectors[name]
         cstate = self.state.connector(name)
         status = self.status[name]
         status.last_sync_at = time.time()
         summary = SyncSummary()
         try:
-            if prefix and hasattr(connector, "list_documents"):
-                refs = list(connector.list_documents(prefix))  # type: ignore[call-arg]
+            if prefixes:
+                refs = [ref for p in prefixes for ref in connector.list_documents(p)]  # type: ignore[call-arg]
             else:
                 refs = list(connector.list_documents())
         except ConnectorError as exc:
@@ -116,7 +125,7 @@ class Engine:
             summary.seconds = time.monotonic() - started
             return summary
         indexed = self.docs(name)
-        scope = [d for d in indexed if not prefix or d == prefix or d.startswith(prefix.rstrip("/") + "/")]
+        scope = [d for d in indexed if not prefixes or any(_under(d, p) for p in prefixes)]
         listed = {ref.doc_id for ref in refs}
         candidates: list[str] = []
         for ref in refs:
@@ -133,7 +142,7 @@ class Engine:
         if allowed_gone:
             candidates.extend(gone)
         # Failures that vanished from the listing are forgotten.
-        for doc_id in [d for d in cstate.failures if d not in listed and (not prefix or d.startswith(prefix))]:
+        for doc_id in [d for d in cstate.failures if d not in listed and (not prefixes or any(_under(d, p) for p in prefixes))]:
             cstate.failures.pop(doc_id, None)
             cstate.dirty = True
         self._apply_all(name, candidates, {}, summary, allow_mass_delete=True, count_seen=False)
@@ -493,6 +502,10 @@ class Engine:
             summary.docs_added += 1
             cstate.fingerprints[doc_id] = [plan.doc.fingerprint, plan.doc.identity]
         cstate.dirty = True
+
+
+def _under(doc_id: str, prefix: str) -> bool:
+    return doc_id == prefix or doc_id.startswith(prefix.rstrip("/") + "/")
 
 
 def _embed_text(chunk: Chunk) -> str:

@@ -36,6 +36,7 @@ def test_create_edit_delete_rename_and_move_follow_watch_events(fs_config: Path,
         assert d.service.runtime.embedder.embedded == embedded_before, "renames and moves embed nothing"
         (docs / "sub").rename(docs / "moved-folder")
         wait_for(lambda: set(indexed(d)) == {"moved-folder/b.md"}, what="folder move")
+        assert d.service.runtime.embedder.embedded == embedded_before, "a folder move embeds nothing"
         (docs / "moved-folder" / "b.md").unlink()
         wait_for(lambda: not indexed(d), what="delete")
 
@@ -142,3 +143,17 @@ def test_auto_mode_polls_network_filesystems_and_watches_local_ones(tmp_path: Pa
     assert connector.watch_mode() == "events"
     monkeypatch.setattr(fsmod, "filesystem_type", lambda path: "nfs4")
     assert connector.watch_mode() == "poll"
+
+
+def test_moving_a_folder_larger_than_one_batch_embeds_nothing(tmp_path: Path, docs: Path):
+    cfg = write_config(tmp_path, [{"name": "docs", "type": "filesystem", "path": str(docs)}],
+                       sync={"max_batch_docs": 50})
+    (docs / "big").mkdir()
+    for i in range(120):
+        (docs / "big" / f"n{i}.md").write_text(f"# Note {i}\n\nbody of note {i}\n")
+    with InProcessDaemon(cfg) as d:
+        embedded = d.service.runtime.embedder.embedded
+        (docs / "big").rename(docs / "archive")
+        wait_for(lambda: set(indexed(d)) == {f"archive/n{i}.md" for i in range(120)}, what="folder moved")
+        d.wait_idle()
+        assert d.service.runtime.embedder.embedded == embedded
