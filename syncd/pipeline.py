@@ -142,7 +142,8 @@ class Engine:
         if allowed_gone:
             candidates.extend(gone)
         # Failures that vanished from the listing are forgotten.
-        for doc_id in [d for d in cstate.failures if d not in listed and (not prefixes or any(_under(d, p) for p in prefixes))]:
+        in_scope = [d for d in cstate.failures if not prefixes or any(_under(d, p) for p in prefixes)]
+        for doc_id in [d for d in in_scope if d not in listed]:
             cstate.failures.pop(doc_id, None)
             cstate.dirty = True
         self._apply_all(name, candidates, {}, summary, allow_mass_delete=True, count_seen=False)
