@@ -65,13 +65,18 @@ class PoliteClient:
     """httpx.Client with a request rate, retries and Retry-After; safe to share between threads."""
 
     def __init__(self, *, name: str, headers: dict[str, str], rate: float, timeout: float, max_retries: int,
-                 max_backoff: float, backoff: float = 0.5, transport: httpx.BaseTransport | None = None) -> None:
+                 max_backoff: float, backoff: float = 0.5, max_retry_after: float = 600.0,
+                 transport: httpx.BaseTransport | None = None,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
         self.name = name
         self.client = httpx.Client(headers=headers, timeout=timeout, follow_redirects=True, transport=transport)
         self.min_interval = 1.0 / rate if rate > 0 else 0.0
         self.max_retries = max_retries
         self.max_backoff = max_backoff
         self.backoff = backoff
+        self.max_retry_after = max_retry_after
+        self.sleep = sleep
+        """How waits happen; tests pass a recorder to see the waits without spending them."""
         self.requests = 0
         """Requests sent, retries included (for status and tests)."""
         self._lock = threading.Lock()
@@ -85,14 +90,14 @@ class PoliteClient:
             wait = self._next_at - now
             self._next_at = max(now, self._next_at) + self.min_interval
         if wait > 0:
-            time.sleep(wait)
+            self.sleep(wait)
 
     def _wait(self, state: tenacity.RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome is not None else None
         retry_after = getattr(exc, "retry_after", None)
         if retry_after is not None:
-            # The server said how long; honour it, but never sleep for more than max_backoff at once.
-            return float(min(retry_after, self.max_backoff))
+            # The server said how long: honour it (bounded, so a bogus header cannot stall us for days).
+            return float(min(retry_after, self.max_retry_after))
         expo = tenacity.wait_exponential_jitter(initial=self.backoff, max=self.max_backoff)
         return float(expo(state))
 
@@ -128,6 +133,7 @@ class PoliteClient:
             stop=tenacity.stop_after_attempt(self.max_retries + 1),
             wait=self._wait,
             before_sleep=self._before_sleep,
+            sleep=self.sleep,
             reraise=True,
         )
         try:

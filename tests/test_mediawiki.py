@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import subprocess
 import sys
 import threading
@@ -350,7 +351,9 @@ def test_bot_password_login(tmp_path: Path, mediawiki: Wiki, wiki_ns: tuple[int,
 
     ns, p = wiki_ns
     out = mediawiki.maintenance("createBotPassword.php", "--appid", f"syncd{ns}", "--grants", "basic", "Admin")
-    password = out.strip().split()[-1]
+    match = re.search(r"password:'([^']+)'", out)
+    assert match, out
+    password = match.group(1)
     monkeypatch.setenv("TEST_WIKI_USER", f"Admin@syncd{ns}")
     monkeypatch.setenv("TEST_WIKI_PASSWORD", password)
     wiki_client.edit(f"{p}:Private", "Only for bots.")

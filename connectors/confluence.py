@@ -1,0 +1,389 @@
+"""Confluence connector: pages of chosen spaces through the REST API (Cloud and Data Center, v1).
+
+* Listing: ``GET /rest/api/content?spaceKey=K&type=page&status=current&expand=version``, followed through
+  ``_links.next``. ``doc_id`` is the page id (stable across renames and moves), the fingerprint and the
+  ``revision`` its ``version.number``, the ``uri`` its web UI link.
+* Content: ``body.storage`` (XHTML with ``ac:``/``ri:`` macros), turned into plain HTML here (code and
+  no-format macros become ``<pre>``, macro parameters are dropped) and rendered by syncd's HTML extractor,
+  which keeps headings for chunking. Reads fetch 50 pages per request (CQL ``id in (...)``) ahead of the
+  engine (in listing or poll order), so pages are rarely fetched one by one.
+* Incremental: CQL ``lastmodified >= now("-Nm")`` with N reaching an overlap window before the cursor. CQL
+  compares dates in minutes and in the searching user's time zone; a relative date avoids the time zone
+  and the overlap covers the minutes. Results already handled (page id and version) are skipped.
+* Deletions and moves to the trash (or out of the configured spaces) are invisible to CQL: every
+  ``reconcile_interval`` a poll answers with a full id listing, which the engine compares with the index
+  (behind its mass-deletion guard).
+* A 429 or 503 is retried after its ``Retry-After``; the cursor never passes a page that failed to read.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import math
+import time
+from collections.abc import Iterator
+from typing import Any, Literal
+
+import httpx
+import structlog
+from pydantic import SecretStr, field_validator
+
+from connectors._http import PoliteClient, RemoteUnavailable
+from connectors.base import Connector, ConnectorContext
+from syncd import __version__
+from syncd.config import ConnectorConfig, Duration, resolve_secret
+from syncd.errors import ConnectorError, DocumentGone, DocumentUnavailable, RootUnavailable
+from syncd.models import Change, DocumentRef, SourceDocument
+from syncd.state import read_json, write_json_atomic
+
+log = structlog.get_logger("syncd.confluence")
+
+CURSOR_VERSION = 1
+_CACHE_TTL = 120.0
+
+
+class ConfluenceConfig(ConnectorConfig):
+    type: Literal["confluence"]
+    base_url: str
+    """Site URL: https://example.atlassian.net/wiki (Cloud) or https://confluence.example.org (Data Center)."""
+    spaces: tuple[str, ...]
+    """Space keys to index."""
+    token_env: str
+    """Environment variable holding the API token (Cloud) or personal access token (Data Center)."""
+    username_env: str | None = None
+    """Environment variable holding the account e-mail (Cloud: basic auth with the API token); none sends
+    the token as a bearer token (Data Center personal access token)."""
+    poll_interval: Duration = 60.0
+    """How often CQL is asked for pages modified since the cursor."""
+    reconcile_interval: Duration = 3600.0
+    """How often the full id listing runs to find deleted, trashed and moved-away pages."""
+    overlap: Duration = 600.0
+    """How far before the cursor each search reaches; pages already handled at their version are skipped."""
+    request_rate: float = 5.0
+    """Requests per second at most (0 = unlimited)."""
+    timeout: Duration = 30.0
+    """Per-request timeout."""
+    max_retries: int = 5
+    """Retries of a failed request (5xx, 429, timeout) before giving up on it."""
+    max_backoff: Duration = 60.0
+    """Longest exponential-backoff wait between retries (a Retry-After header is honoured as sent)."""
+    page_size: int = 50
+    """Results per request (listing and search)."""
+
+    @field_validator("base_url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return value.rstrip("/")
+
+    @field_validator("spaces")
+    @classmethod
+    def _spaces(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value or any(not s or '"' in s for s in value):
+            raise ValueError("must list at least one space key")
+        return value
+
+    @field_validator("page_size")
+    @classmethod
+    def _page_size(cls, value: int) -> int:
+        if not 1 <= value <= 200:
+            raise ValueError("must be between 1 and 200")
+        return value
+
+    @field_validator("request_rate", "max_retries")
+    @classmethod
+    def _non_negative(cls, value: float) -> float:
+        if value < 0:
+            raise ValueError("must be >= 0")
+        return value
+
+
+def _parse_when(value: str) -> float:
+    return dt.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+
+
+def storage_to_html(title: str, storage: str) -> str:
+    """Confluence storage XHTML as plain HTML the extractor understands (headings, paragraphs, lists,
+    tables, code blocks), with the page title as the document title."""
+    from bs4 import BeautifulSoup
+
+    soup = BeautifulSoup(storage, "html.parser")
+    for param in soup.find_all(["ac:parameter", "ac:placeholder"]):
+        param.decompose()
+    for body in soup.find_all("ac:plain-text-body"):
+        pre = soup.new_tag("pre")
+        pre.string = body.get_text()
+        body.replace_with(pre)
+    for link in soup.find_all("ac:link"):
+        label = link.find("ac:link-body") or link.find("ac:plain-text-link-body")
+        target = link.find(["ri:page", "ri:attachment", "ri:user", "ri:space"])
+        text = label.get_text() if label is not None else (
+            (target.get("ri:content-title") or target.get("ri:filename") or "") if target is not None else "")
+        link.replace_with(str(text))
+    for tag in soup.find_all(lambda t: t.name is not None and ":" in t.name):
+        tag.unwrap()
+    page = BeautifulSoup("<html><head><title></title></head><body></body></html>", "html.parser")
+    assert page.title is not None and page.body is not None
+    page.title.string = title
+    page.body.append(soup)
+    return str(page)
+
+
+class ConfluenceConnector(Connector):
+    type_name = "confluence"
+    config_model = ConfluenceConfig
+
+    def __init__(self, config: ConfluenceConfig, context: ConnectorContext) -> None:
+        super().__init__(config, context)
+        self.cfg = config
+        token = SecretStr(resolve_secret(config.token_env, key=f"connectors.{config.name}.token_env") or "")
+        auth: httpx.Auth | None = None
+        headers = {"User-Agent": f"syncd/{__version__}", "Accept": "application/json"}
+        if config.username_env is not None:
+            user = resolve_secret(config.username_env, key=f"connectors.{config.name}.username_env") or ""
+            auth = httpx.BasicAuth(user, token.get_secret_value())
+        else:
+            headers["Authorization"] = f"Bearer {token.get_secret_value()}"
+        self.http = PoliteClient(name=config.name, headers=headers, rate=config.request_rate,
+                                 timeout=config.timeout, max_retries=int(config.max_retries),
+                                 max_backoff=config.max_backoff)
+        if auth is not None:
+            self.http.client.auth = auth
+        self._cache: dict[str, tuple[float, dict[str, Any]]] = {}
+        self._order: dict[str, int] = {}
+        self._order_list: list[str] = []
+        self._single: set[str] = set()
+        self._failed: set[str] = set()
+        self._pending: dict[str, Any] | None = None
+        self._listed: dict[str, float] = {}
+        """id:version -> modified time of the pages the last full listing saw (handled by that reconcile)."""
+        self.cursor_path = context.state_dir / "cursor.json"
+
+    # -- the API ---------------------------------------------------------------------------------------
+    def _get(self, url: str, params: dict[str, Any] | None = None) -> httpx.Response:
+        if not url.startswith(("http://", "https://")):
+            url = self.cfg.base_url + url
+        response = self.http.request("GET", url, params=params)
+        if response.status_code in (401, 403):
+            raise ConnectorError(f"Confluence refused the token (HTTP {response.status_code})", connector=self.name)
+        return response
+
+    def _pages(self, path: str, params: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        """Every result of a paginated endpoint, following ``_links.next``."""
+        url: str | None = path
+        query: dict[str, Any] | None = params
+        while url:
+            response = self._get(url, query)
+            if response.status_code != 200:
+                raise ConnectorError(f"{url} answered HTTP {response.status_code}", connector=self.name)
+            data = response.json()
+            yield from data.get("results", [])
+            links = data.get("_links", {})
+            nxt = links.get("next")
+            if not nxt:
+                return
+            base = links.get("base") or self.cfg.base_url
+            url = nxt if nxt.startswith(("http://", "https://")) else base.rstrip("/") + nxt
+            query = None  # the next link carries every parameter
+
+    def _failure(self, exc: RemoteUnavailable | ConnectorError, what: str) -> ConnectorError:
+        if isinstance(exc, RemoteUnavailable) and exc.transport:
+            return RootUnavailable(f"Confluence at {self.cfg.base_url} unreachable while {what}: {exc}",
+                                   connector=self.name)
+        return ConnectorError(f"Confluence at {self.cfg.base_url} failed while {what}: {exc}", connector=self.name)
+
+    def check_available(self) -> None:
+        """Raises RootUnavailable when Confluence does not answer (the engine then deletes nothing)."""
+        try:
+            response = self._get("/rest/api/space", {"spaceKey": self.cfg.spaces[0], "limit": 1})
+        except (RemoteUnavailable, ConnectorError) as exc:
+            raise RootUnavailable(f"Confluence is not answering: {exc}", connector=self.name) from None
+        if response.status_code != 200:
+            raise RootUnavailable(f"Confluence answered HTTP {response.status_code}", connector=self.name)
+
+    # -- listing ---------------------------------------------------------------------------------------
+    def list_documents(self) -> Iterator[DocumentRef]:
+        refs: list[DocumentRef] = []
+        self._listed = {}
+        try:
+            for space in self.cfg.spaces:
+                for page in self._pages("/rest/api/content", {"spaceKey": space, "type": "page", "status": "current",
+                                                              "expand": "version", "limit": self.cfg.page_size}):
+                    refs.append(DocumentRef(doc_id=str(page["id"]), fingerprint=str(page["version"]["number"])))
+                    when = page["version"].get("when")
+                    if when:
+                        self._listed[f"{page['id']}:{page['version']['number']}"] = _parse_when(when)
+        except (RemoteUnavailable, ConnectorError) as exc:
+            raise self._failure(exc, "listing pages") from None
+        self._plan([r.doc_id for r in refs])
+        return iter(refs)
+
+    def _plan(self, ids: list[str]) -> None:
+        self._order_list = list(dict.fromkeys(ids))
+        self._order = {d: i for i, d in enumerate(self._order_list)}
+        self._single.clear()
+
+    # -- reading ---------------------------------------------------------------------------------------
+    def _space_cql(self) -> str:
+        return "space in (" + ",".join(f'"{s}"' for s in self.cfg.spaces) + ")"
+
+    def _fetch_batch(self, ids: list[str]) -> dict[str, dict[str, Any]]:
+        cql = f"type=page AND id in ({','.join(ids)})"
+        return {str(p["id"]): p for p in self._pages("/rest/api/content/search", {
+            "cql": cql, "expand": "body.storage,version,space", "limit": len(ids)})}
+
+    def _fetch_one(self, doc_id: str) -> dict[str, Any] | None:
+        response = self._get(f"/rest/api/content/{doc_id}", {"expand": "body.storage,version,space"})
+        if response.status_code == 404:
+            return None
+        if response.status_code != 200:
+            raise ConnectorError(f"page {doc_id}: HTTP {response.status_code}", connector=self.name)
+        return dict(response.json())
+
+    def read(self, doc_id: str) -> SourceDocument:
+        try:
+            page = self._read_page(doc_id)
+        except DocumentUnavailable:
+            self._failed.add(doc_id)
+            raise
+        self._failed.discard(doc_id)
+        return self._document(doc_id, page)
+
+    def _read_page(self, doc_id: str) -> dict[str, Any] | None:
+        cached = self._cache.pop(doc_id, None)
+        if cached is not None and time.monotonic() - cached[0] < _CACHE_TTL:
+            return cached[1]
+        if doc_id.isdigit() and doc_id in self._order and doc_id not in self._single:
+            start = self._order[doc_id]
+            batch = [doc_id] + [d for d in self._order_list[start + 1:]
+                                if d not in self._cache and d not in self._single and d.isdigit()][:self.cfg.page_size - 1]
+            if len(batch) > 1:
+                try:
+                    pages = self._fetch_batch(batch)
+                except (RemoteUnavailable, ConnectorError):
+                    self._single.update(batch)  # one bad page must not fail its neighbours
+                    pages = {}
+                now = time.monotonic()
+                for pid, page in pages.items():
+                    if pid != doc_id:
+                        self._cache[pid] = (now, page)
+                if doc_id in pages:
+                    return pages[doc_id]
+        try:
+            return self._fetch_one(doc_id)
+        except (RemoteUnavailable, ConnectorError) as exc:
+            raise DocumentUnavailable("fetch-failed", doc_id=doc_id, connector=self.name, detail=str(exc)) from None
+
+    def _document(self, doc_id: str, page: dict[str, Any] | None) -> SourceDocument:
+        if page is None:
+            raise DocumentGone("deleted", doc_id=doc_id, connector=self.name)
+        if page.get("status", "current") != "current":
+            raise DocumentGone(str(page.get("status")), doc_id=doc_id, connector=self.name)
+        space = (page.get("space") or {}).get("key")
+        if space not in self.cfg.spaces:
+            raise DocumentGone("moved-out", doc_id=doc_id, connector=self.name,
+                               detail=f"now in space {space}, which is not indexed")
+        title = str(page.get("title", ""))
+        storage = str(((page.get("body") or {}).get("storage") or {}).get("value", ""))
+        content = storage_to_html(title, storage).encode("utf-8")
+        version = page.get("version") or {}
+        links = page.get("_links") or {}
+        base = links.get("base") or self.cfg.base_url
+        webui = links.get("webui", "")
+        uri = webui if webui.startswith(("http://", "https://")) else base.rstrip("/") + webui
+        number = str(version.get("number", ""))
+        # Title and body: a renamed page keeps its vectors (chunks are reused) but its rows get the new title.
+        content_id = "sha256:" + hashlib.sha256(title.encode() + b"\0" + storage.encode()).hexdigest()
+        return SourceDocument(
+            doc_id=doc_id, fingerprint=number, revision=number, uri=uri, title=title, content=content,
+            media_type="html", content_id=content_id,
+            modified_at=dt.datetime.fromtimestamp(_parse_when(version["when"]), tz=dt.UTC) if version.get("when") else None,
+            metadata={"space": str(space), "page_id": doc_id},
+        )
+
+    # -- polling ---------------------------------------------------------------------------------------
+    @property
+    def poll_interval(self) -> float | None:
+        return self.cfg.poll_interval or None
+
+    def load_cursor(self) -> dict[str, Any] | None:
+        """The committed cursor: ``ts`` (newest modification handled), ``seen`` (id:version handled near
+        it) and ``reconciled_at`` (last full id listing)."""
+        data = read_json(self.cursor_path)
+        if not isinstance(data, dict) or data.get("state_version") != CURSOR_VERSION:
+            return None
+        if data.get("base_url") != self.cfg.base_url or data.get("spaces") != list(self.cfg.spaces):
+            return None  # another site or other spaces: start again with a full listing
+        return data
+
+    def _search_since(self, since: float) -> list[dict[str, Any]]:
+        minutes = max(1, math.ceil((time.time() - since) / 60.0))
+        cql = f'type=page AND {self._space_cql()} AND lastmodified >= now("-{minutes}m") order by lastmodified asc'
+        # Versions only: the bodies come in read-ahead batches, where one failing page cannot fail the poll.
+        return list(self._pages("/rest/api/content/search", {"cql": cql, "expand": "version",
+                                                             "limit": self.cfg.page_size}))
+
+    def poll(self) -> Iterator[Change] | None:
+        self._failed.clear()
+        self._pending = None
+        cursor = self.load_cursor()
+        now = time.time()
+        if cursor is None or now - float(cursor.get("reconciled_at", 0)) >= self.cfg.reconcile_interval:
+            # The id reconciliation: a full listing, compared with the index by the engine. Changes made
+            # while it runs are caught by the next search (the cursor starts an overlap before now).
+            self._pending = {"kind": "rescan", "ts": now, "seen": {}, "reconciled_at": now}
+            return iter([Change(connector=self.name, kind="rescan", doc_id="", seen_at=now)])
+        base_ts = float(cursor["ts"])
+        seen_before: dict[str, float] = dict(cursor.get("seen", {}))
+        try:
+            results = self._search_since(base_ts - self.cfg.overlap)
+        except (RemoteUnavailable, ConnectorError) as exc:
+            raise self._failure(exc, "searching for changes") from None
+        rows: list[tuple[str, float, str]] = []
+        for page in results:
+            pid = str(page["id"])
+            version = page.get("version") or {}
+            key = f"{pid}:{version.get('number')}"
+            if key in seen_before:
+                continue
+            ts = _parse_when(version["when"]) if version.get("when") else now
+            rows.append((key, ts, pid))
+        rows.sort(key=lambda r: r[1])
+        self._pending = {"kind": "incremental", "ts": base_ts, "seen": seen_before, "rows": rows,
+                         "reconciled_at": cursor.get("reconciled_at", 0)}
+        ids = list(dict.fromkeys(pid for _, _, pid in rows))
+        self._plan(ids)
+        return iter([Change(connector=self.name, kind="upsert", doc_id=pid, seen_at=now) for pid in ids])
+
+    def commit_cursor(self) -> None:
+        """Persist the last poll's cursor, stopping before the first change of a page that failed."""
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return
+        failed = set(self._failed)
+        high, seen = float(pending["ts"]), dict(pending["seen"])
+        if pending["kind"] == "rescan":
+            if failed:
+                log.warning("confluence.cursor_held", connector=self.name, failed=len(failed))
+                return
+            # Search from an overlap before the listing started, skipping the versions the listing saw.
+            seen.update(self._listed)
+        else:
+            blocked = False
+            for key, ts, pid in pending["rows"]:
+                if pid in failed:
+                    blocked = True
+                    continue
+                seen[key] = ts
+                if not blocked:
+                    high = max(high, ts)
+        seen = {k: v for k, v in seen.items() if v >= high - self.cfg.overlap}
+        write_json_atomic(self.cursor_path, {
+            "state_version": CURSOR_VERSION, "base_url": self.cfg.base_url, "spaces": list(self.cfg.spaces),
+            "ts": high, "seen": seen, "reconciled_at": pending["reconciled_at"]})
+
+    def close(self) -> None:
+        self.http.close()
+        self._cache.clear()
