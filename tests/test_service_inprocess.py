@@ -1,0 +1,392 @@
+"""The service in this process (HashEmbedder, real LanceDB, real HTTP, real scheduler): readiness,
+backoff of a failing connector, maintenance policy and its health check, sd_notify, the status page in a
+real headless Chromium."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+from conftest import wait_for, write_config
+from prometheus_client.parser import text_string_to_metric_families
+
+from connectors.base import Connector
+from syncd import config as config_mod
+from syncd.config import ConnectorConfig
+from syncd.errors import ConnectorError
+from syncd.models import DocumentRef, SourceDocument
+from syncd.notify import notify, watchdog_interval
+from syncd.testing import HashEmbedder
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+# -- a connector the tests steer -------------------------------------------------------------------------
+@dataclass
+class Control:
+    """Per connector name: a gate its listing waits on, and a switch that makes its polls fail."""
+
+    gate: threading.Event = field(default_factory=threading.Event)
+    failing: threading.Event = field(default_factory=threading.Event)
+    polls: int = 0
+
+
+CONTROLS: dict[str, Control] = {}
+
+
+def control(name: str) -> Control:
+    return CONTROLS.setdefault(name, Control())
+
+
+class MemoryConfig(ConnectorConfig):
+    pages: int = 3
+    """How many documents the source holds."""
+    poll_every: float = 0.0
+    """Seconds between polls; 0 = not polled."""
+    gated: bool = False
+    """The listing waits for the test to open the gate."""
+
+
+class MemoryConnector(Connector):
+    """Documents held in memory; see Control."""
+
+    type_name = "memory"
+    config_model = MemoryConfig
+
+    @property
+    def control(self) -> Control:
+        return control(self.name)
+
+    def list_documents(self) -> Iterator[DocumentRef]:
+        cfg = self.config
+        assert isinstance(cfg, MemoryConfig)
+        if cfg.gated:
+            assert self.control.gate.wait(timeout=120), "gate never opened"
+        for i in range(cfg.pages):
+            yield DocumentRef(doc_id=f"page-{i}", fingerprint="v1")
+
+    def read(self, doc_id: str) -> SourceDocument:
+        return SourceDocument(doc_id=doc_id, fingerprint="v1", revision="v1", uri=f"memory://{self.name}/{doc_id}",
+                              title=doc_id, content=f"# {doc_id}\n\nText of {doc_id} in {self.name}.\n".encode(),
+                              media_type="markdown")
+
+    @property
+    def poll_interval(self) -> float | None:
+        cfg = self.config
+        assert isinstance(cfg, MemoryConfig)
+        return cfg.poll_every or None
+
+    def poll(self) -> Iterator[DocumentRef] | None:  # type: ignore[override]
+        self.control.polls += 1
+        if self.control.failing.is_set():
+            raise ConnectorError("source down (test)", connector=self.name)
+        return iter([])
+
+
+@pytest.fixture(autouse=True)
+def memory_connector_type(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Register the test connector the way a third-party one is: by type name in the registry."""
+    from syncd import registry
+
+    monkeypatch.setitem(registry._targets(), "memory", f"{__name__}:MemoryConnector")
+    CONTROLS.clear()
+    yield
+    for control in CONTROLS.values():
+        control.gate.set()
+
+
+@contextmanager
+def running(config_path: Path) -> Iterator[Any]:
+    """The Service started (not waited for), its main loop in a thread; stopped at exit."""
+    from syncd.daemon import Service
+
+    service = Service(config_mod.load(config_path), embedder=HashEmbedder())
+    service.start()
+    loop = threading.Thread(target=service.run_forever, daemon=True)
+    loop.start()
+    try:
+        yield service
+    finally:
+        for control in CONTROLS.values():
+            control.gate.set()
+        service.stopping.set()
+        loop.join(timeout=60)
+        assert not loop.is_alive()
+
+
+def get(service: Any, path: str) -> tuple[int, Any]:
+    try:
+        with urllib.request.urlopen(service.http.url + path, timeout=30) as resp:
+            body, code = resp.read(), resp.status
+    except urllib.error.HTTPError as exc:
+        body, code = exc.read(), exc.code
+    try:
+        return code, json.loads(body)
+    except ValueError:
+        return code, body.decode()
+
+
+def connector_status(service: Any, name: str) -> dict[str, Any]:
+    code, status = get(service, "/status")
+    assert code == 200
+    return next(c for c in status["connectors"] if c["name"] == name)
+
+
+def metric(service: Any, name: str, **labels: str) -> float:
+    code, text = get(service, "/metrics")
+    assert code == 200
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return float(sample.value)
+    return 0.0
+
+
+def idle(service: Any) -> bool:
+    q = service.queue
+    with q.cond:
+        return q.empty() and not any(q.in_flight.values()) and service.cycle_started_at is None
+
+
+def save_atomically(path: Path, text: str) -> None:
+    """As editors save: a hidden temp file renamed over the original, so no reader sees it half-written."""
+    tmp = path.with_name("." + path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_docs(folder: Path, count: int, start: int = 0) -> list[str]:
+    names = []
+    for i in range(start, start + count):
+        name = f"note-{i:04d}.md"
+        (folder / name).write_text(f"# Note {i}\n\nThis is note number {i} about topic {i % 7}.\n")
+        names.append(name)
+    return names
+
+
+# -- readiness -------------------------------------------------------------------------------------------
+def test_readyz_turns_200_only_when_every_initial_catch_up_finished(tmp_path: Path, docs: Path) -> None:
+    write_docs(docs, 2)
+    cfg = write_config(tmp_path, [{"name": "docs", "type": "filesystem", "path": str(docs)},
+                                  {"name": "gated", "type": "memory", "gated": True, "pages": 3}])
+    with running(cfg) as service:
+        wait_for(lambda: connector_status(service, "docs")["docs"] == 2, what="docs synced")
+        assert get(service, "/healthz") == (200, {"status": "ok"})
+        assert get(service, "/readyz") == (503, {"status": "catching-up"})
+        assert connector_status(service, "gated")["state"] == "catching-up"
+        control("gated").gate.set()
+        wait_for(lambda: get(service, "/readyz")[0] == 200, what="ready")
+        assert get(service, "/readyz") == (200, {"status": "ready"})
+        assert connector_status(service, "gated")["docs"] == 3
+
+
+# -- backoff ---------------------------------------------------------------------------------------------
+def test_a_failing_polled_connector_backs_off_exponentially_capped_and_never_stalls_others(
+        tmp_path: Path, docs: Path) -> None:
+    interval, cap = 0.1, 0.8
+    write_docs(docs, 2)
+    cfg = write_config(tmp_path, [{"name": "flaky", "type": "memory", "poll_every": interval},
+                                  {"name": "docs", "type": "filesystem", "path": str(docs)}],
+                       sync={"backoff_max": f"{cap}s"})
+    with running(cfg) as service:
+        wait_for(service.ready, what="ready")
+        control("flaky").failing.set()
+        status = wait_for(lambda: (s := connector_status(service, "flaky"))["consecutive_failures"] >= 5 and s,
+                          what="five failures in a row")
+        k = status["consecutive_failures"]
+        assert status["backoff_s"] == pytest.approx(min(interval * 2 ** (k - 1), cap))
+        assert status["state"] == "failing" and "source down" in status["last_error"]
+        assert status["retry_at"] is not None
+        # Scheduled polls that fall inside the wait are skipped and counted.
+        assert metric(service, "syncd_scheduler_skipped_runs_total", job="poll:flaky") > 0
+        assert metric(service, "syncd_connector_consecutive_failures", connector="flaky") >= 5
+        # Meanwhile the other connector keeps syncing.
+        write_docs(docs, 1, start=2)
+        wait_for(lambda: connector_status(service, "docs")["docs"] == 3, what="docs keeps syncing")
+        control("flaky").failing.clear()
+        healed = wait_for(lambda: (s := connector_status(service, "flaky"))["consecutive_failures"] == 0 and s,
+                          what="recovery")
+        assert healed["backoff_s"] == 0 and healed["retry_at"] is None
+
+
+# -- maintenance -----------------------------------------------------------------------------------------
+def test_maintenance_that_stops_running_makes_healthz_fail(tmp_path: Path, docs: Path) -> None:
+    write_docs(docs, 2)
+    cfg = write_config(tmp_path, [{"name": "docs", "type": "filesystem", "path": str(docs)}],
+                       sync={"maintenance_interval": "1s"})
+    with running(cfg) as service:
+        wait_for(lambda: get(service, "/status")[1]["store"]["maintenance_runs"] >= 1, what="maintenance ran")
+        assert get(service, "/healthz")[0] == 200
+        service.scheduler.pause_job("maintenance")  # maintenance silently stops
+        code, body = wait_for(lambda: (r := get(service, "/healthz"))[0] == 503 and r, what="health failure")
+        assert any("maintenance" in p for p in body["problems"])
+        assert get(service, "/status")[1]["store"]["maintenance_overdue"] is True
+        service.scheduler.resume_job("maintenance")
+        wait_for(lambda: get(service, "/healthz")[0] == 200, what="healthy again")
+
+
+def test_compaction_every_n_commits_scalar_indexes_and_ann_past_the_row_threshold(
+        tmp_path: Path, docs: Path) -> None:
+    import lancedb
+
+    every, batch, initial, singles, ann_rows = 4, 50, 300, 10, 300
+    write_docs(docs, initial)
+    cfg = write_config(tmp_path, [{"name": "docs", "type": "filesystem", "path": str(docs)}],
+                       store={"uri": "./index", "compact_every_commits": every, "ann_min_rows": ann_rows},
+                       sync={"max_batch_docs": batch, "maintenance_interval": "1h", "verify_interval": "0s"})
+    with running(cfg) as service:
+        wait_for(service.ready, what="ready")
+        for i in range(singles):  # one commit each
+            save_atomically(docs / f"note-{i:04d}.md", f"# Note {i}\n\nEdited note {i}.\n")
+            wait_for(lambda i=i: any(r["doc_id"] == f"note-{i:04d}.md" and r["action"] == "changed"
+                                     for r in connector_status(service, "docs")["recent"]), what=f"edit {i} committed")
+        wait_for(lambda: idle(service), what="idle")
+        commits = math.ceil(initial / batch) + singles
+        assert metric(service, "syncd_store_commits_total") == commits
+        store = get(service, "/status")[1]["store"]
+        assert store["maintenance_runs"] == commits // every
+        assert store["fragments"] <= every
+        assert store["docs"] == initial and store["rows"] == store["chunks"]
+
+        table = lancedb.connect(str(tmp_path / "index")).open_table(store["table"])
+        indexes = {idx.columns[0]: str(idx.index_type) for idx in table.list_indices()}
+        for column in ("doc_key", "doc_id", "chunk_id"):
+            assert indexes.get(column) == "BTree", indexes
+        assert indexes.get("text") == "FTS"
+        assert "vector" in indexes, indexes  # rows >= ann_min_rows at the last maintenance
+
+        # A fresh document, not yet in any index, is found at once (no index-only search).
+        save_atomically(docs / "fresh.md", "# Fresh\n\nzanzibarquokka arrives today.\n")
+        wait_for(lambda: connector_status(service, "docs")["docs"] == initial + 1, what="fresh doc")
+        assert get(service, "/status")[1]["store"]["unindexed_rows"] > 0
+        code, found = get(service, f"/search?q={quote('zanzibarquokka')}&k=3")
+        assert code == 200 and found["results"][0]["doc_id"] == "fresh.md"
+
+
+def test_no_ann_index_below_the_row_threshold(tmp_path: Path, docs: Path) -> None:
+    import lancedb
+
+    write_docs(docs, 5)
+    cfg = write_config(tmp_path, [{"name": "docs", "type": "filesystem", "path": str(docs)}])
+    assert config_mod.load(cfg).store.ann_min_rows == 100_000
+    with running(cfg) as service:
+        wait_for(service.ready, what="ready")
+        service.queue.push_task("maintenance", service._maintain)
+        wait_for(lambda: get(service, "/status")[1]["store"]["maintenance_runs"] == 1, what="maintenance")
+        table = lancedb.connect(str(tmp_path / "index")).open_table(service.runtime.store.table_name)
+        columns = {idx.columns[0] for idx in table.list_indices()}
+        assert {"doc_key", "doc_id", "chunk_id", "text"} <= columns and "vector" not in columns
+        store = get(service, "/status")[1]["store"]
+        assert store["unindexed_rows"] == 0 and store["last_maintenance_at"] and store["last_reconcile_at"]
+        assert store["bytes"] > 0 and store["fragments"] >= 1 and store["table_version"] == table.version
+
+
+# -- sd_notify -------------------------------------------------------------------------------------------
+@pytest.fixture
+def notify_socket(monkeypatch: pytest.MonkeyPatch) -> Iterator[socket.socket]:
+    folder = tempfile.mkdtemp(prefix="sdn", dir="/tmp")  # AF_UNIX paths must stay short
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(os.path.join(folder, "notify"))
+    sock.settimeout(30)
+    monkeypatch.setenv("NOTIFY_SOCKET", os.path.join(folder, "notify"))
+    yield sock
+    sock.close()
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_notify_sends_datagrams_to_the_socket(notify_socket: socket.socket) -> None:
+    assert notify("STATUS=hello") is True
+    assert notify_socket.recv(4096) == b"STATUS=hello"
+
+
+def test_notify_is_a_no_op_without_systemd(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+    assert notify("READY=1") is False
+
+
+def test_notify_reaches_an_abstract_socket(monkeypatch: pytest.MonkeyPatch) -> None:
+    name = f"syncd-test-{os.getpid()}-{threading.get_ident()}"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind("\0" + name)
+        sock.settimeout(30)
+        monkeypatch.setenv("NOTIFY_SOCKET", "@" + name)
+        assert notify("WATCHDOG=1") is True
+        assert sock.recv(4096) == b"WATCHDOG=1"
+
+
+def test_watchdog_interval_is_half_the_timeout_and_only_for_our_pid(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("WATCHDOG_USEC", raising=False)
+    assert watchdog_interval() is None
+    monkeypatch.setenv("WATCHDOG_USEC", "3000000")
+    monkeypatch.setenv("WATCHDOG_PID", str(os.getpid()))
+    assert watchdog_interval() == 1.5
+    monkeypatch.setenv("WATCHDOG_PID", str(os.getpid() + 1))
+    assert watchdog_interval() is None
+
+
+# -- the status page in a real browser -------------------------------------------------------------------
+def _chromium() -> str:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        path = shutil.which(name)
+        if path:
+            return path
+    pytest.fail("no headless browser: install Debian's `chromium` package (apt-get install chromium)")
+
+
+def _browse(url: str, tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    profile = tempfile.mkdtemp(prefix="chromium-", dir=tmp_path)
+    cmd = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+           "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
+           f"--user-data-dir={profile}", *args, url]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=180)
+
+
+def test_status_page_renders_in_headless_chromium(tmp_path: Path, docs: Path) -> None:
+    names = write_docs(docs, 4)
+    cfg = write_config(tmp_path, [{"name": "handbook", "type": "filesystem", "path": str(docs)},
+                                  {"name": "wiki", "type": "memory", "pages": 6, "poll_every": 30.0}],
+                       sync={"backoff_max": "10m"})
+    with running(cfg) as service:
+        wait_for(service.ready, what="ready")
+        save_atomically(docs / names[0], "# Note 0\n\nEdited: the handbook now covers onboarding.\n")
+        (docs / "broken.pdf").write_bytes(b"%PDF-1.4 not really a pdf")
+        wait_for(lambda: connector_status(service, "handbook")["failed_docs"] == 1, what="failure recorded")
+        control("wiki").failing.set()
+        service.queue.push_task("poll:wiki", lambda: service._poll("wiki"))
+        wait_for(lambda: connector_status(service, "wiki")["consecutive_failures"] == 1, what="wiki failing")
+        wait_for(lambda: idle(service), what="idle")
+
+        dom = _browse(service.http.url + "/", tmp_path, "--dump-dom")
+        assert dom.returncode == 0, dom.stderr[-2000:]
+        page = dom.stdout
+        assert '<meta http-equiv="refresh"' in page  # auto-refreshing
+        for expected in ("handbook", "wiki", "filesystem", "memory", "failing", "idle", "changed", names[0],
+                         "broken.pdf", "source down (test)", "failed 1× in a row", "<table>"):
+            assert expected in page, expected
+        # The counts the page shows are the ones synced: 4 good notes, 6 wiki pages.
+        assert "<td>4</td>" in page and "<td>6</td>" in page
+
+        shot = tmp_path / "status-page.png"
+        proc = _browse(service.http.url + "/", tmp_path, f"--screenshot={shot}", "--window-size=1280,720",
+                       "--hide-scrollbars")
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        data = shot.read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+        if os.environ.get("SYNCD_UPDATE_SCREENSHOT"):
+            (REPO / "docs").mkdir(exist_ok=True)
+            shutil.copyfile(shot, REPO / "docs" / "status-page.png")
