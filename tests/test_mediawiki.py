@@ -199,6 +199,8 @@ class FaultyProxy:
         self.upstream = upstream
         self.fail_marker: str | None = None
         self.failed = 0
+        self.script: list[tuple[int, dict[str, str], bytes]] = []  # answers for the next requests
+        self.requests: list[str] = []
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -208,6 +210,15 @@ class FaultyProxy:
             def _forward(self, method: str) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0)) if method == "POST" else b""
                 seen = urllib.parse.unquote_plus(self.path + "?" + body.decode(errors="replace"))
+                outer.requests.append(seen)
+                if outer.script:
+                    status, extra, payload = outer.script.pop(0)
+                    self.send_response(status)
+                    for k, v in {**extra, "Content-Length": str(len(payload))}.items():
+                        self.send_header(k, v)
+                    self.end_headers()
+                    self.wfile.write(payload)
+                    return
                 if outer.fail_marker and outer.fail_marker in seen:
                     outer.failed += 1
                     self.send_response(503)
@@ -392,3 +403,24 @@ def test_cli_sync_and_query_with_the_real_model(tmp_path: Path, mediawiki: Wiki,
     wiki_client.edit(title, "== Habitat ==\nThe quokka is a small marsupial living on Rottnest Island and Bald Island.")
     second = run("sync")
     assert (second["docs_changed"], second["docs_added"], second["docs_deleted"]) == (1, 0, 0)
+
+
+def test_maxlag_429_and_5xx_are_retried_after_the_wait_asked(
+        tmp_path: Path, mediawiki: Wiki, wiki_ns: tuple[int, str], wiki_client: WikiClient, make_runtime: Any,
+        faulty_proxy: FaultyProxy) -> None:
+    """Every request carries maxlag; a maxlag error and a 429 are retried after their Retry-After, a 503
+    without one after an exponential backoff bounded by max_backoff."""
+    ns, p = wiki_ns
+    wiki_client.edit(f"{p}:Polite", "A page read politely.")
+    rt = make_runtime(wiki_config(tmp_path, faulty_proxy.api_url, ns, max_retries=3, max_backoff="10ms", maxlag=3))
+    connector: Any = rt.connectors[NAME]
+    waits: list[float] = []
+    connector.http.sleep = waits.append
+    lagged = json.dumps({"error": {"code": "maxlag", "info": "Waiting for a database server: 7 seconds lagged."}})
+    faulty_proxy.script = [(200, {"Retry-After": "4", "Content-Type": "application/json"}, lagged.encode()),
+                           (429, {"Retry-After": "2"}, b""), (503, {}, b"")]
+    summary = sync(rt)
+    assert not summary.failures
+    assert indexed(rt) == wiki_pages(wiki_client, ns)
+    assert waits[:2] == [4.0, 2.0] and len(waits) == 3 and 0 <= waits[2] <= 0.01
+    assert faulty_proxy.requests and all("maxlag=3" in r for r in faulty_proxy.requests)
