@@ -424,3 +424,23 @@ def test_maxlag_429_and_5xx_are_retried_after_the_wait_asked(
     assert indexed(rt) == wiki_pages(wiki_client, ns)
     assert waits[:2] == [4.0, 2.0] and len(waits) == 3 and 0 <= waits[2] <= 0.01
     assert faulty_proxy.requests and all("maxlag=3" in r for r in faulty_proxy.requests)
+
+
+def test_daemon_polls_the_wiki_and_reports_the_connector(
+        tmp_path: Path, mediawiki: Wiki, wiki_ns: tuple[int, str], wiki_client: WikiClient,
+        in_process_daemon: Any) -> None:
+    """`syncd run` catches up, then follows the wiki by polling; /status shows the connector's lag."""
+    from conftest import wait_for
+
+    ns, p = wiki_ns
+    wiki_client.edit(f"{p}:Before", "Written before the daemon started.")
+    config = wiki_config(tmp_path, mediawiki.api_url, ns)
+    with in_process_daemon(config) as daemon:
+        rt = daemon.service.runtime
+        wait_for(lambda: indexed(rt) == wiki_pages(wiki_client, ns), what="the catch-up")
+        wiki_client.edit(f"{p}:After", "Written while the daemon runs.")
+        wiki_client.move(f"{p}:Before", f"{p}:Before moved", redirect=False)
+        wait_for(lambda: indexed(rt) == wiki_pages(wiki_client, ns), what="the poll")
+        entry = next(c for c in daemon.service.status()["connectors"] if c["name"] == NAME)
+        assert entry["type"] == "mediawiki" and entry["last_error"] is None and entry["failed_docs"] == 0
+        assert isinstance(entry["lag_s"], float) and entry["last_success_at"] is not None
