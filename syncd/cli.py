@@ -87,7 +87,8 @@ def cmd_run(cfg: Any, args: argparse.Namespace) -> int:
 
 
 def cmd_sync(cfg: Any, args: argparse.Namespace) -> int:
-    from syncd.models import SyncSummary
+    from syncd.errors import ConnectorError
+    from syncd.models import Failure, SyncSummary
     from syncd.runtime import Runtime, WriterLocked
 
     try:
@@ -103,7 +104,12 @@ def cmd_sync(cfg: Any, args: argparse.Namespace) -> int:
         for name in rt.connectors:
             if args.connector and name != args.connector:
                 continue
-            poll = rt.connectors[name].poll()
+            try:
+                poll = rt.connectors[name].poll()
+            except ConnectorError as exc:
+                # The source failed as a whole (remote down, auth): reported like a failed listing; no cursor moves.
+                summary.merge(SyncSummary(failures=[Failure(connector=name, doc_id="", reason=str(exc))]))
+                continue
             if poll is not None:
                 seen = {}
                 rescan = False
@@ -114,7 +120,8 @@ def cmd_sync(cfg: Any, args: argparse.Namespace) -> int:
                             seen[d] = 0.0
                 part = (rt.engine.reconcile(name, allow_mass_delete=args.allow_mass_delete) if rescan
                         else rt.engine.process({name: seen}))
-                if not any(f.connector == name and not f.doc_id for f in part.failures):
+                if not any(f.connector == name and (not f.doc_id or "store-write-failed" in f.reason)
+                           for f in part.failures):
                     rt.connectors[name].commit_cursor()
             else:
                 part = rt.engine.reconcile(name, allow_mass_delete=args.allow_mass_delete)

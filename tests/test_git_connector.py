@@ -448,6 +448,42 @@ def test_corrupt_mirror_is_recloned(tmp_path, repo, make_runtime, damage):
     assert (mirror / "HEAD").read_text().startswith("ref:")
 
 
+def test_a_blob_lost_from_the_mirror_is_recovered(tmp_path, repo, make_runtime):
+    """A missing object is found by the fetch (re-clone at once) or by a read (the document fails, the mirror is
+    marked corrupt, and the next poll re-clones and retries it)."""
+    repo.write("x.md", markdown_doc(1))
+    repo.commit("one")
+    repo.push()
+    rt = make_runtime(git_config(tmp_path, repo))
+    t = Tracker(rt, repo)
+    t.sync()
+    connector = rt.connectors[NAME]
+    mirror = rt.config.state_dir / "connectors" / NAME / "mirror.git"
+
+    def lose(sha: str) -> None:
+        connector.close()
+        loose = mirror / "objects" / sha[:2] / sha[2:]
+        assert loose.exists()
+        loose.unlink()
+
+    lose(repo.files_at(repo.head())["x.md"][1])
+    repo.write("copy/y.md", markdown_doc(1))  # the same blob: a fetch does not send it again
+    repo.commit("copy")
+    repo.push()
+    t.sync()
+
+    repo.write("z.md", markdown_doc(2))
+    repo.commit("three")
+    repo.push()
+    changes = list(connector.poll())
+    lose(repo.files_at(repo.head())["z.md"][1])
+    summary = rt.engine.process({NAME: {c.doc_id: 0.0 for c in changes}})
+    assert [(f.doc_id, f.reason.split(":")[0]) for f in summary.failures] == [("z.md", "git-error")]
+    connector.commit_cursor()
+    healed = t.sync()
+    assert healed.docs_added == 1 and healed.failures == []
+
+
 def test_unreachable_remote_keeps_cursor_and_index(tmp_path, repo, make_runtime):
     """A vanished remote fails the poll (no deletions, cursor unchanged); when it is back, sync catches up."""
     repo.write("a.md", markdown_doc(1))
@@ -589,3 +625,15 @@ def test_cli_sync_and_verify_with_the_real_model(tmp_path, repo, make_runtime):
     assert out.returncode == 0, out.stdout + out.stderr
     report = json.loads(out.stdout)
     assert report["ok"] is True and report["checked_docs"] == 2
+
+    # A lost remote: one JSON summary naming the connector's error, exit 1, the index and cursor kept.
+    cursor = (tmp_path / "state" / "connectors" / NAME / "cursor.json").read_text()
+    os.rename(repo.remote, repo.remote.with_name("gone.git"))
+    out = syncd("sync", "--connector", NAME, "--json")
+    assert out.returncode == 1, out.stderr
+    failed = json.loads(out.stdout)
+    assert [(f["connector"], f["doc_id"]) for f in failed["failures"]] == [(NAME, "")]
+    assert "does not appear to be a git repository" in failed["failures"][0]["reason"]
+    assert (tmp_path / "state" / "connectors" / NAME / "cursor.json").read_text() == cursor
+    status = json.loads(syncd("status", "--json").stdout)
+    assert status["connectors"][0]["docs"] == 2
