@@ -23,7 +23,8 @@ from xml.sax.saxutils import escape
 import httpx
 import pytest
 
-MEDIAWIKI = Path("/usr/share/mediawiki")
+# Debian's install location; SYNCD_MEDIAWIKI_DIR points elsewhere (another install, or none to check the skip).
+MEDIAWIKI = Path(os.environ.get("SYNCD_MEDIAWIKI_DIR", "/usr/share/mediawiki"))
 ADMIN = "Admin"
 PASSWORD = "syncd-test-admin-password-2026"
 NS_FIRST = 3000
