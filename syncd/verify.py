@@ -110,7 +110,8 @@ def verify(runtime: Any, *, connector: str | None = None) -> VerifyReport:
 
 
 _SKIP_REASONS = {"binary", "empty", "undecodable", "too-large", "corrupt", "encrypted", "not-a-regular-file",
-                 "symlink-outside-root", "broken-symlink", "unsupported-type", "unparseable"}
+                 "symlink-outside-root", "broken-symlink", "unsupported-type", "unparseable", "lfs-pointer",
+                 "submodule"}
 
 
 def _skipped_reason(reason: str) -> bool:

@@ -22,6 +22,7 @@ from syncd.errors import ConfigError, ConnectorError, RootUnavailable
 from syncd.extract import extract
 from syncd.models import SyncSummary
 from syncd.runtime import Runtime
+from syncd.verify import verify
 from tests.conftest import wait_for, write_config
 from tests.corpus import markdown_doc, paragraph
 from tests.gitrepo import GitRepo, git
@@ -127,6 +128,8 @@ class Tracker:
         cursor = json.loads((self.rt.config.state_dir / "connectors" / NAME / "cursor.json").read_text())
         if not any(f.connector == NAME and not f.doc_id for f in summary.failures):
             assert cursor["commit"] == head
+            report = verify(self.rt)
+            assert report.ok and not report.errors, report.as_dict()
         return summary
 
 
@@ -291,6 +294,8 @@ def test_lfs_pointer_binary_oversized_and_submodule_are_skipped_with_reasons(tmp
     status = build_status(rt)["connectors"][0]
     assert status["failed_docs"] == 4
     assert {f["doc_id"]: f["reason"].split(":")[0] for f in status["failures"]} == reasons
+    report = verify(rt)
+    assert report.ok and report.checked_docs == 5, report.as_dict()
 
     # Fixing a skipped file indexes it; the other skips are not re-read by the diff.
     repo.write("data.txt", "Now plain text about backups.\n")
