@@ -1,0 +1,127 @@
+"""Run the `syncd` CLI with benchmark instrumentation: ``python -m benchmarks.probe [syncd args]``.
+
+The code path is the CLI's own (``syncd.cli.main``); this module only wraps a few methods with timers.
+
+* ``BENCH_TRACE=FILE``: append one JSON line per watcher hint (``push``) and per engine batch (``batch``:
+  its documents, start and end, and the seconds spent looking up reusable vectors, embedding and
+  committing), so the harness can split each write's freshness into its stages.
+* ``BENCH_STANDIN=1``: replace the embedding model with ``StandInEmbedder``, which reports the packaged
+  model's id and dimension but derives vectors from a hash of the text. Used to build the large cached
+  indexes (which would take hours to embed on a 2-CPU machine) and to measure the pipeline's own memory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+
+class StandInEmbedder:
+    """Same id, dimension and tokenizer as the packaged model; vectors from a hash of each text."""
+
+    def __init__(self) -> None:
+        from syncd.embedding import SentenceTransformerEmbedder
+
+        self._real = SentenceTransformerEmbedder("all-MiniLM-L6-v2")
+        self.model_id = self._real.model_id
+        self.dim = self._real.dim
+        self.texts = 0
+
+    def token_counter(self) -> object:
+        return self._real.token_counter()
+
+    def load(self) -> None:
+        """Nothing to load."""
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        for i, text in enumerate(texts):
+            seed = int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big")
+            v = np.random.default_rng(seed).standard_normal(self.dim).astype(np.float32)
+            out[i] = v / np.linalg.norm(v)
+        self.texts += len(texts)
+        return out
+
+
+class _Trace:
+    def __init__(self, path: str) -> None:
+        self._fh = open(path, "a", buffering=1)  # noqa: SIM115 - open for the process's lifetime
+        self._lock = threading.Lock()
+
+    def write(self, **record: Any) -> None:
+        line = json.dumps(record)
+        with self._lock:
+            self._fh.write(line + "\n")
+
+
+def install_trace(path: str) -> None:
+    """Wrap the work queue, the engine's batch, embed and lookup steps, and the store's commit."""
+    from syncd import daemon, pipeline, store
+
+    trace = _Trace(path)
+    local = threading.local()
+
+    push = daemon.WorkQueue.push
+
+    def traced_push(self: Any, change: Any) -> None:
+        trace.write(ev="push", t=time.time(), doc=change.doc_id, dest=change.dest_id, kind=change.kind)
+        push(self, change)
+
+    daemon.WorkQueue.push = traced_push  # type: ignore[method-assign]
+
+    def timed(cls: Any, name: str, key: str) -> None:
+        original = getattr(cls, name)
+
+        def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+            started = time.monotonic()
+            try:
+                return original(self, *args, **kwargs)
+            finally:
+                current = getattr(local, "batch", None)
+                if current is not None:
+                    current[key] = current.get(key, 0.0) + time.monotonic() - started
+
+        setattr(cls, name, wrapper)
+
+    timed(pipeline.Engine, "_embed", "embed_s")
+    timed(store.Store, "vectors_for", "lookup_s")
+    timed(store.Store, "apply", "commit_s")
+    timed(daemon.Service, "_maintain", "maintain_s")
+
+    apply_batch = pipeline.Engine._apply_batch
+
+    def traced_batch(self: Any, name: str, doc_ids: list[str], *args: Any, **kwargs: Any) -> Any:
+        local.batch = {}
+        t0 = time.time()
+        try:
+            return apply_batch(self, name, doc_ids, *args, **kwargs)
+        finally:
+            rec = local.batch
+            local.batch = None
+            trace.write(ev="batch", t0=t0, t1=time.time(), docs=list(doc_ids), **rec)
+
+    pipeline.Engine._apply_batch = traced_batch  # type: ignore[method-assign]
+
+
+def main() -> int:
+    if os.environ.get("BENCH_TRACE"):
+        install_trace(os.environ["BENCH_TRACE"])
+    if os.environ.get("BENCH_STANDIN") == "1":
+        from syncd import runtime
+
+        runtime.build_embedder = lambda config: StandInEmbedder()  # type: ignore[assignment]
+    from syncd.cli import main as cli_main
+
+    return cli_main(sys.argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
