@@ -118,8 +118,9 @@ def cmd_sync(cfg: Any, args: argparse.Namespace) -> int:
                     for d in (change.doc_id, change.dest_id):
                         if d:
                             seen[d] = 0.0
-                part = (rt.engine.reconcile(name, allow_mass_delete=args.allow_mass_delete) if rescan
-                        else rt.engine.process({name: seen}))
+                # An allowed mass deletion needs the full comparison: the guard only lets reconcile through.
+                part = (rt.engine.reconcile(name, allow_mass_delete=args.allow_mass_delete)
+                        if rescan or args.allow_mass_delete else rt.engine.process({name: seen}))
                 if not any(f.connector == name and (not f.doc_id or "store-write-failed" in f.reason)
                            for f in part.failures):
                     rt.connectors[name].commit_cursor()

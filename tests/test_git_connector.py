@@ -44,7 +44,7 @@ def sync(rt: Runtime, *, allow_mass_delete: bool = False) -> SyncSummary:
     """One poll of the connector, applied the way `syncd sync` and the daemon apply it."""
     connector = rt.connectors[NAME]
     changes = list(connector.poll())
-    if any(c.kind == "rescan" for c in changes):
+    if any(c.kind == "rescan" for c in changes) or allow_mass_delete:
         summary = rt.engine.reconcile(NAME, allow_mass_delete=allow_mass_delete)
     else:
         summary = rt.engine.process({NAME: {c.doc_id: 0.0 for c in changes}})
@@ -222,6 +222,28 @@ def test_force_push_to_an_unrelated_history(tmp_path, repo, make_runtime):
     summary = t.sync()
     assert (summary.docs_unchanged, summary.docs_renamed, summary.docs_added, summary.docs_deleted) == (0, 1, 1, 1)
     assert index_view(rt)["a.md"]["revisions"] == {t.synced["a.md"][1]}
+
+
+def test_mass_deletion_by_a_rewrite_waits_for_approval(tmp_path, repo, make_runtime):
+    """A force-push that deletes most documents is held by the guard (cursor kept) until explicitly allowed."""
+    for i in range(12):
+        repo.write(f"old/{i}.md", markdown_doc(600 + i, sections=1))
+    repo.commit("many")
+    repo.push()
+    rt = make_runtime(git_config(tmp_path, repo))
+    t = Tracker(rt, repo)
+    t.sync()
+    cursor_file = rt.config.state_dir / "connectors" / NAME / "cursor.json"
+    before = cursor_file.read_text()
+    git(repo.work, "rm", "-r", "--quiet", "old")
+    repo.write("new.md", markdown_doc(700))
+    repo.commit("wipe")
+    repo.push(force=True)
+    held = sync(rt)
+    assert held.docs_deleted == 0 and any(f.reason.startswith("mass-delete-refused") for f in held.failures)
+    assert cursor_file.read_text() == before and len(index_view(rt)) == 13
+    allowed = t.sync(allow_mass_delete=True)
+    assert allowed.docs_deleted == 12
 
 
 def test_branch_deleted_then_recreated(tmp_path, repo, make_runtime):
