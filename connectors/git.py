@@ -195,6 +195,15 @@ def _matches(path: str, patterns: tuple[str, ...]) -> bool:
     return False
 
 
+def _is_utf8(path: str) -> bool:
+    """Doc ids are UTF-8 strings in the store and in JSON: a path git holds in another encoding is not indexed."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 class _KeepPlaceholders(dict[str, str]):
     def __missing__(self, key: str) -> str:
         return "{" + key + "}"
@@ -314,7 +323,7 @@ class GitConnector(Connector):
 
     def wants(self, path: str, mode: str) -> bool:
         """Whether an entry of the tree is a document of this connector (submodules are, to be reported)."""
-        if mode == MODE_SYMLINK or _matches(path, self.cfg.exclude):
+        if mode == MODE_SYMLINK or _matches(path, self.cfg.exclude) or not _is_utf8(path):
             return False
         if mode == MODE_SUBMODULE:
             return True
