@@ -196,7 +196,7 @@ def test_service_endpoints_notify_reload_and_stop(tmp_path: Path, docs: Path, da
 
 def test_sigterm_during_a_large_sync_exits_0_and_a_restart_converges(tmp_path: Path, docs: Path,
                                                                        daemon_factory: Any) -> None:
-    files = write_docs(docs, 800, words=220)
+    files = write_docs(docs, 400, words=120)
     cfg = write_config(tmp_path, [{"name": "docs", "type": "filesystem", "path": str(docs)}],
                        sync={"max_batch_docs": 16})
     d = daemon_factory(cfg)
@@ -216,7 +216,8 @@ def test_sigterm_during_a_large_sync_exits_0_and_a_restart_converges(tmp_path: P
     assert 16 <= len(first) < len(files)
 
     # A restart finishes the job.
-    d2 = daemon_factory(cfg).start(wait_ready=True)
+    d2 = daemon_factory(cfg).start(wait_ready=False)
+    wait_for(lambda: d2.get("/readyz")[0] == 200, timeout=600, what="converged")
     code, status = d2.get("/status")
     final = assert_whole_documents(store_rows(tmp_path / "index", status["store"]["table"]))
     assert {doc for _, doc in final} == set(files)
