@@ -138,7 +138,10 @@ class Engine:
                 continue
             candidates.append(ref.doc_id)
         gone = [d for d in scope if d not in listed]
-        allowed_gone = self._guard_deletions(name, len(gone), len(indexed), allow_mass_delete, summary)
+        # A document whose fingerprint reappears under a new id was moved (a renamed folder), not deleted.
+        new_fps = {ref.fingerprint for ref in refs if ref.doc_id not in indexed}
+        moved = sum(1 for d in gone if (cstate.fingerprints.get(d) or [None])[0] in new_fps)
+        allowed_gone = self._guard_deletions(name, len(gone) - moved, len(indexed), allow_mass_delete, summary)
         if allowed_gone:
             candidates.extend(gone)
         # Failures that vanished from the listing are forgotten.

@@ -206,3 +206,19 @@ def _blocked(status: dict) -> dict | None:  # type: ignore[type-arg]
         if c["name"] == "docs" and c.get("mass_delete_blocked"):
             return c  # type: ignore[no-any-return]
     return None
+
+
+def test_renamed_folder_is_not_a_mass_deletion(tmp_path: Path, docs: Path, make_runtime) -> None:  # type: ignore[no-untyped-def]
+    """Moving the folder that holds most documents is a rename of each, not a deletion the guard blocks."""
+    sub = docs / "team"
+    sub.mkdir()
+    ids = [f"team/{d}" for d in _corpus(sub)]
+    cfg = write_config(tmp_path, [{"name": "docs", "type": "filesystem", "path": str(docs)}])
+    rt = make_runtime(cfg)
+    rt.engine.reconcile("docs")
+    assert _indexed(rt) == set(ids)
+    sub.rename(docs / "renamed")
+    summary = rt.engine.reconcile("docs")
+    assert rt.engine.status["docs"].mass_delete_blocked is None
+    assert _indexed(rt) == {i.replace("team/", "renamed/") for i in ids}
+    assert summary.docs_renamed + summary.docs_added == N_DOCS and summary.docs_deleted + summary.docs_renamed == N_DOCS
