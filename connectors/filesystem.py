@@ -22,7 +22,7 @@ from typing import Literal
 
 from connectors.base import Connector, ConnectorContext, Watch
 from syncd.config import ConnectorConfig, Duration
-from syncd.errors import DocumentGone, DocumentSkipped, DocumentUnavailable, RootUnavailable
+from syncd.errors import ConnectorError, DocumentGone, DocumentSkipped, DocumentUnavailable, RootUnavailable
 from syncd.extract import media_type_for
 from syncd.models import Change, DocumentRef, SourceDocument
 
@@ -138,6 +138,9 @@ class FilesystemConnector(Connector):
                 continue
             except PermissionError:
                 continue  # an unreadable folder: its files cannot be indexed; reported per file when read
+            except OSError as exc:
+                # An I/O error (a flaky network share): the listing would be partial, so none of it counts.
+                raise ConnectorError(f"listing {folder} failed: {exc.strerror or exc}", connector=self.name) from None
             for entry in entries:
                 rel = self.doc_id_for(entry.path)
                 if rel is None:

@@ -120,7 +120,7 @@ class Engine:
                 refs = [ref for p in prefixes for ref in connector.list_documents(p)]  # type: ignore[call-arg]
             else:
                 refs = list(connector.list_documents())
-        except ConnectorError as exc:
+        except (ConnectorError, OSError) as exc:  # an I/O error a connector let through: the listing is partial
             self._connector_failed(name, exc, summary)
             summary.seconds = time.monotonic() - started
             return summary

@@ -73,3 +73,34 @@ class FaultyEmbedder:
                 if self.nan_marker in t:
                     out[i] = np.nan
         return out
+
+
+class FaultyConnector:
+    """Wraps a connector and injects its failures: a listing that raises after ``fail_listing_after``
+    documents, and reads of chosen documents that raise (e.g. ``DocumentUnavailable("permission-denied")``,
+    standing in for a file the daemon's user may not read, which cannot be staged when tests run as root).
+    Everything else is the wrapped connector's own behaviour."""
+
+    def __init__(self, inner: object, *, fail_listing_after: int | None = None,
+                 listing_error: BaseException | None = None, fail_read: dict[str, BaseException] | None = None) -> None:
+        self.inner = inner
+        self.fail_listing_after = fail_listing_after
+        self.listing_error = listing_error
+        self.fail_read = dict(fail_read or {})
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+    def list_documents(self, *args: object) -> object:
+        from syncd.errors import ConnectorError
+
+        for n, ref in enumerate(self.inner.list_documents(*args)):  # type: ignore[attr-defined]
+            if self.fail_listing_after is not None and n >= self.fail_listing_after:
+                raise self.listing_error or ConnectorError("injected listing failure",
+                                                           connector=self.inner.name)  # type: ignore[attr-defined]
+            yield ref
+
+    def read(self, doc_id: str) -> object:
+        if doc_id in self.fail_read:
+            raise self.fail_read[doc_id]
+        return self.inner.read(doc_id)  # type: ignore[attr-defined]
