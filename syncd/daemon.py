@@ -39,8 +39,8 @@ from syncd.store import MaintenancePolicy, Store
 
 log = structlog.get_logger("syncd.daemon")
 
-_BACKOFF_BASE_S = 1.0
-"""Shortest wait after a connector's first failure when its poll interval is shorter."""
+_BACKOFF_BASE_S = 60.0
+"""First wait after a failure of a connector that has neither a poll nor a reconcile interval."""
 _MAINTENANCE_GRACE = 3.0
 """Maintenance is overdue (a health failure) after this many maintenance intervals without a success."""
 
@@ -84,7 +84,7 @@ class Backoff:
 
     def failed(self, base_s: float, cap_s: float, now: float) -> None:
         self.failures += 1
-        self.delay_s = min(cap_s, max(base_s, _BACKOFF_BASE_S) * 2 ** (self.failures - 1))
+        self.delay_s = min(cap_s, base_s * 2 ** (self.failures - 1))
         self.retry_at = now + self.delay_s
 
     def succeeded(self) -> None:
@@ -277,6 +277,7 @@ class Service:
         else:
             connector = self.runtime.connectors.get(name)
             base = (connector.poll_interval or connector.reconcile_interval or _BACKOFF_BASE_S) if connector else 1.0
+            base = max(base, 0.001)
             backoff.failed(base, self.config.sync.backoff_max, time.time())
             log.warning("connector.backing_off", connector=name, failures=backoff.failures,
                         retry_in_s=round(backoff.delay_s, 3))
