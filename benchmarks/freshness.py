@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import Daemon, log, summarize, workspace
+from benchmarks.common import Daemon, log, summarize, workspace, write_config
 
 
 @dataclass
@@ -149,8 +149,11 @@ def breakdown(trace: Path, writes: list[Write]) -> dict[str, Any]:
     return {k: summarize(v) for k, v in stages.items()}
 
 
-def run(index_folder: Path, work: Path, *, quick: bool, seed: int = 11) -> dict[str, Any]:
-    config = workspace(index_folder, work)
+def run(index_folder: Path, work: Path, *, quick: bool, seed: int = 11, threads: int = 0,
+        phases: tuple[str, ...] = ("idle", "load")) -> dict[str, Any]:
+    """Both phases on one daemon; ``threads`` is ``[embedding] threads`` (0 = one per CPU, the default)."""
+    workspace(index_folder, work)
+    config = write_config(work, embedding={"threads": threads})
     root = work / "docs"
     doc_ids = sorted(p.relative_to(root).as_posix() for p in root.rglob("*.md"))
     trace = work / "trace.jsonl"
@@ -158,15 +161,17 @@ def run(index_folder: Path, work: Path, *, quick: bool, seed: int = 11) -> dict[
     t0 = time.monotonic()
     daemon = Daemon(config, trace=trace).start()
     startup = time.monotonic() - t0
-    out: dict[str, Any] = {"docs": len(doc_ids), "startup_s": startup}
+    out: dict[str, Any] = {"docs": len(doc_ids), "startup_s": startup, "embedding_threads": threads}
     try:
         daemon.search("warm up the query path")
         idle_n, load_s = (20, 10) if quick else (100, 60)
-        log(f"freshness: idle, {idle_n} writes every 300 ms")
+        log(f"freshness: idle, {idle_n} writes every 300 ms (embedding threads {threads or 'auto'})")
         idle = run_phase(daemon, root, doc_ids, writes=idle_n, interval=0.3, seed=seed)
         idle["breakdown"] = breakdown(trace, idle.pop("_writes"))
         out["idle"] = idle
         log(f"freshness idle: p50 {idle['latency_s']['median']}, p95 {idle['latency_s']['p95']}, lost {idle['lost']}")
+        if "load" not in phases:
+            return out
         time.sleep(2)
         log(f"freshness: under load, 20 writes/s for {load_s} s")
         load = run_phase(daemon, root, doc_ids, writes=20 * load_s, interval=0.05, seed=seed + 1, settle_timeout=120)

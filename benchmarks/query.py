@@ -1,0 +1,158 @@
+"""(4) Query latency: `/search` p50/p95 for hybrid queries, without and with the ANN index, and while a
+sync is writing; and (6) store growth under single-document updates, with and without maintenance."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import Daemon, log, summarize, workspace
+from benchmarks.corpus import labelled_queries
+
+
+def _store(config: Path) -> Any:
+    from syncd import config as config_mod
+    from syncd.store import Store
+
+    cfg = config_mod.load(config)
+    store = Store(cfg.store_uri, cfg.state_dir, base_table=cfg.store.table, dim=384, signature="")
+    store.open(create=False)
+    return store
+
+
+def _maintain(config: Path, *, ann: bool) -> dict[str, Any]:
+    from syncd.store import MaintenancePolicy
+
+    store = _store(config)
+    started = time.monotonic()
+    store.maintain(retention_s=600, policy=MaintenancePolicy(ann_min_rows=1 if ann else 10**12))
+    took = time.monotonic() - started
+    stats = store.stats()
+    return {"seconds": took, "rows": stats["rows"], "fragments": stats["fragments"],
+            "indexes": sorted(stats["indexes"])}
+
+
+def _latencies(daemon: Daemon, queries: list[str]) -> list[float]:
+    out = []
+    for q in queries:
+        started = time.monotonic()
+        daemon.search(q, k=10)
+        out.append(time.monotonic() - started)
+    return out
+
+
+def _writer(root: Path, docs: list[str], stop: threading.Event, rate: float) -> int:
+    rng = random.Random(5)
+    n = 0
+    while not stop.wait(1.0 / rate):
+        with open(root / rng.choice(docs), "a") as fh:
+            fh.write(f"\nA line written while queries run, number {n}.\n")
+        n += 1
+    return n
+
+
+def latency(index_folder: Path, work: Path, *, seed: int, n_docs: int, queries: int) -> dict[str, Any]:
+    config = workspace(index_folder, work)
+    root = work / "docs"
+    docs = sorted(p.relative_to(root).as_posix() for p in root.rglob("*.md"))
+    qs = [q for q, _ in labelled_queries(seed, n_docs, n=queries)]
+    out: dict[str, Any] = {"docs": n_docs, "queries": len(qs)}
+    for ann in (False, True):
+        label = "ann" if ann else "flat"
+        m = _maintain(config, ann=ann)
+        out[f"maintenance_{label}"] = m
+        log(f"query[{n_docs}] {label}: {m['rows']} rows, maintenance {m['seconds']:.1f} s, indexes {m['indexes']}")
+        daemon = Daemon(config).start()
+        try:
+            _latencies(daemon, qs[:5])  # warm-up
+            out[label] = summarize(_latencies(daemon, qs))
+            stop = threading.Event()
+            written: list[int] = []
+            t = threading.Thread(target=lambda w=written, s=stop: w.append(_writer(root, docs, s, 5.0)), daemon=True)
+            t.start()
+            time.sleep(1.0)
+            out[f"{label}_while_writing"] = summarize(_latencies(daemon, qs))
+            stop.set()
+            t.join()
+            out[f"{label}_writes_during"] = written[0] if written else 0
+        finally:
+            daemon.stop()
+        out["rows"] = m["rows"]
+        log(f"query[{n_docs}] {label}: p50 {out[label]['median'] * 1000:.0f} ms, p95 {out[label]['p95'] * 1000:.0f} ms; "
+            f"while writing p95 {out[f'{label}_while_writing']['p95'] * 1000:.0f} ms")
+    return out
+
+
+def growth(index_folder: Path, work: Path, *, updates: int, queries: int, seed: int, n_docs: int) -> dict[str, Any]:
+    """``updates`` single-document updates (one commit each), without and with the service's maintenance."""
+    import numpy as np
+
+    from benchmarks.probe import StandInEmbedder
+    from syncd import config as config_mod
+    from syncd.runtime import Runtime
+    from syncd.store import MaintenancePolicy
+
+    qs = [q for q, _ in labelled_queries(seed, n_docs, n=queries)]
+    embedder = StandInEmbedder()
+    vectors = embedder.encode(qs)
+    out: dict[str, Any] = {"updates": updates, "docs": n_docs}
+
+    def query_p50(store: Any) -> dict[str, Any]:
+        lat = []
+        for q, v in zip(qs, vectors, strict=True):
+            started = time.monotonic()
+            store.search(np.asarray(v), q, k=10)
+            lat.append(time.monotonic() - started)
+        return summarize(lat)
+
+    for maintained in (False, True):
+        label = "with_maintenance" if maintained else "without_maintenance"
+        config = workspace(index_folder, work)
+        root = work / "docs"
+        docs = sorted(p.relative_to(root).as_posix() for p in root.rglob("*.md"))
+        rt = Runtime(config_mod.load(config), embedder=embedder)
+        try:
+            rt.open()
+            policy = MaintenancePolicy()
+            # Start both variants from a compacted table, as the service leaves it.
+            rt.store.maintain(retention_s=600, policy=policy)
+            before = rt.store.stats()
+            base = query_p50(rt.store)
+            if maintained:
+                def after_commit(store: Any = rt.store, policy: Any = policy) -> None:
+                    if store.maintenance_due(policy):
+                        store.maintain(retention_s=600, policy=policy)
+
+                rt.store.after_commit = after_commit
+            rng = random.Random(seed)
+            started = time.monotonic()
+            commit_times = []
+            for i in range(updates):
+                d = rng.choice(docs)
+                with open(root / d, "a") as fh:
+                    fh.write(f"\nUpdate {i} to this page.\n")
+                t0 = time.monotonic()
+                rt.engine.process({"docs": {d: time.time()}})
+                commit_times.append(time.monotonic() - t0)
+                if (i + 1) % max(1, updates // 5) == 0:
+                    log(f"growth {label}: {i + 1}/{updates} updates")
+            took = time.monotonic() - started
+            after = rt.store.stats()
+            lat = query_p50(rt.store)
+            out[label] = {"seconds": took, "versions_before": before["table_version"],
+                          "versions_after": after["table_version"], "fragments_before": before["fragments"],
+                          "fragments_after": after["fragments"], "query_before_s": base, "query_after_s": lat,
+                          "query_change": lat["median"] / base["median"] - 1 if base["median"] else None,
+                          "update_s": summarize(commit_times),
+                          "first_100_update_s": summarize(commit_times[:100]),
+                          "last_100_update_s": summarize(commit_times[-100:]),
+                          "maintenance_runs": rt.store.maintenance_runs, "rows": after["rows"]}
+            log(f"growth {label}: fragments {before['fragments']} -> {after['fragments']}, versions "
+                f"{before['table_version']} -> {after['table_version']}, query p50 {base['median'] * 1000:.0f} -> "
+                f"{lat['median'] * 1000:.0f} ms")
+        finally:
+            rt.close()
+    return out
