@@ -6,6 +6,8 @@ cd "$(dirname "$0")/.."
 
 need_apt=()
 command -v git >/dev/null || need_apt+=(git)
+command -v systemd-analyze >/dev/null || need_apt+=(systemd)
+command -v chromium >/dev/null || need_apt+=(chromium)
 command -v php >/dev/null || need_apt+=(php-cli)
 [ -f /usr/share/mediawiki/maintenance/install.php ] || need_apt+=(mediawiki)
 php -m 2>/dev/null | grep -qi '^pdo_sqlite$' || need_apt+=(php-sqlite3)

@@ -75,6 +75,11 @@ class EmbeddingConfig(Section):
     """auto, cpu, cuda or mps."""
     threads: int = Field(default=0, ge=0)
     """Torch CPU threads; 0 = one per core."""
+    backend: Literal["torch", "onnx", "onnx-int8"] = "torch"
+    """torch (sentence-transformers), or an ONNX Runtime copy of the same model exported once into the state
+    folder: onnx (fp32, same vectors) or onnx-int8 (dynamic int8 quantisation, about twice as fast on a CPU;
+    activations are scaled per batch, so a text's vector varies slightly with the batch it is embedded in).
+    Changing it rebuilds the index: vectors of different backends are never mixed."""
 
 
 class ChunkingConfig(Section):

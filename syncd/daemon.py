@@ -365,9 +365,9 @@ class Service:
                 for name, prefixes in rescans.items():
                     if name not in engine.connectors:
                         continue
-                    for prefix in sorted(prefixes):
-                        if prefix and "" in prefixes:
-                            continue
+                    # Folders rescanned together: a folder move reuses every vector (see Engine.reconcile).
+                    targets: list[Any] = [""] if "" in prefixes else [sorted(prefixes)]
+                    for prefix in targets:
                         summary = engine.reconcile(name, prefix=prefix)
                         self.last_reconcile_at = time.time()
                         if not prefix:

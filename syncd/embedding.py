@@ -6,6 +6,7 @@ installs, with hub access switched off: nothing is ever fetched at run time.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import threading
@@ -118,6 +119,150 @@ class SentenceTransformerEmbedder:
         return np.asarray(vectors, dtype=np.float32)
 
 
-def from_config(config: object) -> SentenceTransformerEmbedder:
+def from_config(config: object) -> SentenceTransformerEmbedder | OnnxEmbedder:
     emb = config.embedding  # type: ignore[attr-defined]
+    if emb.backend != "torch":
+        cache = config.state_dir / "models"  # type: ignore[attr-defined]
+        return OnnxEmbedder(emb.model, cache_dir=cache, quantize=emb.backend == "onnx-int8",
+                            batch_size=emb.batch_size, threads=emb.threads)
     return SentenceTransformerEmbedder(emb.model, batch_size=emb.batch_size, device=emb.device, threads=emb.threads)
+
+
+class OnnxEmbedder:
+    """The same sentence-transformers model run by ONNX Runtime, exported once from the local model folder.
+
+    The export (PyTorch → ONNX, then optional dynamic int8 quantisation of the MatMul weights, per channel)
+    is cached under ``cache_dir`` and reused by every later start, which then needs neither torch nor
+    sentence-transformers. Only mean-pooling models are supported (all-MiniLM-L6-v2 and most
+    sentence-transformers models); inputs are truncated at the model's max_seq_length like
+    sentence-transformers does, and batches are sorted by length.
+    """
+
+    def __init__(self, model: str, *, cache_dir: Path, quantize: bool = True, batch_size: int = 64,
+                 threads: int = 0) -> None:
+        self.path = resolve_model_path(model)
+        base_id = model.lower() if model.lower() in _PACKAGED else f"path:{self.path.resolve()}"
+        self.backend = "onnx-int8" if quantize else "onnx"
+        self.model_id = f"{base_id}+{self.backend}"
+        self.dim = model_dim(self.path)
+        self.batch_size = batch_size
+        self.threads = threads
+        self.quantize = quantize
+        config = json.loads((self.path / "sentence_bert_config.json").read_text()) if (
+            self.path / "sentence_bert_config.json").is_file() else {}
+        self.max_seq_length = int(config.get("max_seq_length", 256))
+        pooling = next(iter(sorted(self.path.glob("*_Pooling/config.json"))), None)
+        if pooling is not None and not json.loads(pooling.read_text()).get("pooling_mode_mean_tokens", False):
+            raise ModelError(f"embedding.backend: ONNX supports mean-pooling models only ({self.path})")
+        key = hashlib.sha256(f"{self.path.resolve()}:{(self.path / 'config.json').stat().st_mtime_ns}".encode())
+        self.cache_dir = cache_dir / f"{self.path.name}-{key.hexdigest()[:12]}"
+        self._session: object | None = None
+        self._tokenizer: object | None = None
+        self._lock = threading.Lock()
+
+    def token_counter(self) -> object:
+        from syncd.chunking import HFTokenCounter
+
+        return HFTokenCounter(str(self.path / "tokenizer.json"))
+
+    @property
+    def onnx_path(self) -> Path:
+        return self.cache_dir / ("model.int8.onnx" if self.quantize else "model.onnx")
+
+    def export(self) -> Path:
+        """Export (once) and return the ONNX file; safe against concurrent processes."""
+        import fcntl
+
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.cache_dir / ".lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if self.onnx_path.is_file():
+                return self.onnx_path
+            fp32 = self.cache_dir / "model.onnx"
+            if not fp32.is_file():
+                self._export_fp32(fp32)
+            if self.quantize:
+                from onnxruntime.quantization import QuantType, quantize_dynamic
+
+                tmp = self.onnx_path.with_suffix(".tmp.onnx")
+                # Per-channel int8 weights on the MatMuls only: the embedding tables stay fp32, which keeps the
+                # vectors within ~0.99 cosine of the fp32 model.
+                quantize_dynamic(str(fp32), str(tmp), weight_type=QuantType.QInt8, per_channel=True,
+                                 op_types_to_quantize=["MatMul"])
+                os.replace(tmp, self.onnx_path)
+            return self.onnx_path
+
+    def _export_fp32(self, target: Path) -> None:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        try:
+            import torch
+            from transformers import AutoModel
+        except ImportError as exc:
+            raise ModelError(f"exporting the ONNX model needs torch and transformers: {exc}") from None
+
+        model = AutoModel.from_pretrained(str(self.path), local_files_only=True, attn_implementation="eager").eval()
+
+        class Encoder(torch.nn.Module):
+            def __init__(self, inner: object) -> None:
+                super().__init__()
+                self.inner = inner
+
+            def forward(self, input_ids: object, attention_mask: object, token_type_ids: object) -> object:
+                return self.inner(input_ids=input_ids, attention_mask=attention_mask,  # type: ignore[operator]
+                                  token_type_ids=token_type_ids).last_hidden_state
+
+        example = torch.ones((2, 8), dtype=torch.long)
+        axes = {"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"},
+                "token_type_ids": {0: "batch", 1: "seq"}, "last_hidden_state": {0: "batch", 1: "seq"}}
+        tmp = target.with_suffix(".tmp.onnx")
+        import warnings
+
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(Encoder(model), (example, example, torch.zeros_like(example)), str(tmp),
+                              input_names=["input_ids", "attention_mask", "token_type_ids"],
+                              output_names=["last_hidden_state"], dynamic_axes=axes, opset_version=17, dynamo=False)
+        os.replace(tmp, target)
+
+    def load(self) -> None:
+        with self._lock:
+            if self._session is not None:
+                return
+            path = self.export()
+            import onnxruntime as ort
+            from tokenizers import Tokenizer
+
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = self.threads or max(1, os.cpu_count() or 1)
+            options.inter_op_num_threads = 1
+            self._session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            tok = Tokenizer.from_file(str(self.path / "tokenizer.json"))
+            tok.no_padding()  # the shipped tokenizer.json pads to 128: pad per batch instead
+            tok.enable_truncation(self.max_seq_length)
+            self._tokenizer = tok
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        self.load()
+        with self._lock:
+            encodings = self._tokenizer.encode_batch(list(texts))  # type: ignore[attr-defined]
+            order = sorted(range(len(texts)), key=lambda i: len(encodings[i].ids))
+            out = np.zeros((len(texts), self.dim), dtype=np.float32)
+            for start in range(0, len(order), self.batch_size):
+                idx = order[start:start + self.batch_size]
+                width = max(len(encodings[i].ids) for i in idx)
+                ids = np.zeros((len(idx), width), dtype=np.int64)
+                mask = np.zeros_like(ids)
+                for row, i in enumerate(idx):
+                    n = len(encodings[i].ids)
+                    ids[row, :n] = encodings[i].ids
+                    mask[row, :n] = 1
+                hidden = self._session.run(  # type: ignore[attr-defined]
+                    None, {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)})[0]
+                summed = (hidden * mask[..., None]).sum(axis=1)
+                pooled = summed / np.maximum(mask.sum(axis=1, keepdims=True), 1)
+                pooled /= np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
+                out[idx] = pooled
+        return out
