@@ -367,6 +367,11 @@ class Service:
                         continue
                     # Folders rescanned together: a folder move reuses every vector (see Engine.reconcile).
                     targets: list[Any] = [""] if "" in prefixes else [sorted(prefixes)]
+                    if targets == [""] and engine.connectors[name].poll_interval:
+                        # A polled source catches up through its own poll, so its cursor is saved with the
+                        # catch-up and the first scheduled poll is incremental.
+                        self._poll(name)
+                        targets = []
                     for prefix in targets:
                         summary = engine.reconcile(name, prefix=prefix)
                         self.last_reconcile_at = time.time()

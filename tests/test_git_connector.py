@@ -583,11 +583,13 @@ def test_web_url_template_gives_per_chunk_citations(tmp_path, repo, make_runtime
 def test_daemon_polls_and_shows_errors_in_status(tmp_path, repo, in_process_daemon):
     """Under the service, a push is indexed by the scheduled poll; a lost remote shows in status and heals."""
     repo.write("a.md", markdown_doc(1))
-    repo.commit("one")
+    first = repo.commit("one")
     repo.push()
     cfg = git_config(tmp_path, repo, retries=0)
     with in_process_daemon(cfg) as d:
         engine = d.service.runtime.engine
+        # The catch-up at start is a poll: its cursor is saved, so the next poll is an incremental diff.
+        assert json.loads((tmp_path / "state" / "connectors" / NAME / "cursor.json").read_text())["commit"] == first
 
         def status() -> dict[str, Any]:
             return dict(d.service.status()["connectors"][0])
