@@ -32,11 +32,32 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--queries", type=int, default=100, help="queries per latency measurement")
     r.add_argument("--out", help="results folder (default benchmarks/results/<timestamp>)")
     r.add_argument("--no-readme", action="store_true", help="do not copy the report into benchmarks/README.md")
+    rep = sub.add_parser("report", help="re-render report.md and plot.png from a results folder")
+    rep.add_argument("folder")
+    rep.add_argument("--readme", action="store_true", help="also copy the report into benchmarks/README.md")
     return p
+
+
+def render(results: dict[str, Any], out_dir: Path, readme: bool) -> str:
+    from benchmarks import report
+
+    md = report.markdown(results)
+    (out_dir / "report.md").write_text(md)
+    try:
+        report.plot(results, out_dir / "plot.png")
+    except Exception as exc:  # noqa: BLE001 - a plotting problem must not lose the figures
+        log(f"plot failed: {exc}")
+    if readme:
+        report.update_readme(HERE / "README.md", md, out_dir)
+    return md
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "report":
+        folder = Path(args.folder)
+        sys.stdout.write(render(json.loads((folder / "results.json").read_text()), folder, args.readme) + "\n")
+        return 0
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     only = [x.strip() for x in args.only.split(",") if x.strip()]
     unknown = set(only) - set(ALL)
@@ -153,16 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     save()
     shutil.rmtree(work, ignore_errors=True)
 
-    from benchmarks import report
-
-    md = report.markdown(results)
-    (out_dir / "report.md").write_text(md)
-    try:
-        report.plot(results, out_dir / "plot.png")
-    except Exception as exc:  # noqa: BLE001 - a plotting problem must not lose the figures
-        log(f"plot failed: {exc}")
-    if not args.no_readme:
-        report.update_readme(HERE / "README.md", md, out_dir)
+    md = render(results, out_dir, not args.no_readme)
     sys.stdout.write(md + "\n")
     return 0
 

@@ -39,6 +39,11 @@ def _stat_s(st: dict[str, Any] | None) -> str:
     return f"median {_s(st['median'])} (min {_s(st['min'])}, max {_s(st['max'])}, n={st['n']})"
 
 
+def _per_size(section: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
+    """The per-corpus-size entries of a section (skipping its run figures such as load_avg_1m)."""
+    return {k: v for k, v in (section or {}).items() if isinstance(v, dict) and "docs" in v}
+
+
 def targets(r: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
     """(figure, target, measured, holds)."""
     rows: list[tuple[str, str, str, bool | None]] = []
@@ -49,7 +54,7 @@ def targets(r: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
                      f"{ratio['median']:.3f} (min {ratio['min']:.3f}, max {ratio['max']:.3f}); "
                      f"{t['reindex_chunks_per_s']['median']:.1f} vs {t['raw_chunks_per_s']['median']:.1f} chunks/s, "
                      f"{t['chunks']} chunks", ratio["median"] >= 0.90))
-    inc = r.get("incremental") or {}
+    inc = _per_size(r.get("incremental"))
     for label, data in inc.items():
         if "change_set_s" in data:
             rows.append((f"2. change set on {label} docs: chunks embedded = new chunk texts", "exactly equal",
@@ -81,7 +86,7 @@ def targets(r: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
             rows.append((f"3. freshness {phase}: writes lost", "0", f"{d['lost']} of {d['writes']}", d["lost"] == 0))
         if f.get("idle_threads_1"):
             rows.append(("3. (idle_threads_1 = the idle phase with `[embedding] threads = 1`)", "", "", None))
-    q = r.get("query") or {}
+    q = _per_size(r.get("query"))
     for data in q.values():
         rows_n = data.get("rows", 0)
         for kind in ("flat", "ann", "flat_while_writing", "ann_while_writing"):
@@ -162,7 +167,7 @@ def markdown(r: dict[str, Any]) -> str:
                 lines.append(f"- {phase}: {d['writes']} writes at {d['achieved_rate']:.1f}/s, latency "
                              f"{_stat_ms(d['latency_s'])}; the poller's `/search` calls: {_stat_ms(d['query_latency_s'])}.")
         lines.append("")
-    inc = r.get("incremental") or {}
+    inc = _per_size(r.get("incremental"))
     for label, data in inc.items():
         if "counts" in data:
             c = data["counts"]
@@ -207,7 +212,7 @@ def plot(r: dict[str, Any], path: Path) -> None:
         ax.legend(fontsize=7)
     ax.set_title("3. freshness breakdown, medians (ms)")
     ax = axes[1][0]
-    q = r.get("query") or {}
+    q = _per_size(r.get("query"))
     labels, p50, p95 = [], [], []
     for data in q.values():
         for kind in ("flat", "ann", "flat_while_writing", "ann_while_writing"):
