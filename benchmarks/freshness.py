@@ -174,7 +174,7 @@ def run(index_folder: Path, work: Path, *, quick: bool, seed: int = 11, threads:
             return out
         time.sleep(2)
         log(f"freshness: under load, 20 writes/s for {load_s} s")
-        load = run_phase(daemon, root, doc_ids, writes=20 * load_s, interval=0.05, seed=seed + 1, settle_timeout=120)
+        load = run_phase(daemon, root, doc_ids, writes=20 * load_s, interval=0.05, seed=seed + 1, settle_timeout=600)
         load["breakdown"] = breakdown(trace, load.pop("_writes"))
         out["load"] = load
         log(f"freshness load: p50 {load['latency_s']['median']}, p95 {load['latency_s']['p95']}, lost {load['lost']}")
