@@ -258,6 +258,53 @@ def _extract_wikitext(text: str) -> tuple[str, list[Block]]:
     return "", blocks
 
 
+_MAX_BLOCK_CHARS = 8000
+"""Blocks longer than this are cut at line boundaries (a very long line by characters) before chunking,
+so a 10 MB code block or a 2 MB line costs time and memory in proportion to its size, not its square."""
+
+
+def _bounded(blocks: list[Block]) -> list[Block]:
+    out: list[Block] = []
+    for block in blocks:
+        out.extend(_split_block(block) if len(block.text) > _MAX_BLOCK_CHARS else [block])
+    return out
+
+
+def _split_block(block: Block) -> list[Block]:
+    """``block`` cut into pieces of at most _MAX_BLOCK_CHARS, at line boundaries where it can be."""
+    out: list[Block] = []
+    piece: list[str] = []
+    size = 0
+    first = line_no = block.start_line
+
+    def flush(end: int) -> None:
+        nonlocal piece, size
+        text = "\n".join(piece)
+        if text.strip():
+            out.append(Block(text=text, heading_path=block.heading_path, start_line=first,
+                             end_line=min(max(end, first), max(block.end_line, first))))
+        piece, size = [], 0
+
+    for line in block.text.split("\n"):
+        while len(line) > _MAX_BLOCK_CHARS:
+            if piece:
+                flush(line_no - 1)
+            first = line_no
+            piece = [line[:_MAX_BLOCK_CHARS]]
+            flush(line_no)
+            line = line[_MAX_BLOCK_CHARS:]
+        if piece and size + len(line) + 1 > _MAX_BLOCK_CHARS:
+            flush(line_no - 1)
+        if not piece:
+            first = line_no
+        piece.append(line)
+        size += len(line) + 1
+        line_no += 1
+    if piece:
+        flush(line_no - 1)
+    return out
+
+
 def extract(content: bytes, media_type: str, *, size_limit: int | None = None) -> Extracted:
     """Blocks of a document; raises DocumentSkipped (empty, binary, undecodable, too-large, corrupt...)."""
     if size_limit is not None and len(content) > size_limit:
@@ -281,6 +328,7 @@ def extract(content: bytes, media_type: str, *, size_limit: int | None = None) -
             blocks = _extract_text(text)
         else:
             raise DocumentSkipped("unsupported-type", detail=f"no extractor for {media_type!r}")
+    blocks = _bounded(blocks)
     if not blocks:
         raise DocumentSkipped("empty", detail="no text after extraction")
     return Extracted(title=title, blocks=blocks)
