@@ -192,3 +192,31 @@ def test_repair_only_deletion_does_not_load_the_model(tmp_path: Path, docs: Path
     assert probe == {"rc": 0, "torch": False, "sentence_transformers": False}
     assert [e["doc_id"] for e in data["before"]["orphaned"]] == ["doc00.md"]
     assert data["ok"] is True and data["checked_docs"] == 3
+
+
+def test_scheduled_verify_reports_drift_in_status_and_metrics(tmp_path: Path, docs: Path, in_process_daemon) -> None:  # type: ignore[no-untyped-def]
+    """The service's anti-entropy check ([sync] verify_interval) shows drift in /status and /metrics."""
+    _corpus(docs, 3)
+    cfg = write_config(tmp_path, [{"name": "docs", "type": "filesystem", "path": str(docs), "watch": "poll",
+                                   "poll_interval": "3600s", "reconcile_interval": "0s"}],
+                       sync={"verify_interval": "1s"})
+    from tests.conftest import wait_for
+
+    with in_process_daemon(cfg) as d:
+        svc = d.service
+        wait_for(lambda: (svc.status()["verify"] or {}).get("ok") is True, what="a clean scheduled verify")
+        # Unnoticed by the (slow) watcher: only the anti-entropy check can see these.
+        (docs / "unseen.md").write_text("# Unseen\n\nAdded behind the watcher's back.\n")
+        (docs / "doc00.md").unlink()
+
+        def drift() -> dict | None:  # type: ignore[type-arg]
+            v = svc.status()["verify"]
+            return v if v and not v["ok"] else None
+
+        v = wait_for(drift, what="drift in /status")
+        assert [e["doc_id"] for e in v["missing"]] == ["unseen.md"]
+        assert [e["doc_id"] for e in v["orphaned"]] == ["doc00.md"]
+        text = svc.metrics_text().decode()
+        assert 'syncd_verify_drift{kind="missing"} 1.0' in text
+        assert 'syncd_verify_drift{kind="orphaned"} 1.0' in text
+        assert 'syncd_verify_drift{kind="stale"} 0.0' in text
