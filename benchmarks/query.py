@@ -28,6 +28,10 @@ def _maintain(config: Path, *, ann: bool) -> dict[str, Any]:
 
     store = _store(config)
     started = time.monotonic()
+    if not ann:
+        for idx in store.table.list_indices():
+            if idx.columns[0] == "vector":
+                store.table.drop_index(idx.name)
     store.maintain(retention_s=600, policy=MaintenancePolicy(ann_min_rows=1 if ann else 10**12))
     took = time.monotonic() - started
     stats = store.stats()

@@ -147,16 +147,17 @@ def markdown(r: dict[str, Any]) -> str:
     f = r.get("freshness")
     if f:
         lines += [f"Freshness breakdown ({f['docs']} documents; per write, medians / p95):", "",
-                  "| phase | event | queue | read+chunk | lookup | embed | commit | query | docs per batch |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+                  "| phase | event | queue | read+chunk | lookup | embed | commit | maintenance | query | docs per batch |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
         for phase in ("idle", "load", "idle_threads_1"):
             d = f.get(phase)
             if not d:
                 continue
             b = d["breakdown"]
             cells = []
-            for k in ("event", "queue", "read_chunk", "lookup", "embed", "commit", "query"):
-                cells.append(f"{_ms(b[k]['median'])} / {_ms(b[k]['p95'])}")
+            for k in ("event", "queue", "read_chunk", "lookup", "embed", "commit", "maintain", "query"):
+                st = b.get(k) or {}
+                cells.append(f"{_ms(st.get('median'))} / {_ms(st.get('p95'))}")
             cells.append(f"{b['batch_docs']['median']:.0f} / {b['batch_docs']['p95']:.0f}"
                          if b["batch_docs"]["n"] else "—")
             lines.append(f"| {phase} | " + " | ".join(cells) + " |")
@@ -202,11 +203,11 @@ def plot(r: dict[str, Any], path: Path) -> None:
     ax.set_title("3. freshness: write → /search (ms)")
     ax = axes[0][1]
     if f:
-        stages = ("event", "queue", "read_chunk", "lookup", "embed", "commit", "query")
+        stages = ("event", "queue", "read_chunk", "lookup", "embed", "commit", "maintain", "query")
         phases = [p for p in ("idle", "load", "idle_threads_1") if f.get(p)]
         bottom = [0.0] * len(phases)
         for s in stages:
-            vals = [(f[p]["breakdown"][s]["median"] or 0) * 1000 for p in phases]
+            vals = [((f[p]["breakdown"].get(s) or {}).get("median") or 0) * 1000 for p in phases]
             ax.bar(phases, vals, bottom=bottom, label=s)
             bottom = [a + b for a, b in zip(bottom, vals, strict=True)]
         ax.legend(fontsize=7)
