@@ -95,7 +95,11 @@ class MemoryConnector(Connector):
         self.control.polls += 1
         if self.control.failing.is_set():
             raise ConnectorError("source down (test)", connector=self.name)
-        return iter([])
+        # Like the real polled connectors: no cursor yet means a full listing; then nothing ever changes.
+        return iter([]) if getattr(self, "_cursor_saved", False) else None
+
+    def commit_cursor(self) -> None:
+        self._cursor_saved = True
 
 
 @pytest.fixture(autouse=True)
