@@ -204,17 +204,43 @@ def test_unreadable_file_keeps_old_copy_and_is_retried(tmp_path: Path, docs: Pat
     assert _indexed(rt)["doc2.md"] != before["doc2.md"]
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores file modes; the double above covers EACCES as root")
-def test_real_permission_denied(tmp_path: Path, docs: Path, make_runtime) -> None:  # type: ignore[no-untyped-def]
-    """Without root, a real mode-000 file is reported as permission-denied and nothing else fails."""
-    _corpus(docs)
-    (docs / "secret.md").write_text("# Secret\n\nhidden\n")
-    (docs / "secret.md").chmod(0)
-    cfg = write_config(tmp_path, [{"name": "docs", "type": "filesystem", "path": str(docs)}])
-    rt = make_runtime(cfg)
-    summary = rt.engine.reconcile("docs")
-    assert [f.doc_id for f in summary.failures] == ["secret.md"]
-    assert summary.failures[0].reason.startswith("permission-denied")
+def test_real_permission_denied_is_reported_as_such(tmp_path: Path) -> None:
+    """A real mode-000 file read by an unprivileged user is permission-denied, and its readable neighbour
+    is read. As root (CI), the reads run with the effective user switched to nobody for their duration."""
+    import shutil
+    import tempfile
+
+    from connectors.base import ConnectorContext
+    from connectors.filesystem import FilesystemConfig, FilesystemConnector
+    from syncd.config import LimitsConfig
+    from syncd.errors import DocumentError
+
+    base = Path(tempfile.mkdtemp(prefix="syncd-perm-"))  # under /tmp, so nobody can traverse it
+    try:
+        base.chmod(0o755)
+        (base / "open.md").write_text("# Open\n\nreadable\n")
+        (base / "open.md").chmod(0o644)
+        (base / "secret.md").write_text("# Secret\n\nhidden\n")
+        (base / "secret.md").chmod(0)
+        conn = FilesystemConnector(FilesystemConfig(name="docs", type="filesystem", path=str(base)),
+                                   ConnectorContext(state_dir=tmp_path, base_dir=tmp_path, limits=LimitsConfig()))
+        out: dict[str, str] = {}
+        as_root = os.geteuid() == 0
+        if as_root:
+            os.seteuid(65534)
+        try:
+            for doc in ("open.md", "secret.md"):
+                try:
+                    out[doc] = "read:" + conn.read(doc).content.decode()
+                except DocumentError as exc:
+                    out[doc] = f"{type(exc).__name__}:{exc.describe()}"
+        finally:
+            if as_root:
+                os.seteuid(0)
+        assert out == {"open.md": "read:# Open\n\nreadable\n",
+                       "secret.md": "DocumentUnavailable:permission-denied: no read permission"}
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def test_daemon_keeps_running_and_shows_document_failures(tmp_path: Path, docs: Path, in_process_daemon) -> None:  # type: ignore[no-untyped-def]
