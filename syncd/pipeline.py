@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import time
+from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,6 +38,9 @@ from syncd.state import StateDir
 from syncd.store import IndexedDoc, Store, chunk_id, doc_key, sql_string
 
 log = structlog.get_logger("syncd.pipeline")
+
+DELETE_WINDOW_S = 300.0
+"""The mass-deletion guard's cycle for watcher-reported deletions: deletions within this window add up."""
 
 
 @dataclass(kw_only=True)
@@ -77,6 +81,7 @@ class Engine:
         self.metrics = metrics or Metrics()
         self.index: dict[str, dict[str, IndexedDoc]] = {}
         self.status: dict[str, ConnectorStatus] = {name: ConnectorStatus() for name in self.connectors}
+        self._deletes: dict[str, deque[tuple[float, int]]] = {}
 
     # -- index view ------------------------------------------------------------------------------------
     def load_index(self) -> None:
@@ -168,6 +173,14 @@ class Engine:
         return summary
 
     # -- the guard -------------------------------------------------------------------------------------
+    def _recent_deletes(self, name: str) -> int:
+        """Documents of ``name`` deleted in the last DELETE_WINDOW_S seconds."""
+        window = self._deletes.setdefault(name, deque())
+        horizon = time.time() - DELETE_WINDOW_S
+        while window and window[0][0] < horizon:
+            window.popleft()
+        return sum(n for _, n in window)
+
     def _guard_deletions(self, name: str, would_delete: int, total: int, allow: bool, summary: SyncSummary) -> bool:
         status = self.status[name]
         limit = self.max_delete_fraction * total
@@ -247,8 +260,13 @@ class Engine:
             except RootUnavailable as exc:
                 self._connector_failed(name, exc, summary)
                 gone = []
-            if gone and not self._guard_deletions(name, len(gone), len(indexed), False, summary):
-                gone = []
+            # Watcher deletions arrive in many small batches, so the guard counts every deletion of the last
+            # DELETE_WINDOW_S seconds, measured against the documents there were before them.
+            new_identities = {p.doc.identity for p in planned.values() if p.previous is None}
+            real = [d for d in gone if indexed[d].identity not in new_identities]
+            recent = self._recent_deletes(name)
+            if real and not self._guard_deletions(name, len(real) + recent, len(indexed) + recent, False, summary):
+                gone = [d for d in gone if d not in set(real)]
 
         # Renames: a deleted document and a new one with the same content in the same batch.
         new_by_revision: dict[str, list[str]] = {}
@@ -328,6 +346,9 @@ class Engine:
             cstate.fingerprints[doc_id] = [plan.doc.fingerprint, plan.doc.identity]
             cstate.failures.pop(doc_id, None)
             _remember(status, action, doc_id, committed_at)
+        deleted_now = sum(1 for d in gone if d not in renamed_from)
+        if deleted_now:
+            self._deletes.setdefault(name, deque()).append((committed_at, deleted_now))
         for doc_id in gone:
             info = indexed.pop(doc_id)
             cstate.fingerprints.pop(doc_id, None)

@@ -222,3 +222,26 @@ def test_renamed_folder_is_not_a_mass_deletion(tmp_path: Path, docs: Path, make_
     assert rt.engine.status["docs"].mass_delete_blocked is None
     assert _indexed(rt) == {i.replace("team/", "renamed/") for i in ids}
     assert summary.docs_renamed + summary.docs_added == N_DOCS and summary.docs_deleted + summary.docs_renamed == N_DOCS
+
+
+def test_watcher_deletions_arriving_one_by_one_add_up_against_the_guard(tmp_path: Path, docs: Path, make_runtime) -> None:  # type: ignore[no-untyped-def]
+    """A fast `rm` of most files reaches the engine as many one-document batches: the guard counts all the
+    deletions of the window, so it stops at the same share as one big cycle would."""
+    from tests.conftest import write_config
+
+    total = 30
+    for i in range(total):
+        (docs / f"n{i:02d}.md").write_text(f"# Note {i}\n\nbody {i}\n")
+    cfg = write_config(tmp_path, [{"name": "docs", "type": "filesystem", "path": str(docs)}])
+    rt = make_runtime(cfg)
+    rt.engine.reconcile("docs")
+    refused = []
+    for i in range(25):
+        (docs / f"n{i:02d}.md").unlink()
+        summary = rt.engine.process({"docs": {f"n{i:02d}.md": 0.0}})
+        if any(f.reason.startswith("mass-delete-refused") for f in summary.failures):
+            refused.append(i)
+    allowed = int(rt.config.sync.max_delete_fraction * total)
+    assert len(rt.engine.docs("docs")) == total - allowed
+    assert refused == list(range(allowed, 25))
+    assert rt.engine.status["docs"].mass_delete_blocked is not None
