@@ -116,6 +116,32 @@ class FilesystemConnector(Connector):
             raise RootUnavailable(f"root folder {self.root}: {exc.strerror}", connector=self.name) from None
         if not stat.S_ISDIR(st.st_mode):
             raise RootUnavailable(f"root {self.root} is not a folder", connector=self.name)
+        self._check_device(st.st_dev)
+
+    def _check_device(self, device: int) -> None:
+        """An unmounted share usually leaves its empty mount-point folder behind, on the parent filesystem.
+
+        The device of a non-empty root is remembered; an empty root on another device is reported as
+        unavailable instead of being read as "every document deleted".
+        """
+        from syncd.state import read_json, write_json_atomic
+
+        record = self.context.state_dir / "root.json"
+        known = read_json(record)
+        known_dev = known.get("device") if isinstance(known, dict) else None
+        if known_dev == device:
+            return
+        try:
+            empty = not any(True for _ in os.scandir(self.root))
+        except OSError:
+            return  # reported by the listing itself
+        if empty:
+            if known_dev is not None:
+                raise RootUnavailable(
+                    f"root folder {self.root} is empty and on another filesystem than before "
+                    f"(device {device}, was {known_dev}): the share looks unmounted", connector=self.name)
+            return
+        write_json_atomic(record, {"device": device, "path": str(self.root)})
 
     def check_available(self) -> None:
         """Raise RootUnavailable when the root folder is missing or not a folder (asked before deleting)."""

@@ -4,10 +4,13 @@ human allows it, and a vanished root is reported as unavailable rather than read
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from syncd.testing import HashEmbedder
 from tests.conftest import wait_for, write_config
@@ -245,3 +248,32 @@ def test_watcher_deletions_arriving_one_by_one_add_up_against_the_guard(tmp_path
     assert len(rt.engine.docs("docs")) == total - allowed
     assert refused == list(range(allowed, 25))
     assert rt.engine.status["docs"].mass_delete_blocked is not None
+
+
+def test_an_unmounted_share_is_unavailable_not_empty(tmp_path: Path, make_runtime) -> None:  # type: ignore[no-untyped-def]
+    """A real tmpfs is mounted on the connector root, indexed, then unmounted: the empty mount-point folder
+    left behind lies on another device, so the connector reports the share unavailable and deletes nothing,
+    even below the mass-deletion guard's threshold."""
+    import shutil
+    import subprocess
+
+    from tests.conftest import write_config
+
+    share = tmp_path / "share"
+    share.mkdir()
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.fail("this test mounts a tmpfs: run the suite as root (CI does)")
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(share)], check=True)
+    try:
+        for i in range(3):
+            (share / f"d{i}.md").write_text(f"# Doc {i}\n\nshared document {i}\n")
+        cfg = write_config(tmp_path, [{"name": "share", "type": "filesystem", "path": str(share)}])
+        rt = make_runtime(cfg)
+        assert rt.engine.reconcile("share").docs_added == 3
+    finally:
+        subprocess.run(["umount", str(share)], check=True)
+    assert share.is_dir() and not any(share.iterdir())
+    summary = rt.engine.reconcile("share")
+    assert summary.docs_deleted == 0 and len(rt.engine.docs("share")) == 3
+    assert "looks unmounted" in summary.failures[0].reason
+    assert rt.engine.status["share"].state == "unavailable"
