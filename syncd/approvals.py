@@ -1,8 +1,9 @@
 """Requests a human hands to the running service through the state folder.
 
-`syncd sync --connector NAME --allow-mass-delete` cannot write while the service holds the writer lock,
-and HTTP is read-only, so the CLI leaves a request file in ``<state>/requests/``; the service's writer
-runs the allowed reconcile, writes the summary next to it and removes the request. Files are written
+`syncd sync --connector NAME --allow-mass-delete` and `syncd verify --repair` cannot write while the
+service holds the writer lock, and HTTP is read-only, so the CLI leaves a request file in
+``<state>/requests/``; the service's writer runs the allowed reconcile (or the repair), writes the result
+next to it and removes the request. Files are written
 atomically (see ``syncd.state``), so a crash on either side leaves either no request or a whole one: an
 unanswered request is picked up again when the service restarts.
 """
@@ -18,6 +19,8 @@ from syncd.state import read_json, write_json_atomic
 
 REQUEST_VERSION = 1
 _PREFIX = "allow-mass-delete."
+_REPAIR_PREFIX = "repair."
+ALL_CONNECTORS = "*"
 
 
 def _folder(state_dir: Path) -> Path:
@@ -37,13 +40,35 @@ def request_mass_delete(state_dir: Path, connector: str) -> Path:
     return path
 
 
+def request_repair(state_dir: Path, connector: str | None) -> Path:
+    """Ask the service to run `verify --repair` (for one connector, or all when ``connector`` is None)."""
+    name = connector or ALL_CONNECTORS
+    path = _folder(state_dir) / f"{_REPAIR_PREFIX}{'all' if connector is None else connector}.json"
+    try:
+        path.with_suffix(".result.json").unlink()
+    except FileNotFoundError:
+        pass
+    write_json_atomic(path, {"state_version": REQUEST_VERSION, "connector": name, "id": uuid.uuid4().hex,
+                             "requested_at": time.time()})
+    return path
+
+
+def pending_repairs(state_dir: Path) -> list[tuple[str, Path]]:
+    """(connector or "*", request file) of every unanswered repair request."""
+    return _pending(state_dir, _REPAIR_PREFIX)
+
+
 def pending_mass_deletes(state_dir: Path) -> list[tuple[str, Path]]:
     """(connector, request file) of every unanswered request."""
+    return _pending(state_dir, _PREFIX)
+
+
+def _pending(state_dir: Path, prefix: str) -> list[tuple[str, Path]]:
     folder = _folder(state_dir)
     if not folder.is_dir():
         return []
     out = []
-    for path in sorted(folder.glob(f"{_PREFIX}*.json")):
+    for path in sorted(folder.glob(f"{prefix}*.json")):
         if path.name.endswith(".result.json"):
             continue
         data = read_json(path)

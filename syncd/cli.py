@@ -136,21 +136,11 @@ def cmd_sync(cfg: Any, args: argparse.Namespace) -> int:
 
 def _allow_mass_delete_in_daemon(cfg: Any, args: argparse.Namespace) -> int:
     """The service holds the writer lock: hand it the allowed reconcile and print what it did."""
-    import os
 
     from syncd.approvals import request_mass_delete, wait_answer
     from syncd.models import Failure, SyncSummary
-    from syncd.state import read_json
 
-    info = read_json(cfg.state_dir / "daemon.json") or {}
-
-    def alive() -> bool:
-        try:
-            os.kill(int(info["pid"]), 0)
-        except (OSError, ValueError, KeyError):
-            return False
-        return True
-
+    alive = _daemon_alive(cfg)
     names = [args.connector] if args.connector else [c.name for c in cfg.connectors]
     summary = SyncSummary()
     for name in names:
@@ -166,6 +156,46 @@ def _allow_mass_delete_in_daemon(cfg: Any, args: argparse.Namespace) -> int:
         summary.merge(part)
     _report(summary, args.json)
     return EXIT_PROBLEM if summary.failures else EXIT_OK
+
+
+def _daemon_alive(cfg: Any) -> Any:
+    import os
+
+    from syncd.state import read_json
+
+    info = read_json(cfg.state_dir / "daemon.json") or {}
+
+    def alive() -> bool:
+        try:
+            os.kill(int(info["pid"]), 0)
+        except (OSError, ValueError, KeyError):
+            return False
+        return True
+
+    return alive
+
+
+def _repair_in_daemon(cfg: Any, args: argparse.Namespace) -> int:
+    """The service holds the writer lock: hand it the repair and print what it found and did."""
+    from syncd.approvals import request_repair, wait_answer
+
+    path = request_repair(cfg.state_dir, args.connector)
+    answer = wait_answer(path, timeout=3600, alive=_daemon_alive(cfg))
+    if answer is None:
+        raise SyncdError(f"the running service did not answer the repair request; it stays in {path} and is "
+                         "picked up when the service runs")
+    result = {**answer["after"], "before": answer["before"]}
+    if "repaired" in answer:
+        result["repaired"] = answer["repaired"]
+    ok = bool(answer["after"]["ok"])
+    if args.json:
+        _emit(result)
+    else:
+        print(f"checked {result['checked_docs']} documents (by the running service): {'in sync' if ok else 'DRIFT'}")
+        for kind in ("missing", "stale", "orphaned", "duplicated"):
+            for e in answer["before"][kind]:
+                print(f"  {kind}: {e['connector']}:{e['doc_id']}{' (repaired)' if ok else ''}")
+    return EXIT_OK if ok else EXIT_PROBLEM
 
 
 def cmd_reindex(cfg: Any, args: argparse.Namespace) -> int:
@@ -281,10 +311,13 @@ def _daemon_status(cfg: Any) -> dict[str, Any] | None:
 
 
 def cmd_verify(cfg: Any, args: argparse.Namespace) -> int:
-    from syncd.runtime import Runtime
+    from syncd.runtime import Runtime, WriterLocked
     from syncd.verify import repair, verify
 
-    rt = Runtime(cfg, lock=args.repair)
+    try:
+        rt = Runtime(cfg, lock=args.repair)
+    except WriterLocked:
+        return _repair_in_daemon(cfg, args)
     try:
         rt.store.open(create=False)
         rt.engine.load_index()

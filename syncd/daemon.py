@@ -532,7 +532,7 @@ class Service:
 
     def _check_requests(self) -> None:
         """Hand `syncd sync --connector NAME --allow-mass-delete`, left in the state folder, to the writer."""
-        from syncd.approvals import answer, pending_mass_deletes
+        from syncd.approvals import ALL_CONNECTORS, answer, pending_mass_deletes, pending_repairs
 
         assert self.runtime is not None
         rt = self.runtime
@@ -554,6 +554,30 @@ class Service:
                     self._requests_queued.discard(name)
 
             self.queue.push_task(f"allow-mass-delete:{name}", run)
+        for name, path in pending_repairs(self.config.state_dir):
+            key = f"repair:{name}"
+            if key in self._requests_queued:
+                continue
+            self._requests_queued.add(key)
+
+            def repair_now(name: str = name, path: Any = path, key: str = key) -> None:
+                from syncd.verify import repair, verify
+
+                try:
+                    only = None if name == ALL_CONNECTORS else name
+                    before = verify(rt, connector=only)
+                    result: dict[str, Any] = {"before": before.as_dict()}
+                    if not before.ok:
+                        result["repaired"] = repair(rt, before).as_dict()
+                        log.info("verify.repaired", connector=name, **{k: len(v) for k, v in before.as_dict().items()
+                                                                       if isinstance(v, list)})
+                    result["after"] = verify(rt, connector=only).as_dict()
+                    rt.state.save()
+                    answer(path, result)
+                finally:
+                    self._requests_queued.discard(key)
+
+            self.queue.push_task(key, repair_now)
 
     def _check_watches(self) -> None:
         assert self.runtime is not None

@@ -137,6 +137,8 @@ def repair(runtime: Any, report: VerifyReport) -> SyncSummary:
     from syncd.store import doc_key
 
     engine = runtime.engine
+    # The store is the truth: in a long-running service the engine's view of it is refreshed first.
+    engine.load_index()
     summary = SyncSummary()
     targets: dict[str, set[str]] = {}
     for entry in report.missing + report.stale + report.orphaned + report.duplicated:

@@ -220,3 +220,29 @@ def test_scheduled_verify_reports_drift_in_status_and_metrics(tmp_path: Path, do
         assert 'syncd_verify_drift{kind="missing"} 1.0' in text
         assert 'syncd_verify_drift{kind="orphaned"} 1.0' in text
         assert 'syncd_verify_drift{kind="stale"} 0.0' in text
+
+
+def test_verify_repair_is_handed_to_the_running_service(tmp_path: Path, docs: Path, in_process_daemon) -> None:  # type: ignore[no-untyped-def]
+    """While the service holds the writer lock, `syncd verify --repair` asks it to repair and prints its answer."""
+    import subprocess
+    import sys
+
+    from syncd.store import doc_key
+    from tests.conftest import wait_for, write_config
+
+    for i in range(3):
+        (docs / f"r{i}.md").write_text(f"# R {i}\n\nrepair me {i}\n")
+    cfg = write_config(tmp_path, [{"name": "docs", "type": "filesystem", "path": str(docs)}])
+    with in_process_daemon(cfg) as d:
+        store = d.service.runtime.store
+        wait_for(lambda: len(d.service.runtime.engine.docs("docs")) == 3)
+        # Drift behind the engine's back: one document's rows vanish from the store.
+        store.apply(store.make_rows([]), [doc_key("docs", "r1.md")])
+        assert "r1.md" not in set(store.scan(["doc_id"])["doc_id"].to_pylist())
+        out = subprocess.run([sys.executable, "-m", "syncd", "--config", str(cfg), "verify", "--repair", "--json"],
+                             capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr
+        result = json.loads(out.stdout)
+        assert result["ok"] is True and result["missing"] == []
+        assert result["before"]["missing"] == [{"connector": "docs", "doc_id": "r1.md"}]
+        assert set(store.scan(["doc_id"])["doc_id"].to_pylist()) == {"r0.md", "r1.md", "r2.md"}
