@@ -17,6 +17,7 @@ from typing import Protocol
 from syncd.models import Block, Chunk
 
 CHUNKER_VERSION = "1"
+_WINDOW_MARGIN = 4
 _HEADING_PREFIX_TOKENS = 32
 
 
@@ -26,8 +27,8 @@ class TokenCounter(Protocol):
     def count(self, texts: Sequence[str]) -> list[int]:
         """Tokens in each text, without special tokens."""
 
-    def windows(self, text: str, size: int, overlap: int) -> list[tuple[int, int]]:
-        """Character spans of consecutive windows of ``size`` tokens overlapping by ``overlap``."""
+    def offsets(self, texts: Sequence[str]) -> list[list[tuple[int, int]]]:
+        """Character span of every token of each text, without special tokens."""
 
 
 class HFTokenCounter:
@@ -41,22 +42,24 @@ class HFTokenCounter:
         self._tok.no_padding()
 
     def count(self, texts: Sequence[str]) -> list[int]:
+        return [len(o) for o in self.offsets(texts)]
+
+    def offsets(self, texts: Sequence[str]) -> list[list[tuple[int, int]]]:
         if not texts:
             return []
-        return [len(e.ids) for e in self._tok.encode_batch(list(texts), add_special_tokens=False)]
+        return [e.offsets for e in self._tok.encode_batch(list(texts), add_special_tokens=False)]
 
-    def windows(self, text: str, size: int, overlap: int) -> list[tuple[int, int]]:
-        offsets = self._tok.encode(text, add_special_tokens=False).offsets
-        if not offsets:
-            return [(0, len(text))]
-        step = max(1, size - overlap)
-        spans = []
-        for start in range(0, len(offsets), step):
-            window = offsets[start:start + size]
-            spans.append((window[0][0], window[-1][1]))
-            if start + size >= len(offsets):
-                break
-        return spans
+
+def windows(offsets: Sequence[tuple[int, int]], size: int, overlap: int) -> list[tuple[int, int, int]]:
+    """(first char, end char, tokens) of consecutive windows of ``size`` tokens overlapping by ``overlap``."""
+    step = max(1, size - overlap)
+    spans = []
+    for start in range(0, len(offsets), step):
+        window = offsets[start:start + size]
+        spans.append((window[0][0], window[-1][1], len(window)))
+        if start + size >= len(offsets):
+            break
+    return spans
 
 
 def content_hash(embed_text: str, model_id: str) -> str:
@@ -95,18 +98,23 @@ class Chunker:
         self.min_tokens = max(1, self.budget // 3)
 
     def _pieces(self, blocks: Sequence[Block]) -> list[_Piece]:
-        counts = self.counter.count([b.text for b in blocks])
+        # Every block is tokenised once, in one batch; long blocks are cut at token boundaries from the same
+        # offsets. A window re-tokenised on its own can differ by a token at its edges: the margin absorbs it.
+        all_offsets = self.counter.offsets([b.text for b in blocks])
+        size = max(4, self.budget - _WINDOW_MARGIN)
         pieces: list[_Piece] = []
-        for block, n in zip(blocks, counts, strict=True):
-            if n <= self.budget:
-                pieces.append(_Piece(block.text, block.heading_path, block.start_line, block.end_line, n))
+        for block, offsets in zip(blocks, all_offsets, strict=True):
+            if len(offsets) <= self.budget:
+                pieces.append(_Piece(block.text, block.heading_path, block.start_line, block.end_line, len(offsets)))
                 continue
-            for start, end in self.counter.windows(block.text, self.budget, self.overlap_tokens):
+            line = block.start_line
+            counted = 0
+            for start, end, tokens in windows(offsets, size, self.overlap_tokens):
                 text = block.text[start:end]
-                first = block.start_line + block.text.count("\n", 0, start)
-                last = block.start_line + block.text.count("\n", 0, end)
-                pieces.append(_Piece(text, block.heading_path, first, min(last, block.end_line),
-                                     self.counter.count([text])[0]))
+                line += block.text.count("\n", counted, start)
+                counted = start
+                last = line + text.count("\n")
+                pieces.append(_Piece(text, block.heading_path, line, min(last, block.end_line), tokens))
         return pieces
 
     def chunk(self, blocks: Sequence[Block]) -> list[Chunk]:
