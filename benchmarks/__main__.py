@@ -32,6 +32,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--queries", type=int, default=100, help="queries per latency measurement")
     r.add_argument("--out", help="results folder (default benchmarks/results/<timestamp>)")
     r.add_argument("--no-readme", action="store_true", help="do not copy the report into benchmarks/README.md")
+    r.add_argument("--update", action="store_true",
+                   help="with --out: keep the other benchmarks' results already in that folder, replace these")
     rep = sub.add_parser("report", help="re-render report.md and plot.png from a results folder")
     rep.add_argument("folder")
     rep.add_argument("--readme", action="store_true", help="also copy the report into benchmarks/README.md")
@@ -75,6 +77,13 @@ def main(argv: list[str] | None = None) -> int:
     work = out_dir / "work"
     results: dict[str, Any] = {"started_at": stamp, "quick": args.quick, "sizes": sizes, "seed": args.seed,
                                "repeat": repeat, "machine": machine(), "errors": {}}
+    if args.update and (out_dir / "results.json").exists():
+        previous = json.loads((out_dir / "results.json").read_text())
+        for name in only:
+            previous.pop(name, None)
+            previous.get("errors", {}).pop(name, None)
+        previous.setdefault("updated", []).append({"at": stamp, "only": only, "machine": results["machine"]})
+        results = {**previous, "errors": previous.get("errors", {})}
     log(f"results in {out_dir}")
 
     def save() -> None:
