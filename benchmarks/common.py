@@ -270,7 +270,10 @@ class Daemon:
         if self.proc.poll() is not None:
             raise RuntimeError(f"daemon exited: {self.log_path.read_text()[-3000:]}")
         self.url = json.loads((self.state_dir / "daemon.json").read_text())["url"]
-        wait_for(lambda: self.get("/readyz")[0] == 200, timeout=timeout, interval=0.2, what="/readyz")
+        wait_for(lambda: self.proc.poll() is not None or self.get("/readyz")[0] == 200,  # type: ignore[union-attr]
+                 timeout=timeout, interval=0.2, what="/readyz")
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"daemon exited: {self.log_path.read_text()[-3000:]}")
         return self
 
     def get(self, path: str, timeout: float = 30) -> tuple[int, Any]:
