@@ -24,12 +24,13 @@ import fnmatch
 import os
 import re
 import shutil
+import signal
 import string
 import subprocess
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path, PurePosixPath
 from typing import IO, Any, Literal
 from urllib.parse import quote, urlsplit
@@ -300,6 +301,8 @@ class GitConnector(Connector):
         self._pending: dict[str, Any] | None = None
         self._skip_next_fetch = False
         self._needs_reclone = False
+        self._full_fetch = False
+        """Set once the remote refused a shallow fetch (git's dumb HTTP protocol)."""
         self._unavailable: set[str] = set()
 
     # -- configuration -----------------------------------------------------------------------------------
@@ -332,17 +335,26 @@ class GitConnector(Connector):
     # -- running git -------------------------------------------------------------------------------------
     def _run(self, *args: str, timeout: float | None = None, git_dir: Path | None = None) -> bytes:
         cmd = ["git", "--git-dir", str(git_dir or self.mirror), *args]
+        limit = timeout or self.cfg.timeout
         try:
-            proc = subprocess.run(cmd, capture_output=True, env=self._env, stdin=subprocess.DEVNULL,
-                                  timeout=timeout or self.cfg.timeout, check=False)
-        except subprocess.TimeoutExpired:
-            raise ConnectorError(f"git {args[0]} timed out after {timeout or self.cfg.timeout:.0f} s",
-                                 connector=self.name) from None
+            # A session of its own: a fetch runs helpers (git-remote-http, ssh) as children of git, and a
+            # timeout must stop them too, or they hang on the stalled server long after git was killed.
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=self._env,
+                                    stdin=subprocess.DEVNULL, start_new_session=True)
         except FileNotFoundError:
             raise ConnectorError("the git command is not installed", connector=self.name) from None
+        try:
+            stdout, stderr = proc.communicate(timeout=limit)
+        except BaseException as exc:
+            with suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            if isinstance(exc, subprocess.TimeoutExpired):
+                raise ConnectorError(f"git {args[0]} timed out after {limit:g} s", connector=self.name) from None
+            raise
         if proc.returncode != 0:
-            raise GitFailed(list(args), proc.returncode, proc.stderr.decode(errors="replace"))
-        return proc.stdout
+            raise GitFailed(list(args), proc.returncode, stderr.decode(errors="replace"))
+        return stdout
 
     @contextmanager
     def _mirror_lock(self) -> Iterator[None]:
@@ -416,11 +428,17 @@ class GitConnector(Connector):
         """Fetch the branch into the mirror; the new head commit, or None when the repository is empty."""
         tracking = f"refs/remotes/origin/{self.cfg.branch}"
         args = ["fetch", "--quiet", "--no-tags", "--prune", "--no-write-fetch-head"]
-        if self.cfg.shallow:
+        if self.cfg.shallow and not self._full_fetch:
             args.append("--depth=1")
         try:
             self._run(*args, "origin", f"+refs/heads/{self.cfg.branch}:{tracking}")
         except GitFailed as exc:
+            if "does not support shallow" in exc.stderr and not self._full_fetch:
+                # A server speaking git's "dumb" HTTP protocol (static files) cannot serve a shallow fetch:
+                # fetch the whole branch from it instead, this time and from now on.
+                log.info("git.shallow_unsupported", connector=self.name, action="fetching full history")
+                self._full_fetch = True
+                return self._fetch_once()
             if "couldn't find remote ref" not in exc.stderr:
                 raise
             # The branch is not there: an empty repository, or a branch that was deleted.
