@@ -3,6 +3,9 @@
 * ``nochange``: three no-change sync passes (the stat-only fast path), pyinstrument.
 * ``update``: single-document updates through the engine with the real model, pyinstrument.
 * ``search``: hybrid searches through the Python API (what `/search` runs), pyinstrument.
+* ``listing``: CPU seconds of the filesystem listing (the no-change pass's cost), as shipped and with each
+  glob list compiled into one regex (a prototype of the fix; same results asserted).
+* ``threads``: latency of single-text ``encode`` calls and batch rate with 1 and 2 torch threads.
 
 Text profiles go to ``benchmarks/results/profiles/<name>-<docs>.txt``.
 """
@@ -13,13 +16,14 @@ import argparse
 import random
 import sys
 import time
+from pathlib import Path
 
 from benchmarks.common import HERE, built_index, log, parse_size, workspace
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.profile")
-    p.add_argument("what", choices=("nochange", "update", "search"))
+    p.add_argument("what", choices=("nochange", "update", "search", "listing", "threads"))
     p.add_argument("--docs", default="1k")
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--n", type=int, default=30, help="updates or searches to profile")
@@ -32,7 +36,11 @@ def main(argv: list[str] | None = None) -> int:
     from benchmarks.probe import StandInEmbedder
     from syncd.embedding import SentenceTransformerEmbedder
 
+    if args.what == "threads":
+        return _threads()
     n_docs = parse_size(args.docs)
+    if args.what == "listing":
+        return _listing(built_index(args.seed, n_docs))
     folder = built_index(args.seed, n_docs)
     out_dir = HERE / "results" / "profiles"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -82,6 +90,70 @@ def main(argv: list[str] | None = None) -> int:
     path.write_text(text)
     sys.stdout.write(text)
     log(f"profile written to {path}")
+    return 0
+
+
+def _listing(folder: Path) -> int:
+    import fnmatch
+    import re
+    from functools import lru_cache
+
+    import connectors.filesystem as fs
+    from syncd import config as config_mod
+    from syncd.runtime import build_connector
+    from syncd.state import StateDir
+
+    cfg = config_mod.load(folder / "syncd.toml")
+    conn = build_connector(cfg, cfg.connectors[0], StateDir(folder / "state"))
+
+    def best_cpu() -> tuple[float, list[object]]:
+        best, refs = 1e9, []
+        for _ in range(3):
+            started = time.process_time()
+            refs = list(conn.list_documents())
+            best = min(best, time.process_time() - started)
+        return best, refs
+
+    shipped, refs_a = best_cpu()
+
+    @lru_cache(maxsize=64)
+    def compiled(patterns: tuple[str, ...]) -> re.Pattern[str]:
+        alts = [fnmatch.translate(p) for p in patterns]
+        alts += [fnmatch.translate(p[3:]) for p in patterns if p.startswith("**/")]
+        return re.compile("|".join(f"(?:{a})" for a in alts))
+
+    original = fs._matches
+    fs._matches = lambda rel, patterns: bool(patterns) and compiled(tuple(patterns)).match(rel) is not None
+    try:
+        fast, refs_b = best_cpu()
+    finally:
+        fs._matches = original
+    assert refs_a == refs_b
+    sys.stdout.write(f"listing {len(refs_a)} files: {shipped:.3f} CPU-s as shipped, {fast:.3f} CPU-s with "
+                     "compiled globs (best of 3)\n")
+    return 0
+
+
+def _threads() -> int:
+    import subprocess
+
+    code = (
+        "import statistics, sys, time\n"
+        "from benchmarks.corpus import page\n"
+        "from syncd.embedding import SentenceTransformerEmbedder\n"
+        "e = SentenceTransformerEmbedder('all-MiniLM-L6-v2', threads=int(sys.argv[1])); e.load()\n"
+        "texts = [page(3, i).text[:900] for i in range(40)]; e.encode(texts[:2])\n"
+        "one = []\n"
+        "for x in texts[:20]:\n"
+        "    s = time.monotonic(); e.encode([x]); one.append(time.monotonic() - s)\n"
+        "s = time.monotonic(); e.encode(texts); rate = 40 / (time.monotonic() - s)\n"
+        "print(statistics.median(one), max(one), rate)\n"
+    )
+    for threads in (1, 2, 1, 2):
+        out = subprocess.run([sys.executable, "-c", code, str(threads)], capture_output=True, text=True, check=True)
+        med, worst, rate = (float(x) for x in out.stdout.split())
+        sys.stdout.write(f"threads={threads}: single-text encode p50 {med * 1000:.0f} ms, max {worst * 1000:.0f} ms; "
+                         f"batch of 40 ~900-char texts {rate:.1f}/s\n")
     return 0
 
 
