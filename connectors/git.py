@@ -350,7 +350,8 @@ class GitConnector(Connector):
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.communicate()
             if isinstance(exc, subprocess.TimeoutExpired):
-                raise ConnectorError(f"git {args[0]} timed out after {limit:g} s", connector=self.name) from None
+                raise ConnectorError(f"git {self.name}: git {args[0]} timed out after {limit:g} s",
+                                     connector=self.name) from None
             raise
         if proc.returncode != 0:
             raise GitFailed(list(args), proc.returncode, stderr.decode(errors="replace"))

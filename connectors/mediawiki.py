@@ -45,6 +45,8 @@ _DOWN_GRACE = 30.0
 """After the wiki could not be reached at all, reads fail fast for this long instead of each retrying."""
 
 # Log events that change which pages exist or what they hold. Others (protect, patrol, block...) do not.
+_MALFORMED = (KeyError, IndexError, TypeError, ValueError, AttributeError)
+"""What parsing an answer of valid JSON but unexpected shape raises; translated at the connector's edge."""
 _UPSERT_LOGS = {("delete", "restore"), ("delete", "revision"), ("import", "upload"), ("import", "interwiki"),
                 ("merge", "merge"), ("contentmodel", "change"), ("contentmodel", "new")}
 
@@ -178,7 +180,9 @@ class MediaWikiConnector(Connector):
         try:
             data = response.json()
         except ValueError:
-            return
+            # A body cut short or garbled on the way (a proxy, a worker killed mid-answer) is worth another
+            # try; a URL that is not api.php fails the same way every time and ends as an error below.
+            raise Retryable(f"{self.cfg.api_url} did not answer JSON (cut short, or not the api.php URL?)") from None
         error = data.get("error") if isinstance(data, dict) else None
         if isinstance(error, dict) and error.get("code") == "maxlag":
             raise Retryable("the wiki's replicas lag (maxlag)",
@@ -206,6 +210,8 @@ class MediaWikiConnector(Connector):
         except ValueError:
             raise ConnectorError(f"{self.cfg.api_url} did not answer JSON; is it the api.php URL?",
                                  connector=self.name) from None
+        if not isinstance(data, dict):
+            raise ConnectorError(f"{self.cfg.api_url} answered JSON that is not an object", connector=self.name)
         error = data.get("error")
         if isinstance(error, dict):
             if error.get("code") in ("assertuserfailed", "assertbotfailed") and relogin:
@@ -240,10 +246,22 @@ class MediaWikiConnector(Connector):
                 return
             cont = data["continue"]
 
+    def _malformed(self, exc: Exception, what: str) -> ConnectorError:
+        return ConnectorError(f"wiki at {self.cfg.api_url} answered an unexpected shape while {what}: "
+                              f"{type(exc).__name__}: {exc}", connector=self.name)
+
     def _unavailable(self, exc: RemoteUnavailable | ConnectorError, what: str) -> ConnectorError:
         if isinstance(exc, RemoteUnavailable) and exc.transport:
             return RootUnavailable(f"wiki at {self.cfg.api_url} unreachable while {what}: {exc}", connector=self.name)
         return ConnectorError(f"wiki at {self.cfg.api_url} failed while {what}: {exc}", connector=self.name)
+
+    def _answers(self) -> bool:
+        """Whether the wiki answers a small request: tells a page that cannot be fetched from a wiki that is down."""
+        try:
+            self._api({"action": "query", "meta": "siteinfo"})
+        except (RemoteUnavailable, ConnectorError):
+            return False
+        return True
 
     def check_available(self) -> None:
         """Raises RootUnavailable when the wiki does not answer (the engine then deletes nothing)."""
@@ -266,6 +284,8 @@ class MediaWikiConnector(Connector):
                         refs.append(DocumentRef(doc_id=page["title"], fingerprint=str(page["lastrevid"])))
         except (RemoteUnavailable, ConnectorError) as exc:
             raise self._unavailable(exc, "listing pages") from None
+        except _MALFORMED as exc:
+            raise self._malformed(exc, "listing pages") from None
         self._plan([r.doc_id for r in refs])
         return iter(refs)
 
@@ -310,11 +330,17 @@ class MediaWikiConnector(Connector):
     def read(self, doc_id: str) -> SourceDocument:
         try:
             page = self._read_page(doc_id)
+            document = self._document(doc_id, page)
         except DocumentUnavailable:
             self._failed.add(doc_id)
             raise
+        except _MALFORMED as exc:
+            self._failed.add(doc_id)
+            raise DocumentUnavailable("bad-answer", doc_id=doc_id, connector=self.name,
+                                      detail=f"the API answered an unexpected shape: {type(exc).__name__}: {exc}",
+                                      ) from None
         self._failed.discard(doc_id)
-        return self._document(doc_id, page)
+        return document
 
     def _read_page(self, doc_id: str) -> _Page:
         page = self._cache.pop(doc_id, None)
@@ -327,15 +353,16 @@ class MediaWikiConnector(Connector):
         try:
             pages = self._fetch(batch)
         except (RemoteUnavailable, ConnectorError) as exc:
-            if isinstance(exc, RemoteUnavailable) and exc.transport:
+            if len(batch) > 1:
+                # One bad page must not fail its neighbours (a page whose answer times out or is cut short
+                # fails like a 5xx): fetch this batch's pages one by one.
+                self._single.update(batch)
+                return self._read_page(doc_id)
+            if isinstance(exc, RemoteUnavailable) and exc.transport and not self._answers():
                 self._down_until = time.monotonic() + _DOWN_GRACE
                 raise DocumentUnavailable("wiki-unavailable", doc_id=doc_id, connector=self.name,
                                           detail=str(exc)) from None
-            if len(batch) == 1:
-                raise DocumentUnavailable("fetch-failed", doc_id=doc_id, connector=self.name, detail=str(exc)) from None
-            # One bad page must not fail its neighbours: fetch this batch's pages one by one.
-            self._single.update(batch)
-            return self._read_page(doc_id)
+            raise DocumentUnavailable("fetch-failed", doc_id=doc_id, connector=self.name, detail=str(exc)) from None
         for title, fetched in pages.items():
             if title != doc_id:
                 self._cache[title] = fetched
@@ -390,6 +417,8 @@ class MediaWikiConnector(Connector):
             return None
         if data.get("api_url") != self.cfg.api_url:
             return None  # another wiki: its cursor means nothing here
+        if not isinstance(data.get("ts"), int | float) or not isinstance(data.get("seen", {}), dict):
+            return None  # damaged by hand: list everything again rather than fail every poll
         return data
 
     def _changes(self, since: float) -> tuple[list[dict[str, Any]], float]:
@@ -458,6 +487,16 @@ class MediaWikiConnector(Connector):
             rows, _ = self._changes(base_ts - self.cfg.overlap)
         except (RemoteUnavailable, ConnectorError) as exc:
             raise self._unavailable(exc, "reading recentchanges") from None
+        except _MALFORMED as exc:
+            raise self._malformed(exc, "reading recentchanges") from None
+        try:
+            return self._plan_changes(rows, base_ts, seen_before)
+        except _MALFORMED as exc:
+            self._pending = None
+            raise self._malformed(exc, "reading recentchanges") from None
+
+    def _plan_changes(self, rows: list[dict[str, Any]], base_ts: float,
+                      seen_before: dict[str, float]) -> Iterator[Change]:
         fresh: list[tuple[str, float, list[tuple[str, str]]]] = []
         latest: dict[str, tuple[str, float]] = {}
         for row in rows:
