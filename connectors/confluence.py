@@ -29,7 +29,7 @@ import httpx
 import structlog
 from pydantic import SecretStr, field_validator
 
-from connectors._http import PoliteClient, RemoteUnavailable
+from connectors._http import PoliteClient, RemoteUnavailable, Retryable
 from connectors.base import Connector, ConnectorContext
 from syncd import __version__
 from syncd.config import ConnectorConfig, Duration, resolve_secret
@@ -131,6 +131,16 @@ def storage_to_html(title: str, storage: str) -> str:
     return str(page)
 
 
+def _json_answer(response: httpx.Response) -> None:
+    """A 200 whose body is not JSON was garbled or cut short on the way: worth another try, then an error."""
+    if response.status_code != 200:
+        return
+    try:
+        response.json()
+    except ValueError:
+        raise Retryable(f"{response.request.url.path} answered 200 with a body that is not JSON") from None
+
+
 class ConfluenceConnector(Connector):
     type_name = "confluence"
     config_model = ConfluenceConfig
@@ -165,7 +175,7 @@ class ConfluenceConnector(Connector):
     def _get(self, url: str, params: dict[str, Any] | None = None) -> httpx.Response:
         if not url.startswith(("http://", "https://")):
             url = self.cfg.base_url + url
-        response = self.http.request("GET", url, params=params)
+        response = self.http.request("GET", url, params=params, check=_json_answer)
         if response.status_code in (401, 403):
             raise ConnectorError(f"Confluence refused the token (HTTP {response.status_code})", connector=self.name)
         return response

@@ -20,6 +20,7 @@ from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
 from connectors.confluence import storage_to_html
+from syncd.errors import ConnectorError
 from syncd.models import SyncSummary
 from syncd.runtime import Runtime
 from syncd.state import write_json_atomic
@@ -38,6 +39,7 @@ class FakeConfluence:
         self.next_id = 65537
         self.throttle: list[str] = []  # Retry-After values for the next requests, answered 429
         self.broken: set[str] = set()  # page ids whose requests answer 500
+        self.garble: list[str] = []  # "malformed" (200, not JSON) or "truncated" (body cut short) for the next requests
         self.log: list[str] = []
 
     # -- the content --------------------------------------------------------------------------------
@@ -132,6 +134,11 @@ class FakeConfluence:
         if self.throttle:
             return Response(json.dumps({"message": "Rate limit exceeded"}), status=429,
                             headers={"Retry-After": self.throttle.pop(0)}, content_type="application/json")
+        if self.garble:
+            if self.garble.pop(0) == "malformed":
+                return Response('{"results": [{"id": "6553', content_type="application/json")
+            body = json.dumps({"results": [], "size": 0, "_links": {}})
+            return Response(body[:10], content_type="application/json", headers={"Content-Length": str(len(body))})
         if any(pid in urllib.parse.unquote(request.full_path) for pid in self.broken):
             return Response(json.dumps({"statusCode": 500, "message": "Internal Server Error"}), status=500)
         api = path[len(CONTEXT):]
@@ -259,6 +266,31 @@ def test_429_retry_after_is_honoured(runtime: Runtime, confluence: FakeConfluenc
     assert indexed(runtime) == confluence.current("DOC")
     assert waits == [7.0, 3.0]
     assert confluence.throttle == []
+
+
+@pytest.mark.parametrize("fault", ["malformed", "truncated"])
+def test_garbled_answer_is_retried_then_reported(runtime: Runtime, confluence: FakeConfluence, fault: str) -> None:
+    """A 200 whose body is not JSON, or is cut short of its Content-Length, is retried like a 5xx; when it
+    persists the poll fails with a ConnectorError, the cursor stays, and the next clean poll catches up."""
+    connector: Any = runtime.connectors[NAME]
+    waits: list[float] = []
+    connector.http.sleep = waits.append
+    confluence.add("DOC", "Alpha", "<p>Alpha about ravens.</p>")
+    confluence.garble = [fault, fault]
+    summary = sync(runtime)
+    assert not summary.failures and confluence.garble == [] and len(waits) == 2
+    assert indexed(runtime) == confluence.current("DOC")
+    cursor = connector.cursor_path.read_bytes()
+
+    confluence.add("DOC", "Beta", "<p>Beta about herons.</p>")
+    confluence.garble = [fault] * (connector.cfg.max_retries + 1)
+    with pytest.raises(ConnectorError):
+        connector.poll()
+    assert confluence.garble == []
+    assert connector.cursor_path.read_bytes() == cursor
+    summary = sync(runtime)
+    assert not summary.failures
+    assert indexed(runtime) == confluence.current("DOC")
 
 
 def test_deletion_and_trash_found_by_id_reconciliation(runtime: Runtime, confluence: FakeConfluence) -> None:
