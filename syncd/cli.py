@@ -118,6 +118,8 @@ def cmd_sync(cfg: Any, args: argparse.Namespace) -> int:
                     for d in (change.doc_id, change.dest_id):
                         if d:
                             seen[d] = 0.0
+                # Documents that failed in the engine after the cursor moved past them are tried again.
+                seen.update(dict.fromkeys(rt.engine.retry_candidates(name), 0.0))
                 # An allowed mass deletion needs the full comparison: the guard only lets reconcile through.
                 part = (rt.engine.reconcile(name, allow_mass_delete=args.allow_mass_delete)
                         if rescan or args.allow_mass_delete else rt.engine.process({name: seen}))

@@ -444,6 +444,9 @@ class Service:
             log.error("poll.failed", connector=name, error=str(exc))
             self._poll_done(name, started, False)
             return
+        # Documents that failed in the engine (the model, the store) since the cursor moved past them.
+        for doc_id in engine.retry_candidates(name):
+            seen.setdefault(doc_id, now)
         summary = engine.reconcile(name) if rescan else engine.process({name: seen})
         ok = not any(f.connector == name and (not f.doc_id or "store-write-failed" in f.reason)
                      for f in summary.failures)

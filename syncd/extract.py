@@ -86,7 +86,7 @@ def _paragraphs(lines: list[str], skip: set[int], heading_at: dict[int, tuple[st
 
 
 def _extract_text(text: str) -> list[Block]:
-    return _paragraphs(text.splitlines(), set(), {})
+    return _paragraphs(text.split("\n"), set(), {})
 
 
 def _extract_markdown(text: str) -> tuple[str, list[Block]]:
@@ -94,7 +94,7 @@ def _extract_markdown(text: str) -> tuple[str, list[Block]]:
 
     md = MarkdownIt("commonmark").enable("table")
     tokens = md.parse(text)
-    lines = text.splitlines()
+    lines = text.split("\n")
     stack: list[tuple[int, str]] = []
     title = ""
     blocks: list[Block] = []
@@ -132,7 +132,7 @@ def _extract_rst(text: str) -> tuple[str, list[Block]]:
         doctree = publish_doctree(text, settings_overrides=settings)
     except Exception as exc:  # noqa: BLE001 - docutils raises many unrelated types on bad markup
         raise DocumentSkipped("unparseable", detail=f"reStructuredText: {exc}") from None
-    lines = text.splitlines()
+    lines = text.split("\n")
     markers: list[tuple[int, int, str]] = []
     for title_node in doctree.findall(nodes.title):
         if title_node.line is None:
@@ -168,6 +168,7 @@ def _is_adornment(line: str) -> bool:
 
 _HTML_BLOCKS = ["p", "li", "pre", "blockquote", "td", "th", "dt", "dd", "figcaption", "caption"]
 _HTML_HEADINGS = ["h1", "h2", "h3", "h4", "h5", "h6"]
+_BR = "\ue000"
 
 
 def _extract_html(text: str) -> tuple[str, list[Block]]:
@@ -177,7 +178,8 @@ def _extract_html(text: str) -> tuple[str, list[Block]]:
     for tag in soup(["script", "style", "noscript", "template", "iframe", "object", "svg"]):
         tag.decompose()
     for br in soup("br"):
-        br.replace_with("\n")
+        # A private-use mark, so a tag's source still counts only the newlines it really has.
+        br.replace_with(_BR)
     title = soup.title.get_text(" ", strip=True) if soup.title else ""
     stack: list[tuple[int, str]] = []
     blocks: list[Block] = []
@@ -186,7 +188,7 @@ def _extract_html(text: str) -> tuple[str, list[Block]]:
         if tag.find_parent(_HTML_BLOCKS) is not None:
             continue  # nested inside a block that is already taken whole
         line = tag.sourceline or 1
-        body = tag.get_text()
+        body = tag.get_text().replace(_BR, "\n")
         body = body if tag.name == "pre" else re.sub(r"\s+", " ", body).strip()
         if tag.name in _HTML_HEADINGS:
             level = int(tag.name[1])
@@ -221,7 +223,7 @@ def _extract_pdf(content: bytes) -> list[Block]:
         offset = 0
         for number, page in enumerate(reader.pages, start=1):
             page_text = page.extract_text() or ""
-            page_lines = page_text.splitlines()
+            page_lines = page_text.split("\n")
             for block in _paragraphs(page_lines, set(), {}, initial=(f"page {number}",)):
                 blocks.append(Block(text=block.text, heading_path=block.heading_path,
                                     start_line=block.start_line + offset, end_line=block.end_line + offset))
@@ -236,7 +238,7 @@ def _extract_pdf(content: bytes) -> list[Block]:
 def _extract_wikitext(text: str) -> tuple[str, list[Block]]:
     import mwparserfromhell
 
-    lines = text.splitlines()
+    lines = text.split("\n")
     heading_at: dict[int, tuple[str, ...]] = {}
     skip: set[int] = set()
     stack: list[tuple[int, str]] = []

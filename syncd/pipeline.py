@@ -39,6 +39,9 @@ from syncd.store import IndexedDoc, Store, chunk_id, doc_key, sql_string
 
 log = structlog.get_logger("syncd.pipeline")
 
+SKIPPED = "skipped"
+"""Fingerprint-cache mark of a document skipped as not indexable (its reason is in the failures)."""
+
 DELETE_WINDOW_S = 300.0
 """The mass-deletion guard's cycle for watcher-reported deletions: deletions within this window add up."""
 
@@ -133,31 +136,48 @@ class Engine:
         scope = [d for d in indexed if not prefixes or any(_under(d, p) for p in prefixes)]
         listed = {ref.doc_id for ref in refs}
         candidates: list[str] = []
+        fingerprints: dict[str, str] = {}
         for ref in refs:
             summary.docs_seen += 1
             cached = cstate.fingerprints.get(ref.doc_id)
             have = indexed.get(ref.doc_id)
-            if (cached and have and cached[0] == ref.fingerprint and cached[1] == have.identity
-                    and ref.doc_id not in cstate.failures):
+            if cached and cached[0] == ref.fingerprint and (
+                    (have and cached[1] == have.identity and ref.doc_id not in cstate.failures)
+                    # Skipped as not indexable (empty, binary, too large...) and not touched since.
+                    or (have is None and cached[1] == SKIPPED and ref.doc_id in cstate.failures)):
                 summary.docs_unchanged += 1
                 continue
             candidates.append(ref.doc_id)
+            fingerprints[ref.doc_id] = ref.fingerprint
         gone = [d for d in scope if d not in listed]
         # A document whose fingerprint reappears under a new id was moved (a renamed folder), not deleted.
-        new_fps = {ref.fingerprint for ref in refs if ref.doc_id not in indexed}
-        moved = sum(1 for d in gone if (cstate.fingerprints.get(d) or [None])[0] in new_fps)
-        allowed_gone = self._guard_deletions(name, len(gone) - moved, len(indexed), allow_mass_delete, summary)
+        new_by_fp = {ref.fingerprint: ref.doc_id for ref in refs if ref.doc_id not in indexed}
+        moves = {d: new_by_fp[fp] for d in gone if (fp := (cstate.fingerprints.get(d) or [None])[0]) in new_by_fp}
+        allowed_gone = self._guard_deletions(name, len(gone) - len(moves), len(indexed), allow_mass_delete, summary)
         if allowed_gone:
-            candidates.extend(gone)
+            # Each move's old and new id go in the same batch, so it is paired as one rename.
+            targets = set(moves.values())
+            groups = [[new, old] for old, new in moves.items()]
+            groups += [[d] for d in candidates if d not in targets] + [[d] for d in gone if d not in moves]
+        else:
+            groups = [[d] for d in candidates]
         # Failures that vanished from the listing are forgotten.
         in_scope = [d for d in cstate.failures if not prefixes or any(_under(d, p) for p in prefixes)]
         for doc_id in [d for d in in_scope if d not in listed]:
             cstate.failures.pop(doc_id, None)
             cstate.dirty = True
-        self._apply_all(name, candidates, {}, summary, allow_mass_delete=True, count_seen=False)
+        self._apply_groups(name, groups, {}, summary, allow_mass_delete=True, count_seen=False,
+                           fingerprints=fingerprints)
         self._finish_cycle(name, summary)
         summary.seconds = time.monotonic() - started
         return summary
+
+    def retry_candidates(self, name: str) -> list[str]:
+        """Documents whose last attempt failed for a reason that may pass (not a skip): polled connectors
+        add them to every poll, since their cursor has moved past them."""
+        cstate = self.state.connector(name)
+        return [d for d, fp in ((d, cstate.fingerprints.get(d)) for d in cstate.failures)
+                if not (fp and fp[1] == SKIPPED)]
 
     def process(self, changes: Mapping[str, Mapping[str, float]]) -> SyncSummary:
         """Apply watcher hints: ``{connector: {doc_id: first_seen_unix_time}}``."""
@@ -200,12 +220,25 @@ class Engine:
     # -- applying --------------------------------------------------------------------------------------
     def _apply_all(self, name: str, doc_ids: list[str], seen: Mapping[str, float], summary: SyncSummary, *,
                    allow_mass_delete: bool, count_seen: bool) -> None:
-        for start in range(0, len(doc_ids), self.max_batch_docs):
-            batch = doc_ids[start:start + self.max_batch_docs]
-            self._apply_batch(name, batch, seen, summary, allow_mass_delete=allow_mass_delete, count_seen=count_seen)
+        self._apply_groups(name, [[d] for d in doc_ids], seen, summary, allow_mass_delete=allow_mass_delete,
+                           count_seen=count_seen)
+
+    def _apply_groups(self, name: str, groups: list[list[str]], seen: Mapping[str, float], summary: SyncSummary, *,
+                      allow_mass_delete: bool, count_seen: bool, fingerprints: Mapping[str, str] | None = None) -> None:
+        """Apply in batches of about max_batch_docs; a group (a move's two ids) is never split."""
+        batch: list[str] = []
+        for group in groups:
+            batch.extend(group)
+            if len(batch) >= self.max_batch_docs:
+                self._apply_batch(name, batch, seen, summary, allow_mass_delete=allow_mass_delete,
+                                  count_seen=count_seen, fingerprints=fingerprints)
+                batch = []
+        if batch:
+            self._apply_batch(name, batch, seen, summary, allow_mass_delete=allow_mass_delete, count_seen=count_seen,
+                              fingerprints=fingerprints)
 
     def _apply_batch(self, name: str, doc_ids: list[str], seen: Mapping[str, float], summary: SyncSummary, *,
-                     allow_mass_delete: bool, count_seen: bool) -> None:
+                     allow_mass_delete: bool, count_seen: bool, fingerprints: Mapping[str, str] | None = None) -> None:
         connector = self.connectors[name]
         cstate = self.state.connector(name)
         indexed = self.docs(name)
@@ -213,6 +246,7 @@ class Engine:
         gone: list[str] = []
         skipped: dict[str, str] = {}
         unchanged_fp: dict[str, tuple[str, str]] = {}
+        skipped_fp: dict[str, str | None] = {}
         failed: dict[str, str] = {}
         for doc_id in dict.fromkeys(doc_ids):
             if count_seen:
@@ -230,6 +264,7 @@ class Engine:
                 continue
             except DocumentSkipped as exc:
                 skipped[doc_id] = exc.describe()
+                skipped_fp[doc_id] = (fingerprints or {}).get(doc_id)
                 bound.warning("document.skipped", reason=exc.describe())
                 continue
             except DocumentError as exc:
@@ -246,7 +281,13 @@ class Engine:
                 chunks = self.chunker.chunk(extracted.blocks)
             except DocumentSkipped as exc:
                 skipped[doc_id] = exc.describe()
+                skipped_fp[doc_id] = doc.fingerprint
                 bound.warning("document.skipped", reason=exc.describe())
+                continue
+            except Exception as exc:  # noqa: BLE001 - a parser bug on one document must not fail the batch
+                skipped[doc_id] = f"extract-failed: {type(exc).__name__}: {exc}"[:500]
+                skipped_fp[doc_id] = doc.fingerprint
+                bound.error("document.extract_failed", error=repr(exc)[:500])
                 continue
             title = doc.title if doc.title and doc.media_type not in ("markdown", "html", "rst") else (
                 extracted.title or doc.title)
@@ -365,7 +406,12 @@ class Engine:
             info = indexed.pop(doc_id, None)
             if info is not None:
                 summary.chunks_deleted += info.chunks
-            cstate.fingerprints.pop(doc_id, None)
+            fp = skipped_fp.get(doc_id)
+            if fp:
+                # Not read again until it changes: a skip is about the content, not the moment.
+                cstate.fingerprints[doc_id] = [fp, SKIPPED]
+            else:
+                cstate.fingerprints.pop(doc_id, None)
             failed[doc_id] = reason
         for doc_id, reason in failed.items():
             cstate.failures[doc_id] = reason
@@ -494,10 +540,11 @@ class Engine:
                 chunks = self.chunker.chunk(extracted.blocks)
             except DocumentGone:
                 continue
-            except DocumentError as exc:
-                cstate.failures[doc_id] = exc.describe()
+            except (DocumentError, Exception) as exc:  # noqa: BLE001 - one bad document must not fail a reindex
+                reason = exc.describe() if isinstance(exc, DocumentError) else f"extract-failed: {type(exc).__name__}"
+                cstate.failures[doc_id] = reason
                 summary.docs_failed += 1
-                summary.failures.append(Failure(connector=name, doc_id=doc_id, reason=exc.describe()))
+                summary.failures.append(Failure(connector=name, doc_id=doc_id, reason=reason))
                 continue
             title = doc.title if doc.title and doc.media_type not in ("markdown", "html", "rst") else (
                 extracted.title or doc.title)

@@ -88,3 +88,34 @@ def test_encrypted_pdf_is_skipped_as_encrypted():
 def test_utf16_with_bom_and_utf8_bom_decode():
     assert extract("hello wörld".encode("utf-16"), "text").blocks[0].text == "hello wörld"
     assert extract(b"\xef\xbb\xbfbom text", "text").blocks[0].text == "bom text"
+
+
+def test_form_feeds_and_unicode_line_separators_lose_no_text_and_keep_line_numbers():
+    text = "# Title\n\nFirst para with a form\x0cfeed.\n\nSecond para\u2028still second.\n\n## Sub\n\nThird para.\n"
+    blocks = extract(text.encode(), "markdown").blocks
+    assert [b.text for b in blocks] == ["First para with a form\x0cfeed.", "Second para\u2028still second.", "Third para."]
+    assert [b.start_line for b in blocks] == [3, 5, 9]
+    plain = "one\n\n\x0c\n\ntwo\n"
+    assert [(b.text, b.start_line) for b in extract(plain.encode(), "text").blocks] == [("one", 1), ("two", 5)]
+
+
+def test_html_line_breaks_do_not_stretch_the_cited_line_span():
+    html = "<html><body>\n<h1>T</h1>\n<p>one<br>two<br>three</p>\n</body></html>"
+    block = extract(html.encode(), "html").blocks[0]
+    assert block.text == "one two three" and (block.start_line, block.end_line) == (3, 3)
+
+
+def test_a_parser_crash_on_one_document_skips_it_and_keeps_the_others(tmp_path, docs, make_runtime):
+    from tests.conftest import write_config
+
+    cfg = write_config(tmp_path, [{"name": "docs", "type": "filesystem", "path": str(docs),
+                                   "include": ["**/*.md", "**/*.wiki"]}])
+    (docs / "good.md").write_text("# Good\n\ngood text\n")
+    (docs / "bad.wiki").write_text("{{" * 3000 + "x" + "}}" * 3000 + "\n")
+    rt = make_runtime(cfg)
+    summary = rt.engine.reconcile("docs")
+    assert set(rt.engine.docs("docs")) == {"good.md"}
+    assert [(f.doc_id, f.reason.split(":")[0]) for f in summary.failures] == [("bad.wiki", "extract-failed")]
+    # Skipped until it changes: the next cycle neither re-reads it nor reports it again.
+    again = rt.engine.reconcile("docs")
+    assert again.failures == [] and again.docs_unchanged == 2

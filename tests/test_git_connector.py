@@ -670,3 +670,26 @@ def test_cli_sync_and_verify_with_the_real_model(tmp_path, repo, make_runtime):
     assert (tmp_path / "state" / "connectors" / NAME / "cursor.json").read_text() == cursor
     status = json.loads(syncd("status", "--json").stdout)
     assert status["connectors"][0]["docs"] == 2
+
+
+def test_a_document_the_model_failed_on_is_retried_by_later_polls(tmp_path, repo, in_process_daemon):
+    """The cursor moves past a poll whose document the engine could not embed; the service's next polls
+    retry it until it is indexed."""
+    from syncd.testing import FaultyEmbedder, HashEmbedder
+
+    repo.write("a.md", "# A\n\nplain document\n")
+    repo.commit("a")
+    repo.push()
+    faulty = FaultyEmbedder(HashEmbedder(), raise_marker="POISON")
+    with in_process_daemon(git_config(tmp_path, repo), embedder=faulty) as d:
+        engine = d.service.runtime.engine
+        repo.write("b.md", "# B\n\nPOISON in this one\n")
+        head = repo.commit("b")
+        repo.push()
+        cursor = tmp_path / "state" / "connectors" / NAME / "cursor.json"
+        wait_for(lambda: "b.md" in engine.state.connector(NAME).failures
+                 and json.loads(cursor.read_text())["commit"] == head, what="b.md failed, cursor past it")
+        assert set(engine.docs(NAME)) == {"a.md"}
+        faulty.raise_marker = None
+        wait_for(lambda: set(engine.docs(NAME)) == {"a.md", "b.md"}, what="b.md retried by a later poll")
+        assert "b.md" not in engine.state.connector(NAME).failures

@@ -249,3 +249,32 @@ def test_a_second_writer_is_refused_while_one_holds_the_store(fs_config, make_ru
     make_runtime(fs_config)
     with pytest.raises(WriterLocked):
         Runtime(config_mod.load(fs_config), embedder=HashEmbedder())
+
+
+def test_a_folder_move_larger_than_a_batch_counts_every_file_once_as_renamed(tmp_path, docs, make_runtime):
+    cfg = write_config(tmp_path, [{"name": "docs", "type": "filesystem", "path": str(docs)}],
+                       sync={"max_batch_docs": 16})
+    (docs / "a").mkdir()
+    for i in range(50):
+        (docs / "a" / f"n{i}.md").write_text(f"# N {i}\n\nnote {i}\n")
+    (docs / "z.md").write_text("# Z\n\nunrelated\n")
+    rt = make_runtime(cfg)
+    sync(rt)
+    (docs / "a").rename(docs / "b")
+    s = sync(rt)
+    assert (s.docs_renamed, s.docs_added, s.docs_deleted, s.chunks_embedded) == (50, 0, 0, 0)
+    assert doc_ids(rt) == {f"b/n{i}.md" for i in range(50)} | {"z.md"}
+
+
+def test_a_skipped_file_is_not_reread_or_reported_again_until_it_changes(fs_config, docs, make_runtime):
+    (docs / "empty.md").write_bytes(b"")
+    (docs / "ok.md").write_text("fine\n")
+    rt = make_runtime(fs_config)
+    first = sync(rt)
+    assert [(f.doc_id, f.reason.split(":")[0]) for f in first.failures] == [("empty.md", "empty")]
+    second = sync(rt)
+    assert second.failures == [] and second.docs_unchanged == 2
+    assert rt.state.connector("docs").failures == {"empty.md": "empty: no content"}, "still shown in status"
+    (docs / "empty.md").write_text("now with words\n")
+    third = sync(rt)
+    assert third.docs_added == 1 and rt.state.connector("docs").failures == {}
