@@ -134,6 +134,9 @@ def markdown(r: dict[str, Any]) -> str:
              f"Machine: {m['cpus_usable']} usable CPUs ({m['cores_logical']} logical) — {m['cpu_model']}; "
              f"{m['ram_bytes'] / 2**30:.1f} GiB RAM; {m['platform']}; Python {m['python']}.", "",
              "Libraries: " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()) + ".", ""]
+    for u in r.get("updated", []):
+        lines += [f"Re-run into this folder at `{u['at']}` (git {u['machine'].get('git_commit')}): "
+                  f"{', '.join(u['only'])}.", ""]
     loads = {k: v.get("load_avg_1m") for k, v in r.items() if isinstance(v, dict) and v.get("load_avg_1m")}
     if loads:
         lines.append("1-minute load average during each benchmark (max/mean; above the CPU count the machine was "
