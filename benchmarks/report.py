@@ -203,7 +203,9 @@ def plot(r: dict[str, Any], path: Path) -> None:
             ax.bar([f"{phase} p50", f"{phase} p95"], [st["median"] * 1000, st["p95"] * 1000])
     ax.axhline(150, color="grey", linestyle="--", linewidth=0.8)
     ax.axhline(250, color="grey", linestyle=":", linewidth=0.8)
-    ax.set_title("3. freshness: write → /search (ms)")
+    ax.set_yscale("log")
+    ax.tick_params(axis="x", labelsize=7, labelrotation=20)
+    ax.set_title("3. freshness: write → /search (ms, log scale; targets dashed)")
     ax = axes[0][1]
     if f:
         stages = ("event", "queue", "read_chunk", "lookup", "embed", "commit", "maintain", "query")
@@ -214,7 +216,8 @@ def plot(r: dict[str, Any], path: Path) -> None:
             ax.bar(phases, vals, bottom=bottom, label=s)
             bottom = [a + b for a, b in zip(bottom, vals, strict=True)]
         ax.legend(fontsize=7)
-    ax.set_title("3. freshness breakdown, medians (ms)")
+        ax.set_yscale("symlog", linthresh=100)
+    ax.set_title("3. freshness breakdown, medians (ms, symlog)")
     ax = axes[1][0]
     q = _per_size(r.get("query"))
     labels, p50, p95 = [], [], []
