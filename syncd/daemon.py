@@ -342,6 +342,7 @@ class Service:
         engine = self.runtime.engine
         q = self.queue
         last_state_save = time.time()
+        failed_cycles = 0
         while not self.stopping.is_set():
             with q.cond:
                 while q.empty() and not self.stopping.is_set():
@@ -358,12 +359,15 @@ class Service:
                     q.in_flight = {c: dict(d) for c, d in hints.items()}
             self.writer_alive_at = self.cycle_started_at = time.time()
             try:
-                for name, fn in tasks:
+                while tasks:
+                    name, fn = tasks[0]
                     if name == "rebuild":
                         notify("STATUS=rebuilding the index (settings changed)")
                     fn()
-                for name, prefixes in rescans.items():
+                    tasks.pop(0)
+                for name, prefixes in list(rescans.items()):
                     if name not in engine.connectors:
+                        rescans.pop(name)
                         continue
                     # Folders rescanned together: a folder move reuses every vector (see Engine.reconcile).
                     targets: list[Any] = [""] if "" in prefixes else [sorted(prefixes)]
@@ -380,6 +384,7 @@ class Service:
                                                         for f in summary.failures))
                         if summary.docs_changed or summary.docs_added or summary.docs_deleted or summary.docs_renamed:
                             log.info("sync.finished", connector=name, kind="reconcile", **_counts(summary))
+                    rescans.pop(name)
                     if name in self.initial_pending:
                         self.initial_pending.discard(name)
                         total = len(engine.connectors)
@@ -389,30 +394,41 @@ class Service:
                 if hints:
                     engine.process(hints)
                 self.writer_error = None
+                failed_cycles = 0
             except StopRequested:
                 log.info("writer.batch_abandoned", reason="stopping", action="redone by the catch-up on restart")
                 break
             except Exception as exc:  # noqa: BLE001 - the writer must survive anything one cycle throws
                 self.writer_error = f"{type(exc).__name__}: {exc}"
                 log.exception("writer.cycle_failed")
-                # Give the hints back so nothing is lost; the next cycle retries them.
+                # Give back everything not done, so nothing is lost; the next cycle retries it.
                 for conn, docs in hints.items():
                     for doc_id, seen in docs.items():
                         q.push(Change(connector=conn, kind="upsert", doc_id=doc_id, seen_at=seen))
-                self.stopping.wait(1.0)
+                for conn, prefixes in rescans.items():
+                    for prefix in prefixes:
+                        q.push(Change(connector=conn, kind="rescan", doc_id=prefix))
+                for name, fn in tasks:
+                    q.push_task(name, fn)
+                failed_cycles += 1
+                self.stopping.wait(min(60.0, 2.0 ** (failed_cycles - 1)))
             finally:
                 self.cycle_started_at = None
                 with q.cond:
                     q.in_flight = {}
-            for name in engine.connectors:
-                count, _ = q.backlog(name)
-                self.metrics.backlog.labels(connector=name).set(count)
-            if self.runtime.store.maintenance_due(self.policy):
-                self._maintain()
-            self._status_line()
-            if time.time() - last_state_save > 5:
-                self.runtime.state.save()
-                last_state_save = time.time()
+            try:
+                for name in engine.connectors:
+                    count, _ = q.backlog(name)
+                    self.metrics.backlog.labels(connector=name).set(count)
+                if self.runtime.store.maintenance_due(self.policy):
+                    self._maintain()
+                self._status_line()
+                if time.time() - last_state_save > 5:
+                    self.runtime.state.save()
+                    last_state_save = time.time()
+            except Exception as exc:  # noqa: BLE001 - a full disk for the state file must not end the writer
+                self.writer_error = f"{type(exc).__name__}: {exc}"
+                log.exception("writer.housekeeping_failed")
 
     def _poll(self, name: str) -> None:
         assert self.runtime is not None
@@ -610,6 +626,13 @@ class Service:
         old_by_name = {c.name: c for c in self.config.connectors}
         new_by_name = {c.name: c for c in new.connectors}
         rt = self.runtime
+        # Only connectors change without a restart; other sections keep their running values.
+        fixed = [key for key in ("store", "embedding", "chunking", "http", "state", "limits", "logging")
+                 if getattr(new, key) != getattr(self.config, key)]
+        if fixed:
+            log.warning("config.restart_required", sections=fixed,
+                        action="these sections keep their running values until syncd is restarted")
+            new = new.model_copy(update={key: getattr(self.config, key) for key in fixed})
 
         def apply() -> None:
             for name in old_by_name:
@@ -619,6 +642,15 @@ class Service:
                     connector = rt.connectors.pop(name, None)
                     if connector is not None:
                         connector.close()
+                    if name not in new_by_name:
+                        # A connector removed from the config takes its documents out of the index.
+                        from syncd.store import doc_key
+
+                        keys = [doc_key(name, d) for d in rt.engine.docs(name)]
+                        if keys:
+                            rt.store.apply(rt.store.make_rows([]), keys)
+                        rt.engine.index.pop(name, None)
+                        log.info("connector.removed", connector=name, docs_deleted=len(keys))
                     rt.engine.remove_connector(name)
                     self.initial_pending.discard(name)
                     self.backoff.pop(name, None)
@@ -679,6 +711,18 @@ class Service:
         return {"query": q, "results": self.reader.search(vector, q, k=k, connector=connector)}
 
     def status(self) -> dict[str, Any]:
+        assert self.runtime is not None
+        # The writer mutates the engine's dictionaries while this reads them: a read that races a
+        # resize is simply taken again.
+        for _ in range(4):
+            try:
+                return self._status()
+            except RuntimeError as exc:
+                if "changed size during iteration" not in str(exc):
+                    raise
+        return self._status()
+
+    def _status(self) -> dict[str, Any]:
         assert self.runtime is not None
         return build_status(self.runtime, self, queue=self.queue)
 

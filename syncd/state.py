@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -80,11 +81,13 @@ class StateDir:
     def __init__(self, root: Path) -> None:
         self.root = root
         self._connectors: dict[str, ConnectorState] = {}
+        self._lock = threading.Lock()  # /status may load a connector's state while the writer saves
 
     def connector(self, name: str) -> ConnectorState:
-        if name not in self._connectors:
-            self._connectors[name] = ConnectorState(self.root / "connectors" / f"{name}.json")
-        return self._connectors[name]
+        with self._lock:
+            if name not in self._connectors:
+                self._connectors[name] = ConnectorState(self.root / "connectors" / f"{name}.json")
+            return self._connectors[name]
 
     def connector_dir(self, name: str) -> Path:
         path = self.root / "connectors" / name
@@ -92,6 +95,8 @@ class StateDir:
         return path
 
     def save(self, *, only_dirty: bool = True) -> None:
-        for state in self._connectors.values():
+        with self._lock:
+            states = list(self._connectors.values())
+        for state in states:
             if state.dirty or not only_dirty:
                 state.save()
