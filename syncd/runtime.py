@@ -91,6 +91,7 @@ class Runtime:
             self.signature = signature(config, self.embedder.model_id, self.embedder.dim)
             self.store = Store(config.store_uri, config.state_dir, base_table=config.store.table,
                                dim=self.embedder.dim, signature=self.signature)
+            self.store.retired_retention_s = config.sync.version_retention
             self.chunker = Chunker(self.embedder.token_counter(), max_tokens=config.chunking.max_tokens,
                                    overlap_tokens=config.chunking.overlap_tokens, model_id=self.embedder.model_id)
             self.connectors = {cc.name: build_connector(config, cc, self.state) for cc in config.connectors}
@@ -106,7 +107,7 @@ class Runtime:
         """Open the store; returns True when the index settings changed and a rebuild is needed."""
         stored = self.store.stored_signature()
         self.store.open(create=True)
-        self.store.drop_abandoned_rebuilds()
+        self.store.drop_stale_tables()
         self.engine.load_index()
         needs_rebuild = stored is not None and stored != self.signature
         if needs_rebuild:

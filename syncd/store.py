@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import os
+import re
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -23,11 +24,14 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import structlog
 
 from syncd.errors import StoreError
 from syncd.state import read_json, write_json_atomic
 
 POINTER_VERSION = 1
+
+log = structlog.get_logger("syncd.store")
 
 
 def doc_key(connector: str, doc_id: str) -> str:
@@ -97,6 +101,8 @@ class Store:
         self._db: Any = None
         self._table: Any = None
         self.table_name = base_table
+        self.retired_retention_s = 900.0
+        """How long a table replaced by a reindex is kept for readers that still hold it."""
         self.commits_since_maintenance = 0
         self.last_maintenance_at: float | None = None
         self.maintenance_runs = 0
@@ -139,7 +145,7 @@ class Store:
     def open(self, *, create: bool = True) -> None:
         """Open the live table (creating it, empty, when there is none and ``create`` is set)."""
         pointer = self.pointer()
-        name = pointer["table"] if pointer else self.base_table
+        name = pointer["table"] if pointer else self._adopt_table()
         db = self._connect()
         try:
             if name in self._table_names():
@@ -157,9 +163,20 @@ class Store:
         if pointer is None and create:
             write_json_atomic(self.pointer_path, self._pointer_doc(name))
 
-    def _pointer_doc(self, name: str) -> dict[str, Any]:
+    def _adopt_table(self) -> str:
+        """With no pointer (a new store, or a lost state folder): the newest table built by syncd, else the
+        base name. Nothing is ever dropped on a guess."""
+        pattern = re.compile(rf"^{re.escape(self.base_table)}_\d{{14}}_\d{{3}}$")
+        names = self._table_names()
+        built = sorted(n for n in names if pattern.match(n))
+        if built:
+            log.warning("store.pointer_missing", adopted=built[-1], tables=names)
+            return built[-1]
+        return self.base_table
+
+    def _pointer_doc(self, name: str, **extra: Any) -> dict[str, Any]:
         return {"state_version": POINTER_VERSION, "table": name, "signature": self.signature,
-                "dim": self.dim, "switched_at": time.time()}
+                "dim": self.dim, "switched_at": time.time(), **extra}
 
     def _create(self, name: str) -> Any:
         from lancedb.index import FTS
@@ -254,17 +271,24 @@ class Store:
 
     # -- rebuilding ------------------------------------------------------------------------------------
     def create_rebuild_table(self) -> tuple[str, Any]:
+        """A new table for a reindex. Its name is recorded first, so a crash mid-build leaves a table that
+        is known to be abandoned (and dropped at the next start), never one that is guessed to be."""
         name = f"{self.base_table}_{time.strftime('%Y%m%d%H%M%S')}_{int(time.time() * 1000) % 1000:03d}"
+        pointer = self.pointer() or self._pointer_doc(self.table_name)
+        write_json_atomic(self.pointer_path, {**pointer, "building": name})
         return name, self._create(name)
 
     def switch_to(self, name: str) -> None:
-        """Make ``name`` the live table (atomic pointer rename), then drop the old one."""
+        """Make ``name`` the live table (atomic pointer rename). The old table is kept for
+        ``retired_retention_s`` so readers in other processes that still hold it finish their queries."""
         old = self.table_name
-        write_json_atomic(self.pointer_path, self._pointer_doc(name))
+        retired = [r for r in (self.pointer() or {}).get("retired", []) if r.get("table") != name]
+        if old != name:
+            retired.append({"table": old, "drop_after": time.time() + self.retired_retention_s})
+        write_json_atomic(self.pointer_path, self._pointer_doc(name, retired=retired))
         self._table = self._connect().open_table(name)
         self.table_name = name
-        if old != name:
-            self.drop_table(old)
+        self.drop_stale_tables()
 
     def drop_table(self, name: str) -> None:
         try:
@@ -272,15 +296,32 @@ class Store:
         except Exception:  # noqa: BLE001, S110 - a table that is already gone needs no dropping
             pass
 
-    def drop_abandoned_rebuilds(self) -> list[str]:
-        """Tables left by a reindex that crashed before switching."""
+    def drop_stale_tables(self) -> list[str]:
+        """Drop the table of a reindex that crashed before switching, and retired tables past their time.
+        Only tables the pointer names are dropped."""
+        pointer = self.pointer()
+        if not pointer:
+            return []
         dropped = []
-        prefix = self.base_table + "_"
-        for name in self._table_names():
-            if name != self.table_name and (name.startswith(prefix) or name == self.base_table):
-                self.drop_table(name)
-                dropped.append(name)
+        building = pointer.get("building")
+        if building and building != self.table_name:
+            self.drop_table(building)
+            dropped.append(building)
+        keep = []
+        for entry in pointer.get("retired", []):
+            if entry.get("table") == self.table_name:
+                continue
+            if entry.get("drop_after", 0) <= time.time():
+                self.drop_table(entry["table"])
+                dropped.append(entry["table"])
+            else:
+                keep.append(entry)
+        if dropped or building:
+            write_json_atomic(self.pointer_path, {**{k: v for k, v in pointer.items() if k != "building"},
+                                                  "retired": keep})
         return dropped
+
+    drop_abandoned_rebuilds = drop_stale_tables
 
     # -- searching -------------------------------------------------------------------------------------
     def search(self, vector: np.ndarray, text: str, *, k: int = 10, connector: str | None = None) -> list[dict[str, Any]]:
@@ -343,6 +384,7 @@ class Store:
         and builds an ANN vector index once the table holds ``policy.ann_min_rows`` rows. Queries never use
         index-only search, so rows not yet in the ANN index are still found by a flat scan.
         """
+        self.drop_stale_tables()
         from lancedb.index import FTS, BTree, IvfPq
 
         policy = policy or MaintenancePolicy()

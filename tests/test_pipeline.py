@@ -236,9 +236,36 @@ def test_reindex_builds_aside_and_switches_atomically(fs_config, docs, make_runt
     assert s.docs_added == 3 and s.chunks_embedded == unique_texts  # no vector reuse in a reindex
     assert rt.store.table_name != old
     assert sorted((r["doc_id"], r["chunk_index"], r["text"]) for r in rows(rt)) == before
+    # A reader that still holds the old table keeps working until the retention passes...
+    assert reader.table_name == old and reader.count_rows() == len(before)
     reader.refresh()
     assert reader.table_name == rt.store.table_name and reader.count_rows() == len(before)
+    assert old in rt.store._table_names()
+    # ...and then the old table is dropped.
+    pointer = rt.store.pointer()
+    pointer["retired"] = [{**r, "drop_after": 0} for r in pointer["retired"]]
+    from syncd.state import write_json_atomic
+
+    write_json_atomic(rt.store.pointer_path, pointer)
+    assert rt.store.drop_stale_tables() == [old]
     assert old not in rt.store._table_names()
+
+
+def test_a_crashed_reindex_leaves_its_table_to_be_dropped_and_a_lost_pointer_adopts_the_live_table(
+        fs_config, docs, make_runtime):
+    (docs / "a.md").write_text("# A\n\nalpha\n")
+    rt = make_runtime(fs_config)
+    sync(rt)
+    rt.engine.rebuild()
+    live = rt.store.table_name
+    abandoned, _ = rt.store.create_rebuild_table()  # a reindex that dies mid-build
+    rt.close()
+    rt = make_runtime(fs_config)
+    assert rt.store.table_name == live and abandoned not in rt.store._table_names()
+    rt.close()
+    rt.store.pointer_path.unlink()  # the state folder lost: the newest table syncd built is adopted
+    rt = make_runtime(fs_config)
+    assert rt.store.table_name == live and doc_ids(rt) == {"a.md"}
 
 
 def test_a_second_writer_is_refused_while_one_holds_the_store(fs_config, make_runtime):
