@@ -300,8 +300,9 @@ def _daemon_status(cfg: Any) -> dict[str, Any] | None:
     except (OSError, ValueError, KeyError):
         return None
     headers = {}
-    if cfg.http.token_env and os.environ.get(cfg.http.token_env):
-        headers["Authorization"] = f"Bearer {resolve_secret(cfg.http.token_env, key='http.token_env')}"
+    if cfg.http.token_file or (cfg.http.token_env and os.environ.get(cfg.http.token_env)):
+        token = resolve_secret(cfg.http.token_env, key="http.token_env", file=cfg.http.token_file, base_dir=cfg.base_dir)
+        headers["Authorization"] = f"Bearer {token}"
     try:
         response = httpx.get(f"{info['url']}/status", headers=headers, timeout=5)
         response.raise_for_status()

@@ -93,7 +93,9 @@ class HttpConfig(Section):
     bind: str = "127.0.0.1:8765"
     """host:port; port 0 picks a free port (logged, and written to the state folder)."""
     token_env: str | None = None
-    """Environment variable holding the bearer token; required when bind is not a loopback address."""
+    """Environment variable holding the bearer token; required (or token_file) when bind is not loopback."""
+    token_file: str | None = None
+    """File holding the bearer token instead (e.g. "$CREDENTIALS_DIRECTORY/http-token" with LoadCredential=)."""
 
     @field_validator("bind")
     @classmethod
@@ -299,8 +301,22 @@ def load(path: str | os.PathLike[str] | None = None) -> Config:
     return parse(data, base_dir=cfg_path.resolve().parent, source=str(cfg_path))
 
 
-def resolve_secret(env_name: str | None, *, key: str) -> str | None:
-    """The secret held by the environment variable ``env_name`` (None when no variable is named)."""
+def resolve_secret(env_name: str | None, *, key: str, file: str | None = None,
+                   base_dir: Path | None = None) -> str | None:
+    """The secret held by the environment variable ``env_name`` or in ``file`` (None when neither is
+    named). A file path may use ``$CREDENTIALS_DIRECTORY`` (systemd's LoadCredential=). The secret itself
+    never appears in an error."""
+    if file is not None:
+        path = Path(os.path.expandvars(os.path.expanduser(file)))
+        if not path.is_absolute() and base_dir is not None:
+            path = base_dir / path
+        try:
+            value = path.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(f"{key}: cannot read the secret file {path}: {exc.strerror}", key=key) from None
+        if not value:
+            raise ConfigError(f"{key}: the secret file {path} is empty", key=key)
+        return value
     if env_name is None:
         return None
     value = os.environ.get(env_name)

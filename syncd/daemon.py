@@ -168,10 +168,11 @@ class Service:
         if not cfg.http.is_loopback:
             from syncd.config import resolve_secret
 
-            if not cfg.http.token_env:
-                raise ConfigError(f"{cfg.source}: http.token_env: required when http.bind ({cfg.http.bind}) is not "
-                                  "a loopback address", key="http.token_env")
-            token = resolve_secret(cfg.http.token_env, key="http.token_env")
+            if not cfg.http.token_env and not cfg.http.token_file:
+                raise ConfigError(f"{cfg.source}: http.token_env: required (or http.token_file) when http.bind "
+                                  f"({cfg.http.bind}) is not a loopback address", key="http.token_env")
+            token = resolve_secret(cfg.http.token_env, key="http.token_file" if cfg.http.token_file else "http.token_env",
+                                   file=cfg.http.token_file, base_dir=cfg.base_dir)
         self.runtime = Runtime(cfg, embedder=self._embedder, metrics=self.metrics)
         rt = self.runtime
         rt.engine.embedder = _StoppableEmbedder(rt.engine.embedder, self.stopping, cfg.embedding.batch_size)

@@ -66,3 +66,21 @@ def test_cli_exits_2_with_the_key_on_a_bad_config_and_on_a_missing_file(tmp_path
 def test_cli_usage_error_exits_2():
     out = subprocess.run([sys.executable, "-m", "syncd", "frobnicate"], capture_output=True, text=True)
     assert out.returncode == 2
+
+
+def test_secrets_come_from_a_named_file_or_variable_and_never_show(tmp_path, monkeypatch):
+    secret = tmp_path / "creds" / "http-token"
+    secret.parent.mkdir()
+    secret.write_text("s3cr3t-token\n")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(secret.parent))
+    assert config_mod.resolve_secret(None, key="http.token_file", file="$CREDENTIALS_DIRECTORY/http-token") == \
+        "s3cr3t-token"
+    monkeypatch.setenv("SYNCD_T", "from-env")
+    assert config_mod.resolve_secret("SYNCD_T", key="http.token_env") == "from-env"
+    with pytest.raises(ConfigError) as err:
+        config_mod.resolve_secret(None, key="http.token_file", file=str(tmp_path / "missing"))
+    assert err.value.key == "http.token_file" and "missing" in str(err.value)
+    monkeypatch.delenv("SYNCD_T")
+    with pytest.raises(ConfigError) as err:
+        config_mod.resolve_secret("SYNCD_T", key="http.token_env")
+    assert "SYNCD_T is not set" in str(err.value) and "from-env" not in str(err.value)
