@@ -302,6 +302,7 @@ def test_git_kill_9_while_pushing_converges_to_the_branch_head(tmp_path: Path) -
     (work / "kills.json").write_text(json.dumps(killer.kills))
     assert len(killer.kills) == GIT_KILLS
     assert [k["mode"] for k in killer.kills].count("commit") == GIT_KILLS // 3
+    assert any(k.get("hit") for k in killer.kills), killer.kills  # at least one kill landed mid-commit
     _check_verify(killer.verify(), len(expected))
     rows = _check_store(work)
     docs = _docs(rows, "repo")
@@ -393,6 +394,7 @@ def test_mediawiki_kill_9_while_editing_converges_to_the_wiki(
     killer.final(reached)
     (tmp_path / "kills.json").write_text(json.dumps(killer.kills))
     assert len(killer.kills) == WIKI_KILLS
+    assert any(k.get("hit") for k in killer.kills), killer.kills  # at least one kill landed mid-commit
     _check_verify(killer.verify(), len(expected))
     docs = _docs(_check_store(tmp_path), "wiki")
     assert {d: e["revision"] for d, e in docs.items()} == {t: {r} for t, r in expected.items()}
