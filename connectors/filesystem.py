@@ -360,6 +360,9 @@ class FolderWatch(Watch):
             if etype in ("moved", "deleted", "created"):
                 for path in (src, dest):
                     rel = self.connector.doc_id_for(path) if path else None
+                    if rel is not None and self.connector.cfg.ignore_hidden and any(
+                            _matches(part, DEFAULT_IGNORE) for part in rel.split("/")):
+                        continue  # inside .git/ or another ignored folder: nothing there is indexed
                     if rel is not None or (path and os.path.abspath(path) == str(self.connector.root)):
                         self._emit(Change(connector=name, kind="rescan", doc_id=rel or "", seen_at=now))
             return

@@ -118,6 +118,8 @@ class Engine:
         prefixes = [prefix] if isinstance(prefix, str) else list(prefix)
         if "" in prefixes:
             prefixes = []
+        # A folder inside another one being rescanned adds nothing but a second listing.
+        prefixes = [p for p in prefixes if not any(q != p and _under(p, q) for q in prefixes)]
         connector = self.connectors[name]
         cstate = self.state.connector(name)
         status = self.status[name]
