@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         from benchmarks import indexing
 
         cfg = results.get("throughput", {}).get("config")
-        return indexing.memory(Path(cfg) if cfg else None, folders)
+        return indexing.memory(Path(cfg) if cfg else None, folders, work)
 
     def query() -> Any:
         from benchmarks import query as mod

@@ -184,7 +184,8 @@ def built_index(seed: int, n: int, *, rebuild: bool = False) -> Path:
     done = folder / "build.json"
     if done.exists() and not rebuild:
         build = json.loads(done.read_text())
-        if "maintenance_s" not in build:
+        # Maintained once when built; older caches (or ones a reindex replaced) are maintained again.
+        if "maintenance_s" not in build or not _maintained(folder / "syncd.toml"):
             build["maintenance_s"] = maintain(folder / "syncd.toml")
             done.write_text(json.dumps(build, indent=1))
         return folder
@@ -203,6 +204,17 @@ def built_index(seed: int, n: int, *, rebuild: bool = False) -> Path:
     done.write_text(json.dumps(build, indent=1))
     log(f"indexed {n} documents: {out.get('chunks_embedded')} chunks in {out.get('seconds', 0):.0f} s")
     return folder
+
+
+def _maintained(config: Path) -> bool:
+    from syncd import config as config_mod
+    from syncd.store import SCALAR_INDEX_COLUMNS, Store
+
+    cfg = config_mod.load(config)
+    store = Store(cfg.store_uri, cfg.state_dir, base_table=cfg.store.table, dim=384, signature="")
+    store.open(create=False)
+    have = {idx.columns[0] for idx in store.table.list_indices()}
+    return set(SCALAR_INDEX_COLUMNS) <= have and (store.count_rows() < cfg.store.ann_min_rows or "vector" in have)
 
 
 def maintain(config: Path, *, ann_min_rows: int | None = None) -> float:

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import log, run_syncd, summarize, write_config
+from benchmarks.common import log, run_syncd, summarize, workspace, write_config
 from benchmarks.corpus import write_corpus
 
 
@@ -77,7 +77,7 @@ def throughput(work: Path, *, seed: int, docs: int, repeat: int, embedder: Any) 
             "config": str(config)}
 
 
-def memory(throughput_config: Path | None, stand_in_folders: dict[int, Path]) -> dict[str, Any]:
+def memory(throughput_config: Path | None, stand_in_folders: dict[int, Path], work: Path) -> dict[str, Any]:
     out: dict[str, Any] = {"stand_in": {}}
     if throughput_config is not None:
         run = run_syncd(throughput_config, "reindex")
@@ -85,7 +85,10 @@ def memory(throughput_config: Path | None, stand_in_folders: dict[int, Path]) ->
                              "chunks": (run.output or {}).get("chunks_embedded")}
         log(f"memory: reindex with the real model, peak RSS {run.peak_rss / 2**20:.0f} MiB")
     for n, folder in sorted(stand_in_folders.items()):
-        run = run_syncd(folder / "syncd.toml", "reindex", stand_in=True)
+        # On a copy: a reindex leaves a fresh table without the maintained indexes the cache holds.
+        config = workspace(folder, work / f"memory-{n}")
+        run = run_syncd(config, "reindex", stand_in=True)
+        shutil.rmtree(work / f"memory-{n}", ignore_errors=True)
         out["stand_in"][str(n)] = {"docs": n, "peak_rss": run.peak_rss, "wall_s": run.wall_s,
                                    "chunks": (run.output or {}).get("chunks_embedded"),
                                    "seconds": (run.output or {}).get("seconds")}
