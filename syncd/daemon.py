@@ -145,6 +145,7 @@ class Service:
         self.http: HttpServer | None = None
         self.scheduler: Any = None
         self.watches: dict[str, Any] = {}
+        self._poll_locks: dict[str, threading.Lock] = {}
         self.initial_pending: set[str] = set()
         self.writer_thread: threading.Thread | None = None
         self.writer_alive_at = time.time()
@@ -247,7 +248,7 @@ class Service:
             def poll_job() -> None:
                 if self._backing_off(name, f"poll:{name}"):
                     return
-                self.queue.push_task(f"poll:{name}", lambda: self._poll(name))
+                self._poll_in_background(name)
 
             sched.add_job(poll_job, "interval", seconds=interval, id=f"poll:{name}", max_instances=1,
                           coalesce=True, misfire_grace_time=max(1, math.ceil(interval)))
@@ -373,10 +374,12 @@ class Service:
                     # Folders rescanned together: a folder move reuses every vector (see Engine.reconcile).
                     targets: list[Any] = [""] if "" in prefixes else [sorted(prefixes)]
                     if targets == [""] and engine.connectors[name].poll_interval:
-                        # A polled source catches up through its own poll, so its cursor is saved with the
-                        # catch-up and the first scheduled poll is incremental.
-                        self._poll(name)
-                        targets = []
+                        # A polled source catches up through its own poll (so its cursor is saved with the
+                        # catch-up), fetched off the writer thread like every later poll.
+                        rescans.pop(name)
+                        threading.Thread(target=self._poll_in_background, args=(name,), name=f"syncd-poll-{name}",
+                                         daemon=True).start()
+                        continue
                     for prefix in targets:
                         summary = engine.reconcile(name, prefix=prefix)
                         self.last_reconcile_at = time.time()
@@ -386,12 +389,7 @@ class Service:
                         if summary.docs_changed or summary.docs_added or summary.docs_deleted or summary.docs_renamed:
                             log.info("sync.finished", connector=name, kind="reconcile", **_counts(summary))
                     rescans.pop(name)
-                    if name in self.initial_pending:
-                        self.initial_pending.discard(name)
-                        total = len(engine.connectors)
-                        notify(f"STATUS=catching up: {total - len(self.initial_pending)}/{total} connector(s) done")
-                        if not self.initial_pending:
-                            log.info("daemon.ready")
+                    self._catch_up_done(name)
                 if hints:
                     engine.process(hints)
                 self.writer_error = None
@@ -432,35 +430,79 @@ class Service:
                 log.exception("writer.housekeeping_failed")
 
     def _poll(self, name: str) -> None:
+        """Poll and apply in the calling thread (the writer)."""
+        changes, started, error = self._fetch(name)
+        self._apply_poll(name, changes, started, error)
+
+    def _poll_in_background(self, name: str) -> None:
+        """Fetch a polled connector's changes in this thread (a scheduler worker), then hand them to the
+        writer: a slow or hung remote holds up only its own connector, never the writer.
+
+        A per-connector lock keeps one poll in flight: it is taken for the fetch and released by the writer
+        once the changes are applied, so the connector never fetches while the writer reads from it.
+        """
+        lock = self._poll_locks.setdefault(name, threading.Lock())
+        if not lock.acquire(blocking=False):
+            self.metrics.skipped_runs.labels(job=f"poll:{name}").inc()
+            return
+        handed = False
+        try:
+            changes, started, error = self._fetch(name)
+
+            def apply() -> None:
+                try:
+                    self._apply_poll(name, changes, started, error)
+                finally:
+                    lock.release()
+                    self._catch_up_done(name)
+
+            self.queue.push_task(f"poll:{name}", apply)
+            handed = True
+        finally:
+            if not handed:
+                lock.release()
+
+    def _fetch(self, name: str) -> tuple[list[Change] | None, float, SyncdError | None]:
+        """The connector's changes since its cursor (None: a full listing is needed), or the error."""
+        assert self.runtime is not None
+        started = time.time()
+        connector = self.runtime.engine.connectors.get(name)
+        if connector is None:
+            return [], started, None
+        try:
+            changes = connector.poll()
+            return (None if changes is None else list(changes)), started, None
+        except SyncdError as exc:
+            return None, started, exc
+
+    def _apply_poll(self, name: str, changes: list[Change] | None, started: float, error: SyncdError | None) -> None:
+        """Writer side of a poll: apply the fetched changes, then move the connector's cursor."""
         assert self.runtime is not None
         engine = self.runtime.engine
         connector = engine.connectors.get(name)
         if connector is None:
             return
-        started = time.time()
-        try:
-            changes = connector.poll()
-            if changes is None:
-                summary = engine.reconcile(name)
-                ok = not any(f.connector == name and not f.doc_id for f in summary.failures)
-                self._poll_done(name, started, ok)
-                return
-            seen: dict[str, float] = {}
-            now = time.time()
-            rescan = False
-            for change in changes:
-                if change.kind == "rescan":
-                    rescan = True
-                for doc_id in (change.doc_id, change.dest_id):
-                    if doc_id:
-                        seen.setdefault(doc_id, change.seen_at or now)
-        except SyncdError as exc:
-            engine.status[name].last_error = str(exc)
+        if error is not None:
+            engine.status[name].last_error = str(error)
             engine.status[name].state = "failing"
             self.metrics.sync_errors.labels(connector=name).inc()
-            log.error("poll.failed", connector=name, error=str(exc))
+            log.error("poll.failed", connector=name, error=str(error))
             self._poll_done(name, started, False)
             return
+        if changes is None:
+            summary = engine.reconcile(name)
+            ok = not any(f.connector == name and not f.doc_id for f in summary.failures)
+            self._poll_done(name, started, ok)
+            return
+        seen: dict[str, float] = {}
+        now = time.time()
+        rescan = False
+        for change in changes:
+            if change.kind == "rescan":
+                rescan = True
+            for doc_id in (change.doc_id, change.dest_id):
+                if doc_id:
+                    seen.setdefault(doc_id, change.seen_at or now)
         # Documents that failed in the engine (the model, the store) since the cursor moved past them.
         for doc_id in engine.retry_candidates(name):
             seen.setdefault(doc_id, now)
@@ -470,6 +512,15 @@ class Service:
         if ok:
             connector.commit_cursor()
         self._poll_done(name, started, ok)
+
+    def _catch_up_done(self, name: str) -> None:
+        if name in self.initial_pending:
+            self.initial_pending.discard(name)
+            assert self.runtime is not None
+            total = len(self.runtime.engine.connectors)
+            notify(f"STATUS=catching up: {total - len(self.initial_pending)}/{total} connector(s) done")
+            if not self.initial_pending:
+                log.info("daemon.ready")
 
     def _poll_done(self, name: str, started: float, ok: bool) -> None:
         if ok:

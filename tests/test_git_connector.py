@@ -693,3 +693,39 @@ def test_a_document_the_model_failed_on_is_retried_by_later_polls(tmp_path, repo
         faulty.raise_marker = None
         wait_for(lambda: set(engine.docs(NAME)) == {"a.md", "b.md"}, what="b.md retried by a later poll")
         assert "b.md" not in engine.state.connector(NAME).failures
+
+
+def test_a_hung_remote_never_stalls_the_other_connectors(tmp_path, repo, in_process_daemon):
+    """The poll's fetch runs off the writer thread: while the git remote hangs, a file share keeps syncing."""
+    import threading
+
+    repo.write("a.md", markdown_doc(1))
+    repo.commit("one")
+    repo.push()
+    share = tmp_path / "share"
+    share.mkdir()
+    cfg = write_config(tmp_path, [
+        {"name": NAME, "type": "git", "url": repo.url, "branch": repo.branch, "poll_interval": "1s"},
+        {"name": "share", "type": "filesystem", "path": str(share)},
+    ])
+    with in_process_daemon(cfg) as d:
+        engine = d.service.runtime.engine
+        connector = engine.connectors[NAME]
+        entered, release = threading.Event(), threading.Event()
+        real_poll = connector.poll
+
+        def hanging_poll():  # stands in for a fetch from a remote that stopped answering
+            entered.set()
+            release.wait(120)
+            return real_poll()
+
+        connector.poll = hanging_poll
+        assert entered.wait(30), "the scheduled poll started"
+        (share / "note.md").write_text("# Note\n\nwritten while the remote hangs\n")
+        wait_for(lambda: "note.md" in engine.docs("share"), what="the share syncs during the hang")
+        assert not release.is_set()
+        repo.write("b.md", markdown_doc(2))
+        repo.commit("two")
+        repo.push()
+        release.set()
+        wait_for(lambda: "b.md" in engine.docs(NAME), what="the remote catches up once it answers")
