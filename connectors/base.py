@@ -18,7 +18,8 @@ Errors a connector raises (all from ``syncd.errors``):
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Iterator
+import fnmatch
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -36,6 +37,17 @@ class ConnectorContext:
     base_dir: Path
     """The config file's folder: relative paths in the connector's config resolve against it."""
     limits: LimitsConfig
+
+
+def matches_globs(path: str, patterns: Sequence[str]) -> bool:
+    """Whether a relative ``/`` path matches any of the include/exclude globs. ``*`` also crosses folders,
+    and a leading ``**/`` matches at the top level too (``**/*.md`` matches ``a.md``)."""
+    for pattern in patterns:
+        if fnmatch.fnmatchcase(path, pattern):
+            return True
+        if pattern.startswith("**/") and fnmatch.fnmatchcase(path, pattern[3:]):
+            return True
+    return False
 
 
 class Watch(abc.ABC):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime as dt
 import errno
-import fnmatch
 import hashlib
 import logging
 import os
@@ -20,7 +19,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Literal
 
-from connectors.base import Connector, ConnectorContext, Watch
+from connectors.base import Connector, ConnectorContext, Watch, matches_globs
 from syncd.config import ConnectorConfig, Duration
 from syncd.errors import ConnectorError, DocumentGone, DocumentSkipped, DocumentUnavailable, RootUnavailable
 from syncd.extract import media_type_for
@@ -51,13 +50,6 @@ class FilesystemConfig(ConnectorConfig):
     """Skip hidden files and folders, editor swap files and temporary files."""
 
 
-def _matches(rel: str, patterns: tuple[str, ...] | list[str]) -> bool:
-    for pattern in patterns:
-        if fnmatch.fnmatchcase(rel, pattern):
-            return True
-        if pattern.startswith("**/") and fnmatch.fnmatchcase(rel, pattern[3:]):
-            return True
-    return False
 
 
 def filesystem_type(path: Path) -> str:
@@ -101,9 +93,9 @@ class FilesystemConnector(Connector):
 
     def wants(self, doc_id: str) -> bool:
         """Whether a path (relative to the root) is one this connector indexes."""
-        if self.cfg.ignore_hidden and any(_matches(part, DEFAULT_IGNORE) for part in doc_id.split("/")):
+        if self.cfg.ignore_hidden and any(matches_globs(part, DEFAULT_IGNORE) for part in doc_id.split("/")):
             return False
-        if not _matches(doc_id, self.cfg.include) or _matches(doc_id, self.cfg.exclude):
+        if not matches_globs(doc_id, self.cfg.include) or matches_globs(doc_id, self.cfg.exclude):
             return False
         return media_type_for(doc_id) is not None
 
@@ -171,7 +163,7 @@ class FilesystemConnector(Connector):
                 rel = self.doc_id_for(entry.path)
                 if rel is None:
                     continue
-                if self.cfg.ignore_hidden and _matches(entry.name, DEFAULT_IGNORE):
+                if self.cfg.ignore_hidden and matches_globs(entry.name, DEFAULT_IGNORE):
                     continue
                 try:
                     if entry.is_dir(follow_symlinks=False):
@@ -361,7 +353,7 @@ class FolderWatch(Watch):
                 for path in (src, dest):
                     rel = self.connector.doc_id_for(path) if path else None
                     if rel is not None and self.connector.cfg.ignore_hidden and any(
-                            _matches(part, DEFAULT_IGNORE) for part in rel.split("/")):
+                            matches_globs(part, DEFAULT_IGNORE) for part in rel.split("/")):
                         continue  # inside .git/ or another ignored folder: nothing there is indexed
                     if rel is not None or (path and os.path.abspath(path) == str(self.connector.root)):
                         self._emit(Change(connector=name, kind="rescan", doc_id=rel or "", seen_at=now))

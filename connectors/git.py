@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import datetime as dt
 import fcntl
-import fnmatch
 import os
 import re
 import shutil
@@ -38,7 +37,7 @@ from urllib.parse import quote, urlsplit
 import structlog
 from pydantic import field_validator
 
-from connectors.base import Connector, ConnectorContext
+from connectors.base import Connector, ConnectorContext, matches_globs
 from syncd.config import ConnectorConfig, Duration
 from syncd.errors import (
     ConnectorError,
@@ -187,13 +186,6 @@ def classify(stderr: str) -> str:
     return "other"
 
 
-def _matches(path: str, patterns: tuple[str, ...]) -> bool:
-    for pattern in patterns:
-        if fnmatch.fnmatchcase(path, pattern):
-            return True
-        if pattern.startswith("**/") and fnmatch.fnmatchcase(path, pattern[3:]):
-            return True
-    return False
 
 
 def _is_utf8(path: str) -> bool:
@@ -326,11 +318,11 @@ class GitConnector(Connector):
 
     def wants(self, path: str, mode: str) -> bool:
         """Whether an entry of the tree is a document of this connector (submodules are, to be reported)."""
-        if mode == MODE_SYMLINK or _matches(path, self.cfg.exclude) or not _is_utf8(path):
+        if mode == MODE_SYMLINK or matches_globs(path, self.cfg.exclude) or not _is_utf8(path):
             return False
         if mode == MODE_SUBMODULE:
             return True
-        return _matches(path, self.cfg.include) and media_type_for(path) is not None
+        return matches_globs(path, self.cfg.include) and media_type_for(path) is not None
 
     # -- running git -------------------------------------------------------------------------------------
     def _run(self, *args: str, timeout: float | None = None, git_dir: Path | None = None) -> bytes:
