@@ -283,9 +283,10 @@ def test_wiki_persistent_fault_fails_the_poll_keeps_the_cursor_and_recovers(
         assert set(expected) == {f"{p}:Alpha", f"{p}:Beta"}
         wait_for(lambda: indexed(rt) == expected, timeout=60, what="the catch-up after the fault cleared")
         wait_for(lambda: entry(http_status(daemon), NAME)["last_error"] is None, what="the error to clear")
-        after = json.loads(wiki.cursor_path.read_text())
+        # The cursor is written just after the store commit that the index check above already saw.
+        after = wait_for(lambda: (c := json.loads(wiki.cursor_path.read_text()))["seen"]
+                         and f"r{expected[f'{p}:Beta']}" in c["seen"] and c, what="the cursor past the catch-up")
         assert after["ts"] >= json.loads(cursor)["ts"]
-        assert f"r{expected[f'{p}:Beta']}" in after["seen"]
         assert set(indexed(rt, "files")) == {"one.md", "two.md"}
 
 
