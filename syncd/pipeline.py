@@ -354,11 +354,15 @@ class Engine:
         for doc_id, plan in planned.items():
             for c in plan.chunks:
                 records.append(_record(name, doc_id, plan, c, vectors[c.content_hash], now))
-        replace = [doc_key(name, d) for d in [*planned, *gone, *[s for s in skipped if s in indexed]]]
+        dropped = [s for s in skipped if s in indexed]
+        replace = [doc_key(name, d) for d in [*planned, *gone, *dropped]]
+        # Every old row is overwritten when no document is removed and none got fewer chunks: the cheap upsert.
+        covers = not gone and not dropped and all(
+            p.previous is None or p.previous.chunks <= len(p.chunks) for p in planned.values())
         if replace:
             commit_start = time.monotonic()
             try:
-                self.store.apply(self.store.make_rows(records), replace)
+                self.store.apply(self.store.make_rows(records), replace, covers_all_rows=covers)
             except StoreError as exc:
                 self._batch_failed(name, list(planned) + gone, exc, summary)
                 return

