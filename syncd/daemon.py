@@ -142,6 +142,7 @@ class Service:
         self.runtime: Runtime | None = None
         self._embedder = embedder
         self.reader: Store | None = None
+        self.query_embedder: Any = None
         self.http: HttpServer | None = None
         self.scheduler: Any = None
         self.watches: dict[str, Any] = {}
@@ -180,8 +181,21 @@ class Service:
         rt.store.after_commit = self._after_commit
         needs_rebuild = rt.open()
         notify("STATUS=loading the embedding model")
-        if hasattr(rt.embedder, "load"):
-            rt.embedder.load()
+        self.query_embedder = rt.embedder
+        if self._embedder is None:
+            from syncd.runtime import build_embedder
+
+            # The writer and /search each get their own model instance on one intra-op thread: an edit's
+            # embedding and a query then run side by side on two cores instead of queueing on one lock, and
+            # torch does not oversubscribe the cores (one text: ~0.16 s on 1 thread vs ~1.2 s on 2 when
+            # both are busy; measured in benchmarks/profile.py).
+            self.query_embedder = build_embedder(cfg)
+            if cfg.embedding.threads == 0:
+                for emb in (rt.embedder, self.query_embedder):
+                    emb.threads = max(1, (os.cpu_count() or 1) - 1)
+        for emb in {id(e): e for e in (rt.embedder, self.query_embedder)}.values():
+            if hasattr(emb, "load"):
+                emb.load()
         self.reader = Store(cfg.store_uri, cfg.state_dir, base_table=cfg.store.table, dim=rt.embedder.dim,
                             signature=rt.signature, read_consistency_interval=cfg.store.read_consistency_interval)
         self.http = HttpServer(cfg.http.host, cfg.http.port, Endpoints(
@@ -759,7 +773,7 @@ class Service:
     def search(self, q: str, k: int, connector: str | None) -> dict[str, Any]:
         assert self.runtime is not None and self.reader is not None
         self.reader.refresh()
-        vector = self.runtime.embedder.encode([q])[0]
+        vector = self.query_embedder.encode([q])[0]
         return {"query": q, "results": self.reader.search(vector, q, k=k, connector=connector)}
 
     def status(self) -> dict[str, Any]:
