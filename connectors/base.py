@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import abc
 import fnmatch
+import functools
+import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,12 +44,18 @@ class ConnectorContext:
 def matches_globs(path: str, patterns: Sequence[str]) -> bool:
     """Whether a relative ``/`` path matches any of the include/exclude globs. ``*`` also crosses folders,
     and a leading ``**/`` matches at the top level too (``**/*.md`` matches ``a.md``)."""
+    return _compiled(tuple(patterns)).match(path) is not None
+
+
+@functools.lru_cache(maxsize=64)
+def _compiled(patterns: tuple[str, ...]) -> re.Pattern[str]:
+    """All patterns as one regular expression: a listing tests every path against every pattern."""
+    alternatives = []
     for pattern in patterns:
-        if fnmatch.fnmatchcase(path, pattern):
-            return True
-        if pattern.startswith("**/") and fnmatch.fnmatchcase(path, pattern[3:]):
-            return True
-    return False
+        alternatives.append(fnmatch.translate(pattern))
+        if pattern.startswith("**/"):
+            alternatives.append(fnmatch.translate(pattern[3:]))
+    return re.compile("|".join(f"(?:{a})" for a in alternatives) or r"(?!)")
 
 
 class Watch(abc.ABC):
