@@ -193,6 +193,8 @@ class Service:
             if cfg.embedding.threads == 0:
                 for emb in (rt.embedder, self.query_embedder):
                     emb.threads = max(1, (os.cpu_count() or 1) - 1)
+                if hasattr(rt.embedder, "burst_threads"):
+                    rt.embedder.burst_threads = os.cpu_count() or 1
         for emb in {id(e): e for e in (rt.embedder, self.query_embedder)}.values():
             if hasattr(emb, "load"):
                 emb.load()

@@ -18,6 +18,7 @@ import numpy as np
 
 from syncd.errors import ModelError
 
+BURST_TEXTS = 16
 _PACKAGED = {"all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2"}
 
 
@@ -73,6 +74,8 @@ class SentenceTransformerEmbedder:
         self.batch_size = batch_size
         self.device = device
         self.threads = threads
+        self.burst_threads = 0
+        """When set, calls of at least BURST_TEXTS texts (a backlog, a catch-up) use this many threads."""
         self._model: object | None = None
         self._lock = threading.Lock()
 
@@ -112,6 +115,11 @@ class SentenceTransformerEmbedder:
             return np.zeros((0, self.dim), dtype=np.float32)
         self.load()
         with self._lock:
+            if self.burst_threads:
+                import torch
+
+                # One thread keeps a single edit fast next to a query; a backlog wants every core.
+                torch.set_num_threads(self.burst_threads if len(texts) >= BURST_TEXTS else max(1, self.threads))
             vectors = self._model.encode(  # type: ignore[attr-defined]
                 list(texts), batch_size=self.batch_size, normalize_embeddings=True,
                 convert_to_numpy=True, show_progress_bar=False,
