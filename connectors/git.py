@@ -54,6 +54,7 @@ log = structlog.get_logger("syncd.git")
 
 CURSOR_VERSION = 1
 SYNCED_REF = "refs/syncd/synced"
+MODE_FILE = "100644"
 MODE_SUBMODULE = "160000"
 MODE_SYMLINK = "120000"
 LFS_POINTER_PREFIX = b"version https://git-lfs.github.com/spec/"
@@ -590,13 +591,27 @@ class GitConnector(Connector):
         now = time.time()
         if head is None and not previous:
             return iter(())
-        if not previous or head is None or not self._has_tree(previous):
+        attempted = [h for h in cursor.get("attempted", []) if isinstance(h, str) and h not in (previous, head)]
+        if (not previous or head is None or not self._has_tree(previous)
+                or not all(self._has_tree(h) for h in attempted)):
             self._skip_next_fetch = True
             log.info("git.full_compare", connector=self.name, head=head, previous=previous)
             return iter([Change(connector=self.name, kind="rescan", doc_id="", seen_at=now)])
         changes = self._diff(previous, head, now) if previous != head else []
         seen = {c.doc_id for c in changes}
+        # A poll whose changes were partly written when it failed or the process died left documents of a
+        # head past the cursor in the index; a file that head added and this one removed again is in neither
+        # side of the new diff. The paths those heads touched are checked again, read at the new head.
+        for old_head in attempted:
+            for path in self._stream_z("diff-tree", "-r", "-z", "--name-only", "--no-renames", "--no-commit-id",
+                                       previous, old_head):
+                if path not in seen and self.wants(path, MODE_FILE):
+                    seen.add(path)
+                    changes.append(Change(connector=self.name, kind="upsert", doc_id=path, seen_at=now))
         changes += [Change(connector=self.name, kind="upsert", doc_id=d, seen_at=now) for d in retry if d not in seen]
+        if head != previous:
+            # Written before the engine applies anything of this head; commit_cursor() replaces it.
+            write_json_atomic(self.cursor_path, {**cursor, "attempted": sorted({*attempted, head})})
         log.info("git.polled", connector=self.name, previous=previous, head=head, changes=len(changes))
         return iter(changes)
 

@@ -236,14 +236,14 @@ def test_mass_deletion_by_a_rewrite_waits_for_approval(tmp_path, repo, make_runt
     t = Tracker(rt, repo)
     t.sync()
     cursor_file = rt.config.state_dir / "connectors" / NAME / "cursor.json"
-    before = cursor_file.read_text()
+    before = json.loads(cursor_file.read_text())["commit"]
     git(repo.work, "rm", "-r", "--quiet", "old")
     repo.write("new.md", markdown_doc(700))
     repo.commit("wipe")
     repo.push(force=True)
     held = sync(rt)
     assert held.docs_deleted == 0 and any(f.reason.startswith("mass-delete-refused") for f in held.failures)
-    assert cursor_file.read_text() == before and len(index_view(rt)) == 13
+    assert json.loads(cursor_file.read_text())["commit"] == before and len(index_view(rt)) == 13
     allowed = t.sync(allow_mass_delete=True)
     assert allowed.docs_deleted == 12
 
@@ -729,3 +729,38 @@ def test_a_hung_remote_never_stalls_the_other_connectors(tmp_path, repo, in_proc
         repo.push()
         release.set()
         wait_for(lambda: "b.md" in engine.docs(NAME), what="the remote catches up once it answers")
+
+
+def test_a_head_partly_applied_before_a_failure_leaves_no_orphan(tmp_path, repo, make_runtime):
+    """A poll's changes are partly committed, then the cycle fails (here: the process dies before the cursor
+    moves). A file that head added and a later head removed again is in neither side of the next diff; the
+    connector re-checks the paths of heads it attempted, so the index still converges to the new head."""
+    from syncd import config as config_mod
+    from syncd.runtime import Runtime
+    from syncd.testing import HashEmbedder
+
+    repo.write("keep.md", markdown_doc(1))
+    repo.commit("one")
+    repo.push()
+    rt = make_runtime(git_config(tmp_path, repo))
+    sync(rt)
+    repo.write("transient.md", markdown_doc(2))
+    repo.commit("two")
+    repo.push()
+    # Apply the poll's changes but never commit the cursor: what a kill -9 after the store commit leaves.
+    changes = list(rt.connectors[NAME].poll())
+    rt.engine.process({NAME: {c.doc_id: 0.0 for c in changes}})
+    assert "transient.md" in rt.engine.docs(NAME)
+    rt.close()
+    git(repo.work, "rm", "--quiet", "transient.md")
+    repo.write("later.md", markdown_doc(3))
+    repo.commit("three")
+    repo.push()
+    rt2 = Runtime(config_mod.load(git_config(tmp_path, repo)), embedder=HashEmbedder())
+    try:
+        rt2.open()
+        sync(rt2)
+        assert set(rt2.engine.docs(NAME)) == {"keep.md", "later.md"}
+        assert verify(rt2).ok
+    finally:
+        rt2.close()
