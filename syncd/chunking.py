@@ -10,7 +10,7 @@ edit re-embeds one or two chunks. A block longer than the budget is cut into tok
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -18,6 +18,7 @@ from syncd.models import Block, Chunk
 
 CHUNKER_VERSION = "1"
 _WINDOW_MARGIN = 4
+_TOKENISE_SLICE = 64
 _HEADING_PREFIX_TOKENS = 32
 
 
@@ -100,10 +101,9 @@ class Chunker:
     def _pieces(self, blocks: Sequence[Block]) -> list[_Piece]:
         # Every block is tokenised once, in one batch; long blocks are cut at token boundaries from the same
         # offsets. A window re-tokenised on its own can differ by a token at its edges: the margin absorbs it.
-        all_offsets = self.counter.offsets([b.text for b in blocks])
         size = max(4, self.budget - _WINDOW_MARGIN)
         pieces: list[_Piece] = []
-        for block, offsets in zip(blocks, all_offsets, strict=True):
+        for block, offsets in self._tokenised(blocks):
             if len(offsets) <= self.budget:
                 pieces.append(_Piece(block.text, block.heading_path, block.start_line, block.end_line, len(offsets)))
                 continue
@@ -116,6 +116,12 @@ class Chunker:
                 last = line + text.count("\n")
                 pieces.append(_Piece(text, block.heading_path, line, min(last, block.end_line), tokens))
         return pieces
+
+    def _tokenised(self, blocks: Sequence[Block]) -> Iterator[tuple[Block, list[tuple[int, int]]]]:
+        """Each block with its token offsets, tokenised in slices so a huge document stays in bounded memory."""
+        for start in range(0, len(blocks), _TOKENISE_SLICE):
+            part = blocks[start:start + _TOKENISE_SLICE]
+            yield from zip(part, self.counter.offsets([b.text for b in part]), strict=True)
 
     def chunk(self, blocks: Sequence[Block]) -> list[Chunk]:
         groups: list[list[_Piece]] = []
