@@ -62,7 +62,8 @@ def writer(root: Path, seed: int) -> None:
     while not stop:
         files = _files(root)
         action = rng.choices(["create", "edit", "delete", "rename", "burst", "rewrite"],
-                             weights=[3 if len(files) < MAX_FILES else 0, 4 if files else 0, 2 if files else 0, 2 if files else 0,
+                             weights=[3 if len(files) < MAX_FILES else 0, 4 if files else 0,
+                                      2 if files else 0, 2 if files else 0,
                                       1 if len(files) < MAX_FILES else 0, 2 if files else 0])[0]
         if action in ("create", "burst"):
             for _ in range(1 if action == "create" else rng.randint(5, 15)):
