@@ -226,3 +226,37 @@ def wiki_client(mediawiki: Wiki) -> Iterator[WikiClient]:
     client = mediawiki.client()
     yield client
     client.close()
+
+
+# -- helpers shared by the wiki tests ------------------------------------------------------------------------
+def sync(rt: Any, name: str = "wiki") -> Any:
+    """One `syncd sync` cycle for a polled connector: poll, apply, commit the cursor after the store commit."""
+    connector = rt.connectors[name]
+    changes = list(connector.poll() or [])
+    if any(c.kind == "rescan" for c in changes):
+        summary = rt.engine.reconcile(name)
+    else:
+        summary = rt.engine.process({name: {c.doc_id: 1.0 for c in changes}})
+    if not any(f.connector == name and not f.doc_id for f in summary.failures):
+        connector.commit_cursor()
+    rt.state.save()
+    return summary
+
+
+def indexed(rt: Any, name: str = "wiki") -> dict[str, str]:
+    """doc_id -> revision, as the store holds them."""
+    return {doc_id: info.revision for (conn, doc_id), info in rt.store.indexed_docs().items() if conn == name}
+
+
+def wiki_pages(client: WikiClient, ns: int) -> dict[str, str]:
+    """title -> latest revid of every non-redirect page in ``ns``, asked from the wiki directly."""
+    out: dict[str, str] = {}
+    cont: dict[str, Any] = {}
+    while True:
+        data = client.get(action="query", generator="allpages", gapnamespace=ns, gapfilterredir="nonredirects",
+                          gaplimit="max", prop="info", **cont)
+        for page in data.get("query", {}).get("pages", []):
+            out[page["title"]] = str(page["lastrevid"])
+        if "continue" not in data:
+            return out
+        cont = data["continue"]

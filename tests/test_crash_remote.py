@@ -27,6 +27,7 @@ from typing import Any
 import pytest
 from conftest import REPO, wait_for, write_config
 from mediawiki_server import Wiki, WikiClient
+from mediawiki_server import wiki_pages as _wiki_pages
 
 from tests.gitrepo import GitRepo, git
 
@@ -352,18 +353,6 @@ class WikiChanger:
             self.pages[self.pages.index(title)] = new
 
 
-def _wiki_pages(client: WikiClient, ns: int) -> dict[str, str]:
-    """title -> latest revid of every non-redirect page in ``ns``, asked from the wiki directly."""
-    out: dict[str, str] = {}
-    cont: dict[str, Any] = {}
-    while True:
-        data = client.get(action="query", generator="allpages", gapnamespace=ns, gapfilterredir="nonredirects",
-                          gaplimit="max", prop="info", **cont)
-        for page in data.get("query", {}).get("pages", []):
-            out[page["title"]] = str(page["lastrevid"])
-        if "continue" not in data:
-            return out
-        cont = data["continue"]
 
 
 @pytest.mark.mediawiki

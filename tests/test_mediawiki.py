@@ -21,10 +21,7 @@ from typing import Any
 import httpx
 import pytest
 from conftest import write_config
-from mediawiki_server import Wiki, WikiClient
-
-from syncd.models import SyncSummary
-from syncd.runtime import Runtime
+from mediawiki_server import Wiki, WikiClient, indexed, sync, wiki_pages
 
 pytestmark = pytest.mark.mediawiki
 
@@ -39,37 +36,10 @@ def wiki_config(tmp_path: Path, api_url: str, ns: int | None, **extra: Any) -> P
     return write_config(tmp_path, [connector])
 
 
-def sync(rt: Runtime, name: str = NAME) -> SyncSummary:
-    """One `syncd sync` cycle for the connector: poll, apply, commit the cursor after the store commit."""
-    connector = rt.connectors[name]
-    changes = list(connector.poll() or [])
-    if any(c.kind == "rescan" for c in changes):
-        summary = rt.engine.reconcile(name)
-    else:
-        summary = rt.engine.process({name: {c.doc_id: 1.0 for c in changes}})
-    if not any(f.connector == name and not f.doc_id for f in summary.failures):
-        connector.commit_cursor()
-    rt.state.save()
-    return summary
 
 
-def indexed(rt: Runtime, name: str = NAME) -> dict[str, str]:
-    """doc_id -> revision, as the store holds them."""
-    return {doc_id: info.revision for (conn, doc_id), info in rt.store.indexed_docs().items() if conn == name}
 
 
-def wiki_pages(client: WikiClient, ns: int) -> dict[str, str]:
-    """title -> latest revid of every non-redirect page in ``ns``, asked from the wiki directly."""
-    out: dict[str, str] = {}
-    cont: dict[str, Any] = {}
-    while True:
-        data = client.get(action="query", generator="allpages", gapnamespace=ns, gapfilterredir="nonredirects",
-                          gaplimit="max", prop="info", **cont)
-        for page in data.get("query", {}).get("pages", []):
-            out[page["title"]] = str(page["lastrevid"])
-        if "continue" not in data:
-            return out
-        cont = data["continue"]
 
 
 def test_first_sync_indexes_pages_with_revids_urls_and_headings(

@@ -22,9 +22,8 @@ from typing import Any
 import httpx
 import pytest
 from conftest import wait_for, write_config
-from mediawiki_server import Wiki, WikiClient
+from mediawiki_server import Wiki, WikiClient, indexed, sync, wiki_pages
 
-from syncd.models import SyncSummary
 from syncd.runtime import Runtime
 from tests.gitrepo import GitRepo, git
 
@@ -137,30 +136,10 @@ class FaultProxy:
 
 
 # -- helpers ---------------------------------------------------------------------------------------------
-def sync(rt: Runtime, name: str = NAME) -> SyncSummary:
-    """One `syncd sync` cycle for a polled connector: poll, apply, commit the cursor after the store commit."""
-    connector = rt.connectors[name]
-    changes = list(connector.poll() or [])
-    if any(c.kind == "rescan" for c in changes):
-        summary = rt.engine.reconcile(name)
-    else:
-        summary = rt.engine.process({name: {c.doc_id: 1.0 for c in changes}})
-    if not any(f.connector == name and not f.doc_id for f in summary.failures):
-        connector.commit_cursor()
-    rt.state.save()
-    return summary
 
 
-def indexed(rt: Runtime, name: str = NAME) -> dict[str, str]:
-    """doc_id -> revision, as the store holds them."""
-    return {doc_id: info.revision for (conn, doc_id), info in rt.store.indexed_docs().items() if conn == name}
 
 
-def wiki_pages(client: WikiClient, ns: int) -> dict[str, str]:
-    """title -> latest revid of every non-redirect page in ``ns``, asked from the wiki directly."""
-    data = client.get(action="query", generator="allpages", gapnamespace=ns, gapfilterredir="nonredirects",
-                      gaplimit="max", prop="info")
-    return {p["title"]: str(p["lastrevid"]) for p in data.get("query", {}).get("pages", [])}
 
 
 def http_status(daemon: Any) -> dict[str, Any]:
