@@ -92,7 +92,10 @@ def install_trace(path: str) -> None:
         setattr(cls, name, wrapper)
 
     timed(pipeline.Engine, "_embed", "embed_s")
+    # Inline lookups run on the writer; overlapped ones (on the lookup thread, beside the embedding) count
+    # only the writer's wait for them.
     timed(store.Store, "vectors_for", "lookup_s")
+    timed(pipeline.Engine, "_lookup_result", "lookup_s")
     timed(store.Store, "apply", "commit_s")
     timed(daemon.Service, "_maintain", "maintain_s")
 

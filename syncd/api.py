@@ -28,8 +28,7 @@ class Index:
     def search(self, text: str, k: int = 10, connector: str | None = None) -> list[dict[str, Any]]:
         """Hybrid (vector + full-text) search; each result carries its citation (uri, revision, lines)."""
         self.store.refresh()
-        vector = self.embedder.encode([text])[0]
-        return self.store.search(vector, text, k=k, connector=connector)
+        return self.store.search(lambda: self.embedder.encode([text])[0], text, k=k, connector=connector)
 
     def query(self, text: str, k: int = 10, connector: str | None = None) -> dict[str, Any]:
         """The `syncd query --json` document."""

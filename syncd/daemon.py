@@ -775,8 +775,8 @@ class Service:
     def search(self, q: str, k: int, connector: str | None) -> dict[str, Any]:
         assert self.runtime is not None and self.reader is not None
         self.reader.refresh()
-        vector = self.query_embedder.encode([q])[0]
-        return {"query": q, "results": self.reader.search(vector, q, k=k, connector=connector)}
+        results = self.reader.search(lambda: self.query_embedder.encode([q])[0], q, k=k, connector=connector)
+        return {"query": q, "results": results}
 
     def status(self) -> dict[str, Any]:
         assert self.runtime is not None

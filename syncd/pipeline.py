@@ -14,6 +14,7 @@ import json
 import time
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -85,6 +86,7 @@ class Engine:
         self.index: dict[str, dict[str, IndexedDoc]] = {}
         self.status: dict[str, ConnectorStatus] = {name: ConnectorStatus() for name in self.connectors}
         self._deletes: dict[str, deque[tuple[float, int]]] = {}
+        self._lookup_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="syncd-lookup")
 
     # -- index view ------------------------------------------------------------------------------------
     def load_index(self) -> None:
@@ -324,22 +326,38 @@ class Engine:
                 renamed.add(targets.pop())
                 renamed_from.add(old_id)
 
-        # Vectors: reuse every content hash the store has, embed the rest once each.
-        all_chunks = [c for plan in planned.values() for c in plan.chunks]
+        # Vectors: reuse every content hash the store has, embed the rest once each. Hashes the store
+        # certainly lacks (its hash filter) are embedded while the reusable vectors are being read.
+        texts = {c.content_hash: _embed_text(c) for plan in planned.values() for c in plan.chunks}
+        hint = self.store.hash_filter
+        fresh = [h for h in texts if hint is not None and h not in hint]
+        known = [h for h in texts if hint is None or h in hint]
         vectors: dict[str, np.ndarray] = {}
-        if all_chunks:
-            try:
-                vectors = self.store.vectors_for(c.content_hash for c in all_chunks)
-            except StoreError as exc:
-                self._batch_failed(name, list(planned) + gone, exc, summary)
-                return
         to_embed: dict[str, str] = {}
-        for plan in planned.values():
-            for c in plan.chunks:
-                if c.content_hash not in vectors and c.content_hash not in to_embed:
-                    to_embed[c.content_hash] = _embed_text(c)
+        try:
+            if fresh and known:
+                lookup = self._lookup_pool.submit(self.store.vectors_for, known)
+                try:
+                    to_embed = {h: texts[h] for h in fresh}
+                    embedded, embed_failed = self._embed(to_embed, planned)
+                finally:
+                    found = self._lookup_result(lookup)
+                vectors.update(found)
+                missing = {h: texts[h] for h in known if h not in found}
+                if missing:
+                    more, more_failed = self._embed(missing, planned)
+                    to_embed.update(missing)
+                    embedded.update(more)
+                    embed_failed.update(more_failed)
+            else:
+                if known:
+                    vectors = self.store.vectors_for(known)
+                to_embed = {h: t for h, t in texts.items() if h not in vectors}
+                embedded, embed_failed = self._embed(to_embed, planned) if to_embed else ({}, {})
+        except StoreError as exc:
+            self._batch_failed(name, list(planned) + gone, exc, summary)
+            return
         if to_embed:
-            embedded, embed_failed = self._embed(to_embed, planned)
             vectors.update(embedded)
             summary.chunks_embedded += len(embedded)
             self.metrics.chunks_embedded.inc(len(embedded))
@@ -433,6 +451,10 @@ class Engine:
         if planned or gone:
             log.info("sync.batch_committed", connector=name, upserts=len(planned), deletes=len(gone),
                      embedded=len(to_embed), version=self.store.table.version if replace else None)
+
+    def _lookup_result(self, future: Future[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+        """The reusable vectors read on the lookup thread (a method of its own so probes can time the wait)."""
+        return future.result()
 
     def _embed(self, texts: dict[str, str], planned: dict[str, _Planned]) -> tuple[dict[str, np.ndarray], dict[str, str]]:
         """Embed ``texts`` (hash -> text); on failure, isolate the documents whose chunks fail."""

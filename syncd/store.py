@@ -83,8 +83,62 @@ class IndexedDoc:
     identity: str = ""
 
 
+RRF_K = 60
+"""Reciprocal rank fusion constant (LanceDB's RRFReranker default)."""
+_QUERY_POOL: Any = None
+
+
+def _query_pool() -> Any:
+    """Threads for the full-text leg of hybrid searches (created once, not per query)."""
+    global _QUERY_POOL
+    if _QUERY_POOL is None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _QUERY_POOL = ThreadPoolExecutor(max_workers=4, thread_name_prefix="syncd-fts")
+    return _QUERY_POOL
+
+
 RESULT_COLUMNS = ["text", "doc_id", "connector", "uri", "title", "revision", "chunk_index", "heading_path",
                   "start_line", "end_line", "updated_at"]
+
+
+class HashFilter:
+    """The content hashes the live table may hold, in memory: 8 bytes per chunk.
+
+    A superset of the table's hashes (every commit adds its rows' hashes, nothing is removed until the
+    index is read again), so "absent" is certain and "present" is a hint that ``vectors_for`` checks. The
+    writer uses it to start embedding the new chunks while the reusable vectors are still being read.
+    """
+
+    MERGE_AT = 65_536
+
+    def __init__(self, hashes: Iterable[str]) -> None:
+        self._base = np.unique(np.fromiter((_hash_key(h) for h in hashes), dtype=np.uint64))
+        self._recent: set[int] = set()
+
+    def add(self, hashes: Iterable[str]) -> None:
+        self._recent.update(_hash_key(h) for h in hashes)
+        if len(self._recent) >= self.MERGE_AT:
+            self._base = np.union1d(self._base, np.fromiter(self._recent, dtype=np.uint64))
+            self._recent = set()
+
+    def __contains__(self, content_hash: str) -> bool:
+        key = _hash_key(content_hash)
+        if key in self._recent:
+            return True
+        i = int(np.searchsorted(self._base, np.uint64(key)))
+        return i < len(self._base) and int(self._base[i]) == key
+
+    def __len__(self) -> int:
+        return len(self._base) + len(self._recent)
+
+
+def _hash_key(content_hash: str) -> int:
+    """The first 64 bits of a hex content hash (anything else maps to 0, which only costs a lookup)."""
+    try:
+        return int(content_hash[:16], 16)
+    except (TypeError, ValueError):
+        return 0
 
 
 class Store:
@@ -107,6 +161,8 @@ class Store:
         self.last_maintenance_at: float | None = None
         self.maintenance_runs = 0
         self.after_commit: Callable[[], None] | None = None
+        self.hash_filter: HashFilter | None = None
+        """Set by ``indexed_docs`` for the live table; None while unknown (then every hash is looked up)."""
 
     # -- opening ---------------------------------------------------------------------------------------
     @property
@@ -160,6 +216,7 @@ class Store:
         except Exception as exc:  # noqa: BLE001
             raise StoreError(f"cannot open table {name!r} in {self.uri}: {exc}") from exc
         self.table_name = name
+        self.hash_filter = None
         if pointer is None and create:
             write_json_atomic(self.pointer_path, self._pointer_doc(name))
 
@@ -197,6 +254,7 @@ class Store:
         if pointer and pointer["table"] != self.table_name:
             self._table = self._connect().open_table(pointer["table"])
             self.table_name = pointer["table"]
+            self.hash_filter = None
 
     # -- reading ---------------------------------------------------------------------------------------
     def scan(self, columns: Sequence[str], where: str | None = None) -> pa.Table:
@@ -207,7 +265,8 @@ class Store:
 
     def indexed_docs(self) -> dict[tuple[str, str], IndexedDoc]:
         """Every document in the index, with its revision and chunk count."""
-        data = self.scan(["connector", "doc_id", "revision", "doc_identity"])
+        data = self.scan(["connector", "doc_id", "revision", "doc_identity", "content_hash"])
+        self.hash_filter = HashFilter(h for h in data["content_hash"].to_pylist() if h)
         out: dict[tuple[str, str], IndexedDoc] = {}
         for connector, doc_id, revision, identity in zip(
             data["connector"].to_pylist(), data["doc_id"].to_pylist(), data["revision"].to_pylist(),
@@ -264,6 +323,8 @@ class Store:
         except Exception as exc:  # noqa: BLE001
             raise StoreError(f"write to {self.table_name} failed: {exc}") from exc
         self.commits_since_maintenance += 1
+        if table is None and self.hash_filter is not None and rows.num_rows:
+            self.hash_filter.add(h for h in rows["content_hash"].to_pylist() if h)
         if table is None and self.after_commit is not None:
             # The service compacts from here, so a long catch-up does not pile up hundreds of fragments.
             self.after_commit()
@@ -301,6 +362,7 @@ class Store:
         write_json_atomic(self.pointer_path, self._pointer_doc(name, retired=retired))
         self._table = self._connect().open_table(name)
         self.table_name = name
+        self.hash_filter = None
         self.drop_stale_tables()
 
     def drop_table(self, name: str) -> None:
@@ -337,14 +399,42 @@ class Store:
     drop_abandoned_rebuilds = drop_stale_tables
 
     # -- searching -------------------------------------------------------------------------------------
-    def search(self, vector: np.ndarray, text: str, *, k: int = 10, connector: str | None = None) -> list[dict[str, Any]]:
-        query = self.table.search(query_type="hybrid").vector(vector.tolist()).text(text)
-        if connector is not None:
-            query = query.where(f"connector = {sql_string(connector)}", prefilter=True)
+    def search(self, vector: np.ndarray | Callable[[], np.ndarray], text: str, *, k: int = 10,
+               connector: str | None = None) -> list[dict[str, Any]]:
+        """Hybrid search: vector and full-text results fused by reciprocal rank (RRF, K = 60, as LanceDB's
+        default reranker). ``vector`` may be a callable that embeds the query: the full-text leg then runs
+        on another thread while the model works, so a query costs max(embed, FTS) + vector, not the sum."""
+        where = f"connector = {sql_string(connector)}" if connector is not None else None
+        columns = ["chunk_id", *RESULT_COLUMNS]
+        table = self.table
+
+        def fts() -> list[dict[str, Any]]:
+            query = table.search(text, query_type="fts")
+            if where:
+                query = query.where(where, prefilter=True)
+            return query.select(columns).limit(k).to_list()
+
         try:
-            rows = query.select(RESULT_COLUMNS).limit(k).to_list()
+            fts_future = _query_pool().submit(fts)
+            try:
+                query_vector = vector() if callable(vector) else vector
+                query = table.search(np.asarray(query_vector, dtype=np.float32).tolist(), query_type="vector")
+                if where:
+                    query = query.where(where, prefilter=True)
+                vector_rows = query.select(columns).limit(k).to_list()
+            finally:
+                fts_rows = fts_future.result()
         except Exception as exc:  # noqa: BLE001
             raise StoreError(f"search failed: {exc}") from exc
+        scores: dict[str, float] = {}
+        by_id: dict[str, dict[str, Any]] = {}
+        for ranked in (vector_rows, fts_rows):
+            for rank, row in enumerate(ranked, 1):
+                cid = row["chunk_id"]
+                scores[cid] = scores.get(cid, 0.0) + 1.0 / (rank + RRF_K)
+                by_id.setdefault(cid, row)
+        order = sorted(scores, key=lambda cid: -scores[cid])[:k]
+        rows = [{**by_id[cid], "_relevance_score": scores[cid]} for cid in order]
         results = []
         for row in rows:
             updated = row.get("updated_at")
@@ -380,10 +470,13 @@ class Store:
         }
 
     def maintenance_due(self, policy: MaintenancePolicy) -> bool:
-        """Small fragments piling up: every ``compact_every_commits`` commits, or past ``max_fragments``."""
+        """Small fragments piling up: every ``compact_every_commits`` commits, or past ``max_fragments``.
+
+        The fragment count is a round trip to the table, so it is looked at every ``FRAGMENT_CHECK_EVERY``
+        commits, not after each one (a commit adds a fragment or two)."""
         if self.commits_since_maintenance >= policy.compact_every_commits:
             return True
-        if self.commits_since_maintenance == 0:
+        if self.commits_since_maintenance == 0 or self.commits_since_maintenance % FRAGMENT_CHECK_EVERY:
             return False
         try:
             return int(self.table.stats()["fragment_stats"]["num_fragments"]) > policy.max_fragments
@@ -434,6 +527,8 @@ class Store:
 SCALAR_INDEX_COLUMNS = ("doc_key", "doc_id", "chunk_id", "content_hash")
 """BTree-indexed: merges match on chunk_id, deletes and scoped merges filter on doc_key, lookups on doc_id,
 vector reuse on content_hash."""
+FRAGMENT_CHECK_EVERY = 4
+"""Commits between two looks at the fragment count (``maintenance_due``)."""
 MIN_VERSION_RETENTION_S = 600.0
 """Old versions are kept at least 10 minutes whatever the config says: readers may still be on them."""
 

@@ -6,8 +6,10 @@ import hashlib
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from syncd.chunking import embed_input
 from syncd.extract import extract
 from syncd.store import Store
 from tests.conftest import write_config
@@ -90,6 +92,39 @@ def test_one_paragraph_edit_embeds_only_the_new_chunk_texts(fs_config, docs, mak
     assert s.chunks_embedded == len(expected) and 1 <= s.chunks_embedded <= 2
     assert s.chunks_reused == len(rows(rt)) - s.chunks_embedded
     assert any("drill happens every quarter" in r["text"] for r in rows(rt))
+
+
+def test_new_chunks_embed_beside_the_lookup_and_vectors_gone_from_the_table_are_embedded_again(
+        fs_config, docs, make_runtime):
+    a, b = docs / "a.md", docs / "b.md"
+    a.write_text(markdown_doc(1))
+    b.write_text(markdown_doc(2))
+    rt = make_runtime(fs_config)
+    sync(rt)
+    assert rt.store.hash_filter is not None
+    assert all(r["content_hash"] in rt.store.hash_filter for r in rows(rt))
+    b_text = b.read_text()
+    b.unlink()
+    sync(rt)
+    gone = {r["content_hash"] for r in rows(rt)}
+    # The filter still names b's chunks (it only grows); the table no longer holds them.
+    c = docs / "c.md"
+    c.write_text(a.read_text() + "\n\n" + b_text + "\n\nA closing paragraph no other page has.\n")
+    expected = expected_new_texts(rt, c)
+    chunks = rt.chunker.chunk(extract(c.read_bytes(), "markdown").blocks)
+    # Both kinds of new chunk: ones the filter has never seen (embedded beside the lookup), and b's old
+    # ones, which the filter still names but the lookup no longer finds (embedded after it).
+    named = {h for h in expected if h in rt.store.hash_filter}
+    assert named and expected - named and not named & gone
+    s = sync(rt)
+    assert s.docs_added == 1 and s.docs_failed == 0
+    assert s.chunks_embedded == len(expected)
+    stored = {r["content_hash"]: r for r in rt.store.scan(["content_hash", "text", "heading_path", "vector"],
+                                                           "doc_id = 'c.md'").to_pylist()}
+    assert set(stored) == {ch.content_hash for ch in chunks}
+    for r in stored.values():
+        want = rt.embedder.encode([embed_input(r["text"], r["heading_path"] or [])])[0]
+        assert np.allclose(r["vector"], want, atol=1e-6)
 
 
 def test_rename_and_move_embed_nothing_and_count_as_renamed(fs_config, docs, make_runtime):
