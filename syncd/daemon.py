@@ -43,6 +43,8 @@ _BACKOFF_BASE_S = 60.0
 """First wait after a failure of a connector that has neither a poll nor a reconcile interval."""
 _MAINTENANCE_GRACE = 3.0
 """Maintenance is overdue (a health failure) after this many maintenance intervals without a success."""
+_MAINTENANCE_RETRY_S = 60.0
+"""After a failed compaction or maintenance, commits and idle moments leave it alone this long."""
 
 
 class StopRequested(BaseException):  # noqa: N818 - a control-flow signal, not an error
@@ -160,6 +162,7 @@ class Service:
         self.poll_ok_at: dict[str, float] = {}
         self.maintenance_error: str | None = None
         self.last_maintenance_attempt_at: float | None = None
+        self._auto_maintenance_after = 0.0
         self._last_status_line = ""
         self.cycle_started_at: float | None = None
 
@@ -362,12 +365,24 @@ class Service:
         last_state_save = time.time()
         failed_cycles = 0
         while not self.stopping.is_set():
+            idle_work = False
             with q.cond:
                 while q.empty() and not self.stopping.is_set():
                     self.writer_alive_at = time.time()
-                    q.cond.wait(timeout=1.0)
+                    if (time.monotonic() >= self._auto_maintenance_after
+                            and self.runtime.store.indexing_due(self.policy, idle=True)):
+                        idle_work = True
+                        break
+                    q.cond.wait(timeout=min(1.0, self.policy.index_when_idle or 1.0))
                 if self.stopping.is_set():
                     break
+            if idle_work:
+                # Nothing to do: bring the indexes up to date now rather than in the path of a later edit.
+                self._maintain()
+                continue
+            with q.cond:
+                if q.empty():
+                    continue
                 rescans, q.rescans = q.rescans, {}
                 tasks = list(q.tasks)
                 q.tasks.clear()
@@ -435,8 +450,7 @@ class Service:
                 for name in engine.connectors:
                     count, _ = q.backlog(name)
                     self.metrics.backlog.labels(connector=name).set(count)
-                if self.runtime.store.maintenance_due(self.policy):
-                    self._maintain()
+                self._after_commit()
                 self._status_line()
                 if time.time() - last_state_save > 5:
                     self.runtime.state.save()
@@ -545,10 +559,27 @@ class Service:
         self._outcome(name, ok)
 
     def _after_commit(self) -> None:
-        """After each commit on the live table (writer thread): compact once small fragments pile up."""
+        """After each commit on the live table (writer thread): merge small fragments once they pile up
+        (tens of ms), bring the indexes up to date once enough rows are not in them (the full maintenance)."""
         assert self.runtime is not None
-        if self.runtime.store.maintenance_due(self.policy):
+        store = self.runtime.store
+        if time.monotonic() < self._auto_maintenance_after:
+            return
+        if store.indexing_due(self.policy):
             self._maintain()
+        elif store.maintenance_due(self.policy):
+            self._compact()
+
+    def _compact(self) -> None:
+        assert self.runtime is not None
+        try:
+            result = self.runtime.store.compact()
+        except SyncdError as exc:
+            # The full maintenance compacts too; until it runs, queries only visit more fragments.
+            log.warning("compaction.failed", error=str(exc))
+            self._auto_maintenance_after = time.monotonic() + _MAINTENANCE_RETRY_S
+            return
+        log.debug("compaction.finished", **result)
 
     def _maintain(self) -> None:
         assert self.runtime is not None
@@ -561,6 +592,8 @@ class Service:
             self.maintenance_error = str(exc)
             self.metrics.maintenance_runs.labels(outcome="failed").inc()
             log.error("maintenance.failed", error=str(exc))
+            # Commits and idle moments do not retry it at once; the schedule still does.
+            self._auto_maintenance_after = time.monotonic() + _MAINTENANCE_RETRY_S
             return
         self.maintenance_error = None
         self.metrics.maintenance_runs.labels(outcome="ok").inc()
@@ -800,7 +833,9 @@ class Service:
 
 def _policy(config: Config) -> MaintenancePolicy:
     return MaintenancePolicy(compact_every_commits=config.store.compact_every_commits,
-                             max_fragments=config.store.max_fragments, ann_min_rows=config.store.ann_min_rows)
+                             max_fragments=config.store.max_fragments, ann_min_rows=config.store.ann_min_rows,
+                             index_every_rows=config.store.index_every_rows,
+                             index_when_idle=config.store.index_when_idle)
 
 
 def _counts(summary: Any) -> dict[str, Any]:
@@ -867,7 +902,8 @@ def build_status(runtime: Runtime, service: Service | None = None, *, queue: Wor
                   "bytes": store_stats.get("bytes"), "indexes": store_stats.get("indexes"),
                   "last_reconcile_at": _iso(service.last_reconcile_at) if service else None,
                   "last_maintenance_at": _iso(runtime.store.last_maintenance_at),
-                  "maintenance_runs": runtime.store.maintenance_runs,
+                  "maintenance_runs": runtime.store.maintenance_runs, "compactions": runtime.store.compactions,
+                  "rows_since_indexed": runtime.store.rows_since_indexed,
                   "maintenance_error": service.maintenance_error if service else None,
                   "maintenance_overdue": service.maintenance_overdue() if service else False,
                   **({"error": store_stats["error"]} if "error" in store_stats else {})},

@@ -158,8 +158,12 @@ class Store:
         self.retired_retention_s = 900.0
         """How long a table replaced by a reindex is kept for readers that still hold it."""
         self.commits_since_maintenance = 0
+        self.rows_since_indexed = 0
+        """Rows written since the indexes were last brought up to date (queries scan these without them)."""
+        self.last_commit_at = 0.0
         self.last_maintenance_at: float | None = None
         self.maintenance_runs = 0
+        self.compactions = 0
         self.after_commit: Callable[[], None] | None = None
         self.hash_filter: HashFilter | None = None
         """Set by ``indexed_docs`` for the live table; None while unknown (then every hash is looked up)."""
@@ -323,6 +327,9 @@ class Store:
         except Exception as exc:  # noqa: BLE001
             raise StoreError(f"write to {self.table_name} failed: {exc}") from exc
         self.commits_since_maintenance += 1
+        if table is None:
+            self.rows_since_indexed += rows.num_rows
+            self.last_commit_at = time.monotonic()
         if table is None and self.hash_filter is not None and rows.num_rows:
             self.hash_filter.add(h for h in rows["content_hash"].to_pylist() if h)
         if table is None and self.after_commit is not None:
@@ -483,6 +490,41 @@ class Store:
         except Exception:  # noqa: BLE001 - a failed look is no reason to compact; the schedule still runs
             return False
 
+    def indexing_due(self, policy: MaintenancePolicy, *, idle: bool = False) -> bool:
+        """Rows the indexes do not cover yet: past ``policy.index_every_rows``, or any once the writer is idle
+        for ``policy.index_when_idle`` seconds (``idle`` asks the second question too)."""
+        if self.rows_since_indexed >= policy.index_every_rows:
+            return True
+        return (idle and self.rows_since_indexed > 0 and policy.index_when_idle > 0
+                and time.monotonic() - self.last_commit_at >= policy.index_when_idle)
+
+    def compact(self) -> dict[str, Any]:
+        """Merge small fragments only (tens of ms): no index update, no version cleanup, deletions left in
+        place. The writer runs this every few commits; ``maintain`` does the rest when rows pile up or the
+        writer is idle. Lance remaps the indexes of the rows it moves, so no query loses them."""
+        import lance
+
+        try:
+            dataset = lance.dataset(self.table.to_lance().uri)
+            metrics = dataset.optimize.compact_files(materialize_deletions=False)
+            self.table.checkout_latest()
+        except Exception as exc:  # noqa: BLE001
+            raise StoreError(f"compaction failed: {exc}") from exc
+        self.commits_since_maintenance = 0
+        self.compactions += 1
+        return {"fragments_removed": int(metrics.fragments_removed), "fragments_added": int(metrics.fragments_added)}
+
+    def _merge_vector_deltas(self) -> None:
+        """``optimize()`` folds new rows into the ANN index as one more delta each time; a search visits
+        every delta, so past ``MAX_VECTOR_DELTAS`` they are merged into one."""
+        import lance
+
+        dataset = lance.dataset(self.table.to_lance().uri)
+        deltas = [idx for idx in dataset.list_indices() if list(idx.get("fields") or []) == ["vector"]]
+        if len(deltas) > MAX_VECTOR_DELTAS:
+            dataset.optimize.optimize_indices(index_names=[deltas[0]["name"]], num_indices_to_merge=len(deltas))
+            self.table.checkout_latest()
+
     def maintain(self, *, retention_s: float, policy: MaintenancePolicy | None = None) -> dict[str, Any]:
         """Compact small fragments, fold new rows into the indexes, prune versions older than ``retention_s``.
 
@@ -516,9 +558,11 @@ class Store:
                 if created:
                     # New indexes cover the rows present now; optimize() keeps folding later ones in.
                     table.optimize()
+            self._merge_vector_deltas()
         except Exception as exc:  # noqa: BLE001
             raise StoreError(f"maintenance failed: {exc}") from exc
         self.commits_since_maintenance = 0
+        self.rows_since_indexed = 0
         self.last_maintenance_at = time.time()
         self.maintenance_runs += 1
         return {"indexes_created": created, "rows": rows}
@@ -527,6 +571,8 @@ class Store:
 SCALAR_INDEX_COLUMNS = ("doc_key", "doc_id", "chunk_id", "content_hash")
 """BTree-indexed: merges match on chunk_id, deletes and scoped merges filter on doc_key, lookups on doc_id,
 vector reuse on content_hash."""
+MAX_VECTOR_DELTAS = 4
+"""ANN index deltas kept before maintenance merges them."""
 FRAGMENT_CHECK_EVERY = 4
 """Commits between two looks at the fragment count (``maintenance_due``)."""
 MIN_VERSION_RETENTION_S = 600.0
@@ -540,3 +586,5 @@ class MaintenancePolicy:
     compact_every_commits: int = 32
     max_fragments: int = 64
     ann_min_rows: int = 100_000
+    index_every_rows: int = 4096
+    index_when_idle: float = 2.0

@@ -12,6 +12,7 @@ import socket
 import subprocess
 import tempfile
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -244,32 +245,61 @@ def test_maintenance_that_stops_running_makes_healthz_fail(tmp_path: Path, docs:
         wait_for(lambda: get(service, "/healthz")[0] == 200, what="healthy again")
 
 
-def test_compaction_every_n_commits_scalar_indexes_and_ann_past_the_row_threshold(
-        tmp_path: Path, docs: Path) -> None:
+def _indexes(path: Path, table_name: str) -> dict[str, str]:
     import lancedb
 
-    every, batch, initial, singles, ann_rows = 4, 50, 300, 10, 300
+    table = lancedb.connect(str(path)).open_table(table_name)
+    return {idx.columns[0]: str(idx.index_type) for idx in table.list_indices()}
+
+
+def _edit_one_by_one(service: Any, docs: Path, count: int) -> None:
+    for i in range(count):  # one commit each
+        save_atomically(docs / f"note-{i:04d}.md", f"# Note {i}\n\nEdited note {i}.\n")
+        wait_for(lambda i=i: any(r["doc_id"] == f"note-{i:04d}.md" and r["action"] == "changed"
+                                 for r in connector_status(service, "docs")["recent"]), what=f"edit {i} committed")
+
+
+def test_small_fragments_are_compacted_every_n_commits_without_touching_the_indexes(
+        tmp_path: Path, docs: Path) -> None:
+    every, batch, initial, singles = 4, 50, 300, 10
     write_docs(docs, initial)
     cfg = write_config(tmp_path, [{"name": "docs", "type": "filesystem", "path": str(docs)}],
-                       store={"uri": "./index", "compact_every_commits": every, "ann_min_rows": ann_rows},
+                       store={"uri": "./index", "compact_every_commits": every, "index_every_rows": 10**9,
+                              "index_when_idle": "0s"},
                        sync={"max_batch_docs": batch, "maintenance_interval": "1h", "verify_interval": "0s"})
     with running(cfg) as service:
         wait_for(service.ready, what="ready")
-        for i in range(singles):  # one commit each
-            save_atomically(docs / f"note-{i:04d}.md", f"# Note {i}\n\nEdited note {i}.\n")
-            wait_for(lambda i=i: any(r["doc_id"] == f"note-{i:04d}.md" and r["action"] == "changed"
-                                     for r in connector_status(service, "docs")["recent"]), what=f"edit {i} committed")
+        _edit_one_by_one(service, docs, singles)
         wait_for(lambda: idle(service), what="idle")
         commits = math.ceil(initial / batch) + singles
         assert metric(service, "syncd_store_commits_total") == commits
         store = get(service, "/status")[1]["store"]
-        assert store["maintenance_runs"] == commits // every
+        assert store["compactions"] == commits // every and store["maintenance_runs"] == 0
         assert store["fragments"] <= every
         assert store["docs"] == initial and store["rows"] == store["chunks"]
+        assert store["rows_since_indexed"] == store["rows"] + singles  # the catch-up, then one row per edit
+        # Compaction builds no index (the table is created with its full-text index only).
+        assert _indexes(tmp_path / "index", store["table"]) == {"text": "FTS"}
 
-        table = lancedb.connect(str(tmp_path / "index")).open_table(store["table"])
-        indexes = {idx.columns[0]: str(idx.index_type) for idx in table.list_indices()}
-        for column in ("doc_key", "doc_id", "chunk_id"):
+
+def test_indexes_are_brought_up_to_date_past_a_row_count_and_ann_past_the_row_threshold(
+        tmp_path: Path, docs: Path) -> None:
+    batch, initial, singles, ann_rows, every_rows = 50, 300, 10, 300, 5
+    write_docs(docs, initial)
+    cfg = write_config(tmp_path, [{"name": "docs", "type": "filesystem", "path": str(docs)}],
+                       store={"uri": "./index", "compact_every_commits": 1000, "ann_min_rows": ann_rows,
+                              "index_every_rows": every_rows, "index_when_idle": "0s"},
+                       sync={"max_batch_docs": batch, "maintenance_interval": "1h", "verify_interval": "0s"})
+    with running(cfg) as service:
+        wait_for(service.ready, what="ready")
+        _edit_one_by_one(service, docs, singles)
+        wait_for(lambda: idle(service), what="idle")
+        store = get(service, "/status")[1]["store"]
+        # Every catch-up batch writes more than every_rows rows; single edits add one row each.
+        assert store["maintenance_runs"] == math.ceil(initial / batch) + singles // every_rows
+        assert store["rows_since_indexed"] == singles % every_rows
+        indexes = _indexes(tmp_path / "index", store["table"])
+        for column in ("doc_key", "doc_id", "chunk_id", "content_hash"):
             assert indexes.get(column) == "BTree", indexes
         assert indexes.get("text") == "FTS"
         assert "vector" in indexes, indexes  # rows >= ann_min_rows at the last maintenance
@@ -280,6 +310,26 @@ def test_compaction_every_n_commits_scalar_indexes_and_ann_past_the_row_threshol
         assert get(service, "/status")[1]["store"]["unindexed_rows"] > 0
         code, found = get(service, f"/search?q={quote('zanzibarquokka')}&k=3")
         assert code == 200 and found["results"][0]["doc_id"] == "fresh.md"
+
+
+def test_an_idle_writer_brings_the_indexes_up_to_date(tmp_path: Path, docs: Path) -> None:
+    write_docs(docs, 20)
+    cfg = write_config(tmp_path, [{"name": "docs", "type": "filesystem", "path": str(docs)}],
+                       store={"uri": "./index", "index_every_rows": 10**9, "index_when_idle": "1s"},
+                       sync={"maintenance_interval": "1h", "verify_interval": "0s"})
+    with running(cfg) as service:
+        wait_for(service.ready, what="ready")
+        store = wait_for(lambda: (s := get(service, "/status")[1]["store"])["maintenance_runs"] >= 1 and s,
+                         what="maintenance once idle")
+        assert store["rows_since_indexed"] == 0 and store["unindexed_rows"] == 0
+        assert {"doc_key", "text"} <= set(_indexes(tmp_path / "index", store["table"]))
+        runs = store["maintenance_runs"]
+        time.sleep(2.5)  # idle with nothing new: no more runs
+        assert get(service, "/status")[1]["store"]["maintenance_runs"] == runs
+        save_atomically(docs / "note-0000.md", "# Note\n\nzanzibarquokka edited.\n")
+        store = wait_for(lambda: (s := get(service, "/status")[1]["store"])["maintenance_runs"] == runs + 1 and s,
+                         what="maintenance after the edit")
+        assert store["unindexed_rows"] == 0
 
 
 def test_no_ann_index_below_the_row_threshold(tmp_path: Path, docs: Path) -> None:
