@@ -30,6 +30,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--reindex-docs", type=int, default=200, help="corpus size of the real-model reindex runs")
     r.add_argument("--growth-updates", type=int, default=10_000, help="single-document updates in the growth run")
     r.add_argument("--queries", type=int, default=100, help="queries per latency measurement")
+    r.add_argument("--no-onnx", dest="onnx", action="store_false",
+                   help="skip the freshness phases with the ONNX int8 backend (they build their own cached index)")
     r.add_argument("--out", help="results folder (default benchmarks/results/<timestamp>)")
     r.add_argument("--no-readme", action="store_true", help="do not copy the report into benchmarks/README.md")
     r.add_argument("--update", action="store_true",
@@ -127,6 +129,11 @@ def main(argv: list[str] | None = None) -> int:
         # The same idle phase with one torch thread: what oversubscription costs a single-document update.
         out["idle_threads_1"] = mod.run(folders[fresh_size], work / "freshness", quick=args.quick, threads=1,
                                         phases=("idle",)).get("idle")
+        if args.onnx:
+            # Both phases again with `[embedding] backend = "onnx-int8"` on an index built for that backend.
+            onnx = mod.run(built_index(args.seed, fresh_size, backend="onnx-int8"), work / "freshness",
+                           quick=args.quick, backend="onnx-int8")
+            out["idle_onnx_int8"], out["load_onnx_int8"] = onnx.get("idle"), onnx.get("load")
         return out
 
     def incremental() -> Any:

@@ -172,7 +172,7 @@ def corpus_key(seed: int, n: int) -> str:
     return f"s{seed}-n{n}-g{GENERATOR_VERSION}-c{CHUNKER_VERSION}"
 
 
-def built_index(seed: int, n: int, *, rebuild: bool = False) -> Path:
+def built_index(seed: int, n: int, *, rebuild: bool = False, backend: str = "torch") -> Path:
     """A folder with ``docs/`` (the corpus), ``index/``, ``state/`` and ``syncd.toml``, fully indexed by
     ``syncd reindex``; built once and cached. ``build.json`` records that reindex (time, peak RSS).
 
@@ -180,7 +180,7 @@ def built_index(seed: int, n: int, *, rebuild: bool = False) -> Path:
     chunking as the packaged model, so the real model then opens it without a rebuild, but vectors come from
     a hash of the text. Embedding 100k+ chunks for real would take hours on a 2-CPU machine; every
     timed embedding in the benchmarks uses the real model."""
-    folder = CACHE / f"idx-{corpus_key(seed, n)}"
+    folder = CACHE / (f"idx-{corpus_key(seed, n)}" + ("" if backend == "torch" else f"-{backend}"))
     done = folder / "build.json"
     if done.exists() and not rebuild:
         build = json.loads(done.read_text())
@@ -194,9 +194,10 @@ def built_index(seed: int, n: int, *, rebuild: bool = False) -> Path:
     folder.mkdir(parents=True)
     log(f"generating {n} documents (seed {seed}) in {folder}/docs")
     nbytes = write_corpus(folder / "docs", seed, n)
-    config = write_config(folder)
-    log(f"indexing {n} documents with `syncd reindex` and the stand-in embedder (cached for later runs)")
-    run = run_syncd(config, "reindex", stand_in=True)
+    config = write_config(folder, **({} if backend == "torch" else {"embedding": {"backend": backend}}))
+    log(f"indexing {n} documents with `syncd reindex` and the stand-in embedder for the {backend} backend "
+        "(cached for later runs)")
+    run = run_syncd(config, "reindex", stand_in=True, env={"BENCH_STANDIN_BACKEND": backend})
     out = run.output or {}
     build = {"docs": n, "bytes": nbytes, "summary": out, "wall_s": run.wall_s, "peak_rss": run.peak_rss,
              "built_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "machine_load": os.getloadavg()}

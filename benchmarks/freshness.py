@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import Daemon, log, summarize, workspace, write_config
+from benchmarks.common import CACHE, Daemon, log, summarize, workspace, write_config
 
 
 @dataclass
@@ -153,10 +154,15 @@ def breakdown(trace: Path, writes: list[Write]) -> dict[str, Any]:
 
 
 def run(index_folder: Path, work: Path, *, quick: bool, seed: int = 11, threads: int = 0,
-        phases: tuple[str, ...] = ("idle", "load")) -> dict[str, Any]:
-    """Both phases on one daemon; ``threads`` is ``[embedding] threads`` (0 = one per CPU, the default)."""
+        phases: tuple[str, ...] = ("idle", "load"), backend: str = "torch") -> dict[str, Any]:
+    """Both phases on one daemon; ``threads`` is ``[embedding] threads`` (0 = one per CPU, the default);
+    ``backend`` is ``[embedding] backend`` (the index must have been built for it: ``built_index``)."""
     workspace(index_folder, work)
-    config = write_config(work, embedding={"threads": threads})
+    config = write_config(work, embedding={"threads": threads, "backend": backend})
+    exported = CACHE / "models"
+    if backend != "torch" and exported.is_dir():
+        # The ONNX export is made once per machine (onnx_backend.py caches it there), not per run.
+        shutil.copytree(exported, work / "state" / "models", dirs_exist_ok=True)
     root = work / "docs"
     doc_ids = sorted(p.relative_to(root).as_posix() for p in root.rglob("*.md"))
     trace = work / "trace.jsonl"
@@ -164,7 +170,8 @@ def run(index_folder: Path, work: Path, *, quick: bool, seed: int = 11, threads:
     t0 = time.monotonic()
     daemon = Daemon(config, trace=trace).start()
     startup = time.monotonic() - t0
-    out: dict[str, Any] = {"docs": len(doc_ids), "startup_s": startup, "embedding_threads": threads}
+    out: dict[str, Any] = {"docs": len(doc_ids), "startup_s": startup, "embedding_threads": threads,
+                           "backend": backend}
     try:
         daemon.search("warm up the query path")
         idle_n, load_s = (20, 10) if quick else (100, 60)

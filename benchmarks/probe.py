@@ -25,13 +25,17 @@ import numpy as np
 
 
 class StandInEmbedder:
-    """Same id, dimension and tokenizer as the packaged model; vectors from a hash of each text."""
+    """Same id, dimension and tokenizer as the packaged model; vectors from a hash of each text.
 
-    def __init__(self) -> None:
+    ``backend`` other than torch takes that backend's model id (``all-minilm-l6-v2+onnx-int8``): chunk
+    content hashes and the index signature then match what the ONNX backend computes, so the real ONNX
+    model opens the index without a rebuild and reuses its unchanged chunks."""
+
+    def __init__(self, backend: str = "torch") -> None:
         from syncd.embedding import SentenceTransformerEmbedder
 
         self._real = SentenceTransformerEmbedder("all-MiniLM-L6-v2")
-        self.model_id = self._real.model_id
+        self.model_id = self._real.model_id if backend == "torch" else f"{self._real.model_id}+{backend}"
         self.dim = self._real.dim
         self.texts = 0
 
@@ -120,7 +124,8 @@ def main() -> int:
     if os.environ.get("BENCH_STANDIN") == "1":
         from syncd import runtime
 
-        runtime.build_embedder = lambda config: StandInEmbedder()  # type: ignore[assignment]
+        backend = os.environ.get("BENCH_STANDIN_BACKEND", "torch")
+        runtime.build_embedder = lambda config: StandInEmbedder(backend)  # type: ignore[assignment]
     from syncd.cli import main as cli_main
 
     return cli_main(sys.argv[1:])

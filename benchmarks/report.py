@@ -10,6 +10,8 @@ START = "<!-- figures:start -->"
 END = "<!-- figures:end -->"
 
 
+FRESHNESS_PHASES = ("idle", "load", "idle_threads_1", "idle_onnx_int8", "load_onnx_int8")
+
 def _ms(v: float | None) -> str:
     return "—" if v is None else f"{v * 1000:.0f} ms"
 
@@ -73,7 +75,8 @@ def targets(r: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
                          _stat_s(data["cli_no_change_wall_s"]), None))
     f = r.get("freshness")
     if f:
-        for phase, p50, p95 in (("idle", 0.150, 0.250), ("load", None, 1.0), ("idle_threads_1", 0.150, 0.250)):
+        for phase, p50, p95 in (("idle", 0.150, 0.250), ("load", None, 1.0), ("idle_threads_1", 0.150, 0.250),
+                                ("idle_onnx_int8", 0.150, 0.250), ("load_onnx_int8", None, 1.0)):
             d = f.get(phase)
             if not d:
                 continue
@@ -86,6 +89,8 @@ def targets(r: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
             rows.append((f"3. freshness {phase}: writes lost", "0", f"{d['lost']} of {d['writes']}", d["lost"] == 0))
         if f.get("idle_threads_1"):
             rows.append(("3. (idle_threads_1 = the idle phase with `[embedding] threads = 1`)", "", "", None))
+        if f.get("idle_onnx_int8"):
+            rows.append(("3. (*_onnx_int8 = both phases with `[embedding] backend = \"onnx-int8\"`)", "", "", None))
     q = _per_size(r.get("query"))
     for data in q.values():
         rows_n = data.get("rows", 0)
@@ -152,7 +157,7 @@ def markdown(r: dict[str, Any]) -> str:
         lines += [f"Freshness breakdown ({f['docs']} documents; per write, medians / p95):", "",
                   "| phase | event | queue | read+chunk | lookup | embed | commit | maintenance | query | docs per batch |",
                   "|---|---|---|---|---|---|---|---|---|---|"]
-        for phase in ("idle", "load", "idle_threads_1"):
+        for phase in FRESHNESS_PHASES:
             d = f.get(phase)
             if not d:
                 continue
@@ -165,7 +170,7 @@ def markdown(r: dict[str, Any]) -> str:
                          if b["batch_docs"]["n"] else "—")
             lines.append(f"| {phase} | " + " | ".join(cells) + " |")
         lines.append("")
-        for phase in ("idle", "load", "idle_threads_1"):
+        for phase in FRESHNESS_PHASES:
             d = f.get(phase)
             if d:
                 lines.append(f"- {phase}: {d['writes']} writes at {d['achieved_rate']:.1f}/s, latency "
@@ -196,7 +201,7 @@ def plot(r: dict[str, Any], path: Path) -> None:
     fig, axes = plt.subplots(2, 2, figsize=(12, 8))
     ax = axes[0][0]
     f = r.get("freshness") or {}
-    for phase in ("idle", "load", "idle_threads_1"):
+    for phase in FRESHNESS_PHASES:
         d = f.get(phase)
         if d and d["latency_s"]["n"]:
             st = d["latency_s"]
@@ -209,7 +214,7 @@ def plot(r: dict[str, Any], path: Path) -> None:
     ax = axes[0][1]
     if f:
         stages = ("event", "queue", "read_chunk", "lookup", "embed", "commit", "maintain", "query")
-        phases = [p for p in ("idle", "load", "idle_threads_1") if f.get(p)]
+        phases = [p for p in FRESHNESS_PHASES if f.get(p)]
         bottom = [0.0] * len(phases)
         for s in stages:
             vals = [((f[p]["breakdown"].get(s) or {}).get("median") or 0) * 1000 for p in phases]

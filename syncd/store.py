@@ -112,8 +112,14 @@ class HashFilter:
 
     MERGE_AT = 65_536
 
-    def __init__(self, hashes: Iterable[str]) -> None:
-        self._base = np.unique(np.fromiter((_hash_key(h) for h in hashes), dtype=np.uint64))
+    def __init__(self, hashes: Iterable[str] | pa.Array | pa.ChunkedArray) -> None:
+        if isinstance(hashes, pa.Array) and pa.types.is_uint64(hashes.type):
+            keys = hashes.to_numpy(zero_copy_only=False)
+        elif isinstance(hashes, pa.ChunkedArray | pa.Array):
+            keys = _hash_keys(hashes)
+        else:
+            keys = np.fromiter((_hash_key(h) for h in hashes), dtype=np.uint64)
+        self._base = np.unique(keys)
         self._recent: set[int] = set()
 
     def add(self, hashes: Iterable[str]) -> None:
@@ -131,6 +137,39 @@ class HashFilter:
 
     def __len__(self) -> int:
         return len(self._base) + len(self._recent)
+
+
+_HEX = np.full(256, 255, dtype=np.uint8)
+_HEX[np.frombuffer(b"0123456789abcdef", dtype=np.uint8)] = np.arange(16, dtype=np.uint8)
+_HEX[np.frombuffer(b"ABCDEF", dtype=np.uint8)] = np.arange(10, 16, dtype=np.uint8)
+
+
+def _hash_keys(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """``_hash_key`` of a whole Arrow string column without a Python string per row (a 1.4M-row table
+    would otherwise hold ~100 MB of them at start-up)."""
+    import pyarrow.compute as pc
+
+    column = pc.drop_null(column)
+    chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
+    out = []
+    for chunk in chunks:
+        chunk = pc.cast(chunk, pa.string())
+        if len(chunk) == 0:
+            continue
+        offsets = np.frombuffer(chunk.buffers()[1], dtype=np.int32)[chunk.offset:chunk.offset + len(chunk) + 1]
+        data = np.frombuffer(chunk.buffers()[2], dtype=np.uint8)
+        lengths = np.diff(offsets)
+        if (lengths < 16).any():
+            out.append(np.fromiter((_hash_key(h) for h in chunk.to_pylist()), dtype=np.uint64))
+            continue
+        nibbles = _HEX[data[offsets[:-1, None] + np.arange(16)]].astype(np.uint64)
+        bad = (nibbles == 255).any(axis=1)
+        keys = np.zeros(len(chunk), dtype=np.uint64)
+        for i in range(16):
+            keys = (keys << np.uint64(4)) | nibbles[:, i]
+        keys[bad] = 0
+        out.append(keys)
+    return np.concatenate(out) if out else np.zeros(0, dtype=np.uint64)
 
 
 def _hash_key(content_hash: str) -> int:
@@ -268,18 +307,42 @@ class Store:
         return query.limit(None).to_arrow()
 
     def indexed_docs(self) -> dict[tuple[str, str], IndexedDoc]:
-        """Every document in the index, with its revision and chunk count."""
-        data = self.scan(["connector", "doc_id", "revision", "doc_identity", "content_hash"])
-        self.hash_filter = HashFilter(h for h in data["content_hash"].to_pylist() if h)
+        """Every document in the index, with its revision and chunk count; also reloads ``hash_filter``.
+
+        Streamed in record batches and aggregated per document by Arrow, so memory follows the number of
+        documents, not of chunks (no Python string per row)."""
+        import pyarrow.compute as pc
+
+        columns = ["connector", "doc_id", "revision", "doc_identity"]
+        reader = self.table.search().select([*columns, "content_hash"]).limit(None).to_batches(batch_size=65_536)
+        parts: list[pa.Table] = []
+        keys: list[np.ndarray] = []
+        for batch in reader:
+            if batch.num_rows == 0:
+                continue
+            keys.append(_hash_keys(batch.column("content_hash")))
+            part = pa.Table.from_batches([batch]).select(columns)
+            parts.append(part.group_by(["connector", "doc_id"], use_threads=False).aggregate(
+                [("revision", "max"), ("doc_identity", "max"), ([], "count_all")]))
+        filter_keys = np.concatenate(keys) if keys else np.zeros(0, dtype=np.uint64)
+        self.hash_filter = HashFilter(pa.array(filter_keys, type=pa.uint64()))
         out: dict[tuple[str, str], IndexedDoc] = {}
-        for connector, doc_id, revision, identity in zip(
-            data["connector"].to_pylist(), data["doc_id"].to_pylist(), data["revision"].to_pylist(),
-            data["doc_identity"].to_pylist(), strict=True
+        if not parts:
+            return out
+        merged = pa.concat_tables(parts)
+        if len(parts) > 1:  # a document whose rows span two batches
+            regrouped = merged.group_by(["connector", "doc_id"], use_threads=False).aggregate(
+                [("revision_max", "max"), ("doc_identity_max", "max"), ("count_all", "sum")])
+            merged = pa.table({"connector": regrouped["connector"], "doc_id": regrouped["doc_id"],
+                               "revision_max": regrouped["revision_max_max"],
+                               "doc_identity_max": regrouped["doc_identity_max_max"],
+                               "count_all": regrouped["count_all_sum"]})
+        identity = pc.if_else(pc.is_null(merged["doc_identity_max"]), merged["revision_max"], merged["doc_identity_max"])
+        for connector, doc_id, revision, ident, count in zip(
+            merged["connector"].to_pylist(), merged["doc_id"].to_pylist(), merged["revision_max"].to_pylist(),
+            identity.to_pylist(), merged["count_all"].to_pylist(), strict=True
         ):
-            key = (connector, doc_id)
-            prev = out.get(key)
-            out[key] = IndexedDoc(revision=revision, chunks=(prev.chunks + 1) if prev else 1,
-                                  identity=identity or revision)
+            out[(connector, doc_id)] = IndexedDoc(revision=revision, chunks=int(count), identity=ident or revision)
         return out
 
     def vectors_for(self, hashes: Iterable[str]) -> dict[str, np.ndarray]:

@@ -340,3 +340,20 @@ def test_a_skipped_file_is_not_reread_or_reported_again_until_it_changes(fs_conf
     (docs / "empty.md").write_text("now with words\n")
     third = sync(rt)
     assert third.docs_added == 1 and rt.state.connector("docs").failures == {}
+
+
+def test_the_hash_filter_reads_an_arrow_column_like_strings_and_never_misses_a_stored_hash():
+    import pyarrow as pa
+
+    from syncd.store import HashFilter
+
+    stored = [hashlib.blake2b(str(i).encode(), digest_size=16).hexdigest() for i in range(3000)]
+    odd = ["", "not-hex-at-all-!!", "ABCDEF0123456789abcdef"]
+    column = pa.chunked_array([pa.array(stored[:1000]), pa.array(stored[1000:] + [None] + odd)]).slice(7)
+    from_arrow, from_strings = HashFilter(column), HashFilter(stored[7:] + odd)
+    assert len(from_arrow) == len(from_strings)
+    assert all(h in from_arrow and h in from_strings for h in stored[7:] + odd)
+    others = [hashlib.blake2b(b"other" + str(i).encode(), digest_size=16).hexdigest() for i in range(3000)]
+    assert sum(h in from_arrow for h in others) == 0  # 64-bit keys: a false "present" is ~1e-13 here
+    from_arrow.add(others[:10])
+    assert all(h in from_arrow for h in others[:10]) and others[10] not in from_arrow
