@@ -13,7 +13,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import HERE, LoadSampler, built_index, log, machine, parse_size, size_label
+from benchmarks.common import CACHE, HERE, LoadSampler, built_index, log, machine, parse_size, size_label
 
 ALL = ("freshness", "incremental", "throughput", "memory", "query", "growth")
 
@@ -147,6 +147,17 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 out[size_label(n)] = mod.run(folders[n], work / "incremental", n_docs=n, seed=args.seed,
                                              repeat=repeat, embedder=real_embedder())
+            shutil.rmtree(work / "incremental", ignore_errors=True)
+        if args.onnx and fresh_size in sizes:
+            # The change set again with `[embedding] backend = "onnx-int8"`, on an index built for it.
+            from syncd.embedding import OnnxEmbedder
+
+            onnx = OnnxEmbedder("all-MiniLM-L6-v2", cache_dir=CACHE / "models", quantize=True)
+            onnx.load()
+            onnx.encode(["warm up"])
+            label = f"{size_label(fresh_size)} onnx-int8"
+            out[label] = mod.run(built_index(args.seed, fresh_size, backend="onnx-int8"), work / "incremental",
+                                 n_docs=fresh_size, seed=args.seed, repeat=repeat, embedder=onnx, cli=False)
             shutil.rmtree(work / "incremental", ignore_errors=True)
         return out
 

@@ -125,12 +125,17 @@ def growth(index_folder: Path, work: Path, *, updates: int, queries: int, seed: 
             policy = MaintenancePolicy()
             # Start both variants from a compacted table, as the service leaves it.
             rt.store.maintain(retention_s=600, policy=policy)
+            rt.store.rows_since_indexed = 0
             before = rt.store.stats()
             base = query_p50(rt.store)
             if maintained:
+                # The service's policy (Service._after_commit): merge small fragments every N commits, bring
+                # the indexes up to date past index_every_rows rows.
                 def after_commit(store: Any = rt.store, policy: Any = policy) -> None:
-                    if store.maintenance_due(policy):
+                    if store.indexing_due(policy):
                         store.maintain(retention_s=600, policy=policy)
+                    elif store.maintenance_due(policy):
+                        store.compact()
 
                 rt.store.after_commit = after_commit
             rng = random.Random(seed)
@@ -148,6 +153,11 @@ def growth(index_folder: Path, work: Path, *, updates: int, queries: int, seed: 
             took = time.monotonic() - started
             after = rt.store.stats()
             lat = query_p50(rt.store)
+            idle_lat = None
+            if maintained and rt.store.indexing_due(policy, idle=True):
+                # What the service does once the writer has been idle for index_when_idle.
+                rt.store.maintain(retention_s=600, policy=policy)
+                idle_lat = query_p50(rt.store)
             out[label] = {"seconds": took, "versions_before": before["table_version"],
                           "versions_after": after["table_version"], "fragments_before": before["fragments"],
                           "fragments_after": after["fragments"], "query_before_s": base, "query_after_s": lat,
@@ -155,7 +165,10 @@ def growth(index_folder: Path, work: Path, *, updates: int, queries: int, seed: 
                           "update_s": summarize(commit_times),
                           "first_100_update_s": summarize(commit_times[:100]),
                           "last_100_update_s": summarize(commit_times[-100:]),
-                          "maintenance_runs": rt.store.maintenance_runs, "rows": after["rows"]}
+                          "maintenance_runs": rt.store.maintenance_runs, "compactions": rt.store.compactions,
+                          "rows": after["rows"], "query_after_idle_maintenance_s": idle_lat,
+                          "query_change_after_idle": (idle_lat["median"] / base["median"] - 1
+                                                      if idle_lat and base["median"] else None)}
             log(f"growth {label}: fragments {before['fragments']} -> {after['fragments']}, versions "
                 f"{before['table_version']} -> {after['table_version']}, query p50 {base['median'] * 1000:.0f} -> "
                 f"{lat['median'] * 1000:.0f} ms")

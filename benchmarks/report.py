@@ -65,8 +65,10 @@ def targets(r: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
                          data["exact"]))
             cs = data["change_set_s"]
             rows.append((f"2. change set on {label} docs: wall time (model loaded)", "≤ 1.5 s", _stat_s(cs),
-                         cs["median"] <= 1.5 if label == "10k" else None))
+                         cs["median"] <= 1.5 if label.startswith("10k") else None))
         nc = data["no_change_s"]
+        if " " in label:  # a variant (another backend): the no-change pass embeds nothing either way
+            continue
         limit = {"10k": 0.5, "100k": 5.0}.get(label)
         rows.append((f"2. no-change sync over {label} files", f"≤ {limit} s" if limit else "(for scale)",
                      _stat_s(nc), (nc["median"] <= limit) if limit else None))
@@ -126,8 +128,13 @@ def targets(r: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
                          f"{_ms(d['query_after_s']['median'])}", None))
         d = g.get("with_maintenance")
         if d and d.get("query_change") is not None:
-            rows.append(("6. query latency change after updates with maintenance", "≤ +20%",
-                         f"{d['query_change'] * 100:+.0f}%", d["query_change"] <= 0.20))
+            rows.append(("6. query latency change after updates with maintenance (right after the last)",
+                         "≤ +20%", f"{d['query_change'] * 100:+.0f}%", d["query_change"] <= 0.20))
+        if d and d.get("query_change_after_idle") is not None:
+            rows.append(("6. ... and after the maintenance an idle writer runs (`index_when_idle`)", "≤ +20%",
+                         f"{d['query_change_after_idle'] * 100:+.0f}% (p50 "
+                         f"{_ms(d['query_after_idle_maintenance_s']['median'])})",
+                         d["query_change_after_idle"] <= 0.20))
     return rows
 
 

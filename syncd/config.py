@@ -58,11 +58,12 @@ class StoreConfig(Section):
     """... or as soon as the table holds more fragments than this."""
     ann_min_rows: int = Field(default=100_000, ge=1)
     """An ANN vector index is built once the table holds this many rows; below it a flat scan is faster."""
-    index_every_rows: int = Field(default=4096, ge=1)
-    """Rows written since the indexes were last brought up to date that trigger it (queries scan such rows
-    without the index; bringing the full-text index up to date rewrites it, ~0.3 s at 140k rows)."""
     index_when_idle: Duration = 2.0
-    """... or as soon as the writer has had nothing to do for this long (0 = only by rows and schedule)."""
+    """The indexes are brought up to date once the writer has had nothing to do for this long (bringing
+    the full-text index up to date rewrites it, ~0.3-1 s at 140k rows; 0 = only by rows and schedule)."""
+    index_every_rows: int = Field(default=16_384, ge=1)
+    """... and under a load that never leaves the writer idle, once this many rows are outside them
+    (queries scan such rows without the index)."""
 
     @field_validator("table")
     @classmethod

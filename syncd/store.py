@@ -649,5 +649,5 @@ class MaintenancePolicy:
     compact_every_commits: int = 32
     max_fragments: int = 64
     ann_min_rows: int = 100_000
-    index_every_rows: int = 4096
+    index_every_rows: int = 16_384
     index_when_idle: float = 2.0
