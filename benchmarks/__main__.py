@@ -29,6 +29,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--repeat", type=int, default=3, help="repetitions of the timed runs")
     r.add_argument("--reindex-docs", type=int, default=200, help="corpus size of the real-model reindex runs")
     r.add_argument("--growth-updates", type=int, default=10_000, help="single-document updates in the growth run")
+    r.add_argument("--growth-bare-updates", type=int, default=None,
+                   help="updates in the growth run without maintenance (default: --growth-updates)")
     r.add_argument("--queries", type=int, default=100, help="queries per latency measurement")
     r.add_argument("--no-onnx", dest="onnx", action="store_false",
                    help="skip the freshness phases with the ONNX int8 backend (they build their own cached index)")
@@ -189,6 +191,7 @@ def main(argv: list[str] | None = None) -> int:
 
         n = sizes[0]
         return mod.growth(folders[n], work / "growth", updates=growth_updates, queries=min(queries, 50),
+                          bare_updates=args.growth_bare_updates,
                           seed=args.seed, n_docs=n)
 
     step("freshness", freshness)

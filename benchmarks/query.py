@@ -92,8 +92,10 @@ def latency(index_folder: Path, work: Path, *, seed: int, n_docs: int, queries: 
     return out
 
 
-def growth(index_folder: Path, work: Path, *, updates: int, queries: int, seed: int, n_docs: int) -> dict[str, Any]:
-    """``updates`` single-document updates (one commit each), without and with the service's maintenance."""
+def growth(index_folder: Path, work: Path, *, updates: int, queries: int, seed: int, n_docs: int,
+           bare_updates: int | None = None) -> dict[str, Any]:
+    """``updates`` single-document updates (one commit each) with the service's maintenance, and
+    ``bare_updates`` (default: as many) without it."""
     import numpy as np
 
     from benchmarks.probe import StandInEmbedder
@@ -104,7 +106,8 @@ def growth(index_folder: Path, work: Path, *, updates: int, queries: int, seed: 
     qs = [q for q, _ in labelled_queries(seed, n_docs, n=queries)]
     embedder = StandInEmbedder()
     vectors = embedder.encode(qs)
-    out: dict[str, Any] = {"updates": updates, "docs": n_docs}
+    out: dict[str, Any] = {"updates": updates, "docs": n_docs,
+                           "bare_updates": updates if bare_updates is None else bare_updates}
 
     def query_p50(store: Any) -> dict[str, Any]:
         lat = []
@@ -141,15 +144,16 @@ def growth(index_folder: Path, work: Path, *, updates: int, queries: int, seed: 
             rng = random.Random(seed)
             started = time.monotonic()
             commit_times = []
-            for i in range(updates):
+            count = updates if maintained else out["bare_updates"]
+            for i in range(count):
                 d = rng.choice(docs)
                 with open(root / d, "a") as fh:
                     fh.write(f"\nUpdate {i} to this page.\n")
                 t0 = time.monotonic()
                 rt.engine.process({"docs": {d: time.time()}})
                 commit_times.append(time.monotonic() - t0)
-                if (i + 1) % max(1, updates // 5) == 0:
-                    log(f"growth {label}: {i + 1}/{updates} updates")
+                if (i + 1) % max(1, count // 5) == 0:
+                    log(f"growth {label}: {i + 1}/{count} updates")
             took = time.monotonic() - started
             after = rt.store.stats()
             lat = query_p50(rt.store)
@@ -158,7 +162,7 @@ def growth(index_folder: Path, work: Path, *, updates: int, queries: int, seed: 
                 # What the service does once the writer has been idle for index_when_idle.
                 rt.store.maintain(retention_s=600, policy=policy)
                 idle_lat = query_p50(rt.store)
-            out[label] = {"seconds": took, "versions_before": before["table_version"],
+            out[label] = {"updates": count, "seconds": took, "versions_before": before["table_version"],
                           "versions_after": after["table_version"], "fragments_before": before["fragments"],
                           "fragments_after": after["fragments"], "query_before_s": base, "query_after_s": lat,
                           "query_change": lat["median"] / base["median"] - 1 if base["median"] else None,

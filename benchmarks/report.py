@@ -122,7 +122,8 @@ def targets(r: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
             d = g.get(label)
             if not d:
                 continue
-            rows.append((f"6. after {g['updates']} single-doc updates, {label.replace('_', ' ')}", "(for scale)",
+            rows.append((f"6. after {d.get('updates', g['updates'])} single-doc updates, {label.replace('_', ' ')}",
+                         "(for scale)",
                          f"versions {d['versions_before']}→{d['versions_after']}, fragments {d['fragments_before']}"
                          f"→{d['fragments_after']}, query p50 {_ms(d['query_before_s']['median'])}→"
                          f"{_ms(d['query_after_s']['median'])}", None))

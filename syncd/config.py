@@ -64,6 +64,9 @@ class StoreConfig(Section):
     index_every_rows: int = Field(default=16_384, ge=1)
     """... and under a load that never leaves the writer idle, once this many rows are outside them
     (queries scan such rows without the index)."""
+    fold_every_rows: int = Field(default=2048, ge=1)
+    """Below that, past this many unindexed rows the writer folds them into one index at a time whenever its
+    queue is empty for a moment, so no single step holds up an edit for long."""
 
     @field_validator("table")
     @classmethod

@@ -163,6 +163,8 @@ class Service:
         self.maintenance_error: str | None = None
         self.last_maintenance_attempt_at: float | None = None
         self._auto_maintenance_after = 0.0
+        self._folds: list[str] = []
+        self._fold_rows = 0
         self._last_status_line = ""
         self.cycle_started_at: float | None = None
 
@@ -365,20 +367,26 @@ class Service:
         last_state_save = time.time()
         failed_cycles = 0
         while not self.stopping.is_set():
-            idle_work = False
+            idle_work = fold_step = False
             with q.cond:
                 while q.empty() and not self.stopping.is_set():
                     self.writer_alive_at = time.time()
-                    if (time.monotonic() >= self._auto_maintenance_after
-                            and self.runtime.store.indexing_due(self.policy, idle=True)):
-                        idle_work = True
-                        break
+                    if time.monotonic() >= self._auto_maintenance_after:
+                        if self.runtime.store.indexing_due(self.policy, idle=True):
+                            idle_work = True
+                            break
+                        if self._folds or self.runtime.store.rows_since_indexed >= self.policy.fold_every_rows:
+                            fold_step = True
+                            break
                     q.cond.wait(timeout=min(1.0, self.policy.index_when_idle or 1.0))
                 if self.stopping.is_set():
                     break
             if idle_work:
                 # Nothing to do: bring the indexes up to date now rather than in the path of a later edit.
                 self._maintain()
+                continue
+            if fold_step:
+                self._fold_step()
                 continue
             with q.cond:
                 if q.empty():
@@ -570,6 +578,29 @@ class Service:
         elif store.maintenance_due(self.policy):
             self._compact()
 
+    def _fold_step(self) -> None:
+        """One index brought up to date (the queue was empty); the rows count as indexed after the last."""
+        assert self.runtime is not None
+        store = self.runtime.store
+        try:
+            if not self._folds:
+                self._folds = store.index_names()
+                self._fold_rows = store.rows_since_indexed
+                if not self._folds:
+                    return
+            name = self._folds.pop(0)
+            started = time.monotonic()
+            store.fold_index(name)
+            self.metrics.index_folds.inc()
+            log.debug("index.folded", index=name, seconds=round(time.monotonic() - started, 3))
+        except SyncdError as exc:
+            self._folds = []
+            log.warning("index.fold_failed", error=str(exc))
+            self._auto_maintenance_after = time.monotonic() + _MAINTENANCE_RETRY_S
+            return
+        if not self._folds:
+            store.rows_since_indexed = max(0, store.rows_since_indexed - self._fold_rows)
+
     def _compact(self) -> None:
         assert self.runtime is not None
         try:
@@ -579,6 +610,7 @@ class Service:
             log.warning("compaction.failed", error=str(exc))
             self._auto_maintenance_after = time.monotonic() + _MAINTENANCE_RETRY_S
             return
+        self.metrics.compactions.inc()
         log.debug("compaction.finished", **result)
 
     def _maintain(self) -> None:
@@ -596,6 +628,7 @@ class Service:
             self._auto_maintenance_after = time.monotonic() + _MAINTENANCE_RETRY_S
             return
         self.maintenance_error = None
+        self._folds = []  # the full maintenance brought every index up to date
         self.metrics.maintenance_runs.labels(outcome="ok").inc()
         self.metrics.last_maintenance.set(store.last_maintenance_at or time.time())
         try:
@@ -835,7 +868,8 @@ def _policy(config: Config) -> MaintenancePolicy:
     return MaintenancePolicy(compact_every_commits=config.store.compact_every_commits,
                              max_fragments=config.store.max_fragments, ann_min_rows=config.store.ann_min_rows,
                              index_every_rows=config.store.index_every_rows,
-                             index_when_idle=config.store.index_when_idle)
+                             index_when_idle=config.store.index_when_idle,
+                             fold_every_rows=config.store.fold_every_rows)
 
 
 def _counts(summary: Any) -> dict[str, Any]:
@@ -903,6 +937,7 @@ def build_status(runtime: Runtime, service: Service | None = None, *, queue: Wor
                   "last_reconcile_at": _iso(service.last_reconcile_at) if service else None,
                   "last_maintenance_at": _iso(runtime.store.last_maintenance_at),
                   "maintenance_runs": runtime.store.maintenance_runs, "compactions": runtime.store.compactions,
+                  "index_folds": runtime.store.index_folds,
                   "rows_since_indexed": runtime.store.rows_since_indexed,
                   "maintenance_error": service.maintenance_error if service else None,
                   "maintenance_overdue": service.maintenance_overdue() if service else False,

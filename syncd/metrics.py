@@ -38,5 +38,9 @@ class Metrics:
                                         registry=r)
         self.last_maintenance = Gauge("syncd_last_maintenance_timestamp_seconds",
                                       "Unix time of the last successful store maintenance.", registry=r)
+        self.compactions = Counter("syncd_store_compactions", "Merges of small fragments between full maintenances.",
+                                   registry=r)
+        self.index_folds = Counter("syncd_index_folds", "Single indexes brought up to date between batches.",
+                                   registry=r)
         self.fragments = Gauge("syncd_store_fragments", "Fragments in the live table after the last maintenance.",
                                registry=r)

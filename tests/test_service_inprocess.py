@@ -265,7 +265,7 @@ def test_small_fragments_are_compacted_every_n_commits_without_touching_the_inde
     write_docs(docs, initial)
     cfg = write_config(tmp_path, [{"name": "docs", "type": "filesystem", "path": str(docs)}],
                        store={"uri": "./index", "compact_every_commits": every, "index_every_rows": 10**9,
-                              "index_when_idle": "0s"},
+                              "index_when_idle": "0s", "fold_every_rows": 10**9},
                        sync={"max_batch_docs": batch, "maintenance_interval": "1h", "verify_interval": "0s"})
     with running(cfg) as service:
         wait_for(service.ready, what="ready")
@@ -288,7 +288,7 @@ def test_indexes_are_brought_up_to_date_past_a_row_count_and_ann_past_the_row_th
     write_docs(docs, initial)
     cfg = write_config(tmp_path, [{"name": "docs", "type": "filesystem", "path": str(docs)}],
                        store={"uri": "./index", "compact_every_commits": 1000, "ann_min_rows": ann_rows,
-                              "index_every_rows": every_rows, "index_when_idle": "0s"},
+                              "index_every_rows": every_rows, "index_when_idle": "0s", "fold_every_rows": 10**9},
                        sync={"max_batch_docs": batch, "maintenance_interval": "1h", "verify_interval": "0s"})
     with running(cfg) as service:
         wait_for(service.ready, what="ready")
@@ -303,6 +303,10 @@ def test_indexes_are_brought_up_to_date_past_a_row_count_and_ann_past_the_row_th
             assert indexes.get(column) == "BTree", indexes
         assert indexes.get("text") == "FTS"
         assert "vector" in indexes, indexes  # rows >= ann_min_rows at the last maintenance
+        # Folded one at a time between batches: the BTree indexes first, the full-text rewrite last.
+        names = service.runtime.store.index_names()
+        assert names[-1] == "text_idx" and set(names[:4]) == {f"{c}_idx" for c in
+                                                               ("doc_key", "doc_id", "chunk_id", "content_hash")}
 
         # A fresh document, not yet in any index, is found at once (no index-only search).
         save_atomically(docs / "fresh.md", "# Fresh\n\nzanzibarquokka arrives today.\n")
@@ -310,6 +314,30 @@ def test_indexes_are_brought_up_to_date_past_a_row_count_and_ann_past_the_row_th
         assert get(service, "/status")[1]["store"]["unindexed_rows"] > 0
         code, found = get(service, f"/search?q={quote('zanzibarquokka')}&k=3")
         assert code == 200 and found["results"][0]["doc_id"] == "fresh.md"
+
+
+def test_unindexed_rows_are_folded_one_index_at_a_time_between_batches(tmp_path: Path, docs: Path) -> None:
+    write_docs(docs, 20)
+    cfg = write_config(tmp_path, [{"name": "docs", "type": "filesystem", "path": str(docs)}],
+                       store={"uri": "./index", "index_every_rows": 10**9, "index_when_idle": "0s",
+                              "fold_every_rows": 5},
+                       sync={"maintenance_interval": "1h", "verify_interval": "0s"})
+    with running(cfg) as service:
+        wait_for(service.ready, what="ready")
+        # The catch-up wrote 20+ rows; the table has its full-text index from creation.
+        store = wait_for(lambda: (s := get(service, "/status")[1]["store"])["rows_since_indexed"] == 0 and s,
+                         what="rows folded")
+        assert store["index_folds"] == 1 and store["maintenance_runs"] == 0 and store["unindexed_rows"] == 0
+        _edit_one_by_one(service, docs, 4)  # 4 rows: below fold_every_rows, nothing folds
+        wait_for(lambda: idle(service), what="idle")
+        store = get(service, "/status")[1]["store"]
+        assert (store["index_folds"], store["rows_since_indexed"]) == (1, 4) and store["unindexed_rows"] > 0
+        save_atomically(docs / "note-0010.md", "# Note\n\nzanzibarquokka edited.\n")  # the fifth row
+        store = wait_for(lambda: (s := get(service, "/status")[1]["store"])["index_folds"] == 2 and s,
+                         what="second fold")
+        assert metric(service, "syncd_index_folds_total") == 2
+        code, found = get(service, f"/search?q={quote('zanzibarquokka')}&k=3")
+        assert code == 200 and found["results"][0]["doc_id"] == "note-0010.md"
 
 
 def test_an_idle_writer_brings_the_indexes_up_to_date(tmp_path: Path, docs: Path) -> None:
