@@ -132,13 +132,16 @@ def growth(index_folder: Path, work: Path, *, updates: int, queries: int, seed: 
             before = rt.store.stats()
             base = query_p50(rt.store)
             if maintained:
-                # The service's policy (Service._after_commit): merge small fragments every N commits, bring
-                # the indexes up to date past index_every_rows rows.
+                # The service's policy (Service._after_commit and its writer loop): merge small fragments
+                # every N commits, bring the indexes up to date past index_every_rows rows, and, its queue
+                # being empty after each update here, fold one index per update past fold_every_rows.
                 def after_commit(store: Any = rt.store, policy: Any = policy) -> None:
                     if store.indexing_due(policy):
                         store.maintain(retention_s=600, policy=policy)
                     elif store.maintenance_due(policy):
                         store.compact()
+                    if store.fold_due(policy):
+                        store.fold_step()
 
                 rt.store.after_commit = after_commit
             rng = random.Random(seed)

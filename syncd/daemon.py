@@ -163,8 +163,6 @@ class Service:
         self.maintenance_error: str | None = None
         self.last_maintenance_attempt_at: float | None = None
         self._auto_maintenance_after = 0.0
-        self._folds: list[str] = []
-        self._fold_rows = 0
         self._last_status_line = ""
         self.cycle_started_at: float | None = None
 
@@ -375,7 +373,7 @@ class Service:
                         if self.runtime.store.indexing_due(self.policy, idle=True):
                             idle_work = True
                             break
-                        if self._folds or self.runtime.store.rows_since_indexed >= self.policy.fold_every_rows:
+                        if self.runtime.store.fold_due(self.policy):
                             fold_step = True
                             break
                     q.cond.wait(timeout=min(1.0, self.policy.index_when_idle or 1.0))
@@ -579,27 +577,18 @@ class Service:
             self._compact()
 
     def _fold_step(self) -> None:
-        """One index brought up to date (the queue was empty); the rows count as indexed after the last."""
+        """One index brought up to date while the queue is empty (see Store.fold_step)."""
         assert self.runtime is not None
-        store = self.runtime.store
+        started = time.monotonic()
         try:
-            if not self._folds:
-                self._folds = store.index_names()
-                self._fold_rows = store.rows_since_indexed
-                if not self._folds:
-                    return
-            name = self._folds.pop(0)
-            started = time.monotonic()
-            store.fold_index(name)
-            self.metrics.index_folds.inc()
-            log.debug("index.folded", index=name, seconds=round(time.monotonic() - started, 3))
+            name = self.runtime.store.fold_step()
         except SyncdError as exc:
-            self._folds = []
             log.warning("index.fold_failed", error=str(exc))
             self._auto_maintenance_after = time.monotonic() + _MAINTENANCE_RETRY_S
             return
-        if not self._folds:
-            store.rows_since_indexed = max(0, store.rows_since_indexed - self._fold_rows)
+        if name is not None:
+            self.metrics.index_folds.inc()
+            log.debug("index.folded", index=name, seconds=round(time.monotonic() - started, 3))
 
     def _compact(self) -> None:
         assert self.runtime is not None
@@ -628,7 +617,6 @@ class Service:
             self._auto_maintenance_after = time.monotonic() + _MAINTENANCE_RETRY_S
             return
         self.maintenance_error = None
-        self._folds = []  # the full maintenance brought every index up to date
         self.metrics.maintenance_runs.labels(outcome="ok").inc()
         self.metrics.last_maintenance.set(store.last_maintenance_at or time.time())
         try:

@@ -204,6 +204,8 @@ class Store:
         self.maintenance_runs = 0
         self.compactions = 0
         self.index_folds = 0
+        self._fold_pending: list[str] = []
+        self._fold_rows = 0
         self.after_commit: Callable[[], None] | None = None
         self.hash_filter: HashFilter | None = None
         """Set by ``indexed_docs`` for the live table; None while unknown (then every hash is looked up)."""
@@ -584,6 +586,28 @@ class Store:
             raise StoreError(f"updating index {name} failed: {exc}") from exc
         self.index_folds += 1
 
+    def fold_due(self, policy: MaintenancePolicy) -> bool:
+        """A fold cycle is under way, or ``policy.fold_every_rows`` rows are outside the indexes."""
+        return bool(self._fold_pending) or self.rows_since_indexed >= policy.fold_every_rows
+
+    def fold_step(self) -> str | None:
+        """The next step of a fold cycle: one index brought up to date (``index_names`` order). The rows
+        written before the cycle began count as indexed once its last index is done. Returns the index."""
+        if not self._fold_pending:
+            self._fold_pending = self.index_names()
+            self._fold_rows = self.rows_since_indexed
+            if not self._fold_pending:
+                return None
+        name = self._fold_pending.pop(0)
+        try:
+            self.fold_index(name)
+        except StoreError:
+            self._fold_pending = []
+            raise
+        if not self._fold_pending:
+            self.rows_since_indexed = max(0, self.rows_since_indexed - self._fold_rows)
+        return name
+
     def compact(self) -> dict[str, Any]:
         """Merge small fragments only (tens of ms): no index update, no version cleanup, deletions left in
         place. The writer runs this every few commits; ``maintain`` does the rest when rows pile up or the
@@ -649,6 +673,7 @@ class Store:
             raise StoreError(f"maintenance failed: {exc}") from exc
         self.commits_since_maintenance = 0
         self.rows_since_indexed = 0
+        self._fold_pending = []  # every index is up to date
         self.last_maintenance_at = time.time()
         self.maintenance_runs += 1
         return {"indexes_created": created, "rows": rows}
