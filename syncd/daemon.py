@@ -579,28 +579,29 @@ class Service:
     def _fold_step(self) -> None:
         """One index brought up to date while the queue is empty (see Store.fold_step)."""
         assert self.runtime is not None
-        started = time.monotonic()
-        try:
-            name = self.runtime.store.fold_step()
-        except SyncdError as exc:
-            log.warning("index.fold_failed", error=str(exc))
-            self._auto_maintenance_after = time.monotonic() + _MAINTENANCE_RETRY_S
-            return
+        name = self._small_step("index.fold", self.runtime.store.fold_step)
         if name is not None:
             self.metrics.index_folds.inc()
-            log.debug("index.folded", index=name, seconds=round(time.monotonic() - started, 3))
 
     def _compact(self) -> None:
+        """Small fragments merged; if it fails, the full maintenance compacts too (queries meanwhile visit
+        more fragments)."""
         assert self.runtime is not None
+        if self._small_step("compaction", self.runtime.store.compact) is not None:
+            self.metrics.compactions.inc()
+
+    def _small_step(self, event: str, step: Callable[[], Any]) -> Any:
+        """A maintenance step the writer takes between batches; a failure is logged and holds automatic
+        maintenance back for ``_MAINTENANCE_RETRY_S`` (the schedule still runs)."""
+        started = time.monotonic()
         try:
-            result = self.runtime.store.compact()
+            result = step()
         except SyncdError as exc:
-            # The full maintenance compacts too; until it runs, queries only visit more fragments.
-            log.warning("compaction.failed", error=str(exc))
+            log.warning(f"{event}_failed", error=str(exc))
             self._auto_maintenance_after = time.monotonic() + _MAINTENANCE_RETRY_S
-            return
-        self.metrics.compactions.inc()
-        log.debug("compaction.finished", **result)
+            return None
+        log.debug(f"{event}_finished", result=result, seconds=round(time.monotonic() - started, 3))
+        return result
 
     def _maintain(self) -> None:
         assert self.runtime is not None

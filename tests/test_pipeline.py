@@ -357,3 +357,40 @@ def test_the_hash_filter_reads_an_arrow_column_like_strings_and_never_misses_a_s
     assert sum(h in from_arrow for h in others) == 0  # 64-bit keys: a false "present" is ~1e-13 here
     from_arrow.add(others[:10])
     assert all(h in from_arrow for h in others[:10]) and others[10] not in from_arrow
+
+
+def test_maintenance_merges_ann_index_deltas_instead_of_letting_them_pile_up(tmp_path):
+    import lance
+
+    from syncd.store import MAX_VECTOR_DELTAS, MaintenancePolicy, chunk_id, doc_key
+
+    store = Store(str(tmp_path / "index"), tmp_path, base_table="chunks", dim=16, signature="t")
+    store.open()
+    rng = np.random.default_rng(3)
+
+    def write(start: int, count: int) -> None:
+        records = [{"chunk_id": chunk_id("c", f"d{i}", 0), "doc_key": doc_key("c", f"d{i}"), "doc_id": f"d{i}",
+                    "connector": "c", "text": f"text {i}", "vector": rng.standard_normal(16).astype(np.float32),
+                    "uri": f"u{i}", "title": "", "revision": "r", "chunk_index": 0, "heading_path": [],
+                    "start_line": 1, "end_line": 1, "content_hash": f"{i:032x}", "updated_at": None,
+                    "doc_identity": "r", "modified_at": None, "metadata": "{}"} for i in range(start, start + count)]
+        store.apply(store.make_rows(records), [doc_key("c", f"d{i}") for i in range(start, start + count)],
+                    covers_all_rows=True)
+
+    policy = MaintenancePolicy(ann_min_rows=1)
+    write(0, 600)
+    store.maintain(retention_s=600, policy=policy)
+
+    def deltas() -> int:
+        dataset = lance.dataset(store.table.to_lance().uri)
+        return sum(1 for idx in dataset.list_indices() if list(idx.get("fields") or []) == ["vector"])
+
+    seen = [deltas()]
+    for round_ in range(MAX_VECTOR_DELTAS + 3):  # each maintenance folds new rows in as one more delta
+        write(600 + 20 * round_, 20)
+        store.maintain(retention_s=600, policy=policy)
+        seen.append(deltas())
+    assert seen[0] == 1 and max(seen) == MAX_VECTOR_DELTAS  # without merging: one more per round
+    assert any(after < before for before, after in zip(seen, seen[1:], strict=False))
+    assert store.table.count_rows() == 600 + 20 * (MAX_VECTOR_DELTAS + 3)
+    assert len(store.table.search(rng.standard_normal(16).astype(np.float32).tolist()).limit(5).to_list()) == 5
