@@ -2,6 +2,8 @@
 
 * ``nochange``: three no-change sync passes (the stat-only fast path), pyinstrument.
 * ``update``: single-document updates through the engine with the real model, pyinstrument.
+* ``changeset``: the incremental benchmark's change set (10 edits, 5 deletes, 5 renames, 5 adds) through
+  ``syncd sync``'s path, with ``--backend onnx-int8`` (default) or ``torch``, pyinstrument.
 * ``search``: hybrid searches through the Python API (what `/search` runs), pyinstrument.
 * ``listing``: CPU seconds of the filesystem listing (the no-change pass's cost), as shipped and with each
   glob list compiled into one regex (a prototype of the fix; same results asserted).
@@ -23,7 +25,8 @@ from benchmarks.common import HERE, built_index, log, parse_size, workspace
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.profile")
-    p.add_argument("what", choices=("nochange", "update", "search", "listing", "threads"))
+    p.add_argument("what", choices=("nochange", "update", "changeset", "search", "listing", "threads"))
+    p.add_argument("--backend", default="onnx-int8", choices=("onnx-int8", "torch"), help="for changeset")
     p.add_argument("--docs", default="1k")
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--n", type=int, default=30, help="updates or searches to profile")
@@ -41,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     n_docs = parse_size(args.docs)
     if args.what == "listing":
         return _listing(built_index(args.seed, n_docs))
-    folder = built_index(args.seed, n_docs)
+    folder = built_index(args.seed, n_docs, backend=args.backend if args.what == "changeset" else "torch")
     out_dir = HERE / "results" / "profiles"
     out_dir.mkdir(parents=True, exist_ok=True)
     work = HERE / "results" / "profiles" / "work"
@@ -74,6 +77,24 @@ def main(argv: list[str] | None = None) -> int:
             log(f"update {i}: {(time.monotonic() - started) * 1000:.0f} ms")
         profiler.stop()
         rt.close()
+    elif args.what == "changeset":
+        from benchmarks.common import CACHE
+        from benchmarks.incremental import apply_change_set
+        from syncd.embedding import OnnxEmbedder
+
+        emb = (OnnxEmbedder("all-MiniLM-L6-v2", cache_dir=CACHE / "models", quantize=True)
+               if args.backend == "onnx-int8" else SentenceTransformerEmbedder("all-MiniLM-L6-v2"))
+        emb.load()
+        emb.encode(["warm up"])
+        rt = _runtime(config, emb)
+        _sync(rt)  # the copy changed every inode: this pass re-reads each file once
+        _sync(rt)
+        apply_change_set(work / "docs", args.seed, n_docs, random.Random(args.seed * 31))
+        profiler.start()
+        summary, wall = _sync(rt)
+        profiler.stop()
+        log(f"change set: {wall:.2f} s, {summary['chunks_embedded']} chunks embedded")
+        rt.close()
     else:
         from syncd import config as config_mod
         from syncd.api import Index
@@ -86,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
             idx.search(q)
         profiler.stop()
     text = profiler.output_text(unicode=False, color=False)
-    path = out_dir / f"{args.what}-{args.docs}-t{args.threads}.txt"
+    suffix = f"-{args.backend}" if args.what == "changeset" else ""
+    path = out_dir / f"{args.what}-{args.docs}-t{args.threads}{suffix}.txt"
     path.write_text(text)
     sys.stdout.write(text)
     log(f"profile written to {path}")

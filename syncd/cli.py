@@ -205,8 +205,9 @@ def cmd_reindex(cfg: Any, args: argparse.Namespace) -> int:
 
     rt = Runtime(cfg)
     try:
-        rt.open()
-        summary = rt.engine.rebuild(only=args.connector, progress=sys.stderr.isatty() and not args.json)
+        rt.open(load_index=False)  # the rebuild writes a new table; this process exits after it
+        summary = rt.engine.rebuild(only=args.connector, progress=sys.stderr.isatty() and not args.json,
+                                    reload_index=False)
     finally:
         rt.close()
     _report(summary, args.json)

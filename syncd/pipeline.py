@@ -16,6 +16,7 @@ from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import Any
 
 import numpy as np
@@ -65,6 +66,10 @@ class _Planned:
     chunks: list[Chunk]
     title: str
     previous: IndexedDoc | None
+
+
+REBUILD_REOPEN_EVERY = 64
+"""Batches between two reopenings of a reindex's table (``Store.reopen_table``: memory stays flat)."""
 
 
 class Engine:
@@ -519,14 +524,16 @@ class Engine:
             status.state = "blocked"
 
     # -- full rebuild ----------------------------------------------------------------------------------
-    def rebuild(self, *, only: str | None = None, progress: bool = False) -> SyncSummary:
+    def rebuild(self, *, only: str | None = None, progress: bool = False, reload_index: bool = True) -> SyncSummary:
         """Re-read, re-chunk and re-embed every document into a new table, then switch to it atomically.
 
-        With ``only``, the other connectors' rows are copied over unchanged.
+        With ``only``, the other connectors' rows are copied over unchanged. ``reload_index=False`` leaves
+        the view of the indexed documents unread afterwards (for a process that exits after the rebuild).
         """
         started = time.monotonic()
         summary = SyncSummary()
         name_new, table = self.store.create_rebuild_table()
+        batches = 0
         try:
             if only is not None:
                 keep = self.store.scan(self.store.table.schema.names, f"connector != {sql_string(only)}")
@@ -535,14 +542,19 @@ class Engine:
             for name, connector in self.connectors.items():
                 if only is not None and name != only:
                     continue
-                refs = list(connector.list_documents())
-                bar = _progress(len(refs), f"reindex {name}", progress)
+                # The listing is streamed, a batch at a time: memory follows the batch, not the corpus. A
+                # progress bar (a terminal only) counts the documents in a first, cheap pass.
+                total = sum(1 for _ in connector.list_documents()) if progress else 0
+                bar = _progress(total, f"reindex {name}", progress)
                 cstate = self.state.connector(name)
                 cstate.fingerprints.clear()
                 cstate.failures.clear()
-                for start in range(0, len(refs), self.max_batch_docs):
-                    batch = refs[start:start + self.max_batch_docs]
-                    self._rebuild_batch(name, [r.doc_id for r in batch], table, summary)
+                refs = iter(connector.list_documents())
+                while batch := [r.doc_id for r in islice(refs, self.max_batch_docs)]:
+                    self._rebuild_batch(name, batch, table, summary)
+                    batches += 1
+                    if batches % REBUILD_REOPEN_EVERY == 0:
+                        table = self.store.reopen_table(name_new)
                     if bar is not None:
                         bar.update(len(batch))
                 if bar is not None:
@@ -552,7 +564,8 @@ class Engine:
             raise
         self.store.switch_to(name_new)
         self.state.save(only_dirty=False)
-        self.load_index()
+        if reload_index:
+            self.load_index()
         summary.seconds = time.monotonic() - started
         return summary
 

@@ -286,6 +286,73 @@ def test_reindex_builds_aside_and_switches_atomically(fs_config, docs, make_runt
     assert old not in rt.store._table_names()
 
 
+def test_reindex_streams_the_listing_a_batch_at_a_time(fs_config, docs, make_runtime, monkeypatch):
+    """Memory follows the batch: documents are read and written while the listing is still going, and the
+    table being built is reopened through a new connection every few batches."""
+    import syncd.pipeline
+
+    for i in range(7):
+        (docs / f"p{i}.md").write_text(markdown_doc(i))
+    rt = make_runtime(fs_config)
+    rt.engine.max_batch_docs = 2
+    monkeypatch.setattr(syncd.pipeline, "REBUILD_REOPEN_EVERY", 2)
+    reopened: list[str] = []
+    reopen = rt.store.reopen_table
+    monkeypatch.setattr(rt.store, "reopen_table", lambda name: reopened.append(name) or reopen(name))
+    connector = rt.connectors["docs"]
+    events: list[tuple[str, object]] = []
+    listing = connector.list_documents
+
+    def traced_listing(*args, **kwargs):
+        for ref in listing(*args, **kwargs):
+            events.append(("listed", ref.doc_id))
+            yield ref
+
+    connector.list_documents = traced_listing
+    rebuild_batch = rt.engine._rebuild_batch
+
+    def traced_batch(name, doc_ids, *args, **kwargs):
+        events.append(("batch", list(doc_ids)))
+        return rebuild_batch(name, doc_ids, *args, **kwargs)
+
+    rt.engine._rebuild_batch = traced_batch
+    s = rt.engine.rebuild()
+    assert s.docs_added == 7 and doc_ids(rt) == {f"p{i}.md" for i in range(7)}
+    batches = [docs_ for kind, docs_ in events if kind == "batch"]
+    assert [len(b) for b in batches] == [2, 2, 2, 1]
+    first_batch = events.index(("batch", batches[0]))
+    assert sum(1 for kind, _ in events[:first_batch] if kind == "listed") == 2  # not the whole listing first
+    assert len(reopened) == 2 and set(reopened) == {rt.store.table_name}  # after batches 2 and 4
+
+
+def test_the_reindex_command_never_reads_the_old_index_view(fs_config, docs, make_runtime, monkeypatch):
+    """`syncd reindex` builds a new table; the view of the old one (~280 MB at 100k documents) is not read."""
+    import argparse
+
+    from syncd import cli, runtime
+    from syncd import config as config_mod
+    from syncd.testing import HashEmbedder
+
+    for i in range(3):
+        (docs / f"p{i}.md").write_text(markdown_doc(i))
+    rt = make_runtime(fs_config)
+    sync(rt)
+    rt.close()
+    reads: list[str] = []
+    indexed_docs = Store.indexed_docs
+
+    def counted(self):
+        reads.append(self.table_name)
+        return indexed_docs(self)
+
+    monkeypatch.setattr(Store, "indexed_docs", counted)
+    monkeypatch.setattr(runtime, "build_embedder", lambda config: HashEmbedder())
+    code = cli.cmd_reindex(config_mod.load(fs_config), argparse.Namespace(connector=None, json=True))
+    assert code == cli.EXIT_OK and reads == []
+    after = make_runtime(fs_config)  # an ordinary open reads the view of the new table
+    assert reads == [after.store.table_name] and doc_ids(after) == {"p0.md", "p1.md", "p2.md"}
+
+
 def test_a_crashed_reindex_leaves_its_table_to_be_dropped_and_a_lost_pointer_adopts_the_live_table(
         fs_config, docs, make_runtime):
     (docs / "a.md").write_text("# A\n\nalpha\n")
