@@ -173,7 +173,12 @@ def main(argv: list[str] | None = None) -> int:
         from benchmarks import indexing
 
         cfg = results.get("throughput", {}).get("config")
-        return indexing.memory(Path(cfg) if cfg else None, folders, work)
+        if not cfg or not Path(cfg).exists():  # throughput not run now (--only): the same corpus again
+            from syncd.config import EmbeddingConfig
+
+            cfg = indexing.prepare(work / "throughput", seed=args.seed + 1, docs=reindex_docs,
+                                   batch_size=EmbeddingConfig().batch_size)
+        return indexing.memory(Path(cfg), folders, work)
 
     def query() -> Any:
         from benchmarks import query as mod

@@ -36,15 +36,20 @@ def _raw(embedder: Any, texts: list[str]) -> float:
     return time.monotonic() - started
 
 
-def throughput(work: Path, *, seed: int, docs: int, repeat: int, embedder: Any) -> dict[str, Any]:
-    from syncd import config as config_mod
-    from syncd.runtime import Runtime
-
+def prepare(work: Path, *, seed: int, docs: int, batch_size: int) -> Path:
+    """The throughput corpus in a fresh folder; returns its config."""
     if work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True)
     write_corpus(work / "docs", seed, docs)
-    config = write_config(work, embedding={"batch_size": embedder.batch_size})
+    return write_config(work, embedding={"batch_size": batch_size})
+
+
+def throughput(work: Path, *, seed: int, docs: int, repeat: int, embedder: Any) -> dict[str, Any]:
+    from syncd import config as config_mod
+    from syncd.runtime import Runtime
+
+    config = prepare(work, seed=seed, docs=docs, batch_size=embedder.batch_size)
     rt = Runtime(config_mod.load(config), embedder=embedder)
     runs = []
     try:

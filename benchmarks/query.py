@@ -97,6 +97,7 @@ def growth(index_folder: Path, work: Path, *, updates: int, queries: int, seed: 
     """``updates`` single-document updates (one commit each) with the service's maintenance, and
     ``bare_updates`` (default: as many) without it."""
     import numpy as np
+    import psutil
 
     from benchmarks.probe import StandInEmbedder
     from syncd import config as config_mod
@@ -131,6 +132,7 @@ def growth(index_folder: Path, work: Path, *, updates: int, queries: int, seed: 
             rt.store.rows_since_indexed = 0
             before = rt.store.stats()
             base = query_p50(rt.store)
+            rss_before = psutil.Process().memory_info().rss
             if maintained:
                 # The service's policy (Service._after_commit and its writer loop): merge small fragments
                 # every N commits, bring the indexes up to date past index_every_rows rows, and, its queue
@@ -158,6 +160,7 @@ def growth(index_folder: Path, work: Path, *, updates: int, queries: int, seed: 
                 if (i + 1) % max(1, count // 5) == 0:
                     log(f"growth {label}: {i + 1}/{count} updates")
             took = time.monotonic() - started
+            rss_after = psutil.Process().memory_info().rss
             after = rt.store.stats()
             lat = query_p50(rt.store)
             idle_lat = None
@@ -174,6 +177,7 @@ def growth(index_folder: Path, work: Path, *, updates: int, queries: int, seed: 
                           "last_100_update_s": summarize(commit_times[-100:]),
                           "maintenance_runs": rt.store.maintenance_runs, "compactions": rt.store.compactions,
                           "rows": after["rows"], "query_after_idle_maintenance_s": idle_lat,
+                          "rss_before": rss_before, "rss_after": rss_after,
                           "query_change_after_idle": (idle_lat["median"] / base["median"] - 1
                                                       if idle_lat and base["median"] else None)}
             log(f"growth {label}: fragments {before['fragments']} -> {after['fragments']}, versions "

@@ -67,6 +67,11 @@ class StoreConfig(Section):
     fold_every_rows: int = Field(default=2048, ge=1)
     """Below that, past this many unindexed rows the writer folds them into one index at a time whenever its
     queue is empty for a moment, so no single step holds up an edit for long."""
+    index_cache_mb: int = Field(default=1024, ge=16)
+    """Memory LanceDB may keep for opened indexes, per process (its own default is 6 GB)."""
+    metadata_cache_mb: int = Field(default=64, ge=1)
+    """Memory LanceDB may keep for table metadata, per process (its own default, 1 GB, lets a long-lived
+    service grow by ~0.12 MB per commit until it is reached)."""
 
     @field_validator("table")
     @classmethod

@@ -184,14 +184,18 @@ class Store:
     """The chunk table. One process writes (the engine); any number read."""
 
     def __init__(self, uri: str, state_dir: Path, *, base_table: str, dim: int, signature: str,
-                 read_consistency_interval: float | None = None) -> None:
+                 read_consistency_interval: float | None = None, index_cache_mb: int = 1024,
+                 metadata_cache_mb: int = 64) -> None:
         self.uri = uri
+        self.index_cache_mb = index_cache_mb
+        self.metadata_cache_mb = metadata_cache_mb
         self.state_dir = state_dir
         self.base_table = base_table
         self.dim = dim
         self.signature = signature
         self.read_consistency_interval = read_consistency_interval
         self._db: Any = None
+        self.session: Any = None  # the LanceDB session (its caches) of the current connection
         self._table: Any = None
         self.table_name = base_table
         self.retired_retention_s = 900.0
@@ -225,6 +229,11 @@ class Store:
             kwargs: dict[str, Any] = {}
             if self.read_consistency_interval is not None:
                 kwargs["read_consistency_interval"] = dt.timedelta(seconds=self.read_consistency_interval)
+            # Bounded caches: LanceDB's defaults (6 GB of index, 1 GB of metadata) let a long-lived writer
+            # grow by ~0.12 MB per commit (measured here: +480 MB over 3,500 commits, flat with 32 MB).
+            self.session = lancedb.Session(index_cache_size_bytes=self.index_cache_mb << 20,
+                                           metadata_cache_size_bytes=self.metadata_cache_mb << 20)
+            kwargs["session"] = self.session
             try:
                 self._db = lancedb.connect(self.uri, **kwargs)
             except Exception as exc:  # noqa: BLE001 - lancedb raises OSError, ValueError, RuntimeError...

@@ -461,3 +461,25 @@ def test_maintenance_merges_ann_index_deltas_instead_of_letting_them_pile_up(tmp
     assert any(after < before for before, after in zip(seen, seen[1:], strict=False))
     assert store.table.count_rows() == 600 + 20 * (MAX_VECTOR_DELTAS + 3)
     assert len(store.table.search(rng.standard_normal(16).astype(np.float32).tolist()).limit(5).to_list()) == 5
+
+
+@pytest.mark.parametrize("metadata_mb", [1, 256])
+def test_lancedb_metadata_cache_stays_within_metadata_cache_mb_over_many_commits(tmp_path, make_runtime, metadata_mb):
+    """A long-lived writer must not grow with every commit: LanceDB's metadata cache (1 GB by default) is
+    bounded by ``[store] metadata_cache_mb``. The 256 MB run shows the same commits fill more than 2 MB."""
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    cfg = write_config(tmp_path, [{"name": "docs", "type": "filesystem", "path": str(docs)}],
+                       store={"metadata_cache_mb": metadata_mb})
+    rt = make_runtime(cfg)
+    (docs / "a.md").write_text(markdown_doc(0))
+    for i in range(200):
+        with open(docs / "a.md", "a") as fh:
+            fh.write(f"\nEdit number {i} of this page.\n")
+        rt.engine.process({"docs": {"a.md": 0.0}})
+    assert rt.store.table.version > 200  # one commit per edit at least
+    used = rt.store.session.size_bytes
+    if metadata_mb == 1:
+        assert used < 1.5 * (1 << 20)
+    else:
+        assert used > 2 << 20
