@@ -2,9 +2,10 @@
 
 The code path is the CLI's own (``syncd.cli.main``); this module only wraps a few methods with timers.
 
-* ``BENCH_TRACE=FILE``: append one JSON line per watcher hint (``push``) and per engine batch (``batch``:
+* ``BENCH_TRACE=FILE``: append one JSON line per watcher hint (``push``), per engine batch (``batch``:
   its documents, start and end, and the seconds spent looking up reusable vectors, embedding and
-  committing), so the harness can split each write's freshness into its stages.
+  committing) and per maintenance step run between batches (``maint``), so the harness can split each
+  write's freshness into its stages.
 * ``BENCH_STANDIN=1``: replace the embedding model with ``StandInEmbedder``, which reports the packaged
   model's id and dimension but derives vectors from a hash of the text. Used to build the large cached
   indexes (which would take hours to embed on a 2-CPU machine) and to measure the pipeline's own memory.
@@ -102,6 +103,27 @@ def install_trace(path: str) -> None:
     timed(pipeline.Engine, "_lookup_result", "lookup_s")
     timed(store.Store, "apply", "commit_s")
     timed(daemon.Service, "_maintain", "maintain_s")
+
+    def traced_step(name: str) -> None:
+        """Maintenance the writer runs between batches: one trace line each (``maint``), so the harness can
+        tell a queue wait behind it from one behind other batches."""
+        original = getattr(store.Store, name)
+
+        def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+            t0 = time.time()
+            result = None
+            try:
+                result = original(self, *args, **kwargs)
+                return result
+            finally:
+                if getattr(local, "batch", None) is None:
+                    trace.write(ev="maint", step=name, what=result if isinstance(result, str) else None, t0=t0,
+                                t1=time.time())
+
+        setattr(store.Store, name, wrapper)
+
+    for step in ("fold_step", "maintain", "compact"):
+        traced_step(step)
 
     apply_batch = pipeline.Engine._apply_batch
 
