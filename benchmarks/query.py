@@ -4,6 +4,8 @@ sync is writing; and (6) store growth under single-document updates, with and wi
 from __future__ import annotations
 
 import random
+import shutil
+import statistics
 import threading
 import time
 from pathlib import Path
@@ -118,18 +120,34 @@ def growth(index_folder: Path, work: Path, *, updates: int, queries: int, seed: 
             lat.append(time.monotonic() - started)
         return summarize(lat)
 
+    def paired(baseline: Any, store: Any, rounds: int = 5) -> dict[str, Any]:
+        """The starting table and the updated one queried in alternation, in the same minute: the change
+        in p50 is a ratio measured under the same machine load (this machine's load drifts by ±30%
+        between minutes, more than the effect being measured)."""
+        base_p50, now_p50 = [], []
+        query_p50(baseline)  # warm both
+        query_p50(store)
+        for _ in range(rounds):
+            base_p50.append(query_p50(baseline)["median"])
+            now_p50.append(query_p50(store)["median"])
+        b, n = statistics.median(base_p50), statistics.median(now_p50)
+        return {"baseline_p50_s": b, "p50_s": n, "change": n / b - 1 if b else None, "rounds": rounds}
+
     for maintained in (False, True):
         label = "with_maintenance" if maintained else "without_maintenance"
         config = workspace(index_folder, work)
         root = work / "docs"
         docs = sorted(p.relative_to(root).as_posix() for p in root.rglob("*.md"))
         rt = Runtime(config_mod.load(config), embedder=embedder)
+        baseline = None
         try:
             rt.open()
             policy = MaintenancePolicy()
-            # Start both variants from a compacted table, as the service leaves it.
+            # Start both variants from a compacted table, as the service leaves it; a copy of that table
+            # stays as it is, for the paired comparison at the end.
             rt.store.maintain(retention_s=600, policy=policy)
             rt.store.rows_since_indexed = 0
+            baseline = _store(workspace(work, work.parent / f"{work.name}-baseline"))
             before = rt.store.stats()
             base = query_p50(rt.store)
             rss_before = psutil.Process().memory_info().rss
@@ -163,11 +181,13 @@ def growth(index_folder: Path, work: Path, *, updates: int, queries: int, seed: 
             rss_after = psutil.Process().memory_info().rss
             after = rt.store.stats()
             lat = query_p50(rt.store)
-            idle_lat = None
+            pair = paired(baseline, rt.store)
+            idle_lat = idle_pair = None
             if maintained and rt.store.rows_since_indexed > 0:
                 # What the service does once its writer has been idle for index_when_idle (2 s).
                 rt.store.maintain(retention_s=600, policy=policy)
                 idle_lat = query_p50(rt.store)
+                idle_pair = paired(baseline, rt.store)
             out[label] = {"updates": count, "seconds": took, "versions_before": before["table_version"],
                           "versions_after": after["table_version"], "fragments_before": before["fragments"],
                           "fragments_after": after["fragments"], "query_before_s": base, "query_after_s": lat,
@@ -177,7 +197,8 @@ def growth(index_folder: Path, work: Path, *, updates: int, queries: int, seed: 
                           "last_100_update_s": summarize(commit_times[-100:]),
                           "maintenance_runs": rt.store.maintenance_runs, "compactions": rt.store.compactions,
                           "rows": after["rows"], "query_after_idle_maintenance_s": idle_lat,
-                          "rss_before": rss_before, "rss_after": rss_after,
+                          "rss_before": rss_before, "rss_after": rss_after, "paired": pair,
+                          "paired_after_idle": idle_pair,
                           "query_change_after_idle": (idle_lat["median"] / base["median"] - 1
                                                       if idle_lat and base["median"] else None)}
             log(f"growth {label}: fragments {before['fragments']} -> {after['fragments']}, versions "
@@ -185,4 +206,5 @@ def growth(index_folder: Path, work: Path, *, updates: int, queries: int, seed: 
                 f"{lat['median'] * 1000:.0f} ms")
         finally:
             rt.close()
+            shutil.rmtree(work.parent / f"{work.name}-baseline", ignore_errors=True)
     return out
