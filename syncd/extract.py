@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import codecs
 import io
+import os
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import PurePosixPath
 
 from syncd.errors import DocumentSkipped
 from syncd.models import Block
@@ -38,7 +38,7 @@ class Extracted:
 
 def media_type_for(path: str) -> str | None:
     """The extractor type for a file name, or None when syncd does not read that type."""
-    return MEDIA_TYPES.get(PurePosixPath(path).suffix.lower())
+    return MEDIA_TYPES.get(os.path.splitext(path)[1].lower())  # as PurePosixPath.suffix, without a Path
 
 
 def decode_text(content: bytes) -> str:

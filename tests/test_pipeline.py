@@ -239,6 +239,26 @@ def test_hidden_swap_and_excluded_files_are_ignored(tmp_path, docs, make_runtime
     assert doc_ids(rt) == {"keep.md"}
 
 
+def test_a_listing_under_a_prefix_is_the_full_listing_restricted_to_it(tmp_path, docs, make_runtime):
+    """Doc ids are built by concatenation while descending: a prefix listing must agree with the full one,
+    a prefix that is hidden, a file or outside the root lists nothing, and one naming the root lists it all."""
+    for rel in ("a/x.md", "a/b/y.md", "a/b/.h.md", "a/.git/z.md", "a/b.md", "ab/w.md", "c.md", "a/b/img.png"):
+        (docs / rel).parent.mkdir(parents=True, exist_ok=True)
+        (docs / rel).write_text(f"# {rel}\n\ntext\n")
+    rt = make_runtime(write_config(tmp_path, [{"name": "docs", "type": "filesystem", "path": str(docs)}]))
+    connector = rt.connectors["docs"]
+    full = {r.doc_id: r.fingerprint for r in connector.list_documents()}
+    assert set(full) == {"a/x.md", "a/b/y.md", "a/b.md", "ab/w.md", "c.md"}
+    for prefix in ("a", "a/", "a/b", "ab", "./a/../a"):
+        under = {r.doc_id: r.fingerprint for r in connector.list_documents(prefix)}
+        norm = os.path.normpath(prefix)
+        assert under == {d: f for d, f in full.items() if d.startswith(norm + "/")}, prefix
+    for prefix in ("a/.git", "../elsewhere", "missing", "c.md"):
+        assert list(connector.list_documents(prefix)) == [], prefix
+    for prefix in (".", "../docs"):  # the root itself
+        assert {r.doc_id: r.fingerprint for r in connector.list_documents(prefix)} == full, prefix
+
+
 def test_changing_the_chunking_settings_rebuilds_instead_of_mixing(tmp_path, docs, make_runtime):
     (docs / "a.md").write_text(markdown_doc(1))
     cfg = write_config(tmp_path, [{"name": "docs", "type": "filesystem", "path": str(docs)}])
