@@ -5,8 +5,7 @@
 * ``changeset``: the incremental benchmark's change set (10 edits, 5 deletes, 5 renames, 5 adds) through
   ``syncd sync``'s path, with ``--backend onnx-int8`` (default) or ``torch``, pyinstrument.
 * ``search``: hybrid searches through the Python API (what `/search` runs), pyinstrument.
-* ``listing``: CPU seconds of the filesystem listing (the no-change pass's cost), as shipped and with each
-  glob list compiled into one regex (a prototype of the fix; same results asserted).
+* ``listing``: CPU seconds of the filesystem listing (the no-change pass's cost).
 * ``threads``: latency of single-text ``encode`` calls and batch rate with 1 and 2 torch threads.
 
 Text profiles go to ``benchmarks/results/profiles/<name>-<docs>.txt``.
@@ -116,43 +115,18 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _listing(folder: Path) -> int:
-    import fnmatch
-    import re
-    from functools import lru_cache
-
-    import connectors.filesystem as fs
     from syncd import config as config_mod
     from syncd.runtime import build_connector
     from syncd.state import StateDir
 
     cfg = config_mod.load(folder / "syncd.toml")
     conn = build_connector(cfg, cfg.connectors[0], StateDir(folder / "state"))
-
-    def best_cpu() -> tuple[float, list[object]]:
-        best, refs = 1e9, []
-        for _ in range(3):
-            started = time.process_time()
-            refs = list(conn.list_documents())
-            best = min(best, time.process_time() - started)
-        return best, refs
-
-    shipped, refs_a = best_cpu()
-
-    @lru_cache(maxsize=64)
-    def compiled(patterns: tuple[str, ...]) -> re.Pattern[str]:
-        alts = [fnmatch.translate(p) for p in patterns]
-        alts += [fnmatch.translate(p[3:]) for p in patterns if p.startswith("**/")]
-        return re.compile("|".join(f"(?:{a})" for a in alts))
-
-    original = fs._matches
-    fs._matches = lambda rel, patterns: bool(patterns) and compiled(tuple(patterns)).match(rel) is not None
-    try:
-        fast, refs_b = best_cpu()
-    finally:
-        fs._matches = original
-    assert refs_a == refs_b
-    sys.stdout.write(f"listing {len(refs_a)} files: {shipped:.3f} CPU-s as shipped, {fast:.3f} CPU-s with "
-                     "compiled globs (best of 3)\n")
+    best, refs = 1e9, []
+    for _ in range(3):
+        started = time.process_time()
+        refs = list(conn.list_documents())
+        best = min(best, time.process_time() - started)
+    sys.stdout.write(f"listing {len(refs)} files: {best:.3f} CPU-s (best of 3)\n")
     return 0
 
 
