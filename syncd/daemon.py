@@ -567,7 +567,8 @@ class Service:
 
     def _after_commit(self) -> None:
         """After each commit on the live table (writer thread): merge small fragments once they pile up
-        (tens of ms), bring the indexes up to date once enough rows are not in them (the full maintenance)."""
+        (tens of ms), fold one index when rows pile up under a load that leaves no empty queue to fold them
+        in, bring the indexes up to date once enough rows are not in them (the full maintenance)."""
         assert self.runtime is not None
         store = self.runtime.store
         if time.monotonic() < self._auto_maintenance_after:
@@ -576,6 +577,9 @@ class Service:
             self._maintain()
         elif store.maintenance_due(self.policy):
             self._compact()
+        elif store.fold_overdue(self.policy):
+            # Under a load that never empties the queue: one index per commit, not a full update later.
+            self._fold_step()
 
     def _fold_step(self) -> None:
         """One index brought up to date while the queue is empty (see Store.fold_step)."""

@@ -611,6 +611,13 @@ class Store:
         """A fold cycle is under way, or ``policy.fold_every_rows`` rows are outside the indexes."""
         return bool(self._fold_pending) or self.rows_since_indexed >= policy.fold_every_rows
 
+    def fold_overdue(self, policy: MaintenancePolicy) -> bool:
+        """A fold is due and the writer has not had an empty queue to take it in: twice
+        ``policy.fold_every_rows`` rows are outside the indexes. The writer then folds one index after a
+        commit (a bounded step) rather than let the rows reach ``index_every_rows``, where the full
+        maintenance would hold an edit up for seconds."""
+        return self.rows_since_indexed >= 2 * policy.fold_every_rows
+
     def fold_step(self) -> str | None:
         """The next step of a fold cycle: one index brought up to date (``index_names`` order). The rows
         written before the cycle began count as indexed once its last index is done. Returns the index."""

@@ -340,6 +340,37 @@ def test_unindexed_rows_are_folded_one_index_at_a_time_between_batches(tmp_path:
         assert code == 200 and found["results"][0]["doc_id"] == "note-0010.md"
 
 
+def test_under_a_load_that_never_empties_the_queue_one_index_is_folded_per_commit(
+        tmp_path: Path, docs: Path, make_runtime: Any) -> None:
+    """Commits back to back (the writer never finds its queue empty): past twice ``fold_every_rows``
+    unindexed rows, each commit folds one index, so the rows never reach ``index_every_rows`` and the full
+    maintenance (seconds on a large table) never lands in the path of an edit."""
+    from syncd import config as config_mod
+    from syncd.daemon import Service
+
+    write_docs(docs, 3)
+    cfg = write_config(tmp_path, [{"name": "docs", "type": "filesystem", "path": str(docs)}],
+                       store={"uri": "./index", "index_every_rows": 10**9, "index_when_idle": "0s",
+                              "fold_every_rows": 4, "compact_every_commits": 10**4})
+    service = Service(config_mod.load(cfg))  # its policy and hooks; no writer thread
+    rt = make_runtime(cfg)
+    rt.store.after_commit = service._after_commit
+    service.runtime = rt
+    rt.engine.reconcile("docs")
+    rt.store.maintain(retention_s=600)  # start with every index up to date
+    indexes = len(rt.store.index_names())
+    assert indexes >= 5 and rt.store.rows_since_indexed == 0
+    seen = []
+    for i in range(3 * indexes + 8):
+        save_atomically(docs / "note-0000.md", f"# Note\n\nEdit {i} of the note.\n")
+        rt.engine.process({"docs": {"note-0000.md": time.time()}})
+        seen.append(rt.store.rows_since_indexed)
+    assert rt.store.maintenance_runs == 1  # only the one above
+    assert rt.store.index_folds >= indexes  # at least one whole cycle, one index per commit
+    assert max(seen) < 2 * 4 + indexes + 1  # folded as they came: never far past the threshold
+    assert service.metrics.index_folds._value.get() == rt.store.index_folds
+
+
 def test_an_idle_writer_brings_the_indexes_up_to_date(tmp_path: Path, docs: Path) -> None:
     write_docs(docs, 20)
     cfg = write_config(tmp_path, [{"name": "docs", "type": "filesystem", "path": str(docs)}],
