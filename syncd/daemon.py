@@ -132,6 +132,10 @@ class WorkQueue:
             return not any(self.hints.values()) and not any(self.rescans.values()) and not self.tasks
 
 
+OVERDUE_FOLD_SPACING = 9.0
+"""After a fold step taken under load, the writer waits this many times its duration before the next one."""
+
+
 class Service:
     """`syncd run`: catch up, then watch and poll until told to stop."""
 
@@ -163,6 +167,7 @@ class Service:
         self.maintenance_error: str | None = None
         self.last_maintenance_attempt_at: float | None = None
         self._auto_maintenance_after = 0.0
+        self._overdue_fold_after = 0.0
         self._last_status_line = ""
         self.cycle_started_at: float | None = None
 
@@ -577,9 +582,13 @@ class Service:
             self._maintain()
         elif store.maintenance_due(self.policy):
             self._compact()
-        elif store.fold_overdue(self.policy):
-            # Under a load that never empties the queue: one index per commit, not a full update later.
+        elif store.fold_overdue(self.policy) and time.monotonic() >= self._overdue_fold_after:
+            # Under a load that never empties the queue: one index at a time, not a full update later, but
+            # spaced so folding takes at most a tenth of the writer's time (a writer that is already behind,
+            # such as a slow model under load, must not fall further behind).
+            started = time.monotonic()
             self._fold_step()
+            self._overdue_fold_after = time.monotonic() + OVERDUE_FOLD_SPACING * (time.monotonic() - started)
 
     def _fold_step(self) -> None:
         """One index brought up to date while the queue is empty (see Store.fold_step)."""

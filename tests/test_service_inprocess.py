@@ -340,13 +340,18 @@ def test_unindexed_rows_are_folded_one_index_at_a_time_between_batches(tmp_path:
         assert code == 200 and found["results"][0]["doc_id"] == "note-0010.md"
 
 
-def test_under_a_load_that_never_empties_the_queue_one_index_is_folded_per_commit(
-        tmp_path: Path, docs: Path, make_runtime: Any) -> None:
+@pytest.mark.parametrize("spacing", [0.0, 1e6])
+def test_under_a_load_that_never_empties_the_queue_indexes_are_folded_after_commits(
+        tmp_path: Path, docs: Path, make_runtime: Any, monkeypatch: Any, spacing: float) -> None:
     """Commits back to back (the writer never finds its queue empty): past twice ``fold_every_rows``
-    unindexed rows, each commit folds one index, so the rows never reach ``index_every_rows`` and the full
-    maintenance (seconds on a large table) never lands in the path of an edit."""
+    unindexed rows, a commit folds one index, so the rows need not reach ``index_every_rows`` and the full
+    maintenance (seconds on a large table) stays out of the path of an edit. Fold steps are spaced by
+    ``OVERDUE_FOLD_SPACING`` times their duration (0: one per commit; huge: only the first)."""
+    import syncd.daemon
     from syncd import config as config_mod
     from syncd.daemon import Service
+
+    monkeypatch.setattr(syncd.daemon, "OVERDUE_FOLD_SPACING", spacing)
 
     write_docs(docs, 3)
     cfg = write_config(tmp_path, [{"name": "docs", "type": "filesystem", "path": str(docs)}],
@@ -366,9 +371,12 @@ def test_under_a_load_that_never_empties_the_queue_one_index_is_folded_per_commi
         rt.engine.process({"docs": {"note-0000.md": time.time()}})
         seen.append(rt.store.rows_since_indexed)
     assert rt.store.maintenance_runs == 1  # only the one above
-    assert rt.store.index_folds >= indexes  # at least one whole cycle, one index per commit
-    assert max(seen) < 2 * 4 + indexes + 1  # folded as they came: never far past the threshold
     assert service.metrics.index_folds._value.get() == rt.store.index_folds
+    if spacing == 0:
+        assert rt.store.index_folds >= indexes  # at least one whole cycle, one index per commit
+        assert max(seen) < 2 * 4 + indexes + 1  # folded as they came: never far past the threshold
+    else:
+        assert rt.store.index_folds == 1 and max(seen) > 2 * 4 + indexes + 1  # then held back
 
 
 def test_an_idle_writer_brings_the_indexes_up_to_date(tmp_path: Path, docs: Path) -> None:
