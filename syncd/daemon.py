@@ -221,10 +221,12 @@ class Service:
         for name in rt.connectors:
             self.initial_pending.add(name)
             self.queue.push(Change(connector=name, kind="rescan", doc_id=""))
-        self.writer_thread = threading.Thread(target=self._writer, name="syncd-writer", daemon=True)
-        self.writer_thread.start()
+        # Watches first: a file created while the catch-up lists its folder is then either in the listing or
+        # in an event queued behind the catch-up, never in neither.
         for name, connector in rt.connectors.items():
             self._start_watch(name, connector)
+        self.writer_thread = threading.Thread(target=self._writer, name="syncd-writer", daemon=True)
+        self.writer_thread.start()
         self._start_scheduler()
         # Ready once the store is open and every catch-up has started (not finished: a big first sync
         # must not hit systemd's start timeout). /readyz turns 200 when they have finished.
@@ -803,8 +805,8 @@ class Service:
                 rt.connectors[name] = connector
                 rt.engine.add_connector(connector)
                 self.initial_pending.add(name)
+                self._start_watch(name, connector)  # before its catch-up starts (see start())
                 self.queue.push(Change(connector=name, kind="rescan", doc_id=""))
-                self._start_watch(name, connector)
                 if self.scheduler is not None:
                     self._schedule_connector(self.scheduler, name, connector)
             self.config = new

@@ -511,3 +511,35 @@ def test_status_page_renders_in_headless_chromium(tmp_path: Path, docs: Path) ->
         if os.environ.get("SYNCD_UPDATE_SCREENSHOT"):
             (REPO / "docs").mkdir(exist_ok=True)
             shutil.copyfile(shot, REPO / "docs" / "status-page.png")
+
+
+def test_each_watch_is_active_before_its_catch_up_lists_the_folder(tmp_path: Path, docs: Path,
+                                                                   monkeypatch: Any) -> None:
+    """A file created while the catch-up lists its folder must be in the listing or in an event: the watch
+    starts first (here it is slowed down, so a catch-up started before it would list first)."""
+    from connectors.filesystem import FilesystemConnector
+    from syncd.daemon import Service
+
+    write_docs(docs, 3)
+    events: list[str] = []
+    start_watch = Service._start_watch
+
+    def slow_watch(self: Any, name: str, connector: Any) -> None:
+        time.sleep(0.3)
+        start_watch(self, name, connector)
+        events.append("watch")
+
+    listing = FilesystemConnector.list_documents
+
+    def traced_listing(self: Any, *args: Any, **kwargs: Any) -> Any:
+        events.append("listing")
+        return listing(self, *args, **kwargs)
+
+    monkeypatch.setattr(Service, "_start_watch", slow_watch)
+    monkeypatch.setattr(FilesystemConnector, "list_documents", traced_listing)
+    cfg = write_config(tmp_path, [{"name": "docs", "type": "filesystem", "path": str(docs)}],
+                       sync={"verify_interval": "0s"})
+    with running(cfg) as service:
+        wait_for(service.ready, what="ready")
+        assert events[0] == "watch" and "listing" in events
+        assert connector_status(service, "docs")["docs"] == 3
