@@ -19,8 +19,7 @@ class Index:
         self.embedder = embedder if embedder is not None else from_config(config)
         self.store = Store(config.store_uri, config.state_dir, base_table=config.store.table, dim=self.embedder.dim,
                            signature="", read_consistency_interval=config.store.read_consistency_interval,
-                           index_cache_mb=config.store.index_cache_mb,
-                           metadata_cache_mb=config.store.metadata_cache_mb)
+                           **config.store.cache_limits())
         self.store.open(create=False)
 
     @classmethod

@@ -74,6 +74,10 @@ class StoreConfig(Section):
     """Memory LanceDB may keep for table metadata, per process (its own default, 1 GB, lets a long-lived
     service grow by ~0.12 MB per commit until it is reached)."""
 
+    def cache_limits(self) -> dict[str, int]:
+        """``Store`` keyword arguments bounding LanceDB's caches."""
+        return {"index_cache_mb": self.index_cache_mb, "metadata_cache_mb": self.metadata_cache_mb}
+
     @field_validator("table")
     @classmethod
     def _table_name(cls, value: str) -> str:

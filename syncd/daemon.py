@@ -208,7 +208,7 @@ class Service:
                 emb.load()
         self.reader = Store(cfg.store_uri, cfg.state_dir, base_table=cfg.store.table, dim=rt.embedder.dim,
                             signature=rt.signature, read_consistency_interval=cfg.store.read_consistency_interval,
-                            index_cache_mb=cfg.store.index_cache_mb, metadata_cache_mb=cfg.store.metadata_cache_mb)
+                            **cfg.store.cache_limits())
         self.http = HttpServer(cfg.http.host, cfg.http.port, Endpoints(
             healthy=self.healthy, ready=self.ready, status=self.status, metrics=self.metrics_text,
             search=self.search, page=self.page, token=token, problems=self.health_problems))

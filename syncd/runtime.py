@@ -90,9 +90,7 @@ class Runtime:
             self.embedder = embedder if embedder is not None else build_embedder(config)
             self.signature = signature(config, self.embedder.model_id, self.embedder.dim)
             self.store = Store(config.store_uri, config.state_dir, base_table=config.store.table,
-                               dim=self.embedder.dim, signature=self.signature,
-                               index_cache_mb=config.store.index_cache_mb,
-                               metadata_cache_mb=config.store.metadata_cache_mb)
+                               dim=self.embedder.dim, signature=self.signature, **config.store.cache_limits())
             self.store.retired_retention_s = config.sync.version_retention
             self.chunker = Chunker(self.embedder.token_counter(), max_tokens=config.chunking.max_tokens,
                                    overlap_tokens=config.chunking.overlap_tokens, model_id=self.embedder.model_id)
