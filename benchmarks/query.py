@@ -152,9 +152,9 @@ def growth(index_folder: Path, work: Path, *, updates: int, queries: int, seed: 
             base = query_p50(rt.store)
             rss_before = psutil.Process().memory_info().rss
             if maintained:
-                # The service's policy (Service._after_commit and its writer loop): merge small fragments
-                # every N commits, bring the indexes up to date past index_every_rows rows, and, its queue
-                # being empty after each update here, fold one index per update past fold_every_rows.
+                # The service's policy (Service._after_commit and its folder): merge small fragments every
+                # N commits, bring the indexes up to date past index_every_rows rows, and fold one index per
+                # update past fold_every_rows (the folder's thread does this beside the writer's commits).
                 def after_commit(store: Any = rt.store, policy: Any = policy) -> None:
                     if store.indexing_due(policy):
                         store.maintain(retention_s=600, policy=policy)
@@ -162,6 +162,7 @@ def growth(index_folder: Path, work: Path, *, updates: int, queries: int, seed: 
                         store.compact()
                     if store.fold_due(policy):
                         store.fold_step()
+                        store.adopt_folds()
 
                 rt.store.after_commit = after_commit
             rng = random.Random(seed)

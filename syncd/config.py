@@ -65,9 +65,8 @@ class StoreConfig(Section):
     """... and under a load that never leaves the writer idle, once this many rows are outside them
     (queries scan such rows without the index)."""
     fold_every_rows: int = Field(default=2048, ge=1)
-    """Below that, past this many unindexed rows the writer folds them into one index at a time whenever its
-    queue is empty for a moment, and past twice this many after each commit (a load that never empties the
-    queue), so no single step holds up an edit for long."""
+    """Below that, past this many unindexed rows a thread beside the writer (the folder) folds them into one
+    index at a time, so no edit waits behind an index update."""
     index_cache_mb: int = Field(default=1024, ge=16)
     """Memory LanceDB may keep for opened indexes, per process (its own default is 6 GB)."""
     metadata_cache_mb: int = Field(default=64, ge=1)

@@ -132,8 +132,9 @@ class WorkQueue:
             return not any(self.hints.values()) and not any(self.rescans.values()) and not self.tasks
 
 
-OVERDUE_FOLD_SPACING = 9.0
-"""After a fold step taken under load, the writer waits this many times its duration before the next one."""
+FOLD_SPACING = 9.0
+"""After a fold step the folder waits this many times its duration before the next one, so folding takes at
+most a tenth of one core: a writer that is already behind (a slow model under load) keeps the rest."""
 
 
 class Service:
@@ -167,7 +168,9 @@ class Service:
         self.maintenance_error: str | None = None
         self.last_maintenance_attempt_at: float | None = None
         self._auto_maintenance_after = 0.0
-        self._overdue_fold_after = 0.0
+        self._fold_after = 0.0
+        self._fold_wake = threading.Event()
+        self.folder_thread: threading.Thread | None = None
         self._last_status_line = ""
         self.cycle_started_at: float | None = None
 
@@ -227,6 +230,8 @@ class Service:
             self._start_watch(name, connector)
         self.writer_thread = threading.Thread(target=self._writer, name="syncd-writer", daemon=True)
         self.writer_thread.start()
+        self.folder_thread = threading.Thread(target=self._folder, name="syncd-folder", daemon=True)
+        self.folder_thread.start()
         self._start_scheduler()
         # Ready once the store is open and every catch-up has started (not finished: a big first sync
         # must not hit systemd's start timeout). /readyz turns 200 when they have finished.
@@ -348,6 +353,9 @@ class Service:
             self.scheduler.shutdown(wait=False)
         with self.queue.cond:
             self.queue.cond.notify_all()
+        self._fold_wake.set()
+        if self.folder_thread is not None:
+            self.folder_thread.join(timeout=60)  # an index update is one atomic commit; at most one is running
         if self.writer_thread is not None:
             # The writer stops between embedding slices (StopRequested) or after its commit: merge_insert is
             # one atomic commit and the state only advances after it, so nothing is ever half-written.
@@ -373,26 +381,26 @@ class Service:
         last_state_save = time.time()
         failed_cycles = 0
         while not self.stopping.is_set():
-            idle_work = fold_step = False
+            idle_work = adopt = False
             with q.cond:
                 while q.empty() and not self.stopping.is_set():
                     self.writer_alive_at = time.time()
-                    if time.monotonic() >= self._auto_maintenance_after:
-                        if self.runtime.store.indexing_due(self.policy, idle=True):
-                            idle_work = True
-                            break
-                        if self.runtime.store.fold_due(self.policy):
-                            fold_step = True
-                            break
+                    if self.runtime.store.folds_to_adopt:
+                        adopt = True  # the folder committed an index update: show it in /status at once
+                        break
+                    if (time.monotonic() >= self._auto_maintenance_after
+                            and self.runtime.store.indexing_due(self.policy, idle=True)):
+                        idle_work = True
+                        break
                     q.cond.wait(timeout=min(1.0, self.policy.index_when_idle or 1.0))
                 if self.stopping.is_set():
                     break
+            if adopt:
+                self._small_step("index.adopt", self.runtime.store.adopt_folds)
+                continue
             if idle_work:
                 # Nothing to do: bring the indexes up to date now rather than in the path of a later edit.
                 self._maintain()
-                continue
-            if fold_step:
-                self._fold_step()
                 continue
             with q.cond:
                 if q.empty():
@@ -574,30 +582,47 @@ class Service:
 
     def _after_commit(self) -> None:
         """After each commit on the live table (writer thread): merge small fragments once they pile up
-        (tens of ms), fold one index when rows pile up under a load that leaves no empty queue to fold them
-        in, bring the indexes up to date once enough rows are not in them (the full maintenance)."""
+        (tens of ms), bring the indexes up to date once enough rows are not in them (the full maintenance),
+        and wake the folder, which folds rows into the indexes one index at a time off the writer's path."""
         assert self.runtime is not None
         store = self.runtime.store
+        self._fold_wake.set()
         if time.monotonic() < self._auto_maintenance_after:
             return
         if store.indexing_due(self.policy):
             self._maintain()
         elif store.maintenance_due(self.policy):
             self._compact()
-        elif store.fold_overdue(self.policy) and time.monotonic() >= self._overdue_fold_after:
-            # Under a load that never empties the queue: one index at a time, not a full update later, but
-            # spaced so folding takes at most a tenth of the writer's time (a writer that is already behind,
-            # such as a slow model under load, must not fall further behind).
-            started = time.monotonic()
-            self._fold_step()
-            self._overdue_fold_after = time.monotonic() + OVERDUE_FOLD_SPACING * (time.monotonic() - started)
 
-    def _fold_step(self) -> None:
-        """One index brought up to date while the queue is empty (see Store.fold_step)."""
-        assert self.runtime is not None
-        name = self._small_step("index.fold", self.runtime.store.fold_step)
+    # -- the folder ------------------------------------------------------------------------------------
+    def _folder(self) -> None:
+        """Past ``fold_every_rows`` unindexed rows, bring the indexes up to date one at a time, on this
+        thread: an edit never waits behind a fold (an index update and a data commit rebase onto each other
+        in Lance; compaction and maintenance take turns with it through ``Store.maintenance_lock``). Steps
+        are spaced by ``FOLD_SPACING`` times their duration."""
+        while not self.stopping.is_set():
+            wait = max(0.0, self._fold_after - time.monotonic()) or 1.0
+            self._fold_wake.wait(timeout=wait)
+            self._fold_wake.clear()
+            if self.stopping.is_set():
+                break
+            self.fold_if_due()
+
+    def fold_if_due(self) -> str | None:
+        """One fold step if one is due and allowed now (the folder's loop body). Returns the index folded."""
+        runtime = self.runtime
+        now = time.monotonic()
+        if runtime is None or now < max(self._auto_maintenance_after, self._fold_after):
+            return None
+        if not runtime.store.fold_due(self.policy):
+            return None
+        name = self._small_step("index.fold", runtime.store.fold_step)
         if name is not None:
             self.metrics.index_folds.inc()
+            with self.queue.cond:
+                self.queue.cond.notify_all()  # an idle writer moves its handle to the new version
+        self._fold_after = time.monotonic() + FOLD_SPACING * (time.monotonic() - now)
+        return name
 
     def _compact(self) -> None:
         """Small fragments merged; if it fails, the full maintenance compacts too (queries meanwhile visit
@@ -607,7 +632,7 @@ class Service:
             self.metrics.compactions.inc()
 
     def _small_step(self, event: str, step: Callable[[], Any]) -> Any:
-        """A maintenance step the writer takes between batches; a failure is logged and holds automatic
+        """A maintenance step taken between batches (or by the folder); a failure is logged and holds automatic
         maintenance back for ``_MAINTENANCE_RETRY_S`` (the schedule still runs)."""
         started = time.monotonic()
         try:

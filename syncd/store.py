@@ -16,6 +16,7 @@ import datetime as dt
 import hashlib
 import os
 import re
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -210,6 +211,11 @@ class Store:
         self.index_folds = 0
         self._fold_pending: list[str] = []
         self._fold_rows = 0
+        self.maintenance_lock = threading.RLock()
+        """Held by every step that rewrites the table's layout or indexes (fold, compaction, maintenance,
+        a table switch): the service folds indexes on a thread of its own, next to the writer's commits."""
+        self._rows_lock = threading.Lock()  # rows_since_indexed: the writer adds, a fold subtracts
+        self._folded = False  # a fold committed since this handle last moved to the latest version
         self.after_commit: Callable[[], None] | None = None
         self.hash_filter: HashFilter | None = None
         """Set by ``indexed_docs`` for the live table; None while unknown (then every hash is looked up)."""
@@ -403,7 +409,8 @@ class Store:
             raise StoreError(f"write to {self.table_name} failed: {exc}") from exc
         self.commits_since_maintenance += 1
         if table is None:
-            self.rows_since_indexed += rows.num_rows
+            with self._rows_lock:
+                self.rows_since_indexed += rows.num_rows
             self.last_commit_at = time.monotonic()
         if table is None and self.hash_filter is not None and rows.num_rows:
             self.hash_filter.add(h for h in rows["content_hash"].to_pylist() if h)
@@ -449,15 +456,17 @@ class Store:
     def switch_to(self, name: str) -> None:
         """Make ``name`` the live table (atomic pointer rename). The old table is kept for
         ``retired_retention_s`` so readers in other processes that still hold it finish their queries."""
-        old = self.table_name
-        retired = [r for r in (self.pointer() or {}).get("retired", []) if r.get("table") != name]
-        if old != name:
-            retired.append({"table": old, "drop_after": time.time() + self.retired_retention_s})
-        write_json_atomic(self.pointer_path, self._pointer_doc(name, retired=retired))
-        self._table = self._connect().open_table(name)
-        self.table_name = name
-        self.hash_filter = None
-        self.drop_stale_tables()
+        with self.maintenance_lock:  # not while a fold is under way on the old table
+            old = self.table_name
+            retired = [r for r in (self.pointer() or {}).get("retired", []) if r.get("table") != name]
+            if old != name:
+                retired.append({"table": old, "drop_after": time.time() + self.retired_retention_s})
+            write_json_atomic(self.pointer_path, self._pointer_doc(name, retired=retired))
+            self._table = self._connect().open_table(name)
+            self.table_name = name
+            self.hash_filter = None
+            self._fold_pending = []
+            self.drop_stale_tables()
 
     def drop_table(self, name: str) -> None:
         try:
@@ -596,58 +605,80 @@ class Store:
 
     def fold_index(self, name: str) -> None:
         """Bring one index up to date with the rows written since (tens of ms for a BTree, ~0.3 s for the
-        full-text index at 140k rows): a step the writer takes between batches."""
+        full-text index at 140k rows). Safe next to the writer's commits: an index update and a data commit
+        are compatible in Lance, which rebases whichever commits second (the writer's handle then includes
+        the new index), so the service runs this on a thread of its own."""
         import lance
 
         try:
             dataset = lance.dataset(self.table.to_lance().uri)
             dataset.optimize.optimize_indices(index_names=[name])
-            self.table.checkout_latest()
         except Exception as exc:  # noqa: BLE001
             raise StoreError(f"updating index {name} failed: {exc}") from exc
         self.index_folds += 1
+        self._folded = True
+
+    def adopt_folds(self) -> bool:
+        """Move the table handle to the latest version if a fold committed since (writer thread only: the
+        handle is the writer's; its next commit would move it too). True if it moved."""
+        if not self._folded:
+            return False
+        self._folded = False
+        try:
+            self.table.checkout_latest()
+        except Exception as exc:  # noqa: BLE001
+            raise StoreError(f"cannot refresh table {self.table_name}: {exc}") from exc
+        return True
+
+    @property
+    def folds_to_adopt(self) -> bool:
+        return self._folded
 
     def fold_due(self, policy: MaintenancePolicy) -> bool:
         """A fold cycle is under way, or ``policy.fold_every_rows`` rows are outside the indexes."""
         return bool(self._fold_pending) or self.rows_since_indexed >= policy.fold_every_rows
 
-    def fold_overdue(self, policy: MaintenancePolicy) -> bool:
-        """A fold is due and the writer has not had an empty queue to take it in: twice
-        ``policy.fold_every_rows`` rows are outside the indexes. The writer then folds one index after a
-        commit (a bounded step) rather than let the rows reach ``index_every_rows``, where the full
-        maintenance would hold an edit up for seconds."""
-        return self.rows_since_indexed >= 2 * policy.fold_every_rows
-
     def fold_step(self) -> str | None:
         """The next step of a fold cycle: one index brought up to date (``index_names`` order). The rows
-        written before the cycle began count as indexed once its last index is done. Returns the index."""
-        if not self._fold_pending:
-            self._fold_pending = self.index_names()
-            self._fold_rows = self.rows_since_indexed
+        written before the cycle began count as indexed once its last index is done. Returns the index.
+        Holds ``maintenance_lock`` (a compaction or a table switch waits for it, never the commits)."""
+        with self.maintenance_lock:
             if not self._fold_pending:
-                return None
-        name = self._fold_pending.pop(0)
-        try:
-            self.fold_index(name)
-        except StoreError:
-            self._fold_pending = []
-            raise
-        if not self._fold_pending:
-            self.rows_since_indexed = max(0, self.rows_since_indexed - self._fold_rows)
-        return name
+                self._fold_pending = self.index_names()
+                self._fold_rows = self.rows_since_indexed
+                if not self._fold_pending:
+                    return None
+            name = self._fold_pending.pop(0)
+            try:
+                self.fold_index(name)
+            except StoreError:
+                self._fold_pending = []
+                raise
+            if not self._fold_pending:
+                with self._rows_lock:
+                    self.rows_since_indexed = max(0, self.rows_since_indexed - self._fold_rows)
+            return name
 
-    def compact(self) -> dict[str, Any]:
+    def compact(self) -> dict[str, Any] | None:
         """Merge small fragments only (tens of ms): no index update, no version cleanup, deletions left in
         place. The writer runs this every few commits; ``maintain`` does the rest when rows pile up or the
-        writer is idle. Lance remaps the indexes of the rows it moves, so no query loses them."""
+        writer is idle. Lance remaps the indexes of the rows it moves, so no query loses them.
+
+        Returns None, doing nothing, while a fold holds ``maintenance_lock`` (a rewrite of fragments and an
+        index update on them do not rebase onto each other); the commits that made it due still count, so
+        the next commit tries again."""
         import lance
 
+        if not self.maintenance_lock.acquire(blocking=False):
+            return None
         try:
             dataset = lance.dataset(self.table.to_lance().uri)
             metrics = dataset.optimize.compact_files(materialize_deletions=False)
             self.table.checkout_latest()
         except Exception as exc:  # noqa: BLE001
             raise StoreError(f"compaction failed: {exc}") from exc
+        finally:
+            self.maintenance_lock.release()
         self.commits_since_maintenance = 0
         self.compactions += 1
         return {"fragments_removed": int(metrics.fragments_removed), "fragments_added": int(metrics.fragments_added)}
@@ -670,40 +701,41 @@ class Store:
         and builds an ANN vector index once the table holds ``policy.ann_min_rows`` rows. Queries never use
         index-only search, so rows not yet in the ANN index are still found by a flat scan.
         """
-        self.drop_stale_tables()
-        from lancedb.index import FTS, BTree, IvfPq
+        with self.maintenance_lock:  # never next to a fold (see fold_step)
+            self.drop_stale_tables()
+            from lancedb.index import FTS, BTree, IvfPq
 
-        policy = policy or MaintenancePolicy()
-        table = self.table
-        # Never 0 while readers exist, and never delete_unverified: a reader may still hold an old version.
-        retention = dt.timedelta(seconds=max(retention_s, MIN_VERSION_RETENTION_S))
-        created: list[str] = []
-        try:
-            table.optimize(cleanup_older_than=retention)
-            existing = {idx.columns[0]: idx for idx in table.list_indices()}
-            rows = int(table.count_rows())
-            if rows > 0:
-                for column in SCALAR_INDEX_COLUMNS:
-                    if column not in existing:
-                        table.create_index(column, config=BTree())
-                        created.append(column)
-                if "text" not in existing:
-                    table.create_index("text", config=FTS(), replace=True)
-                    created.append("text")
-                if "vector" not in existing and rows >= policy.ann_min_rows:
-                    table.create_index("vector", config=IvfPq())
-                    created.append("vector")
-                if created:
-                    # New indexes cover the rows present now; optimize() keeps folding later ones in.
-                    table.optimize()
-            self._merge_vector_deltas()
-        except Exception as exc:  # noqa: BLE001
-            raise StoreError(f"maintenance failed: {exc}") from exc
-        self.commits_since_maintenance = 0
-        self.rows_since_indexed = 0
-        self._fold_pending = []  # every index is up to date
-        self.last_maintenance_at = time.time()
-        self.maintenance_runs += 1
+            policy = policy or MaintenancePolicy()
+            table = self.table
+            # Never 0 while readers exist, and never delete_unverified: a reader may still hold an old version.
+            retention = dt.timedelta(seconds=max(retention_s, MIN_VERSION_RETENTION_S))
+            created: list[str] = []
+            try:
+                table.optimize(cleanup_older_than=retention)
+                existing = {idx.columns[0]: idx for idx in table.list_indices()}
+                rows = int(table.count_rows())
+                if rows > 0:
+                    for column in SCALAR_INDEX_COLUMNS:
+                        if column not in existing:
+                            table.create_index(column, config=BTree())
+                            created.append(column)
+                    if "text" not in existing:
+                        table.create_index("text", config=FTS(), replace=True)
+                        created.append("text")
+                    if "vector" not in existing and rows >= policy.ann_min_rows:
+                        table.create_index("vector", config=IvfPq())
+                        created.append("vector")
+                    if created:
+                        # New indexes cover the rows present now; optimize() keeps folding later ones in.
+                        table.optimize()
+                self._merge_vector_deltas()
+            except Exception as exc:  # noqa: BLE001
+                raise StoreError(f"maintenance failed: {exc}") from exc
+            self.commits_since_maintenance = 0
+            self.rows_since_indexed = 0
+            self._fold_pending = []  # every index is up to date
+            self.last_maintenance_at = time.time()
+            self.maintenance_runs += 1
         return {"indexes_created": created, "rows": rows}
 
 

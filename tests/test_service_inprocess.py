@@ -325,9 +325,9 @@ def test_unindexed_rows_are_folded_one_index_at_a_time_between_batches(tmp_path:
     with running(cfg) as service:
         wait_for(service.ready, what="ready")
         # The catch-up wrote 20+ rows; the table has its full-text index from creation.
-        store = wait_for(lambda: (s := get(service, "/status")[1]["store"])["rows_since_indexed"] == 0 and s,
-                         what="rows folded")
-        assert store["index_folds"] == 1 and store["maintenance_runs"] == 0 and store["unindexed_rows"] == 0
+        store = wait_for(lambda: (s := get(service, "/status")[1]["store"])["rows_since_indexed"] == 0
+                         and s["unindexed_rows"] == 0 and s, what="rows folded")
+        assert store["index_folds"] == 1 and store["maintenance_runs"] == 0
         _edit_one_by_one(service, docs, 4)  # 4 rows: below fold_every_rows, nothing folds
         wait_for(lambda: idle(service), what="idle")
         store = get(service, "/status")[1]["store"]
@@ -340,43 +340,102 @@ def test_unindexed_rows_are_folded_one_index_at_a_time_between_batches(tmp_path:
         assert code == 200 and found["results"][0]["doc_id"] == "note-0010.md"
 
 
-@pytest.mark.parametrize("spacing", [0.0, 1e6])
-def test_under_a_load_that_never_empties_the_queue_indexes_are_folded_after_commits(
-        tmp_path: Path, docs: Path, make_runtime: Any, monkeypatch: Any, spacing: float) -> None:
-    """Commits back to back (the writer never finds its queue empty): past twice ``fold_every_rows``
-    unindexed rows, a commit folds one index, so the rows need not reach ``index_every_rows`` and the full
-    maintenance (seconds on a large table) stays out of the path of an edit. Fold steps are spaced by
-    ``OVERDUE_FOLD_SPACING`` times their duration (0: one per commit; huge: only the first)."""
+def _fold_runtime(tmp_path: Path, docs: Path, make_runtime: Any, monkeypatch: Any, **store: Any) -> tuple[Any, Any]:
+    """A Service wired to a runtime (its policy, its commit hook, its folder) with no writer thread; every
+    index brought up to date first, and folds unspaced."""
     import syncd.daemon
-    from syncd import config as config_mod
     from syncd.daemon import Service
 
-    monkeypatch.setattr(syncd.daemon, "OVERDUE_FOLD_SPACING", spacing)
-
+    monkeypatch.setattr(syncd.daemon, "FOLD_SPACING", 0.0)
     write_docs(docs, 3)
     cfg = write_config(tmp_path, [{"name": "docs", "type": "filesystem", "path": str(docs)}],
                        store={"uri": "./index", "index_every_rows": 10**9, "index_when_idle": "0s",
-                              "fold_every_rows": 4, "compact_every_commits": 10**4})
-    service = Service(config_mod.load(cfg))  # its policy and hooks; no writer thread
+                              "compact_every_commits": 10**4, **store})
+    service = Service(config_mod.load(cfg))
     rt = make_runtime(cfg)
     rt.store.after_commit = service._after_commit
     service.runtime = rt
     rt.engine.reconcile("docs")
-    rt.store.maintain(retention_s=600)  # start with every index up to date
-    indexes = len(rt.store.index_names())
-    assert indexes >= 5 and rt.store.rows_since_indexed == 0
-    seen = []
-    for i in range(3 * indexes + 8):
+    rt.store.maintain(retention_s=600)
+    assert len(rt.store.index_names()) >= 5 and rt.store.rows_since_indexed == 0
+    return service, rt
+
+
+def test_an_edit_never_waits_for_a_fold_the_folder_takes_one_index_per_step(
+        tmp_path: Path, docs: Path, make_runtime: Any, monkeypatch: Any) -> None:
+    """However far past ``fold_every_rows`` the rows pile up, a commit never folds an index in the writer's
+    path: the folder does, one index per step, and a cycle over every index counts its rows as indexed."""
+    service, rt = _fold_runtime(tmp_path, docs, make_runtime, monkeypatch, fold_every_rows=4)
+    indexes = rt.store.index_names()
+    for i in range(4 * 4):
         save_atomically(docs / "note-0000.md", f"# Note\n\nEdit {i} of the note.\n")
         rt.engine.process({"docs": {"note-0000.md": time.time()}})
-        seen.append(rt.store.rows_since_indexed)
-    assert rt.store.maintenance_runs == 1  # only the one above
-    assert service.metrics.index_folds._value.get() == rt.store.index_folds
-    if spacing == 0:
-        assert rt.store.index_folds >= indexes  # at least one whole cycle, one index per commit
-        assert max(seen) < 2 * 4 + indexes + 1  # folded as they came: never far past the threshold
-    else:
-        assert rt.store.index_folds == 1 and max(seen) > 2 * 4 + indexes + 1  # then held back
+    assert rt.store.index_folds == 0 and rt.store.rows_since_indexed == 16  # no commit folded
+    assert service._fold_wake.is_set()  # each commit wakes the folder
+    folded = [service.fold_if_due() for _ in indexes]
+    assert folded == indexes  # cheapest first, the full-text rewrite last
+    assert rt.store.rows_since_indexed == 0 and rt.store.index_folds == len(indexes)
+    assert service.metrics.index_folds._value.get() == len(indexes)
+    assert service.fold_if_due() is None  # nothing due
+    assert rt.store.stats()["unindexed_rows"] > 0  # the writer's handle: still the version of its last commit
+    assert rt.store.adopt_folds() and not rt.store.adopt_folds()
+    assert rt.store.stats()["unindexed_rows"] == 0
+
+
+def test_folds_beside_back_to_back_commits_lose_nothing(
+        tmp_path: Path, docs: Path, make_runtime: Any, monkeypatch: Any) -> None:
+    """The folder's thread folding without pause while the writer commits edit after edit: no commit and no
+    fold fails, every edit is in the table once, and the indexes serve them."""
+    service, rt = _fold_runtime(tmp_path, docs, make_runtime, monkeypatch, fold_every_rows=1)
+    folder = threading.Thread(target=service._folder)
+    folder.start()
+    try:
+        for i in range(40):
+            name = f"note-000{i % 3}.md"
+            save_atomically(docs / name, f"# Note\n\nEdit {i} says quokka{i}.\n\nSecond paragraph {i}.\n")
+            rt.engine.process({"docs": {name: time.time()}})
+            assert rt.engine.status["docs"].last_error is None
+    finally:
+        service.stopping.set()
+        service._fold_wake.set()
+        folder.join(timeout=60)
+    assert service._auto_maintenance_after == 0.0  # no fold step failed (a failure holds folds back)
+    assert rt.store.index_folds >= 2 * len(rt.store.index_names())  # folds ran while the edits committed
+    rows = rt.store.scan(["chunk_id", "doc_id", "text"]).to_pylist()
+    assert len({r["chunk_id"] for r in rows}) == len(rows)
+    latest = {r["doc_id"]: r["text"] for r in rows if "quokka" in r["text"]}
+    assert {d: t.split("quokka")[1].split(".")[0] for d, t in latest.items()} == {
+        f"note-000{i % 3}.md": str(i) for i in range(37, 40)}
+    for i in range(37, 40):
+        found = rt.store.search(HashEmbedder().encode([f"quokka{i}"])[0], f"quokka{i}", k=3)
+        assert found[0]["doc_id"] == f"note-000{i % 3}.md"
+
+
+def test_a_compaction_waits_its_turn_while_a_fold_holds_the_table(
+        tmp_path: Path, docs: Path, make_runtime: Any) -> None:
+    write_docs(docs, 3)
+    cfg = write_config(tmp_path, [{"name": "docs", "type": "filesystem", "path": str(docs)}], store={"uri": "./index"})
+    rt = make_runtime(cfg)
+    rt.engine.reconcile("docs")
+    held, release = threading.Event(), threading.Event()
+
+    def fold_in_progress() -> None:
+        with rt.store.maintenance_lock:
+            held.set()
+            release.wait(timeout=30)
+
+    holder = threading.Thread(target=fold_in_progress)
+    holder.start()
+    try:
+        assert held.wait(timeout=30)
+        commits = rt.store.commits_since_maintenance
+        assert rt.store.compact() is None  # skipped, not waited for
+        assert rt.store.compactions == 0 and rt.store.commits_since_maintenance == commits > 0
+    finally:
+        release.set()
+        holder.join(timeout=30)
+    assert rt.store.compact() is not None and rt.store.compactions == 1
+    assert rt.store.commits_since_maintenance == 0
 
 
 def test_an_idle_writer_brings_the_indexes_up_to_date(tmp_path: Path, docs: Path) -> None:
