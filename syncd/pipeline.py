@@ -527,8 +527,9 @@ class Engine:
     def rebuild(self, *, only: str | None = None, progress: bool = False, reload_index: bool = True) -> SyncSummary:
         """Re-read, re-chunk and re-embed every document into a new table, then switch to it atomically.
 
-        With ``only``, the other connectors' rows are copied over unchanged. ``reload_index=False`` leaves
-        the view of the indexed documents unread afterwards (for a process that exits after the rebuild).
+        With ``only``, the other connectors' rows are copied over unchanged. ``reload_index=False`` is for a
+        process that exits after the rebuild: the view of the indexed documents is left unread afterwards,
+        and the fingerprint cache goes to a file as it is built instead of staying in memory.
         """
         started = time.monotonic()
         summary = SyncSummary()
@@ -547,7 +548,10 @@ class Engine:
                 total = sum(1 for _ in connector.list_documents()) if progress else 0
                 bar = _progress(total, f"reindex {name}", progress)
                 cstate = self.state.connector(name)
-                cstate.fingerprints.clear()
+                if reload_index:
+                    cstate.fingerprints.clear()
+                else:
+                    cstate.spill_fingerprints()
                 cstate.failures.clear()
                 refs = iter(connector.list_documents())
                 while batch := [r.doc_id for r in islice(refs, self.max_batch_docs)]:
@@ -561,6 +565,8 @@ class Engine:
                     bar.close()
         except BaseException:
             self.store.drop_table(name_new)
+            for name in self.connectors:
+                self.state.connector(name).drop_spill()
             raise
         self.store.switch_to(name_new)
         self.state.save(only_dirty=False)
@@ -613,7 +619,7 @@ class Engine:
                 summary.failures.append(Failure(connector=name, doc_id=doc_id, reason=failed[doc_id]))
                 continue
             summary.docs_added += 1
-            cstate.fingerprints[doc_id] = [plan.doc.fingerprint, plan.doc.identity]
+            cstate.set_fingerprint(doc_id, plan.doc.fingerprint, plan.doc.identity)
         cstate.dirty = True
 
 

@@ -13,18 +13,24 @@ import json
 import os
 import tempfile
 import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 STATE_VERSION = 1
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
+    write_atomic(path, lambda fh: json.dump(data, fh, ensure_ascii=False, separators=(",", ":")))
+
+
+def write_atomic(path: Path, write: Callable[[TextIO], None]) -> None:
+    """``write`` fills a temp file beside ``path``, which then replaces it (fsync of the file and folder)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, ensure_ascii=False, separators=(",", ":"))
+            write(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -61,18 +67,73 @@ class ConnectorState:
         if data.get("state_version") != STATE_VERSION:
             data = {}
         # doc_id -> [fingerprint, revision]
-        self.fingerprints: dict[str, list[str]] = data.get("fingerprints", {})
+        self._fingerprints: dict[str, list[str]] | None = data.get("fingerprints", {})
         self.failures: dict[str, str] = data.get("failures", {})
         self.cursor: Any = data.get("cursor")
         self.extra: dict[str, Any] = data.get("extra", {})
         self.dirty = False
+        self._spill: TextIO | None = None
+
+    @property
+    def fingerprints(self) -> dict[str, list[str]]:
+        if self._fingerprints is None:  # written from a spill file by save(): read back only if asked for
+            data = read_json(self.path) or {}
+            self._fingerprints = data.get("fingerprints", {}) if data.get("state_version") == STATE_VERSION else {}
+        return self._fingerprints
+
+    @property
+    def spill_path(self) -> Path:
+        return self.path.with_name(f".{self.path.stem}.fingerprints.jsonl")
+
+    def spill_fingerprints(self) -> None:
+        """Start the cache afresh, kept in a file beside the state file instead of memory until ``save``: a
+        reindex of a large corpus then holds no per-document state (~330 bytes a document in a dict)."""
+        self._fingerprints = {}
+        self.spill_path.parent.mkdir(parents=True, exist_ok=True)
+        self._spill = open(self.spill_path, "w", encoding="utf-8")  # noqa: SIM115 - closed by save()
+
+    def set_fingerprint(self, doc_id: str, fingerprint: str, revision: str) -> None:
+        if self._spill is not None:
+            self._spill.write(json.dumps([doc_id, fingerprint, revision], ensure_ascii=False) + "\n")
+        else:
+            self.fingerprints[doc_id] = [fingerprint, revision]
+        self.dirty = True
+
+    def drop_spill(self) -> None:
+        """A reindex that failed: its spilled fingerprints are not the cache (the state file is unchanged)."""
+        if self._spill is not None:
+            self._spill.close()
+            self._spill = None
+            self._fingerprints = None
+            self.spill_path.unlink(missing_ok=True)
+
+    def _write(self, fh: TextIO) -> None:
+        dump = lambda value: json.dumps(value, ensure_ascii=False, separators=(",", ":"))  # noqa: E731
+        fh.write('{"state_version":' + dump(STATE_VERSION) + ',"fingerprints":{')
+        entries = iter(self.fingerprints.items())
+        if self._spill is not None:
+            self._spill.close()
+            entries = _chain_spill(self.spill_path, entries)
+        for i, (doc_id, value) in enumerate(entries):
+            fh.write(("," if i else "") + dump(doc_id) + ":" + dump(value))
+        fh.write('},"failures":' + dump(self.failures) + ',"cursor":' + dump(self.cursor)
+                 + ',"extra":' + dump(self.extra) + "}")
 
     def save(self) -> None:
-        write_json_atomic(self.path, {
-            "state_version": STATE_VERSION, "fingerprints": self.fingerprints, "failures": self.failures,
-            "cursor": self.cursor, "extra": self.extra,
-        })
+        write_atomic(self.path, self._write)
+        if self._spill is not None:
+            self._spill = None
+            self._fingerprints = None  # on disk now; read back on first use
+            self.spill_path.unlink(missing_ok=True)
         self.dirty = False
+
+
+def _chain_spill(path: Path, first: Iterator[tuple[str, list[str]]]) -> Iterator[tuple[str, list[str]]]:
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            doc_id, fingerprint, revision = json.loads(line)
+            yield doc_id, [fingerprint, revision]
+    yield from first
 
 
 class StateDir:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
 
@@ -371,6 +372,67 @@ def test_the_reindex_command_never_reads_the_old_index_view(fs_config, docs, mak
     assert code == cli.EXIT_OK and reads == []
     after = make_runtime(fs_config)  # an ordinary open reads the view of the new table
     assert reads == [after.store.table_name] and doc_ids(after) == {"p0.md", "p1.md", "p2.md"}
+
+
+def test_the_reindex_command_keeps_the_fingerprint_cache_in_a_file_not_in_memory(fs_config, docs, make_runtime):
+    """A rebuild for a process that exits after it (``reload_index=False``, `syncd reindex`) writes each
+    batch's fingerprints to a file beside the state file and streams them into the state file at the end:
+    memory holds none of them, and the state file is the same cache an in-memory rebuild writes."""
+    for i in range(7):
+        (docs / f"p{i}.md").write_text(markdown_doc(i))
+    (docs / "bad.md").write_bytes(b"# Bad\n\x00\x01 a NUL byte: binary\n")
+    rt = make_runtime(fs_config)
+    rt.engine.max_batch_docs = 2
+    cstate = rt.state.connector("docs")
+    in_memory: list[int] = []
+    rebuild_batch = rt.engine._rebuild_batch
+
+    def traced_batch(name, doc_ids, *args, **kwargs):
+        result = rebuild_batch(name, doc_ids, *args, **kwargs)
+        in_memory.append(len(cstate._fingerprints or {}))
+        assert cstate.spill_path.is_file()
+        return result
+
+    rt.engine._rebuild_batch = traced_batch
+    rt.engine.rebuild(reload_index=False)
+    assert len(in_memory) == 4 and set(in_memory) == {0}
+    assert not cstate.spill_path.exists()
+    spilled = json.loads(cstate.path.read_text())
+
+    rt.engine._rebuild_batch = rebuild_batch
+    rt.engine.rebuild()  # the daemon's rebuild keeps the cache in memory
+    in_mem = json.loads(cstate.path.read_text())
+    assert spilled == in_mem
+    assert set(spilled["fingerprints"]) == {f"p{i}.md" for i in range(7)} and set(spilled["failures"]) == {"bad.md"}
+    assert cstate.fingerprints == in_mem["fingerprints"]
+
+    rt.close()
+    again = make_runtime(fs_config)  # the next sync uses the cache: no cached document re-read or embedded
+    reads: list[str] = []
+    read = again.connectors["docs"].read
+    again.connectors["docs"].read = lambda doc_id: reads.append(doc_id) or read(doc_id)
+    s = sync(again)
+    assert (s.docs_added, s.docs_changed, s.chunks_embedded) == (0, 0, 0) and s.docs_unchanged == 7
+    assert reads == ["bad.md"]  # the one failure is tried again
+
+
+def test_a_failed_reindex_leaves_no_fingerprint_spill_behind(fs_config, docs, make_runtime):
+    for i in range(3):
+        (docs / f"p{i}.md").write_text(markdown_doc(i))
+    rt = make_runtime(fs_config)
+    sync(rt)
+    rt.state.save()
+    before = rt.state.connector("docs").path.read_text()
+
+    def failing(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    rt.engine._rebuild_batch = failing
+    with pytest.raises(RuntimeError):
+        rt.engine.rebuild(reload_index=False)
+    cstate = rt.state.connector("docs")
+    assert not cstate.spill_path.exists() and cstate.path.read_text() == before
+    assert set(cstate.fingerprints) == {"p0.md", "p1.md", "p2.md"}  # read back from the untouched file
 
 
 def test_a_crashed_reindex_leaves_its_table_to_be_dropped_and_a_lost_pointer_adopts_the_live_table(
