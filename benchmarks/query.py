@@ -4,6 +4,7 @@ sync is writing; and (6) store growth under single-document updates, with and wi
 from __future__ import annotations
 
 import random
+import re
 import shutil
 import statistics
 import threading
@@ -94,6 +95,18 @@ def latency(index_folder: Path, work: Path, *, seed: int, n_docs: int, queries: 
     return out
 
 
+UPDATE_LINE = re.compile(r"\nUpdate \d+ to this page\.\n\Z")
+
+
+def edit_in_place(path: Path, i: int) -> None:
+    """A single-document update: the page's update sentence says ``i`` now (added by its first update, then
+    replaced), so the corpus keeps its size and the growth figures are the store's, not more content's."""
+    text = path.read_text(encoding="utf-8")
+    line = f"\nUpdate {i} to this page.\n"
+    path.write_text(UPDATE_LINE.sub(lambda _: line, text) if UPDATE_LINE.search(text) else text + line,
+                    encoding="utf-8")
+
+
 def growth(index_folder: Path, work: Path, *, updates: int, queries: int, seed: int, n_docs: int,
            bare_updates: int | None = None) -> dict[str, Any]:
     """``updates`` single-document updates (one commit each) with the service's maintenance, and
@@ -171,8 +184,7 @@ def growth(index_folder: Path, work: Path, *, updates: int, queries: int, seed: 
             count = updates if maintained else out["bare_updates"]
             for i in range(count):
                 d = rng.choice(docs)
-                with open(root / d, "a") as fh:
-                    fh.write(f"\nUpdate {i} to this page.\n")
+                edit_in_place(root / d, i)
                 t0 = time.monotonic()
                 rt.engine.process({"docs": {d: time.time()}})
                 commit_times.append(time.monotonic() - t0)
@@ -197,7 +209,8 @@ def growth(index_folder: Path, work: Path, *, updates: int, queries: int, seed: 
                           "first_100_update_s": summarize(commit_times[:100]),
                           "last_100_update_s": summarize(commit_times[-100:]),
                           "maintenance_runs": rt.store.maintenance_runs, "compactions": rt.store.compactions,
-                          "rows": after["rows"], "query_after_idle_maintenance_s": idle_lat,
+                          "rows_before": before["rows"], "rows": after["rows"],
+                          "query_after_idle_maintenance_s": idle_lat,
                           "rss_before": rss_before, "rss_after": rss_after, "paired": pair,
                           "paired_after_idle": idle_pair,
                           "query_change_after_idle": (idle_lat["median"] / base["median"] - 1

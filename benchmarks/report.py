@@ -133,8 +133,10 @@ def targets(r: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
             rows.append((f"6. after {d.get('updates', g['updates'])} single-doc updates, {label.replace('_', ' ')}",
                          "(for scale)",
                          f"versions {d['versions_before']}→{d['versions_after']}, fragments {d['fragments_before']}"
-                         f"→{d['fragments_after']}, query p50 {_ms(d['query_before_s']['median'])}→"
-                         f"{_ms(d['query_after_s']['median'])}", None))
+                         f"→{d['fragments_after']}, "
+                         + (f"rows {d['rows_before']}→{d['rows']}, " if d.get("rows_before") else "")
+                         + f"query p50 {_ms(d['query_before_s']['median'])}→{_ms(d['query_after_s']['median'])}",
+                         None))
         d = g.get("with_maintenance")
         pair, idle_pair = (d or {}).get("paired"), (d or {}).get("paired_after_idle")
         if pair and idle_pair:
