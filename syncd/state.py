@@ -109,11 +109,13 @@ class ConnectorState:
 
     def _write(self, fh: TextIO) -> None:
         dump = lambda value: json.dumps(value, ensure_ascii=False, separators=(",", ":"))  # noqa: E731
+        if self._spill is None:  # one call into the C encoder: the daemon saves after every batch
+            fh.write(dump({"state_version": STATE_VERSION, "fingerprints": self.fingerprints,
+                           "failures": self.failures, "cursor": self.cursor, "extra": self.extra}))
+            return
         fh.write('{"state_version":' + dump(STATE_VERSION) + ',"fingerprints":{')
-        entries = iter(self.fingerprints.items())
-        if self._spill is not None:
-            self._spill.close()
-            entries = _chain_spill(self.spill_path, entries)
+        self._spill.close()
+        entries = _chain_spill(self.spill_path, iter(self.fingerprints.items()))
         for i, (doc_id, value) in enumerate(entries):
             fh.write(("," if i else "") + dump(doc_id) + ":" + dump(value))
         fh.write('},"failures":' + dump(self.failures) + ',"cursor":' + dump(self.cursor)
