@@ -40,7 +40,7 @@ class Metrics:
                                       "Unix time of the last successful store maintenance.", registry=r)
         self.compactions = Counter("syncd_store_compactions", "Merges of small fragments between full maintenances.",
                                    registry=r)
-        self.index_folds = Counter("syncd_index_folds", "Single indexes brought up to date between batches.",
+        self.index_folds = Counter("syncd_index_folds", "Single indexes brought up to date by the folder thread.",
                                    registry=r)
         self.fragments = Gauge("syncd_store_fragments", "Fragments in the live table after the last maintenance.",
                                registry=r)
