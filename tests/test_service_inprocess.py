@@ -316,7 +316,7 @@ def test_indexes_are_brought_up_to_date_past_a_row_count_and_ann_past_the_row_th
         assert code == 200 and found["results"][0]["doc_id"] == "fresh.md"
 
 
-def test_unindexed_rows_are_folded_one_index_at_a_time_between_batches(tmp_path: Path, docs: Path) -> None:
+def test_unindexed_rows_are_folded_one_index_at_a_time_by_the_folder(tmp_path: Path, docs: Path) -> None:
     write_docs(docs, 20)
     cfg = write_config(tmp_path, [{"name": "docs", "type": "filesystem", "path": str(docs)}],
                        store={"uri": "./index", "index_every_rows": 10**9, "index_when_idle": "0s",
