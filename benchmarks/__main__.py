@@ -65,6 +65,9 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write(render(json.loads((folder / "results.json").read_text()), folder, args.readme) + "\n")
         return 0
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from syncd.alloc import limit_malloc_arenas
+
+    limit_malloc_arenas()  # the in-process benchmarks (growth, incremental, throughput) run as `syncd` would
     only = [x.strip() for x in args.only.split(",") if x.strip()]
     unknown = set(only) - set(ALL)
     if unknown:
