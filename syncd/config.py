@@ -89,6 +89,10 @@ class EmbeddingConfig(Section):
     model: str = "all-MiniLM-L6-v2"
     """A model name (all-MiniLM-L6-v2 resolves to the packaged offline copy) or a local folder."""
     batch_size: int = Field(default=64, ge=1, le=4096)
+    """Texts per model call, at most."""
+    max_batch_tokens: int = Field(default=2048, ge=1)
+    """Padded tokens per model call, at most (calls are also cut here: texts sorted by length, so a call of
+    long texts holds fewer of them). Small calls of similar length are faster per text on a CPU."""
     device: str = "auto"
     """auto, cpu, cuda or mps."""
     threads: int = Field(default=0, ge=0)

@@ -12,13 +12,37 @@ import os
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
 from syncd.errors import ModelError
 
 BURST_TEXTS = 16
+MAX_BATCH_TOKENS = 2048
+"""Default padded tokens per model call (``[embedding] max_batch_tokens``)."""
+
+
+def plan_batches(lengths: Sequence[int], *, max_texts: int, max_tokens: int) -> list[list[int]]:
+    """Indexes of ``lengths`` (token counts) grouped into model calls: sorted by length, each call at most
+    ``max_texts`` texts and at most ``max_tokens`` tokens once padded to its longest text (a text longer
+    than that goes alone). On a CPU a transformer's cost grows faster than linearly with the padded batch
+    (attention is quadratic in its width; large activations leave the caches), so calls of similar, short
+    texts are cheaper per text: 65 mixed chunks of the benchmark corpus take 1.98 s in calls of 64 and
+    1.14 s in calls of 8 with PyTorch here (ONNX int8: 0.83 and 0.52 s), and 400 chunks run 45 vs 59
+    chunks/s (ONNX int8: 140 vs 183)."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for i in order:
+        width = max(lengths[i], 1)  # ascending: the newest text is the widest
+        if current and (len(current) >= max_texts or (len(current) + 1) * width > max_tokens):
+            batches.append(current)
+            current = []
+        current.append(i)
+    if current:
+        batches.append(current)
+    return batches
 _PACKAGED = {"all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2"}
 
 
@@ -67,11 +91,13 @@ def model_dim(path: Path) -> int:
 class SentenceTransformerEmbedder:
     """sentence-transformers model loaded offline; the model itself loads on first encode()."""
 
-    def __init__(self, model: str, *, batch_size: int = 64, device: str = "auto", threads: int = 0) -> None:
+    def __init__(self, model: str, *, batch_size: int = 64, device: str = "auto", threads: int = 0,
+                 max_batch_tokens: int = MAX_BATCH_TOKENS) -> None:
         self.path = resolve_model_path(model)
         self.model_id = model.lower() if model.lower() in _PACKAGED else f"path:{self.path.resolve()}"
         self.dim = model_dim(self.path)
         self.batch_size = batch_size
+        self.max_batch_tokens = max_batch_tokens
         self.device = device
         self.threads = threads
         self.burst_threads = 0
@@ -120,11 +146,15 @@ class SentenceTransformerEmbedder:
 
                 # One thread keeps a single edit fast next to a query; a backlog wants every core.
                 torch.set_num_threads(self.burst_threads if len(texts) >= BURST_TEXTS else max(1, self.threads))
-            vectors = self._model.encode(  # type: ignore[attr-defined]
-                list(texts), batch_size=self.batch_size, normalize_embeddings=True,
-                convert_to_numpy=True, show_progress_bar=False,
-            )
-        return np.asarray(vectors, dtype=np.float32)
+            model: Any = self._model
+            texts = list(texts)
+            lengths = [len(ids) for ids in model.tokenizer(texts, truncation=True,
+                                                           max_length=model.max_seq_length)["input_ids"]]
+            out = np.zeros((len(texts), self.dim), dtype=np.float32)
+            for idx in plan_batches(lengths, max_texts=self.batch_size, max_tokens=self.max_batch_tokens):
+                out[idx] = model.encode([texts[i] for i in idx], batch_size=len(idx), normalize_embeddings=True,
+                                        convert_to_numpy=True, show_progress_bar=False)
+        return out
 
 
 def from_config(config: object) -> SentenceTransformerEmbedder | OnnxEmbedder:
@@ -132,8 +162,9 @@ def from_config(config: object) -> SentenceTransformerEmbedder | OnnxEmbedder:
     if emb.backend != "torch":
         cache = config.state_dir / "models"  # type: ignore[attr-defined]
         return OnnxEmbedder(emb.model, cache_dir=cache, quantize=emb.backend == "onnx-int8",
-                            batch_size=emb.batch_size, threads=emb.threads)
-    return SentenceTransformerEmbedder(emb.model, batch_size=emb.batch_size, device=emb.device, threads=emb.threads)
+                            batch_size=emb.batch_size, threads=emb.threads, max_batch_tokens=emb.max_batch_tokens)
+    return SentenceTransformerEmbedder(emb.model, batch_size=emb.batch_size, device=emb.device, threads=emb.threads,
+                                       max_batch_tokens=emb.max_batch_tokens)
 
 
 class OnnxEmbedder:
@@ -147,13 +178,14 @@ class OnnxEmbedder:
     """
 
     def __init__(self, model: str, *, cache_dir: Path, quantize: bool = True, batch_size: int = 64,
-                 threads: int = 0) -> None:
+                 threads: int = 0, max_batch_tokens: int = MAX_BATCH_TOKENS) -> None:
         self.path = resolve_model_path(model)
         base_id = model.lower() if model.lower() in _PACKAGED else f"path:{self.path.resolve()}"
         self.backend = "onnx-int8" if quantize else "onnx"
         self.model_id = f"{base_id}+{self.backend}"
         self.dim = model_dim(self.path)
         self.batch_size = batch_size
+        self.max_batch_tokens = max_batch_tokens
         self.threads = threads
         self.quantize = quantize
         config = json.loads((self.path / "sentence_bert_config.json").read_text()) if (
@@ -256,10 +288,9 @@ class OnnxEmbedder:
         self.load()
         with self._lock:
             encodings = self._tokenizer.encode_batch(list(texts))  # type: ignore[attr-defined]
-            order = sorted(range(len(texts)), key=lambda i: len(encodings[i].ids))
             out = np.zeros((len(texts), self.dim), dtype=np.float32)
-            for start in range(0, len(order), self.batch_size):
-                idx = order[start:start + self.batch_size]
+            for idx in plan_batches([len(e.ids) for e in encodings], max_texts=self.batch_size,
+                                    max_tokens=self.max_batch_tokens):
                 width = max(len(encodings[i].ids) for i in idx)
                 ids = np.zeros((len(idx), width), dtype=np.int64)
                 mask = np.zeros_like(ids)
