@@ -9,6 +9,7 @@ import shutil
 import statistics
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +108,23 @@ def edit_in_place(path: Path, i: int) -> None:
                     encoding="utf-8")
 
 
+def service_policy(store: Any, policy: Any) -> Callable[[], None]:
+    """The service's maintenance after each commit, in one thread (Service._after_commit and its folder):
+    merge small fragments every N commits, bring the indexes up to date past index_every_rows rows, and fold
+    one index per update past fold_every_rows (the folder's thread does this beside the writer's commits)."""
+
+    def after_commit() -> None:
+        if store.indexing_due(policy):
+            store.maintain(retention_s=600, policy=policy)
+        elif store.maintenance_due(policy):
+            store.compact()
+        if store.fold_due(policy):
+            store.fold_step()
+            store.adopt_folds()
+
+    return after_commit
+
+
 def growth(index_folder: Path, work: Path, *, updates: int, queries: int, seed: int, n_docs: int,
            bare_updates: int | None = None) -> dict[str, Any]:
     """``updates`` single-document updates (one commit each) with the service's maintenance, and
@@ -165,19 +183,7 @@ def growth(index_folder: Path, work: Path, *, updates: int, queries: int, seed: 
             base = query_p50(rt.store)
             rss_before = psutil.Process().memory_info().rss
             if maintained:
-                # The service's policy (Service._after_commit and its folder): merge small fragments every
-                # N commits, bring the indexes up to date past index_every_rows rows, and fold one index per
-                # update past fold_every_rows (the folder's thread does this beside the writer's commits).
-                def after_commit(store: Any = rt.store, policy: Any = policy) -> None:
-                    if store.indexing_due(policy):
-                        store.maintain(retention_s=600, policy=policy)
-                    elif store.maintenance_due(policy):
-                        store.compact()
-                    if store.fold_due(policy):
-                        store.fold_step()
-                        store.adopt_folds()
-
-                rt.store.after_commit = after_commit
+                rt.store.after_commit = service_policy(rt.store, policy)
             rng = random.Random(seed)
             started = time.monotonic()
             commit_times = []

@@ -9,7 +9,7 @@ import structlog, logging
 structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
 from benchmarks.common import workspace
 from benchmarks.probe import StandInEmbedder
-from benchmarks.query import edit_in_place
+from benchmarks.query import edit_in_place, service_policy
 from syncd import config as config_mod
 from syncd.runtime import Runtime
 from syncd.store import MaintenancePolicy
@@ -26,17 +26,7 @@ policy, store = MaintenancePolicy(), rt.store
 store.maintain(retention_s=600, policy=policy)
 
 
-def after_commit(store=store, policy=policy):
-    if store.indexing_due(policy):
-        store.maintain(retention_s=600, policy=policy)
-    elif store.maintenance_due(policy):
-        store.compact()
-    if store.fold_due(policy):
-        store.fold_step()
-        store.adopt_folds()
-
-
-store.after_commit = after_commit
+store.after_commit = service_policy(store, policy)
 proc = psutil.Process()
 print("env MALLOC_ARENA_MAX", os.environ.get("MALLOC_ARENA_MAX"), "TRIM", os.environ.get("TRIM"), "start rss MiB", proc.memory_info().rss >> 20, flush=True)
 rng = random.Random(7)
