@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from syncd.alloc import limit_malloc_arenas
 
-    limit_malloc_arenas()  # the in-process benchmarks (growth, incremental, throughput) run as `syncd` would
+    limit_malloc_arenas()  # in-process benchmarks run as the batch commands do (`syncd sync`, `syncd reindex`)
     only = [x.strip() for x in args.only.split(",") if x.strip()]
     unknown = set(only) - set(ALL)
     if unknown:

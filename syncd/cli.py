@@ -48,9 +48,10 @@ def _emit(obj: Any) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from syncd.alloc import limit_malloc_arenas
+    if args.command != "run":
+        from syncd.alloc import limit_malloc_arenas
 
-    limit_malloc_arenas()  # before LanceDB's and torch's thread pools start
+        limit_malloc_arenas()  # batch commands, before LanceDB's and torch's thread pools start
     from syncd import config as config_mod
     from syncd.logs import configure
 

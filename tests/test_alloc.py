@@ -58,10 +58,13 @@ def test_an_arena_setting_in_the_environment_wins(monkeypatch: pytest.MonkeyPatc
     assert alloc.limit_malloc_arenas() is False
 
 
-def test_every_cli_command_sets_the_cap_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(("command", "capped"), [("reindex", True), ("sync", True), ("status", True),
+                                                  ("run", False)])
+def test_batch_commands_set_the_cap_first_and_the_service_keeps_the_default(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: str, capped: bool) -> None:
     from syncd import cli
 
     calls: list[str] = []
     monkeypatch.setattr(alloc, "limit_malloc_arenas", lambda: calls.append("cap") or True)
-    code = cli.main(["--config", str(tmp_path / "missing.toml"), "status"])
-    assert calls == ["cap"] and code == cli.EXIT_USAGE  # set before the config is even read
+    code = cli.main(["--config", str(tmp_path / "missing.toml"), command])
+    assert calls == (["cap"] if capped else []) and code == cli.EXIT_USAGE  # before the config is even read
