@@ -148,6 +148,9 @@ class SentenceTransformerEmbedder:
                 torch.set_num_threads(self.burst_threads if len(texts) >= BURST_TEXTS else max(1, self.threads))
             model: Any = self._model
             texts = list(texts)
+            # Token counts for the plan: sentence-transformers tokenizes again inside encode(). That costs
+            # ~1% (10 ms for 65 texts, 0.6 s for 3,584, against ~17 ms a text for the model) and buys ~15%:
+            # a plan from character counts ran 400 chunks at 52 chunks/s, from token counts at 61.
             lengths = [len(ids) for ids in model.tokenizer(texts, truncation=True,
                                                            max_length=model.max_seq_length)["input_ids"]]
             out = np.zeros((len(texts), self.dim), dtype=np.float32)

@@ -664,8 +664,8 @@ class Store:
         place. The writer runs this every few commits; ``maintain`` does the rest when rows pile up or the
         writer is idle. Lance remaps the indexes of the rows it moves, so no query loses them.
 
-        Returns None, doing nothing, while a fold holds ``maintenance_lock`` (a rewrite of fragments and an
-        index update on them do not rebase onto each other); the commits that made it due still count, so
+        Returns None, doing nothing, while a fold holds ``maintenance_lock`` (Lance can refuse a rewrite of
+        fragments committed beside an index update on them); the commits that made it due still count, so
         the next commit tries again."""
         import lance
 
