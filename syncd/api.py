@@ -13,10 +13,11 @@ class Index:
     """Searches the live table; sees every commit the daemon makes (read consistency interval 0 by default)."""
 
     def __init__(self, config: Config, embedder: Any | None = None) -> None:
-        from syncd.embedding import from_config
+        from syncd.embedding import QueryVectors, from_config
 
         self.config = config
         self.embedder = embedder if embedder is not None else from_config(config)
+        self.query_vectors = QueryVectors(self.embedder, config.embedding.query_cache)
         self.store = Store(config.store_uri, config.state_dir, base_table=config.store.table, dim=self.embedder.dim,
                            signature="", read_consistency_interval=config.store.read_consistency_interval,
                            **config.store.cache_limits())
@@ -29,7 +30,7 @@ class Index:
     def search(self, text: str, k: int = 10, connector: str | None = None) -> list[dict[str, Any]]:
         """Hybrid (vector + full-text) search; each result carries its citation (uri, revision, lines)."""
         self.store.refresh()
-        return self.store.search(lambda: self.embedder.encode([text])[0], text, k=k, connector=connector)
+        return self.store.search(lambda: self.query_vectors(text), text, k=k, connector=connector)
 
     def query(self, text: str, k: int = 10, connector: str | None = None) -> dict[str, Any]:
         """The `syncd query --json` document."""

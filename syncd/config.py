@@ -97,6 +97,9 @@ class EmbeddingConfig(Section):
     """auto, cpu, cuda or mps."""
     threads: int = Field(default=0, ge=0)
     """Torch CPU threads; 0 = one per core."""
+    query_cache: int = Field(default=1024, ge=0)
+    """Query vectors kept by query text for /search, `syncd query -` and the Python API (most recently used;
+    0 = none): a repeated query costs no model time."""
     backend: Literal["torch", "onnx", "onnx-int8"] = "torch"
     """torch (sentence-transformers), or an ONNX Runtime copy of the same model exported once into the state
     folder: onnx (fp32, same vectors) or onnx-int8 (dynamic int8 quantisation, about twice as fast on a CPU;

@@ -28,6 +28,7 @@ import structlog
 
 from syncd import __version__
 from syncd.config import Config
+from syncd.embedding import QueryVectors
 from syncd.errors import ConfigError, SyncdError
 from syncd.http import Endpoints, HttpServer
 from syncd.metrics import Metrics
@@ -150,6 +151,7 @@ class Service:
         self._embedder = embedder
         self.reader: Store | None = None
         self.query_embedder: Any = None
+        self.query_vectors: QueryVectors | None = None
         self.http: HttpServer | None = None
         self.scheduler: Any = None
         self.watches: dict[str, Any] = {}
@@ -209,6 +211,8 @@ class Service:
         for emb in {id(e): e for e in (rt.embedder, self.query_embedder)}.values():
             if hasattr(emb, "load"):
                 emb.load()
+        self.query_vectors = QueryVectors(self.query_embedder, cfg.embedding.query_cache,
+                                          on_lookup=self.metrics.count_query_vector)
         self.reader = Store(cfg.store_uri, cfg.state_dir, base_table=cfg.store.table, dim=rt.embedder.dim,
                             signature=rt.signature, read_consistency_interval=cfg.store.read_consistency_interval,
                             **cfg.store.cache_limits())
@@ -871,7 +875,9 @@ class Service:
     def search(self, q: str, k: int, connector: str | None) -> dict[str, Any]:
         assert self.runtime is not None and self.reader is not None
         self.reader.refresh()
-        results = self.reader.search(lambda: self.query_embedder.encode([q])[0], q, k=k, connector=connector)
+        assert self.query_vectors is not None
+        vectors = self.query_vectors
+        results = self.reader.search(lambda: vectors(q), q, k=k, connector=connector)
         return {"query": q, "results": results}
 
     def status(self) -> dict[str, Any]:

@@ -10,7 +10,8 @@ import hashlib
 import json
 import os
 import threading
-from collections.abc import Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -43,6 +44,48 @@ def plan_batches(lengths: Sequence[int], *, max_texts: int, max_tokens: int) -> 
     if current:
         batches.append(current)
     return batches
+QUERY_CACHE = 1024
+"""Default query vectors kept (``[embedding] query_cache``)."""
+
+
+class QueryVectors:
+    """Query vectors by query text, the ``size`` most recently used kept (0 keeps none).
+
+    A repeated query (a client retrying, a dashboard refreshing, an application polling until its update
+    shows) then costs no model time, which on a small machine is time the writer's embedding gets. The
+    model is fixed for the life of the process (changing it is a restart and a rebuild), so a kept vector
+    never goes stale. ``on_lookup(hit)`` is told of every lookup (the metrics)."""
+
+    def __init__(self, embedder: Any, size: int = QUERY_CACHE, *,
+                 on_lookup: Callable[[bool], None] | None = None) -> None:
+        self.embedder = embedder
+        self.size = size
+        self._on_lookup = on_lookup
+        self._kept: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __call__(self, text: str) -> np.ndarray:
+        with self._lock:
+            vector = self._kept.get(text)
+            if vector is not None:
+                self._kept.move_to_end(text)
+        if self._on_lookup is not None:
+            self._on_lookup(vector is not None)
+        if vector is not None:
+            return vector
+        vector = np.asarray(self.embedder.encode([text])[0], dtype=np.float32)
+        vector.setflags(write=False)  # shared by every later caller of the same text
+        if self.size:
+            with self._lock:
+                self._kept[text] = vector
+                while len(self._kept) > self.size:
+                    self._kept.popitem(last=False)
+        return vector
+
+    def __len__(self) -> int:
+        return len(self._kept)
+
+
 _PACKAGED = {"all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2"}
 
 

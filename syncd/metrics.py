@@ -42,5 +42,10 @@ class Metrics:
                                    registry=r)
         self.index_folds = Counter("syncd_index_folds", "Single indexes brought up to date by the folder thread.",
                                    registry=r)
+        self.query_vectors = Counter("syncd_query_vectors", "Query vectors for /search, by source (model, cache).",
+                                     ["source"], registry=r)
         self.fragments = Gauge("syncd_store_fragments", "Fragments in the live table after the last maintenance.",
                                registry=r)
+
+    def count_query_vector(self, hit: bool) -> None:
+        self.query_vectors.labels(source="cache" if hit else "model").inc()

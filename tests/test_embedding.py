@@ -7,7 +7,7 @@ import random
 import numpy as np
 import pytest
 
-from syncd.embedding import SentenceTransformerEmbedder, plan_batches
+from syncd.embedding import QueryVectors, SentenceTransformerEmbedder, plan_batches
 from tests.corpus import paragraph
 
 
@@ -54,3 +54,51 @@ def test_planned_calls_give_the_vectors_one_plain_call_gives(real_embedder: Sent
     assert len(calls) > 2 and sum(calls) == len(texts)  # cut by the token budget, not by batch_size
     assert float((got * want).sum(axis=1).min()) > 0.9999
     assert np.allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+
+
+class _Counted:
+    """The real model, with the texts of each call recorded."""
+
+    def __init__(self, inner: SentenceTransformerEmbedder) -> None:
+        self.inner = inner
+        self.dim = inner.dim
+        self.calls: list[list[str]] = []
+
+    def encode(self, texts):
+        self.calls.append(list(texts))
+        return self.inner.encode(texts)
+
+
+@pytest.mark.e2e
+def test_a_repeated_query_costs_no_model_call_and_gets_the_models_vector(
+        real_embedder: SentenceTransformerEmbedder) -> None:
+    model = _Counted(real_embedder)
+    lookups: list[bool] = []
+    vectors = QueryVectors(model, 2, on_lookup=lookups.append)
+    first = vectors("how do I fail over the database?")
+    again = vectors("how do I fail over the database?")
+    assert model.calls == [["how do I fail over the database?"]] and lookups == [False, True]
+    want = real_embedder.encode(["how do I fail over the database?"])[0]
+    assert np.array_equal(first, want) and np.array_equal(again, want)
+    with pytest.raises(ValueError):
+        again[0] = 1.0  # one array handed to every caller: nobody may change it
+
+    # The two most recently used are kept: "b" pushed out the query "a" was younger than.
+    vectors("a")
+    vectors("how do I fail over the database?")  # used again: now younger than "a"
+    vectors("b")
+    assert len(vectors) == 2
+    calls = len(model.calls)
+    vectors("how do I fail over the database?")
+    assert len(model.calls) == calls  # kept
+    vectors("a")
+    assert model.calls[-1] == ["a"]  # pushed out, embedded again
+
+
+@pytest.mark.e2e
+def test_a_query_cache_of_size_zero_embeds_every_query(real_embedder: SentenceTransformerEmbedder) -> None:
+    model = _Counted(real_embedder)
+    vectors = QueryVectors(model, 0)
+    vectors("runbook")
+    vectors("runbook")
+    assert model.calls == [["runbook"], ["runbook"]] and len(vectors) == 0

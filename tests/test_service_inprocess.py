@@ -316,6 +316,27 @@ def test_indexes_are_brought_up_to_date_past_a_row_count_and_ann_past_the_row_th
         assert code == 200 and found["results"][0]["doc_id"] == "fresh.md"
 
 
+def test_search_embeds_a_repeated_query_once_and_counts_where_vectors_came_from(tmp_path: Path, docs: Path) -> None:
+    write_docs(docs, 5)
+    cfg = write_config(tmp_path, [{"name": "docs", "type": "filesystem", "path": str(docs)}],
+                       store={"uri": "./index"}, embedding={"query_cache": 4})
+    with running(cfg) as service:
+        wait_for(service.ready, what="ready")
+        model = service.query_embedder
+        asked = lambda text: sum(call == [text] for call in model.calls)  # noqa: E731
+        first = get(service, f"/search?q={quote('note number 3')}&k=3")
+        second = get(service, f"/search?q={quote('note number 3')}&k=3")
+        assert first == second and first[0] == 200 and first[1]["results"][0]["doc_id"] == "note-0003.md"
+        assert asked("note number 3") == 1
+        assert (metric(service, "syncd_query_vectors_total", source="model"),
+                metric(service, "syncd_query_vectors_total", source="cache")) == (1, 1)
+        # An edit changes what a kept query finds: the vector is the query's, the rows are today's.
+        save_atomically(docs / "note-0001.md", "# Note 1\n\nThis is note number 3 now, twice: note number 3.\n")
+        wait_for(lambda: get(service, f"/search?q={quote('note number 3')}&k=3")[1]["results"][0]["doc_id"]
+                 == "note-0001.md", what="the edit found by the kept query")
+        assert asked("note number 3") == 1
+
+
 def test_unindexed_rows_are_folded_one_index_at_a_time_by_the_folder(tmp_path: Path, docs: Path) -> None:
     write_docs(docs, 20)
     cfg = write_config(tmp_path, [{"name": "docs", "type": "filesystem", "path": str(docs)}],
