@@ -82,9 +82,24 @@ def _append(root: Path, w: Write) -> None:
     w.written_at = time.time()
 
 
+def query_vectors(daemon: Daemon) -> dict[str, float]:
+    """``syncd_query_vectors_total`` by source: query vectors the model made and ones the cache gave."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    code, text = daemon.get("/metrics")
+    out = {"model": 0.0, "cache": 0.0}
+    if code == 200 and isinstance(text, str):
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == "syncd_query_vectors_total":
+                    out[sample.labels["source"]] = sample.value
+    return out
+
+
 def run_phase(daemon: Daemon, root: Path, doc_ids: list[str], *, writes: int, interval: float, seed: int,
               settle_timeout: float = 60.0) -> dict[str, Any]:
     rng = random.Random(seed)
+    vectors_before = query_vectors(daemon)
     poller = Poller(daemon)
     poller.thread.start()
     done: list[Write] = []
@@ -104,12 +119,14 @@ def run_phase(daemon: Daemon, root: Path, doc_ids: list[str], *, writes: int, in
         time.sleep(0.05)
     poller.stop.set()
     poller.thread.join(timeout=30)
+    vectors_after = query_vectors(daemon)
     latencies = [w.found_at - w.written_at for w in done if w.found_at is not None]
     lost = [w.doc_id for w in done if w.found_at is None]
     return {"writes": writes, "interval_s": interval, "write_seconds": write_seconds,
             "achieved_rate": writes / write_seconds if write_seconds else None,
             "latency_s": summarize(latencies), "lost": len(lost), "lost_docs": lost[:20],
             "query_latency_s": summarize(poller.query_latencies), "query_errors": poller.errors,
+            "query_vectors": {k: int(vectors_after[k] - vectors_before[k]) for k in vectors_after},
             "_writes": done}
 
 

@@ -204,7 +204,9 @@ def markdown(r: dict[str, Any]) -> str:
             d = f.get(phase)
             if d:
                 lines.append(f"- {phase}: {d['writes']} writes at {d['achieved_rate']:.1f}/s, latency "
-                             f"{_stat_ms(d['latency_s'])}; the poller's `/search` calls: {_stat_ms(d['query_latency_s'])}.")
+                             f"{_stat_ms(d['latency_s'])}; the poller's `/search` calls: {_stat_ms(d['query_latency_s'])}"
+                             + (f", query vectors from the model {qv['model']}, from the cache {qv['cache']}."
+                                if (qv := d.get("query_vectors")) else "."))
         lines.append("")
     inc = _per_size(r.get("incremental"))
     for label, data in inc.items():

@@ -1,6 +1,8 @@
 """RSS of a writer making UPDATES single-document commits on the cached 1k index with the service's
 maintenance policy, printed every UPDATES/10 commits. Run it under different allocator settings, e.g.
-``MALLOC_ARENA_MAX=2 python benchmarks/diagnostics/writer_rss.py 3000``."""
+``MALLOC_ARENA_MAX=2 python benchmarks/diagnostics/writer_rss.py 3000``; ``REOPEN=N`` moves the writer to a
+new connection every N commits (0 = never; the store's default is ``REOPEN_EVERY_COMMITS``); ``READER=1``
+adds a reader searching after every commit, as ``/search`` does beside the service's writer."""
 import os, sys, time, random, tempfile
 from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
@@ -15,6 +17,10 @@ from syncd.runtime import Runtime
 from syncd.store import MaintenancePolicy
 
 updates = int(sys.argv[1])
+if os.environ.get("REOPEN"):
+    # Commits between two connections of the writer (syncd.store.REOPEN_EVERY_COMMITS; 0 = never).
+    import syncd.store
+    syncd.store.REOPEN_EVERY_COMMITS = int(os.environ["REOPEN"]) or 10**12
 src = Path(__file__).resolve().parents[1] / ".cache" / "idx-s7-n1000-g1-c1"
 work = Path(tempfile.mkdtemp(prefix="writer-rss-"))
 config = workspace(src, work)
@@ -27,14 +33,26 @@ store.maintain(retention_s=600, policy=policy)
 
 
 store.after_commit = service_policy(store, policy)
+reader = None
+if os.environ.get("READER"):
+    # A reader beside the writer, as /search is in the service: a query after every commit.
+    from syncd.store import Store
+    cfg = config_mod.load(config)
+    reader = Store(cfg.store_uri, cfg.state_dir, base_table=cfg.store.table, dim=rt.embedder.dim,
+                   signature=rt.signature, read_consistency_interval=cfg.store.read_consistency_interval,
+                   **cfg.store.cache_limits())
+    reader.open(create=False)
 proc = psutil.Process()
-print("env MALLOC_ARENA_MAX", os.environ.get("MALLOC_ARENA_MAX"), "TRIM", os.environ.get("TRIM"), "start rss MiB", proc.memory_info().rss >> 20, flush=True)
+print("env MALLOC_ARENA_MAX", os.environ.get("MALLOC_ARENA_MAX"), "TRIM", os.environ.get("TRIM"), "REOPEN", os.environ.get("REOPEN"), "READER", os.environ.get("READER"), "start rss MiB", proc.memory_info().rss >> 20, flush=True)
 rng = random.Random(7)
 t0 = time.monotonic()
 for i in range(updates):
     d = rng.choice(docs)
     edit_in_place(root / d, i)
     rt.engine.process({"docs": {d: time.time()}})
+    if reader is not None:
+        reader.refresh()
+        reader.search(rt.embedder.encode(["runbook"])[0], "runbook", k=10)
     if os.environ.get("TRIM") and (i + 1) % 100 == 0:
         import ctypes
         ctypes.CDLL("libc.so.6").malloc_trim(0)
