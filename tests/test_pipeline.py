@@ -128,6 +128,76 @@ def test_new_chunks_embed_beside_the_lookup_and_vectors_gone_from_the_table_are_
         assert np.allclose(r["vector"], want, atol=1e-6)
 
 
+def test_new_chunks_go_to_the_model_while_later_documents_are_still_being_read(fs_config, docs, make_runtime,
+                                                                              monkeypatch):
+    """The batch's first new chunk texts are embedded before its last document is read: the last read
+    waits for a model call to begin and fails the test if none begins while it waits."""
+    import threading
+
+    import syncd.pipeline
+
+    monkeypatch.setattr(syncd.pipeline, "PREFETCH_TEXTS", 2)
+    (docs / "seed.md").write_text(markdown_doc(0))
+    rt = make_runtime(fs_config)
+    sync(rt)  # the store's hash filter is loaded: new chunk texts are known to be new as they are read
+    names = [f"n{i}.md" for i in range(4)]
+    for i, name in enumerate(names):
+        (docs / name).write_text(markdown_doc(10 + i))
+    expected = set().union(*(expected_new_texts(rt, docs / n) for n in names))
+    called = threading.Event()
+    encode = rt.embedder.encode
+    threads: list[str] = []
+
+    def watched(texts):
+        threads.append(threading.current_thread().name)
+        called.set()
+        return encode(texts)
+
+    monkeypatch.setattr(rt.embedder, "encode", watched)
+    connector = rt.engine.connectors["docs"]
+    read = connector.read
+    began_before_last_read: list[bool] = []
+    read_new: list[str] = []
+
+    def read_last_after_a_call(doc_id):
+        if doc_id in names:
+            read_new.append(doc_id)
+            if len(read_new) == len(names):  # the last of them, in whatever order the listing gave
+                began_before_last_read.append(called.wait(timeout=20))
+        return read(doc_id)
+
+    monkeypatch.setattr(connector, "read", read_last_after_a_call)
+    s = sync(rt)
+    assert began_before_last_read == [True]
+    assert s.docs_added == 4 and s.docs_failed == 0 and s.chunks_embedded == len(expected)
+    assert threads and all(t.startswith("syncd-embed") for t in threads)
+    for r in rt.store.scan(["text", "heading_path", "vector", "doc_id"]).to_pylist():
+        want = encode([embed_input(r["text"], r["heading_path"] or [])])[0]
+        assert np.allclose(r["vector"], want, atol=1e-6), r["doc_id"]
+
+
+@pytest.mark.parametrize("mode", ["raise", "nan"])
+def test_a_failing_model_call_on_the_embedding_thread_fails_only_its_document(fs_config, docs, make_runtime,
+                                                                              monkeypatch, mode):
+    import syncd.pipeline
+    from syncd.testing import FaultyEmbedder, HashEmbedder
+
+    monkeypatch.setattr(syncd.pipeline, "PREFETCH_TEXTS", 2)
+    (docs / "seed.md").write_text(markdown_doc(0))
+    embedder = FaultyEmbedder(HashEmbedder(), **{f"{mode}_marker": "POISONMARK"})
+    rt = make_runtime(fs_config, embedder)
+    sync(rt)
+    names = [f"n{i}.md" for i in range(4)]
+    for i, name in enumerate(names):
+        (docs / name).write_text(markdown_doc(10 + i))
+    # One text: it shares its model call on the embedding thread with the texts of the page read after it.
+    (docs / "n1.md").write_text("# Poison\n\nThis page carries the POISONMARK token.\n")
+    s = sync(rt)
+    assert [f.doc_id for f in s.failures] == ["n1.md"] and s.failures[0].reason.startswith("embedding-failed")
+    assert doc_ids(rt) == {"seed.md", "n0.md", "n2.md", "n3.md"} and s.docs_added == 3
+    assert "n1.md" not in rt.state.connector("docs").fingerprints
+
+
 def test_rename_and_move_embed_nothing_and_count_as_renamed(fs_config, docs, make_runtime):
     (docs / "a.md").write_text(markdown_doc(1))
     (docs / "b.md").write_text(markdown_doc(2))
