@@ -69,7 +69,11 @@ class _Planned:
 
 
 PREFETCH_TEXTS = 32
-"""New chunk texts gathered while a batch is read before they go to the embedding thread (``_Prefetch``)."""
+"""New chunk texts gathered while a batch is read before the first group goes to the embedding thread
+(``_Prefetch``); each later group is twice the size of the one before, up to ``PREFETCH_MAX_TEXTS``."""
+PREFETCH_MAX_TEXTS = 512
+"""The largest group: the model calls are planned within a group (sorted by length), and a large batch
+(a catch-up) keeps calls of similar width only if its groups are large."""
 
 REBUILD_REOPEN_EVERY = 64
 """Batches between two reopenings of a reindex's table (``Store.reopen_table``: memory stays flat)."""
@@ -77,7 +81,7 @@ REBUILD_REOPEN_EVERY = 64
 
 class _Prefetch:
     """A batch's new chunk texts (ones the store's hash filter has certainly never seen), handed to the
-    embedding thread in groups of ``PREFETCH_TEXTS`` while the batch's later documents are still being read,
+    embedding thread in growing groups (``PREFETCH_TEXTS``) while the batch's later documents are still read,
     extracted and chunked: the model releases the GIL, so parsing and embedding overlap. A group whose call
     fails is left to the caller, which embeds it again document by document to isolate the failing one."""
 
@@ -89,6 +93,7 @@ class _Prefetch:
         self._pending: dict[str, str] = {}
         self._seen: set[str] = set()
         self._jobs: list[tuple[list[str], Future[np.ndarray]]] = []
+        self._group = PREFETCH_TEXTS
 
     def add(self, chunks: Iterable[Chunk]) -> None:
         if self._hint is None:
@@ -98,8 +103,9 @@ class _Prefetch:
             if h not in self._seen and h not in self._hint:
                 self._seen.add(h)
                 self._pending[h] = _embed_text(c)
-        if len(self._pending) >= PREFETCH_TEXTS:
+        if len(self._pending) >= self._group:
             self.flush()
+            self._group = min(2 * self._group, PREFETCH_MAX_TEXTS)
 
     def flush(self) -> None:
         if self._pending:
