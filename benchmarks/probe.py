@@ -97,8 +97,6 @@ def install_trace(path: str) -> None:
         setattr(cls, name, wrapper)
 
     timed(pipeline.Engine, "_embed", "embed_s")
-    # Embedding handed to the embedding thread while the batch is read counts the writer's wait for it.
-    timed(pipeline._Prefetch, "collect", "embed_s")
     # Inline lookups run on the writer; overlapped ones (on the lookup thread, beside the embedding) count
     # only the writer's wait for them.
     timed(store.Store, "vectors_for", "lookup_s")

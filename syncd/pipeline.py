@@ -68,71 +68,8 @@ class _Planned:
     previous: IndexedDoc | None
 
 
-PREFETCH_TEXTS = 32
-"""New chunk texts gathered while a batch is read before the first group goes to the embedding thread
-(``_Prefetch``); each later group is twice the size of the one before, up to ``PREFETCH_MAX_TEXTS``."""
-PREFETCH_MAX_TEXTS = 512
-"""The largest group: the model calls are planned within a group (sorted by length), and a large batch
-(a catch-up) keeps calls of similar width only if its groups are large."""
-
 REBUILD_REOPEN_EVERY = 64
 """Batches between two reopenings of a reindex's table (``Store.reopen_table``: memory stays flat)."""
-
-
-class _Prefetch:
-    """A batch's new chunk texts (ones the store's hash filter has certainly never seen), handed to the
-    embedding thread in growing groups (``PREFETCH_TEXTS``) while the batch's later documents are still read,
-    extracted and chunked: the model releases the GIL, so parsing and embedding overlap. A group whose call
-    fails is left to the caller, which embeds it again document by document to isolate the failing one."""
-
-    def __init__(self, pool: ThreadPoolExecutor, embedder: Any, hint: Any, metrics: Metrics) -> None:
-        self._pool = pool
-        self._embedder = embedder
-        self._hint = hint
-        self._metrics = metrics
-        self._pending: dict[str, str] = {}
-        self._seen: set[str] = set()
-        self._jobs: list[tuple[list[str], Future[np.ndarray]]] = []
-        self._group = PREFETCH_TEXTS
-
-    def add(self, chunks: Iterable[Chunk]) -> None:
-        if self._hint is None:
-            return  # without the filter nothing is known to be new: the lookup decides
-        for c in chunks:
-            h = c.content_hash
-            if h not in self._seen and h not in self._hint:
-                self._seen.add(h)
-                self._pending[h] = _embed_text(c)
-        if len(self._pending) >= self._group:
-            self.flush()
-            self._group = min(2 * self._group, PREFETCH_MAX_TEXTS)
-
-    def flush(self) -> None:
-        if self._pending:
-            hashes, texts = list(self._pending), list(self._pending.values())
-            self._pending = {}
-            self._jobs.append((hashes, self._pool.submit(self._encode, texts)))
-
-    def _encode(self, texts: list[str]) -> np.ndarray:
-        started = time.monotonic()
-        matrix = self._embedder.encode(texts)
-        self._metrics.embed_seconds.observe(time.monotonic() - started)
-        return matrix
-
-    def collect(self) -> dict[str, np.ndarray]:
-        """Vectors of every call that succeeded with finite values. A stop request raised in a call (a
-        BaseException) is raised here."""
-        out: dict[str, np.ndarray] = {}
-        for hashes, job in self._jobs:
-            try:
-                matrix = job.result()
-            except Exception as exc:  # noqa: BLE001 - the model may raise anything; the caller isolates
-                log.warning("embed.batch_failed", error=str(exc), texts=len(hashes))
-                continue
-            if len(matrix) == len(hashes) and np.isfinite(matrix).all():
-                out.update(zip(hashes, matrix, strict=True))
-        self._jobs = []
-        return out
 
 
 class Engine:
@@ -155,7 +92,6 @@ class Engine:
         self.status: dict[str, ConnectorStatus] = {name: ConnectorStatus() for name in self.connectors}
         self._deletes: dict[str, deque[tuple[float, int]]] = {}
         self._lookup_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="syncd-lookup")
-        self._embed_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="syncd-embed")
 
     # -- index view ------------------------------------------------------------------------------------
     def load_index(self) -> None:
@@ -321,7 +257,6 @@ class Engine:
         unchanged_fp: dict[str, tuple[str, str]] = {}
         skipped_fp: dict[str, str | None] = {}
         failed: dict[str, str] = {}
-        prefetch = _Prefetch(self._embed_pool, self.embedder, self.store.hash_filter, self.metrics)
         for doc_id in dict.fromkeys(doc_ids):
             if count_seen:
                 summary.docs_seen += 1
@@ -366,7 +301,6 @@ class Engine:
             title = doc.title if doc.title and doc.media_type not in ("markdown", "html", "rst") else (
                 extracted.title or doc.title)
             planned[doc_id] = _Planned(doc=doc, chunks=chunks, title=title, previous=previous)
-            prefetch.add(chunks)
 
         if gone and not allow_mass_delete:
             try:
@@ -398,33 +332,33 @@ class Engine:
                 renamed_from.add(old_id)
 
         # Vectors: reuse every content hash the store has, embed the rest once each. Hashes the store
-        # certainly lacks (its hash filter) went to the embedding thread as the documents were read; the
-        # reusable vectors are read meanwhile.
-        prefetch.flush()
+        # certainly lacks (its hash filter) are embedded while the reusable vectors are being read.
         texts = {c.content_hash: _embed_text(c) for plan in planned.values() for c in plan.chunks}
         hint = self.store.hash_filter
         fresh = [h for h in texts if hint is not None and h not in hint]
         known = [h for h in texts if hint is None or h in hint]
         vectors: dict[str, np.ndarray] = {}
-        to_embed = {h: texts[h] for h in fresh}
-        embed_failed: dict[str, str] = {}
+        to_embed: dict[str, str] = {}
         try:
-            lookup = self._lookup_pool.submit(self.store.vectors_for, known) if known else None
-            try:
-                embedded = prefetch.collect()
-                rest = {h: texts[h] for h in fresh if h not in embedded}  # a failed call's texts
-                if rest:
-                    more, embed_failed = self._embed(rest, planned)
+            if fresh and known:
+                lookup = self._lookup_pool.submit(self.store.vectors_for, known)
+                try:
+                    to_embed = {h: texts[h] for h in fresh}
+                    embedded, embed_failed = self._embed(to_embed, planned)
+                finally:
+                    found = self._lookup_result(lookup)
+                vectors.update(found)
+                missing = {h: texts[h] for h in known if h not in found}
+                if missing:
+                    more, more_failed = self._embed(missing, planned)
+                    to_embed.update(missing)
                     embedded.update(more)
-            finally:
-                found = self._lookup_result(lookup) if lookup is not None else {}
-            vectors.update(found)
-            missing = {h: texts[h] for h in known if h not in found}
-            if missing:
-                more, more_failed = self._embed(missing, planned)
-                to_embed.update(missing)
-                embedded.update(more)
-                embed_failed.update(more_failed)
+                    embed_failed.update(more_failed)
+            else:
+                if known:
+                    vectors = self.store.vectors_for(known)
+                to_embed = {h: t for h, t in texts.items() if h not in vectors}
+                embedded, embed_failed = self._embed(to_embed, planned) if to_embed else ({}, {})
         except StoreError as exc:
             self._batch_failed(name, list(planned) + gone, exc, summary)
             return
