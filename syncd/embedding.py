@@ -44,6 +44,8 @@ def plan_batches(lengths: Sequence[int], *, max_texts: int, max_tokens: int) -> 
     if current:
         batches.append(current)
     return batches
+
+
 QUERY_CACHE = 1024
 """Default query vectors kept (``[embedding] query_cache``)."""
 

@@ -435,6 +435,7 @@ class Store:
                 self._table = self._connect().open_table(self.table_name)
             except Exception as exc:  # noqa: BLE001 - the old handle still works; tried again later
                 self._db = old_db
+                self._commits_on_connection = 0  # next try after as many commits again
                 log.warning("store.reopen_failed", table=self.table_name, error=str(exc))
                 return
             self._commits_on_connection = 0

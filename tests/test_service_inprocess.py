@@ -506,6 +506,35 @@ def test_the_writer_moves_to_a_new_connection_every_so_many_commits_but_not_unde
     assert found[0]["doc_id"] == "note-0001.md"
 
 
+def test_a_new_connection_that_cannot_be_opened_keeps_the_writer_on_its_old_one(
+        tmp_path: Path, docs: Path, make_runtime: Any, monkeypatch: Any) -> None:
+    import syncd.store
+    from syncd.errors import StoreError
+
+    monkeypatch.setattr(syncd.store, "REOPEN_EVERY_COMMITS", 2)
+    write_docs(docs, 2)
+    cfg = write_config(tmp_path, [{"name": "docs", "type": "filesystem", "path": str(docs)}], store={"uri": "./index"})
+    rt = make_runtime(cfg)
+    rt.engine.reconcile("docs")
+    handle, connect = rt.store.table, rt.store._connect
+
+    def refused() -> Any:
+        raise StoreError("cannot open store: injected")
+
+    monkeypatch.setattr(rt.store, "_connect", refused)
+    for i in range(2):  # due at the second commit: refused, and every edit still lands
+        save_atomically(docs / "note-0001.md", f"# Note\n\nEdit {i} zanzibar{i}.\n")
+        summary = rt.engine.process({"docs": {"note-0001.md": time.time()}})
+        assert summary.docs_changed == 1 and not summary.failures
+    assert rt.store.table is handle
+    monkeypatch.setattr(rt.store, "_connect", connect)
+    save_atomically(docs / "note-0001.md", "# Note\n\nEdit 2 zanzibar2.\n")
+    rt.engine.process({"docs": {"note-0001.md": time.time()}})  # the retry, two commits after the refusal
+    assert rt.store.table is not handle
+    texts = rt.store.scan(["doc_id", "text"], "doc_id = 'note-0001.md'")["text"].to_pylist()
+    assert len(texts) == 1 and "zanzibar2" in texts[0]
+
+
 def test_an_idle_writer_brings_the_indexes_up_to_date(tmp_path: Path, docs: Path) -> None:
     write_docs(docs, 20)
     cfg = write_config(tmp_path, [{"name": "docs", "type": "filesystem", "path": str(docs)}],
