@@ -432,29 +432,36 @@ def test_folds_beside_back_to_back_commits_lose_nothing(
         assert found[0]["doc_id"] == f"note-000{i % 3}.md"
 
 
+@contextmanager
+def fold_in_progress(store: Any) -> Iterator[None]:
+    """Another thread holds the store's maintenance lock (as the folder does during a fold) for the block."""
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with store.maintenance_lock:
+            held.set()
+            release.wait(timeout=30)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert held.wait(timeout=30)
+        yield
+    finally:
+        release.set()
+        holder.join(timeout=30)
+
+
 def test_a_compaction_waits_its_turn_while_a_fold_holds_the_table(
         tmp_path: Path, docs: Path, make_runtime: Any) -> None:
     write_docs(docs, 3)
     cfg = write_config(tmp_path, [{"name": "docs", "type": "filesystem", "path": str(docs)}], store={"uri": "./index"})
     rt = make_runtime(cfg)
     rt.engine.reconcile("docs")
-    held, release = threading.Event(), threading.Event()
-
-    def fold_in_progress() -> None:
-        with rt.store.maintenance_lock:
-            held.set()
-            release.wait(timeout=30)
-
-    holder = threading.Thread(target=fold_in_progress)
-    holder.start()
-    try:
-        assert held.wait(timeout=30)
+    with fold_in_progress(rt.store):
         commits = rt.store.commits_since_maintenance
         assert rt.store.compact() is None  # skipped, not waited for
         assert rt.store.compactions == 0 and rt.store.commits_since_maintenance == commits > 0
-    finally:
-        release.set()
-        holder.join(timeout=30)
     assert rt.store.compact() is not None and rt.store.compactions == 1
     assert rt.store.commits_since_maintenance == 0
 
@@ -479,21 +486,8 @@ def test_the_writer_moves_to_a_new_connection_every_so_many_commits_but_not_unde
     first = rt.store._db
     assert edit(2) is first and edit(3) is not first  # the third commit moved to a new connection
     second = rt.store._db
-    held, release = threading.Event(), threading.Event()
-
-    def fold_in_progress() -> None:
-        with rt.store.maintenance_lock:
-            held.set()
-            release.wait(timeout=30)
-
-    holder = threading.Thread(target=fold_in_progress)
-    holder.start()
-    try:
-        assert held.wait(timeout=30)
+    with fold_in_progress(rt.store):
         assert [edit(i) is second for i in (4, 5, 6, 7)] == [True] * 4  # due at 6, the fold holds the table
-    finally:
-        release.set()
-        holder.join(timeout=30)
     assert edit(8) is not second  # the first commit after the fold
     # Nothing was lost on the way: every document once, the last edit live, through the new handle and
     # through a reader of its own.
