@@ -217,6 +217,8 @@ class Store:
         self._rows_lock = threading.Lock()  # rows_since_indexed: the writer adds, a fold subtracts
         self._folded = False  # a fold committed since this handle last moved to the latest version
         self._commits_on_connection = 0
+        self._opened_version: int | None = None  # a reader's: the version its connection first read
+        self._refreshes = 0
         self.after_commit: Callable[[], None] | None = None
         self.hash_filter: HashFilter | None = None
         """Set by ``indexed_docs`` for the live table; None while unknown (then every hash is looked up)."""
@@ -311,12 +313,30 @@ class Store:
         return self._table
 
     def refresh(self) -> None:
-        """Re-open by the pointer if a reindex switched tables (readers in other processes)."""
+        """Re-open by the pointer if a reindex switched tables (readers in other processes), and on a new
+        connection once the table moved ``REOPEN_EVERY_COMMITS`` versions past the one this connection
+        first read: a reader's connection keeps state for every version it reads, as a writer's does for
+        every commit (with a query after each of 3,000 commits, writer and reader in one process grew from
+        523 to 668 MiB, and from 518 to 536 MiB with the reader reopened every 256; two malloc arenas,
+        ``benchmarks/diagnostics/writer_rss.py``). The first query on a new connection loads the indexes
+        again (~30 ms more here). A query in flight on another thread keeps the handle it started with."""
         pointer = self.pointer()
         if pointer and pointer["table"] != self.table_name:
             self._table = self._connect().open_table(pointer["table"])
             self.table_name = pointer["table"]
             self.hash_filter = None
+            self._opened_version = None
+        self._refreshes += 1
+        if self._table is None or self._refreshes % VERSION_CHECK_EVERY:
+            return  # reading the version looks for a newer one on disk (~0.5 ms): not before every query
+        try:
+            version = int(self._table.version)
+        except Exception:  # noqa: BLE001 - the query that follows reports a broken table
+            return
+        if self._opened_version is None or version < self._opened_version:
+            self._opened_version = version
+        elif version - self._opened_version >= REOPEN_EVERY_COMMITS:
+            self._reopen_live()
 
     # -- reading ---------------------------------------------------------------------------------------
     def scan(self, columns: Sequence[str], where: str | None = None) -> pa.Table:
@@ -439,6 +459,7 @@ class Store:
                 log.warning("store.reopen_failed", table=self.table_name, error=str(exc))
                 return
             self._commits_on_connection = 0
+            self._opened_version = None
             self._folded = False  # the new handle is at the latest version
         finally:
             self.maintenance_lock.release()
@@ -776,6 +797,8 @@ REOPEN_EVERY_COMMITS = 256
 state for every commit made through it: a writer making 3,000 single-document commits grew from 519 to
 717 MiB; reopening every 256 commits, 513 to 585 MiB (every 200: 512 to 547, flat after ~1,500)
 (``benchmarks/diagnostics/writer_rss.py``). The new connection starts with empty caches."""
+VERSION_CHECK_EVERY = 16
+"""A reader's refreshes between two looks at the table version (for ``REOPEN_EVERY_COMMITS``)."""
 MIN_VERSION_RETENTION_S = 600.0
 """Old versions are kept at least 10 minutes whatever the config says: readers may still be on them."""
 

@@ -500,6 +500,32 @@ def test_the_writer_moves_to_a_new_connection_every_so_many_commits_but_not_unde
     assert found[0]["doc_id"] == "note-0001.md"
 
 
+def test_a_reader_moves_to_a_new_connection_once_the_table_moved_on_and_keeps_answering(
+        tmp_path: Path, docs: Path, make_runtime: Any, monkeypatch: Any) -> None:
+    """/search's reader reads every version the writer makes; its connection is renewed too."""
+    import syncd.store
+    from syncd.api import Index
+
+    monkeypatch.setattr(syncd.store, "REOPEN_EVERY_COMMITS", 3)
+    monkeypatch.setattr(syncd.store, "VERSION_CHECK_EVERY", 1)
+    write_docs(docs, 3)
+    cfg = write_config(tmp_path, [{"name": "docs", "type": "filesystem", "path": str(docs)}], store={"uri": "./index"})
+    rt = make_runtime(cfg)
+    rt.engine.reconcile("docs")
+    index = Index(config_mod.load(cfg), embedder=HashEmbedder())
+    index.search("note")
+    first, opened = index.store._db, int(rt.store.table.version)
+    seen = []
+    for i in range(5):
+        save_atomically(docs / "note-0001.md", f"# Note\n\nEdit {i} zanzibar{i}.\n")
+        rt.engine.process({"docs": {"note-0001.md": time.time()}})
+        assert index.search(f"zanzibar{i}", k=1)[0]["doc_id"] == "note-0001.md"  # the edit, whatever the handle
+        seen.append((int(rt.store.table.version) - opened, index.store._db is not first))
+    # Renewed at the first search that saw the table three versions on, not before.
+    assert [renewed for _, renewed in seen] == [moved >= 3 for moved, _ in seen], seen
+    assert seen[-1][1]
+
+
 def test_a_new_connection_that_cannot_be_opened_keeps_the_writer_on_its_old_one(
         tmp_path: Path, docs: Path, make_runtime: Any, monkeypatch: Any) -> None:
     import syncd.store

@@ -2,7 +2,9 @@
 maintenance policy, printed every UPDATES/10 commits. Run it under different allocator settings, e.g.
 ``MALLOC_ARENA_MAX=2 python benchmarks/diagnostics/writer_rss.py 3000``; ``REOPEN=N`` moves the writer to a
 new connection every N commits (0 = never; the store's default is ``REOPEN_EVERY_COMMITS``); ``READER=1``
-adds a reader searching after every commit, as ``/search`` does beside the service's writer."""
+adds a reader searching after every commit, as ``/search`` does beside the service's writer
+(``READER_REOPEN=N`` moves it to a new connection every N commits, ``READER_INDEX_CACHE_MB`` sets its index
+cache)."""
 import os, sys, time, random, tempfile
 from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
@@ -38,12 +40,16 @@ if os.environ.get("READER"):
     # A reader beside the writer, as /search is in the service: a query after every commit.
     from syncd.store import Store
     cfg = config_mod.load(config)
+    limits = cfg.store.cache_limits()
+    if os.environ.get("READER_INDEX_CACHE_MB"):
+        limits["index_cache_mb"] = int(os.environ["READER_INDEX_CACHE_MB"])
     reader = Store(cfg.store_uri, cfg.state_dir, base_table=cfg.store.table, dim=rt.embedder.dim,
                    signature=rt.signature, read_consistency_interval=cfg.store.read_consistency_interval,
-                   **cfg.store.cache_limits())
+                   **limits)
     reader.open(create=False)
 proc = psutil.Process()
-print("env MALLOC_ARENA_MAX", os.environ.get("MALLOC_ARENA_MAX"), "TRIM", os.environ.get("TRIM"), "REOPEN", os.environ.get("REOPEN"), "READER", os.environ.get("READER"), "start rss MiB", proc.memory_info().rss >> 20, flush=True)
+print("env MALLOC_ARENA_MAX", os.environ.get("MALLOC_ARENA_MAX"), "TRIM", os.environ.get("TRIM"), "REOPEN", os.environ.get("REOPEN"), "READER", os.environ.get("READER"),
+      "READER_REOPEN", os.environ.get("READER_REOPEN"), "READER_INDEX_CACHE_MB", os.environ.get("READER_INDEX_CACHE_MB"), "start rss MiB", proc.memory_info().rss >> 20, flush=True)
 rng = random.Random(7)
 t0 = time.monotonic()
 for i in range(updates):
@@ -53,6 +59,9 @@ for i in range(updates):
     if reader is not None:
         reader.refresh()
         reader.search(rt.embedder.encode(["runbook"])[0], "runbook", k=10)
+        if os.environ.get("READER_REOPEN") and (i + 1) % int(os.environ["READER_REOPEN"]) == 0:
+            reader._db = None  # the reader on a new connection (and new caches)
+            reader._table = reader._connect().open_table(reader.table_name)
     if os.environ.get("TRIM") and (i + 1) % 100 == 0:
         import ctypes
         ctypes.CDLL("libc.so.6").malloc_trim(0)
