@@ -317,7 +317,7 @@ class Store:
         connection once the table moved ``REOPEN_EVERY_COMMITS`` versions past the one this connection
         first read: a reader's connection keeps state for every version it reads, as a writer's does for
         every commit (with a query after each of 3,000 commits, writer and reader in one process grew from
-        523 to 668 MiB, and from 518 to 536 MiB with the reader reopened every 256; two malloc arenas,
+        523 to 668 MiB; with this, from 502 to 510 MiB; two malloc arenas,
         ``benchmarks/diagnostics/writer_rss.py``). The first query on a new connection loads the indexes
         again (~30 ms more here). A query in flight on another thread keeps the handle it started with."""
         pointer = self.pointer()
