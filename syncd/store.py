@@ -319,7 +319,7 @@ class Store:
         every commit (with a query after each of 3,000 commits, writer and reader in one process grew from
         523 to 668 MiB; with this, from 502 to 510 MiB; two malloc arenas,
         ``benchmarks/diagnostics/writer_rss.py``). The first query on a new connection loads the indexes
-        again (~30 ms more here). A query in flight on another thread keeps the handle it started with."""
+        again (33 against 15 ms warm on the 10k index, ``benchmarks/diagnostics/reopen_cost.py``). A query in flight on another thread keeps the handle it started with."""
         pointer = self.pointer()
         if pointer and pointer["table"] != self.table_name:
             self._table = self._connect().open_table(pointer["table"])
@@ -328,7 +328,7 @@ class Store:
             self._opened_version = None
         self._refreshes += 1
         if self._table is None or self._refreshes % VERSION_CHECK_EVERY:
-            return  # reading the version looks for a newer one on disk (~0.5 ms): not before every query
+            return  # reading the version looks for a newer one on disk (0.2-0.5 ms): not before every query
         try:
             version = int(self._table.version)
         except Exception:  # noqa: BLE001 - the query that follows reports a broken table
