@@ -1,22 +1,54 @@
 """The read-only HTTP endpoint: /healthz, /readyz, /status, /metrics, /search and a status page at /.
 
-The standard library's threaded server runs in its own daemon thread: a slow client or a handler error
-never blocks or stops the sync loop. Handlers only read.
+Shape: one acceptor thread and a small pool of worker threads, all daemons. The acceptor accepts
+connections without blocking and, with `selectors`, buffers each request head until its blank line
+arrives; only then is the connection handed to a worker, which runs the stdlib request handler on the
+buffered bytes. So a slow or idle client costs a buffer, not a thread, and the token is checked as soon
+as a worker takes the request. Limits, all attributes of `HttpServer` so tests can lower them:
+
+- a head must arrive within `head_timeout` seconds of the accept, or the socket is closed;
+- a head over `max_head_bytes` is answered 431 and closed;
+- at most `max_pending` connections wait for their head; past that the oldest is closed, so file
+  descriptors stay bounded under a flood;
+- at most `max_waiting` complete requests wait for a free worker; past that the answer is 503;
+- a worker reads a body and writes the answer with a socket timeout of `io_timeout` seconds.
+
+One request per connection (HTTP/1.0, no keep-alive): the simplest shape that lets the acceptor own
+every connection's idle time. The callers are probes, Prometheus and RAG applications making one call at
+a time, for which a new connection on loopback costs nothing that matters.
+
+A client that goes away (reset, broken pipe, a write timeout) is logged at debug level: that is the
+client's business. An endpoint that raises answers 500 and is logged with its traceback. Handlers only
+read.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hmac
+import io
 import json
+import queue
+import re
+import selectors
+import socket
 import threading
-from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import time
+from collections.abc import Callable, Collection
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 import structlog
 
 log = structlog.get_logger("syncd.http")
+
+# Errors that mean the client went away or stopped reading: never a bug of ours.
+_CLIENT_GONE = (ConnectionError, TimeoutError)
+
+# The end of a request head: an empty line, with or without CR (the stdlib parser accepts both).
+_HEAD_END = re.compile(rb"\r?\n\r?\n")
 
 
 class Endpoints:
@@ -25,7 +57,8 @@ class Endpoints:
     def __init__(self, *, healthy: Callable[[], bool], ready: Callable[[], bool], status: Callable[[], dict[str, Any]],
                  metrics: Callable[[], bytes], search: Callable[[str, int, str | None], dict[str, Any]],
                  page: Callable[[], str], token: str | None,
-                 problems: Callable[[], list[str]] | None = None) -> None:
+                 problems: Callable[[], list[str]] | None = None,
+                 connectors: Callable[[], Collection[str]] | None = None) -> None:
         self.healthy = healthy
         self.problems = problems
         self.ready = ready
@@ -34,25 +67,89 @@ class Endpoints:
         self.search = search
         self.page = page
         self.token = token
+        # The configured connector names; when given, /search rejects any other name with a 400 as the CLI does.
+        self.connectors = connectors
+
+
+class _Answer:
+    """A response computed before anything is written, so a write error is never mistaken for a handler bug."""
+
+    def __init__(self, code: int, body: bytes, content_type: str = "application/json",
+                 headers: dict[str, str] | None = None) -> None:
+        self.code = code
+        self.body = body
+        self.content_type = content_type
+        self.headers = headers or {}
+
+
+
+def _json(code: int, data: Any) -> _Answer:
+    return _Answer(code, json.dumps(data, separators=(",", ":")).encode())
+
+
+class _PrefixedReader(io.RawIOBase):
+    """The bytes the acceptor already read, then the socket."""
+
+    def __init__(self, prefix: bytes, sock: socket.socket) -> None:
+        self._prefix = memoryview(prefix)
+        self._sock = sock
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if self._prefix:
+            n = min(len(buffer), len(self._prefix))
+            buffer[:n] = self._prefix[:n]
+            self._prefix = self._prefix[n:]
+            return n
+        return self._sock.recv_into(buffer)
+
+
+class _SocketWriter(io.BufferedIOBase):
+    """Unbuffered writes with sendall, so the socket timeout bounds a client that stops reading."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        self._sock.sendall(data)
+        with memoryview(data) as view:
+            return view.nbytes
 
 
 class _Handler(BaseHTTPRequestHandler):
     server_version = "syncd"
+    protocol_version = "HTTP/1.0"  # one request per connection: see the module docstring
     endpoints: Endpoints
+
+    def __init__(self, sock: socket.socket, prefix: bytes, client_address: Any, server: Any, timeout: float) -> None:
+        self._prefix = prefix
+        self.timeout = timeout
+        super().__init__(sock, client_address, server)
+
+    def setup(self) -> None:
+        # The stdlib's setup would read from a fresh socket file and lose the head the acceptor buffered.
+        self.connection = self.request
+        self.connection.settimeout(self.timeout)
+        self.rfile = io.BufferedReader(_PrefixedReader(self._prefix, self.connection))
+        self.wfile = _SocketWriter(self.connection)
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
         log.debug("http.request", line=format % args)
 
-    def _send(self, code: int, body: bytes, content_type: str = "application/json") -> None:
-        self.send_response(code)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
+    def _write(self, answer: _Answer) -> None:
+        self.send_response(answer.code)
+        self.send_header("Content-Type", answer.content_type)
+        self.send_header("Content-Length", str(len(answer.body)))
         self.send_header("Cache-Control", "no-store")
+        for name, value in answer.headers.items():
+            self.send_header(name, value)
         self.end_headers()
-        self.wfile.write(body)
-
-    def _json(self, code: int, data: Any) -> None:
-        self._send(code, json.dumps(data, separators=(",", ":")).encode())
+        self.wfile.write(answer.body)
 
     def _authorized(self) -> bool:
         token = self.endpoints.token
@@ -63,69 +160,125 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:  # noqa: N802 - stdlib naming
         url = urlparse(self.path)
-        ep = self.endpoints
         try:
-            if url.path == "/healthz":
-                ok = ep.healthy()
-                body: dict[str, Any] = {"status": "ok" if ok else "unhealthy"}
-                if not ok and ep.problems is not None and self._authorized():
-                    body["problems"] = ep.problems()
-                self._json(200 if ok else 503, body)
-                return
-            if not self._authorized():
-                self.send_response(401)
-                self.send_header("WWW-Authenticate", "Bearer")
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-                return
-            if url.path == "/readyz":
-                ok = ep.ready()
-                self._json(200 if ok else 503, {"status": "ready" if ok else "catching-up"})
-            elif url.path == "/status":
-                self._json(200, ep.status())
-            elif url.path == "/metrics":
-                self._send(200, ep.metrics(), "text/plain; version=0.0.4; charset=utf-8")
-            elif url.path == "/search":
-                params = parse_qs(url.query)
-                q = params.get("q", [""])[0]
-                if not q.strip():
-                    self._json(400, {"error": "missing query parameter q"})
-                    return
-                try:
-                    k = int(params.get("k", ["10"])[0])
-                except ValueError:
-                    self._json(400, {"error": "k must be a whole number"})
-                    return
-                if not 1 <= k <= 1000:
-                    self._json(400, {"error": "k must be between 1 and 1000"})
-                    return
-                self._json(200, ep.search(q, k, params.get("connector", [None])[0]))
-            elif url.path in ("/", "/index.html"):
-                self._send(200, ep.page().encode(), "text/html; charset=utf-8")
-            else:
-                self._json(404, {"error": f"no such path: {url.path}"})
+            answer = self._route(url.path, url.query)
         except Exception as exc:  # noqa: BLE001 - a handler error must answer 500, never kill the server
             log.exception("http.handler_failed", path=url.path)
-            try:
-                self._json(500, {"error": str(exc)})
-            except OSError:
-                pass
+            answer = _json(500, {"error": str(exc)})
+        # Outside the try: an error while writing is the client's (see HttpServer._serve).
+        self._write(answer)
+
+    def _route(self, path: str, query: str) -> _Answer:
+        ep = self.endpoints
+        if path == "/healthz":
+            ok = ep.healthy()
+            body: dict[str, Any] = {"status": "ok" if ok else "unhealthy"}
+            if not ok and ep.problems is not None and self._authorized():
+                body["problems"] = ep.problems()
+            return _json(200 if ok else 503, body)
+        if not self._authorized():
+            return _Answer(401, b"", headers={"WWW-Authenticate": "Bearer"})
+        if path == "/readyz":
+            ok = ep.ready()
+            return _json(200 if ok else 503, {"status": "ready" if ok else "catching-up"})
+        if path == "/status":
+            return _json(200, ep.status())
+        if path == "/metrics":
+            return _Answer(200, ep.metrics(), "text/plain; version=0.0.4; charset=utf-8")
+        if path == "/search":
+            return self._search(parse_qs(query))
+        if path in ("/", "/index.html"):
+            return _Answer(200, ep.page().encode(), "text/html; charset=utf-8")
+        return _json(404, {"error": f"no such path: {path}"})
+
+    def _search(self, params: dict[str, list[str]]) -> _Answer:
+        ep = self.endpoints
+        q = params.get("q", [""])[0]
+        if not q.strip():
+            return _json(400, {"error": "missing query parameter q"})
+        try:
+            k = int(params.get("k", ["10"])[0])
+        except ValueError:
+            return _json(400, {"error": "k must be a whole number"})
+        if not 1 <= k <= 1000:
+            return _json(400, {"error": "k must be between 1 and 1000"})
+        connector = params.get("connector", [None])[0]
+        if connector is not None and ep.connectors is not None and connector not in ep.connectors():
+            # The same answer as `syncd query --connector NAME` gives for a name it does not know.
+            return _json(400, {"error": f"no connector named {connector!r}"})
+        return _json(200, ep.search(q, k, connector))
+
+
+class _Pending:
+    """A connection whose request head is still arriving."""
+
+    __slots__ = ("sock", "address", "buf", "accepted", "draining_until")
+
+    def __init__(self, sock: socket.socket, address: Any, now: float) -> None:
+        self.sock = sock
+        self.address = address
+        self.buf = bytearray()
+        self.accepted = now
+        # Set once a 431 is written: read and drop what the client still sends, so closing does not reset
+        # the connection before the client has read the answer.
+        self.draining_until: float | None = None
+
+
+def _plain_answer(status: HTTPStatus, message: str, extra: str = "") -> bytes:
+    body = json.dumps({"error": message}).encode()
+    head = (f"HTTP/1.0 {status.value} {status.phrase}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n{extra}\r\n")
+    return head.encode() + body
+
+
+_TOO_LARGE = _plain_answer(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, "request head too large")
+_BUSY = _plain_answer(HTTPStatus.SERVICE_UNAVAILABLE, "busy, try again", "Retry-After: 1\r\n")
+_STOP = object()
 
 
 class HttpServer:
-    """The server in its own daemon thread; handler threads are daemons too, so a hung client never
-    holds up shutdown."""
+    """The HTTP server: an acceptor thread that buffers request heads and a bounded pool of workers.
+
+    Counters for metrics (only the acceptor writes them): `closed_slow` (head not complete within
+    `head_timeout`), `evicted` (closed because `max_pending` was reached), `rejected` (431, head too large)
+    and `busy` (503, every worker busy and `max_waiting` requests queued).
+    """
+
+    workers = 8
+    head_timeout = 10.0
+    io_timeout = 10.0
+    max_head_bytes = 16 * 1024
+    max_pending = 256
+    max_waiting = 64
+    linger = 1.0  # seconds to drain a rejected client before closing
+    backlog = 128
 
     def __init__(self, host: str, port: int, endpoints: Endpoints) -> None:
-        handler = type("Handler", (_Handler,), {"endpoints": endpoints})
-        ThreadingHTTPServer.allow_reuse_address = True
-        self.server = ThreadingHTTPServer((host, port), handler)
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, name="syncd-http", daemon=True)
+        self._handler = type("Handler", (_Handler,), {"endpoints": endpoints})
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self._listener = socket.create_server((host, port), family=family, backlog=self.backlog)
+        self._listener.setblocking(False)
+        self._address: tuple[str, int] = tuple(self._listener.getsockname()[:2])  # type: ignore[assignment]
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._selector = selectors.DefaultSelector()
+        self._pending: dict[socket.socket, _Pending] = {}  # accept order, oldest first; the acceptor's own
+        self._work: queue.Queue[Any] = queue.Queue()
+        self._active: set[socket.socket] = set()  # handed to a worker, not yet closed
+        self._active_lock = threading.Lock()
+        self._stopping = threading.Event()
+        self.closed_slow = 0
+        self.evicted = 0
+        self.rejected = 0
+        self.busy = 0
+        self.thread = threading.Thread(target=self._accept_loop, name="syncd-http", daemon=True)
+        self._workers = [threading.Thread(target=self._work_loop, name=f"syncd-http-{i}", daemon=True)
+                         for i in range(self.workers)]
 
     @property
     def address(self) -> tuple[str, int]:
-        host, port = self.server.server_address[:2]
+        host, port = self._address
         return str(host), int(port)
 
     @property
@@ -135,9 +288,190 @@ class HttpServer:
             host = f"[{host}]"
         return f"http://{host}:{port}"
 
+    @property
+    def pending(self) -> int:
+        """Connections whose request head has not arrived yet."""
+        return len(self._pending)
+
     def start(self) -> None:
+        for worker in self._workers:
+            worker.start()
         self.thread.start()
 
     def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        """Close the listener and every open connection; returns at once (a worker inside an endpoint
+        finishes it and finds its socket shut)."""
+        self._stopping.set()
+        with contextlib.suppress(OSError):
+            self._wake_w.send(b"x")
+        if self.thread.is_alive():
+            self.thread.join(timeout=1.0)
+        else:
+            self._close_all_pending()
+        # Requests nobody has started are dropped; the sentinels then end the idle workers.
+        while True:
+            try:
+                item = self._work.get_nowait()
+            except queue.Empty:
+                break
+            if item is not _STOP:
+                self._close(item[0])
+        with self._active_lock:
+            for sock in self._active:
+                # shutdown, not close: the worker holding it closes it, so its descriptor is never reused under it.
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+        for _ in self._workers:
+            self._work.put(_STOP)
+        deadline = time.monotonic() + 0.2
+        for worker in self._workers:
+            if worker.is_alive():
+                worker.join(timeout=max(0.0, deadline - time.monotonic()))
+        for sock in (self._wake_r, self._wake_w):
+            sock.close()
+
+    # --- the acceptor ------------------------------------------------------------------------------
+
+    def _accept_loop(self) -> None:
+        sel = self._selector
+        sel.register(self._listener, selectors.EVENT_READ)
+        sel.register(self._wake_r, selectors.EVENT_READ)
+        try:
+            while not self._stopping.is_set():
+                for key, _ in sel.select(self._select_timeout()):
+                    if key.fileobj is self._listener:
+                        self._accept()
+                    elif key.fileobj is self._wake_r:
+                        with contextlib.suppress(OSError):
+                            self._wake_r.recv(64)
+                    else:
+                        self._read(key.fileobj)  # type: ignore[arg-type]
+                self._expire()
+        except Exception:  # noqa: BLE001 - logged; the server must not die silently
+            log.exception("http.acceptor_failed")
+        finally:
+            self._close_all_pending()
+            sel.close()
+
+    def _select_timeout(self) -> float:
+        # Wake at least twice a second, so a head_timeout changed on a live server takes effect.
+        if not self._pending:
+            return 0.5
+        now = time.monotonic()
+        soonest = min(self._deadline(p) for p in self._pending.values())
+        return min(0.5, max(0.0, soonest - now))
+
+    def _deadline(self, p: _Pending) -> float:
+        return p.draining_until if p.draining_until is not None else p.accepted + self.head_timeout
+
+    def _accept(self) -> None:
+        # A bounded batch, so a connection storm cannot starve the reads and the deadlines.
+        for _ in range(64):
+            try:
+                sock, address = self._listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # e.g. EMFILE: leave the connection in the backlog for now
+                log.warning("http.accept_failed", error=str(exc))
+                return
+            sock.setblocking(False)
+            while len(self._pending) >= self.max_pending:
+                oldest = next(iter(self._pending.values()))
+                self.evicted += 1
+                log.debug("http.evicted", client=oldest.address[0])
+                self._drop(oldest)
+            self._pending[sock] = _Pending(sock, address, time.monotonic())
+            self._selector.register(sock, selectors.EVENT_READ)
+
+    def _read(self, sock: socket.socket) -> None:
+        p = self._pending[sock]
+        try:
+            data = sock.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._drop(p)
+            return
+        if p.draining_until is not None:
+            return
+        p.buf += data
+        end = _HEAD_END.search(p.buf)
+        head_length = end.end() if end else len(p.buf)
+        if head_length > self.max_head_bytes:
+            self.rejected += 1
+            log.debug("http.head_too_large", client=p.address[0], bytes=head_length)
+            with contextlib.suppress(OSError):
+                sock.send(_TOO_LARGE)
+                sock.shutdown(socket.SHUT_WR)
+            p.draining_until = time.monotonic() + self.linger
+            p.buf = bytearray()
+            return
+        if end is None:
+            return
+        self._selector.unregister(sock)
+        del self._pending[sock]
+        if self._work.qsize() >= self.max_waiting:
+            self.busy += 1
+            log.debug("http.busy", client=p.address[0])
+            with contextlib.suppress(OSError):
+                sock.send(_BUSY)
+            self._close(sock)
+            return
+        sock.setblocking(True)
+        with self._active_lock:
+            self._active.add(sock)
+        self._work.put((sock, bytes(p.buf), p.address))
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        for p in [p for p in self._pending.values() if self._deadline(p) <= now]:
+            if p.draining_until is None:
+                self.closed_slow += 1
+                log.debug("http.head_timeout", client=p.address[0], bytes=len(p.buf))
+            self._drop(p)
+
+    def _drop(self, p: _Pending) -> None:
+        with contextlib.suppress(KeyError, ValueError):
+            self._selector.unregister(p.sock)
+        self._pending.pop(p.sock, None)
+        self._close(p.sock)
+
+    def _close_all_pending(self) -> None:
+        for p in list(self._pending.values()):
+            self._drop(p)
+        with contextlib.suppress(KeyError, ValueError):
+            self._selector.unregister(self._listener)
+        self._listener.close()
+
+    @staticmethod
+    def _close(sock: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            sock.close()
+
+    # --- the workers -------------------------------------------------------------------------------
+
+    def _work_loop(self) -> None:
+        while True:
+            item = self._work.get()
+            if item is _STOP:
+                return
+            self._serve(*item)
+
+    def _serve(self, sock: socket.socket, head: bytes, address: Any) -> None:
+        try:
+            self._handler(sock, head, address, self, self.io_timeout)
+        except _CLIENT_GONE as exc:
+            log.debug("http.client_gone", client=address[0], error=type(exc).__name__)
+        except OSError as exc:
+            if self._stopping.is_set():
+                log.debug("http.closed_on_stop", client=address[0], error=type(exc).__name__)
+            else:
+                log.warning("http.connection_failed", client=address[0], error=repr(exc))
+        except Exception:  # noqa: BLE001 - a bug in the plumbing must not end the worker
+            log.exception("http.connection_failed", client=address[0])
+        finally:
+            with self._active_lock:
+                self._active.discard(sock)
+            self._close(sock)
