@@ -18,6 +18,7 @@ Errors a connector raises (all from ``syncd.errors``):
 from __future__ import annotations
 
 import abc
+import codecs
 import fnmatch
 import functools
 import re
@@ -28,6 +29,62 @@ from typing import ClassVar
 
 from syncd.config import ConnectorConfig, LimitsConfig
 from syncd.models import Change, DocumentRef, SourceDocument
+
+
+def _percent_escape(error: UnicodeError) -> tuple[str, int]:
+    if not isinstance(error, UnicodeDecodeError):
+        raise error
+    bad = error.object[error.start:error.end]
+    return "".join(f"%{b:02X}" for b in bad), error.end
+
+
+codecs.register_error("syncd-percent", _percent_escape)
+
+_ESCAPED_BYTE = re.compile(rb"%([89A-F][0-9A-F])")
+
+
+def doc_id_from_bytes(raw: bytes) -> str:
+    """A source path given as bytes (POSIX names, git paths) as a doc id: valid Unicode, always.
+
+    Bytes that are not UTF-8 are written ``%XX`` (upper-case hex, always 80-FF: ASCII is valid UTF-8), so
+    a file named with Latin-1 bytes is indexed, cited and filtered like any other; every valid name is
+    its own doc id, unchanged.
+    """
+    return raw.decode("utf-8", "syncd-percent")
+
+
+def doc_id_from_name(name: str) -> str:
+    """``doc_id_from_bytes`` for a name the OS decoded with surrogate escapes (``os.fsdecode``,
+    ``os.scandir`` on a str path)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return doc_id_from_bytes(name.encode("utf-8", "surrogateescape"))
+    return name
+
+
+def name_candidates(doc_id: str) -> list[bytes]:
+    """The source paths a doc id may stand for, most literal first: the id itself, then (when it holds
+    ``%XX`` escapes of non-UTF-8 bytes) those bytes. A decoded candidate is kept only if it maps back to
+    the same id, so ``caf%C3%A9`` (valid UTF-8 once decoded) never stands for ``café``."""
+    literal = doc_id.encode("utf-8", "surrogateescape")
+    if b"%" not in literal:
+        return [literal]
+    decoded = _ESCAPED_BYTE.sub(lambda m: bytes([int(m.group(1), 16)]), literal)
+    if decoded != literal and doc_id_from_bytes(decoded) == doc_id:
+        return [literal, decoded]
+    return [literal]
+
+
+def is_valid_doc_id(doc_id: str) -> bool:
+    """Whether a doc id can be stored, hashed and shown: non-empty, valid Unicode, no NUL."""
+    if not doc_id or "\x00" in doc_id:
+        return False
+    try:
+        doc_id.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -19,11 +19,15 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Literal
 
-from connectors.base import Connector, ConnectorContext, Watch, matches_globs
+import structlog
+
+from connectors.base import Connector, ConnectorContext, Watch, doc_id_from_name, matches_globs, name_candidates
 from syncd.config import ConnectorConfig, Duration
 from syncd.errors import ConnectorError, DocumentGone, DocumentSkipped, DocumentUnavailable, RootUnavailable
 from syncd.extract import media_type_for
 from syncd.models import Change, DocumentRef, SourceDocument
+
+log = structlog.get_logger("syncd.filesystem")
 
 NETWORK_FS = {"nfs", "nfs4", "cifs", "smb3", "smbfs", "fuse.sshfs", "sshfs", "9p", "fuse.rclone", "afs",
               "ceph", "glusterfs", "fuse.glusterfs", "davfs", "fuse.davfs2"}
@@ -89,7 +93,15 @@ class FilesystemConnector(Connector):
             rel = Path(os.path.abspath(path)).relative_to(self.root)
         except ValueError:
             return None
-        return rel.as_posix() if rel.parts else None
+        return doc_id_from_name(rel.as_posix()) if rel.parts else None
+
+    def path_of(self, doc_id: str) -> str:
+        """The absolute path a doc id stands for (a name with non-UTF-8 bytes is kept as ``%XX`` in its id;
+        a file literally named so wins, and the listing leaves the other one out)."""
+        candidates = name_candidates(doc_id)
+        if len(candidates) > 1 and not os.path.lexists(os.path.join(os.fsencode(self.root), candidates[0])):
+            return os.path.join(str(self.root), os.fsdecode(candidates[1]))
+        return os.path.join(str(self.root), doc_id)
 
     def wants(self, doc_id: str) -> bool:
         """Whether a path (relative to the root) is one this connector indexes."""
@@ -148,15 +160,15 @@ class FilesystemConnector(Connector):
         self._check_root()
         root = str(self.root)
         start_rel = ""
-        if prefix and os.path.abspath(os.path.join(root, prefix)) != root:
-            under = self.doc_id_for(os.path.join(root, prefix))
+        if prefix and os.path.abspath(self.path_of(prefix)) != root:
+            under = self.doc_id_for(self.path_of(prefix))
             if under is None or (self.cfg.ignore_hidden and
                                  any(matches_globs(part, DEFAULT_IGNORE) for part in under.split("/"))):
                 return  # outside the root, or inside a hidden folder
             start_rel = under + "/"
         # Folders as (absolute path, doc id prefix) strings: doc ids are built by concatenation, not with a
         # Path per file (half the CPU of a no-change pass over 10k files went to pathlib).
-        stack = [(os.path.join(root, start_rel) if start_rel else root, start_rel)]
+        stack = [(self.path_of(start_rel.rstrip("/")) if start_rel else root, start_rel)]
         while stack:
             folder, rel_prefix = stack.pop()
             try:
@@ -173,7 +185,13 @@ class FilesystemConnector(Connector):
                 # An I/O error (a flaky network share): the listing would be partial, so none of it counts.
                 raise ConnectorError(f"listing {folder} failed: {exc.strerror or exc}", connector=self.name) from None
             for entry in entries:
-                rel = rel_prefix + entry.name
+                name = doc_id_from_name(entry.name)
+                if name != entry.name and os.path.lexists(os.path.join(folder, name)):
+                    # A name with non-UTF-8 bytes whose escaped form is also a real name: the literal one
+                    # owns the doc id.
+                    log.warning("filesystem.name_shadowed", connector=self.name, doc_id=rel_prefix + name)
+                    continue
+                rel = rel_prefix + name
                 if self.cfg.ignore_hidden and matches_globs(entry.name, DEFAULT_IGNORE):
                     continue
                 try:
@@ -195,7 +213,7 @@ class FilesystemConnector(Connector):
 
     # -- reading ---------------------------------------------------------------------------------------
     def read(self, doc_id: str) -> SourceDocument:
-        path = self.root / doc_id
+        path = self.path_of(doc_id)
         media_type = media_type_for(doc_id)
         if media_type is None or not self.wants(doc_id):
             raise DocumentGone("excluded", doc_id=doc_id, connector=self.name)
@@ -255,7 +273,7 @@ class FilesystemConnector(Connector):
             doc_id=doc_id,
             fingerprint=f"{st.st_mtime_ns}:{st.st_size}:{st.st_ino}",
             revision=digest,
-            uri=str(path),
+            uri=os.path.join(str(self.root), doc_id),
             title=Path(doc_id).stem,
             content=content,
             media_type=media_type,

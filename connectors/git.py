@@ -37,7 +37,7 @@ from urllib.parse import quote, urlsplit
 import structlog
 from pydantic import field_validator
 
-from connectors.base import Connector, ConnectorContext, matches_globs
+from connectors.base import Connector, ConnectorContext, doc_id_from_bytes, matches_globs, name_candidates
 from syncd.config import ConnectorConfig, Duration
 from syncd.errors import (
     ConnectorError,
@@ -563,7 +563,7 @@ class GitConnector(Connector):
                 records = (rest + block).split(b"\0")
                 rest = records.pop()
                 for record in records:
-                    yield os.fsdecode(record)
+                    yield doc_id_from_bytes(record)
             stderr = proc.stderr.read().decode(errors="replace")
             if proc.wait() != 0:
                 raise GitFailed(list(args), proc.returncode, stderr)
@@ -574,7 +574,7 @@ class GitConnector(Connector):
             proc.stdout.close()
             proc.stderr.close()
         if rest:
-            yield os.fsdecode(rest)
+            yield doc_id_from_bytes(rest)
 
     def poll(self) -> Iterator[Change]:
         """Fetch; the changes between the last synced commit and the new head (eagerly: errors raise here).
@@ -672,15 +672,17 @@ class GitConnector(Connector):
         if self._entries_complete or self._head is None:
             return None
         try:
-            out = self._run("ls-tree", "-z", "-l", "--full-tree", self._head, "--", path, timeout=60)
+            # A path with non-UTF-8 bytes is ``%XX`` in its doc id: ask for every path it may stand for.
+            out = self._run("ls-tree", "-z", "-l", "--full-tree", self._head, "--",
+                            *(os.fsdecode(c) for c in name_candidates(path)), timeout=60)
         except GitFailed as exc:
             if exc.kind == "corrupt":
                 self._needs_reclone = True
             raise DocumentUnavailable("git-error", doc_id=path, connector=self.name, detail=exc.last_line) from None
         entry: tuple[str, str, int] | None = None
         for record in out.split(b"\0"):
-            meta, _, name = os.fsdecode(record).partition("\t")
-            if name == path:
+            meta, _, name = doc_id_from_bytes(record).partition("\t")
+            if name == path and entry is None:
                 mode, kind, sha, size = meta.split()
                 entry = None if kind == "tree" else (mode, sha, int(size) if size.isdigit() else -1)
         self._entries[path] = entry

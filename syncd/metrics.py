@@ -46,6 +46,14 @@ class Metrics:
                                      ["source"], registry=r)
         self.fragments = Gauge("syncd_store_fragments", "Fragments in the live table after the last maintenance.",
                                registry=r)
+        self.docs_deferred = Counter("syncd_docs_deferred", "Documents whose embedding went past a cycle's budget "
+                                     "and was finished in a later cycle.", ["connector"], registry=r)
+        self.docs_abandoned = Counter("syncd_docs_abandoned", "Documents whose work in flight was dropped because "
+                                      "they changed or were deleted again meanwhile.", ["connector"], registry=r)
+        self.stalls = Counter("syncd_stalls", "Times a connector's backlog stopped shrinking (state stalled).",
+                              ["connector"], registry=r)
+        self.held_deletes = Gauge("syncd_held_deletes", "Watcher-reported deletions held until their burst is "
+                                  "over and judged as a whole by the mass-deletion guard.", ["connector"], registry=r)
 
     def count_query_vector(self, hit: bool) -> None:
         self.query_vectors.labels(source="cache" if hit else "model").inc()

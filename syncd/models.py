@@ -91,9 +91,12 @@ class Failure:
     connector: str
     doc_id: str
     reason: str
+    skipped: bool = False
+    """Not indexable as it is (binary, empty, too large, a symlink out of the root): recorded with its
+    reason, not a failure of the run."""
 
-    def as_dict(self) -> dict[str, str]:
-        return {"connector": self.connector, "doc_id": self.doc_id, "reason": self.reason}
+    def as_dict(self) -> dict[str, object]:
+        return {"connector": self.connector, "doc_id": self.doc_id, "reason": self.reason, "skipped": self.skipped}
 
 
 @dataclass(kw_only=True, slots=True)
@@ -107,6 +110,12 @@ class SyncSummary:
     docs_renamed: int = 0
     docs_unchanged: int = 0
     docs_failed: int = 0
+    docs_skipped: int = 0
+    docs_deferred: int = 0
+    """Documents whose embedding went past the cycle's budget: their vectors so far are kept and they are
+    finished in a later cycle, after smaller documents."""
+    docs_abandoned: int = 0
+    """Documents changed or deleted again while they were being embedded: their stale work was dropped."""
     chunks_embedded: int = 0
     chunks_reused: int = 0
     chunks_deleted: int = 0
@@ -117,11 +126,17 @@ class SyncSummary:
         """Add ``other``'s counts to this one."""
         for name in (
             "docs_seen", "docs_changed", "docs_added", "docs_deleted", "docs_renamed", "docs_unchanged",
-            "docs_failed", "chunks_embedded", "chunks_reused", "chunks_deleted",
+            "docs_failed", "docs_skipped", "docs_deferred", "docs_abandoned", "chunks_embedded", "chunks_reused",
+            "chunks_deleted",
         ):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.seconds += other.seconds
         self.failures.extend(other.failures)
+
+    @property
+    def problems(self) -> list[Failure]:
+        """The failures that make a run fail (exit 1): every one but documents skipped with a reason."""
+        return [f for f in self.failures if not f.skipped]
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -132,6 +147,9 @@ class SyncSummary:
             "docs_renamed": self.docs_renamed,
             "docs_unchanged": self.docs_unchanged,
             "docs_failed": self.docs_failed,
+            "docs_skipped": self.docs_skipped,
+            "docs_deferred": self.docs_deferred,
+            "docs_abandoned": self.docs_abandoned,
             "chunks_embedded": self.chunks_embedded,
             "chunks_reused": self.chunks_reused,
             "chunks_deleted": self.chunks_deleted,

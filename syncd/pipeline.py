@@ -13,7 +13,7 @@ import datetime as dt
 import json
 import time
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import islice
@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import structlog
 
-from connectors.base import Connector
+from connectors.base import Connector, doc_id_from_name, is_valid_doc_id
 from syncd.chunking import Chunker
 from syncd.errors import (
     ConnectorError,
@@ -68,6 +68,12 @@ class _Planned:
     previous: IndexedDoc | None
 
 
+EMBED_SLICE = 128
+"""Texts embedded between two looks at whether a document in the batch changed again or was deleted."""
+
+PENDING_VECTORS_MAX = 200_000
+"""Vectors kept for documents finished in later cycles; past this the keep is emptied (correct, only slower)."""
+
 REBUILD_REOPEN_EVERY = 64
 """Batches between two reopenings of a reindex's table (``Store.reopen_table``: memory stays flat)."""
 
@@ -91,6 +97,18 @@ class Engine:
         self.index: dict[str, dict[str, IndexedDoc]] = {}
         self.status: dict[str, ConnectorStatus] = {name: ConnectorStatus() for name in self.connectors}
         self._deletes: dict[str, deque[tuple[float, int]]] = {}
+        self.embed_budget: int | None = None
+        """New chunk texts embedded for one commit (None: no limit); set by the service."""
+        self.superseded: Callable[[str, str], bool] | None = None
+        """Asked between embedding slices: has this document changed again (or gone) since its batch began?
+        Set by the service (a newer hint in its queue); work on such a document is abandoned."""
+        self.deferred: dict[str, dict[str, float]] = {}
+        """Documents past the embedding budget, by connector, with their first-seen time: the caller queues
+        them again; their vectors so far wait in ``_pending_vectors``."""
+        self._pending_vectors: dict[str, np.ndarray] = {}
+        self._pending_owner: dict[tuple[str, str], set[str]] = {}
+        self._held: dict[str, dict[str, float]] = {}
+        self._held_at: dict[str, float] = {}
         self._lookup_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="syncd-lookup")
 
     # -- index view ------------------------------------------------------------------------------------
@@ -188,8 +206,14 @@ class Engine:
         return [d for d, fp in ((d, cstate.fingerprints.get(d)) for d in cstate.failures)
                 if not (fp and fp[1] == SKIPPED)]
 
-    def process(self, changes: Mapping[str, Mapping[str, float]]) -> SyncSummary:
-        """Apply watcher hints: ``{connector: {doc_id: first_seen_unix_time}}``."""
+    def process(self, changes: Mapping[str, Mapping[str, float]], *, hold_deletes: bool = False) -> SyncSummary:
+        """Apply change hints: ``{connector: {doc_id: first_seen_unix_time}}``.
+
+        Deletions found are judged by the mass-deletion guard all together, before any is committed: at the
+        end of this call (a poll's changes are the whole picture), or, with ``hold_deletes`` (watcher
+        hints, which arrive one file at a time), when the caller calls ``flush_deletes`` once the burst is
+        over.
+        """
         started = time.monotonic()
         summary = SyncSummary()
         for name, seen in changes.items():
@@ -197,9 +221,46 @@ class Engine:
                 continue
             self.status[name].last_sync_at = time.time()
             self._apply_all(name, list(seen), seen, summary, allow_mass_delete=False, count_seen=True)
+            if not hold_deletes:
+                self._flush_deletes(name, summary)
             self._finish_cycle(name, summary)
         summary.seconds = time.monotonic() - started
         return summary
+
+    def held_deletes(self, name: str) -> tuple[int, float | None]:
+        """(deletions held for ``name``, monotonic time the last one was held)."""
+        return len(self._held.get(name, {})), self._held_at.get(name)
+
+    def flush_deletes(self, name: str) -> SyncSummary:
+        """Judge every deletion held for ``name`` at once and apply them, or refuse them all."""
+        started = time.monotonic()
+        summary = SyncSummary()
+        if name in self.connectors:
+            self._flush_deletes(name, summary)
+            self._finish_cycle(name, summary)
+        summary.seconds = time.monotonic() - started
+        return summary
+
+    def _flush_deletes(self, name: str, summary: SyncSummary) -> None:
+        held = self._held.pop(name, {})
+        self._held_at.pop(name, None)
+        self.metrics.held_deletes.labels(connector=name).set(0)
+        if not held:
+            return
+        indexed = self.docs(name)
+        real = [d for d in held if d in indexed]
+        try:
+            self.connectors[name].check_available()
+        except RootUnavailable as exc:
+            # An unmounted share is not "every document deleted": nothing is deleted, the next scan decides.
+            self._connector_failed(name, exc, summary)
+            return
+        # Watcher deletions within DELETE_WINDOW_S add up, measured against the documents there were before.
+        recent = self._recent_deletes(name)
+        if real and not self._guard_deletions(name, len(real) + recent, len(indexed) + recent, False, summary):
+            return
+        # Each is read again: a document recreated meanwhile is written, not deleted.
+        self._apply_groups(name, [[d] for d in held], held, summary, allow_mass_delete=True, count_seen=False)
 
     # -- the guard -------------------------------------------------------------------------------------
     def _recent_deletes(self, name: str) -> int:
@@ -257,9 +318,18 @@ class Engine:
         unchanged_fp: dict[str, tuple[str, str]] = {}
         skipped_fp: dict[str, str | None] = {}
         failed: dict[str, str] = {}
+        invalid: dict[str, str] = {}
+        held = self._held.get(name, {})
         for doc_id in dict.fromkeys(doc_ids):
             if count_seen:
                 summary.docs_seen += 1
+            held.pop(doc_id, None)  # looked at again now
+            if not is_valid_doc_id(doc_id):
+                # A connector's bug, not the document's: it can be neither stored nor shown as it is.
+                shown = doc_id_from_name(doc_id.replace("\x00", "\\0")) or "(empty)"
+                invalid[shown] = "invalid-doc-id: not valid Unicode, empty, or holds NUL"
+                log.error("document.invalid_id", connector=name, doc_id=shown)
+                continue
             bound = log.bind(connector=name, doc_id=doc_id)
             try:
                 doc = connector.read(doc_id)
@@ -303,20 +373,20 @@ class Engine:
             planned[doc_id] = _Planned(doc=doc, chunks=chunks, title=title, previous=previous)
 
         if gone and not allow_mass_delete:
-            try:
-                connector_available = getattr(connector, "check_available", None)
-                if connector_available is not None:
-                    connector_available()
-            except RootUnavailable as exc:
-                self._connector_failed(name, exc, summary)
-                gone = []
-            # Watcher deletions arrive in many small batches, so the guard counts every deletion of the last
-            # DELETE_WINDOW_S seconds, measured against the documents there were before them.
+            # Deletions are held and judged all together (``_flush_deletes``): a burst arrives over many
+            # batches, and the guard must see it whole before any of it is committed. The old side of a
+            # rename in this batch is not a deletion (its content lives on) and goes through now.
             new_identities = {p.doc.identity for p in planned.values() if p.previous is None}
-            real = [d for d in gone if indexed[d].identity not in new_identities]
-            recent = self._recent_deletes(name)
-            if real and not self._guard_deletions(name, len(real) + recent, len(indexed) + recent, False, summary):
-                gone = [d for d in gone if d not in set(real)]
+            hold = [d for d in gone if indexed[d].identity not in new_identities]
+            if hold:
+                held = self._held.setdefault(name, {})
+                now_s = time.time()
+                for d in hold:
+                    held[d] = min(held.get(d, now_s), seen.get(d) or now_s)
+                self._held_at[name] = time.monotonic()
+                self.metrics.held_deletes.labels(connector=name).set(len(held))
+                hold_set = set(hold)
+                gone = [d for d in gone if d not in hold_set]
 
         # Renames: a deleted document and a new one with the same content in the same batch.
         new_by_revision: dict[str, list[str]] = {}
@@ -331,52 +401,73 @@ class Engine:
                 renamed.add(targets.pop())
                 renamed_from.add(old_id)
 
-        # Vectors: reuse every content hash the store has, embed the rest once each. Hashes the store
+        # Vectors: reuse every content hash the store has (or an earlier cycle embedded for a document it
+        # deferred), embed the rest once each, smallest documents first within the budget. Hashes the store
         # certainly lacks (its hash filter) are embedded while the reusable vectors are being read.
         texts = {c.content_hash: _embed_text(c) for plan in planned.values() for c in plan.chunks}
+        vectors: dict[str, np.ndarray] = {h: v for h in texts if (v := self._pending_vectors.get(h)) is not None}
         hint = self.store.hash_filter
-        fresh = [h for h in texts if hint is not None and h not in hint]
-        known = [h for h in texts if hint is None or h in hint]
-        vectors: dict[str, np.ndarray] = {}
-        to_embed: dict[str, str] = {}
+        need = [h for h in texts if h not in vectors]
+        fresh = [h for h in need if hint is not None and h not in hint]
+        known = [h for h in need if hint is None or h in hint]
+        embedded: dict[str, np.ndarray] = {}
+        embed_failed: dict[str, str] = {}
+        abandoned: list[str] = []
+        budget = self.embed_budget
         try:
-            if fresh and known:
-                lookup = self._lookup_pool.submit(self.store.vectors_for, known)
-                try:
-                    to_embed = {h: texts[h] for h in fresh}
-                    embedded, embed_failed = self._embed(to_embed, planned)
-                finally:
-                    found = self._lookup_result(lookup)
-                vectors.update(found)
-                missing = {h: texts[h] for h in known if h not in found}
-                if missing:
-                    more, more_failed = self._embed(missing, planned)
-                    to_embed.update(missing)
+            lookup = self._lookup_pool.submit(self.store.vectors_for, known) if known and fresh else None
+            try:
+                if known and lookup is None:
+                    vectors.update(self.store.vectors_for(known))
+                if fresh:
+                    more, more_failed, used = self._embed_budgeted(name, planned, fresh, texts, budget, abandoned)
                     embedded.update(more)
                     embed_failed.update(more_failed)
-            else:
-                if known:
-                    vectors = self.store.vectors_for(known)
-                to_embed = {h: t for h, t in texts.items() if h not in vectors}
-                embedded, embed_failed = self._embed(to_embed, planned) if to_embed else ({}, {})
+                    budget = None if budget is None else max(0, budget - used)
+            finally:
+                if lookup is not None:
+                    vectors.update(self._lookup_result(lookup))
+            missing = [h for h in known if h not in vectors]
+            if missing:
+                more, more_failed, _ = self._embed_budgeted(name, planned, missing, texts, budget, abandoned)
+                embedded.update(more)
+                embed_failed.update(more_failed)
         except StoreError as exc:
             self._batch_failed(name, list(planned) + gone, exc, summary)
             return
-        if to_embed:
-            vectors.update(embedded)
-            summary.chunks_embedded += len(embedded)
-            self.metrics.chunks_embedded.inc(len(embedded))
-            for doc_id, reason in embed_failed.items():
-                planned.pop(doc_id, None)
-                failed[doc_id] = reason
-                renamed.discard(doc_id)
+        to_embed = {h: texts[h] for h in embedded}
+        vectors.update(embedded)
+        summary.chunks_embedded += len(embedded)
+        self.metrics.chunks_embedded.inc(len(embedded))
+        for doc_id, reason in embed_failed.items():
+            planned.pop(doc_id, None)
+            failed[doc_id] = reason
+            renamed.discard(doc_id)
+        for doc_id in abandoned:
+            renamed.discard(doc_id)
+            summary.docs_abandoned += 1
+            self.metrics.docs_abandoned.labels(connector=name).inc()
+            bound = log.bind(connector=name, doc_id=doc_id)
+            bound.info("document.abandoned", reason="changed or deleted again while it was embedded")
+        for doc_id in [d for d, p in planned.items() if any(c.content_hash not in vectors for c in p.chunks)]:
+            # Past the budget: what it has so far is kept, and it comes back after the smaller documents.
+            plan = planned.pop(doc_id)
+            owned = self._pending_owner.setdefault((name, doc_id), set())
+            for c in plan.chunks:
+                if c.content_hash in embedded:
+                    self._pending_vectors[c.content_hash] = embedded[c.content_hash]
+                    owned.add(c.content_hash)
+            self.deferred.setdefault(name, {})[doc_id] = seen.get(doc_id) or time.time()
+            renamed.discard(doc_id)
+            summary.docs_deferred += 1
+            self.metrics.docs_deferred.labels(connector=name).inc()
+        if len(self._pending_vectors) > PENDING_VECTORS_MAX:
+            self._pending_vectors.clear()
+            self._pending_owner.clear()
 
         # One commit for the whole batch.
         now = dt.datetime.now(dt.UTC)
-        records: list[dict[str, Any]] = []
-        for doc_id, plan in planned.items():
-            for c in plan.chunks:
-                records.append(_record(name, doc_id, plan, c, vectors[c.content_hash], now))
+        rows = self._rows(name, planned, vectors, now, failed, renamed)
         dropped = [s for s in skipped if s in indexed]
         replace = [doc_key(name, d) for d in [*planned, *gone, *dropped]]
         # Every old row is overwritten when no document is removed and none got fewer chunks: the cheap upsert.
@@ -385,7 +476,7 @@ class Engine:
         if replace:
             commit_start = time.monotonic()
             try:
-                self.store.apply(self.store.make_rows(records), replace, covers_all_rows=covers)
+                self.store.apply(rows, replace, covers_all_rows=covers)
             except StoreError as exc:
                 self._batch_failed(name, list(planned) + gone, exc, summary)
                 return
@@ -441,7 +532,17 @@ class Engine:
                 cstate.fingerprints[doc_id] = [fp, SKIPPED]
             else:
                 cstate.fingerprints.pop(doc_id, None)
-            failed[doc_id] = reason
+        for doc_id, reason in [*skipped.items(), *invalid.items()]:
+            cstate.failures[doc_id] = reason
+            # A parser that crashed is a fault to fix (the run fails); any other skip is about the document.
+            crashed = reason.startswith("extract-failed")
+            summary.docs_failed += crashed
+            summary.docs_skipped += not crashed
+            summary.failures.append(Failure(connector=name, doc_id=doc_id, reason=reason, skipped=not crashed))
+            _remember(status, "failed" if crashed else "skipped", doc_id, committed_at, reason)
+        for doc_id in [*planned, *gone, *skipped]:
+            for h in self._pending_owner.pop((name, doc_id), ()):
+                self._pending_vectors.pop(h, None)
         for doc_id, reason in failed.items():
             cstate.failures[doc_id] = reason
             summary.docs_failed += 1
@@ -456,6 +557,82 @@ class Engine:
         if planned or gone:
             log.info("sync.batch_committed", connector=name, upserts=len(planned), deletes=len(gone),
                      embedded=len(to_embed), version=self.store.table.version if replace else None)
+
+    def _rows(self, name: str, planned: dict[str, _Planned], vectors: Mapping[str, np.ndarray], now: dt.datetime,
+              failed: dict[str, str], renamed: set[str]) -> Any:
+        """The batch's rows as one Arrow table. A document whose rows cannot be built (a value the schema
+        refuses) fails alone with the reason; the rest of the batch is written."""
+        try:
+            return self.store.make_rows([_record(name, d, p, c, vectors[c.content_hash], now)
+                                         for d, p in planned.items() for c in p.chunks])
+        except (ValueError, TypeError) as exc:  # Arrow's conversion errors (ArrowInvalid, ArrowTypeError) among them
+            log.warning("sync.rows_invalid", connector=name, error=str(exc)[:300], action="isolating the document")
+        good = []
+        for doc_id, plan in list(planned.items()):
+            try:
+                records = [_record(name, doc_id, plan, c, vectors[c.content_hash], now) for c in plan.chunks]
+                self.store.make_rows(records)
+            except (ValueError, TypeError) as exc:
+                planned.pop(doc_id)
+                renamed.discard(doc_id)
+                failed[doc_id] = f"invalid-row: {type(exc).__name__}: {exc}"[:500]
+                log.error("document.invalid_row", connector=name, doc_id=doc_id, error=str(exc)[:300])
+                continue
+            good.extend(records)
+        return self.store.make_rows(good)
+
+    def _embed_budgeted(self, name: str, planned: dict[str, _Planned], hashes: list[str], texts: Mapping[str, str],
+                        budget: int | None, abandoned: list[str]) -> tuple[dict[str, np.ndarray], dict[str, str], int]:
+        """Embed ``hashes`` (new chunk texts of ``planned``), smallest documents first and at most ``budget``
+        texts, plus one slice of progress on the first document past it, so a large document advances
+        every cycle without holding back the small ones. Between slices, documents that changed again or
+        were deleted are dropped from ``planned`` (into ``abandoned``). Returns (vectors, failures, texts
+        embedded)."""
+        wanted = set(hashes)
+        needs = {d: list(dict.fromkeys(c.content_hash for c in p.chunks if c.content_hash in wanted))
+                 for d, p in planned.items()}
+        order = sorted((d for d in needs if needs[d]), key=lambda d: len(needs[d]))
+        chosen: dict[str, None] = {}
+        if budget is None:
+            for d in order:
+                chosen.update(dict.fromkeys(needs[d]))
+        else:
+            over = []
+            for d in order:
+                extra = [h for h in needs[d] if h not in chosen]
+                if len(chosen) + len(extra) <= budget:
+                    chosen.update(dict.fromkeys(extra))
+                else:
+                    over.append(d)
+            room = max(budget - len(chosen), budget // 4)
+            for d in over[:1]:
+                for h in needs[d]:
+                    if room <= 0:
+                        break
+                    if h not in chosen:
+                        chosen[h] = None
+                        room -= 1
+        owners: dict[str, set[str]] = {}
+        for d, hs in needs.items():
+            for h in hs:
+                owners.setdefault(h, set()).add(d)
+        # Sorted by length so that each slice's model calls hold texts of similar width.
+        queue = sorted(chosen, key=lambda h: len(texts[h]))
+        out: dict[str, np.ndarray] = {}
+        failed: dict[str, str] = {}
+        for start in range(0, len(queue), EMBED_SLICE):
+            part = {h: texts[h] for h in queue[start:start + EMBED_SLICE] if owners.get(h)}
+            if part:
+                vecs, fails = self._embed(part, planned)
+                out.update(vecs)
+                failed.update(fails)
+            if self.superseded is not None and start + EMBED_SLICE < len(queue):
+                for d in [d for d in planned if self.superseded(name, d)]:
+                    planned.pop(d)
+                    abandoned.append(d)
+                    for h in needs.get(d, ()):
+                        owners.get(h, set()).discard(d)
+        return out, failed, len(out)
 
     def _lookup_result(self, future: Future[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
         """The reusable vectors read on the lookup thread (a method of its own so probes can time the wait)."""
@@ -586,6 +763,11 @@ class Engine:
                 extracted = extract(doc.content, doc.media_type, size_limit=getattr(self.limits, doc.media_type, None))
                 chunks = self.chunker.chunk(extracted.blocks)
             except DocumentGone:
+                continue
+            except DocumentSkipped as exc:
+                cstate.failures[doc_id] = exc.describe()
+                summary.docs_skipped += 1
+                summary.failures.append(Failure(connector=name, doc_id=doc_id, reason=exc.describe(), skipped=True))
                 continue
             except (DocumentError, Exception) as exc:  # noqa: BLE001 - one bad document must not fail a reindex
                 reason = exc.describe() if isinstance(exc, DocumentError) else f"extract-failed: {type(exc).__name__}"
