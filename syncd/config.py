@@ -6,13 +6,25 @@ config file's folder. Secrets are never in the file: it names an environment var
 
 from __future__ import annotations
 
+import errno
 import os
 import re
+import tempfile
 import tomllib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from syncd.errors import ConfigError
 
@@ -36,7 +48,75 @@ def parse_duration(value: Any) -> float:
     return seconds
 
 
-Duration = Annotated[float, BeforeValidator(parse_duration)]
+def format_duration(seconds: float) -> str:
+    """``0.1`` -> ``"100ms"``, ``60`` -> ``"1m"``, ``90`` -> ``"90s"``: the shortest exact spelling."""
+    for unit in ("d", "h", "m", "s"):
+        count = seconds / _UNITS[unit]
+        if count >= 1 and count == int(count):
+            return f"{int(count)}{unit}"
+    if seconds >= 1:
+        return f"{seconds:g}s"
+    return f"{seconds * 1000:g}ms"
+
+
+@dataclass(frozen=True, slots=True)
+class Floor:
+    """The shortest sane value of a duration key, and what 0 means where 0 is allowed."""
+
+    minimum: float
+    """Seconds; a shorter value is a config error naming the key and this minimum."""
+    zero: str | None = None
+    """What 0 means where it is documented (``"off"``, ``"only at start"``); None when 0 is an error."""
+
+
+_LOOP_S = 0.1
+"""Nothing in syncd repeats faster than ten times a second: a poll interval of 0 is a busy loop (the
+polling observer re-scans the folder without pause), and an interval a little above 0 nearly one."""
+
+DURATION_FLOORS: dict[str, Floor] = {
+    # Keys of [store] and [sync].
+    "read_consistency_interval": Floor(0.0, zero="on every query"),  # any value is sane; 0 is documented
+    "index_when_idle": Floor(_LOOP_S, zero="only by rows and schedule"),
+    "verify_interval": Floor(1.0, zero="never"),
+    "maintenance_interval": Floor(1.0),
+    "version_retention": Floor(600.0),  # readers in other processes must never lose the version they read
+    "backoff_max": Floor(_LOOP_S),
+    "delete_settle": Floor(_LOOP_S),  # the writer checks held deletions at this period
+    "stall_after": Floor(1.0),  # shorter calls every backlog a stall
+    # Keys every connector type may use, with the same meaning.
+    "poll_interval": Floor(_LOOP_S),
+    "reconcile_interval": Floor(1.0, zero="only at start"),
+    "timeout": Floor(1.0),  # shorter fails every request or fetch, then retries it: a loop that does nothing
+    "max_backoff": Floor(0.01),  # 0 would retry a failing server at once, with no pause at all
+    "overlap": Floor(1.0),  # the sources' timestamps have whole seconds: less re-reads nothing
+    "rc_max_age": Floor(3600.0),  # shorter sends every poll to a full listing
+    # Per connector type, where a key means something else there.
+    "confluence.reconcile_interval": Floor(1.0),  # 0 would list every page id on every poll, not "off"
+}
+"""Every duration key by name (``TYPE.KEY`` for one connector type). A key not listed has no floor;
+``tests/test_config_hardening.py`` fails when a built-in duration key is missing here."""
+
+
+def duration_floor(key: str, connector_type: str | None = None) -> Floor | None:
+    """The floor of the duration ``key`` (of a connector of ``connector_type``), or None."""
+    if connector_type is not None and f"{connector_type}.{key}" in DURATION_FLOORS:
+        return DURATION_FLOORS[f"{connector_type}.{key}"]
+    return DURATION_FLOORS.get(key)
+
+
+def _check_floor(seconds: float, info: ValidationInfo) -> float:
+    ctype = info.data.get("type") if isinstance(info.data, dict) else None
+    floor = duration_floor(info.field_name or "", ctype if isinstance(ctype, str) else None)
+    if floor is None or seconds >= floor.minimum or (seconds == 0 and floor.zero is not None):
+        return seconds
+    allowed = f"at least {format_duration(floor.minimum)}"
+    if floor.zero is not None:
+        allowed += f", or 0 ({floor.zero})"
+    raise ValueError(f"must be {allowed}; got {format_duration(seconds) if seconds else '0'}")
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration), AfterValidator(_check_floor)]
+"""A duration in seconds, checked against its key's floor in ``DURATION_FLOORS``."""
 
 
 class Section(BaseModel):
@@ -60,7 +140,8 @@ class StoreConfig(Section):
     """An ANN vector index is built once the table holds this many rows; below it a flat scan is faster."""
     index_when_idle: Duration = 2.0
     """The indexes are brought up to date once the writer has had nothing to do for this long (bringing
-    the full-text index up to date rewrites it, ~0.3-1 s at 140k rows; 0 = only by rows and schedule)."""
+    the full-text index up to date rewrites it, ~0.3-1 s at 140k rows; 0 = only by rows and schedule;
+    else at least 100ms)."""
     index_every_rows: int = Field(default=16_384, ge=1)
     """... and under a load that never leaves the writer idle, once this many rows are outside them
     (queries scan such rows without the index)."""
@@ -172,13 +253,23 @@ class SyncConfig(Section):
     max_batch_docs: int = Field(default=256, ge=1)
     """Most documents written in one LanceDB commit."""
     verify_interval: Duration = 3600.0
-    """How often the service compares the index with the sources (0 = never)."""
+    """How often the service compares the index with the sources (0 = never; else at least 1s)."""
     maintenance_interval: Duration = 300.0
-    """How often the service compacts the table and prunes old versions."""
-    version_retention: Annotated[float, BeforeValidator(parse_duration), Field(ge=600.0)] = 900.0
+    """How often the service compacts the table and prunes old versions (at least 1s)."""
+    version_retention: Duration = 900.0
     """Old table versions are kept at least this long so readers in other processes never break (>= 10m)."""
     backoff_max: Duration = 900.0
-    """Longest wait between attempts of a connector that keeps failing (the wait doubles from its interval)."""
+    """Longest wait between attempts of a connector that keeps failing (the wait doubles from its interval;
+    at least 100ms)."""
+    embed_budget: int = Field(default=512, ge=16)
+    """Most new chunk texts the service embeds for one commit. Smaller documents go first; a document past the
+    budget keeps the vectors made so far and is finished in later cycles, so one large file never holds
+    the writer (and every other document) for long. `syncd sync` and `reindex` have no budget."""
+    delete_settle: Duration = 1.0
+    """The service holds watcher-reported deletions until none came for this long, then the mass-deletion
+    guard judges the whole burst at once (a fast `rm -r` is refused before any of it is deleted)."""
+    stall_after: Duration = 120.0
+    """A connector whose backlog has not shrunk for this long shows `stalled` in /status and fails /readyz."""
 
 
 class LoggingConfig(Section):
@@ -262,7 +353,7 @@ def _format_loc(loc: tuple[Any, ...], prefix: str = "") -> str:
 def _raise_validation(exc: ValidationError, prefix: str, source: str) -> None:
     err = exc.errors()[0]
     key = _format_loc(tuple(err["loc"]), prefix)
-    msg = err["msg"]
+    msg = err["msg"].removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
         msg = "unknown key"
     raise ConfigError(f"{source}: {key}: {msg}", key=key) from None
@@ -326,6 +417,34 @@ def load(path: str | os.PathLike[str] | None = None) -> Config:
     return parse(data, base_dir=cfg_path.resolve().parent, source=str(cfg_path))
 
 
+def check_local_paths(config: Config, *, write: bool) -> None:
+    """The state folder and a local store folder are folders, or can be made, and with ``write`` can be
+    written: the commands check this before touching either, so a bad one is a config error naming the
+    key (``state.dir``, ``store.uri``), not a traceback. Creates nothing."""
+    _check_folder(config.state_dir, key="state.dir", write=write, source=config.source)
+    if "://" not in config.store.uri:
+        _check_folder(Path(config.store_uri), key="store.uri", write=write, source=config.source)
+
+
+def _check_folder(path: Path, *, key: str, write: bool, source: str) -> None:
+    existing = path
+    while not os.path.lexists(existing) and existing.parent != existing:
+        existing = existing.parent
+    if not existing.is_dir():
+        what = "a broken symlink" if existing.is_symlink() and not existing.exists() else "not a folder"
+        where = f"{path} is {what}" if existing == path else f"cannot create {path}: {existing} is {what}"
+        raise ConfigError(f"{source}: {key}: {where}", key=key)
+    if not write:
+        return
+    try:
+        with tempfile.TemporaryFile(dir=existing):  # O_TMPFILE on Linux: no name ever appears
+            pass
+    except OSError as exc:
+        reason = "a read-only filesystem" if exc.errno == errno.EROFS else exc.strerror or str(exc)
+        where = f"{path} is not writable" if existing == path else f"cannot create {path}: {existing} is not writable"
+        raise ConfigError(f"{source}: {key}: {where} ({reason})", key=key) from None
+
+
 def resolve_secret(env_name: str | None, *, key: str, file: str | None = None,
                    base_dir: Path | None = None) -> str | None:
     """The secret held by the environment variable ``env_name`` or in ``file`` (None when neither is
@@ -345,6 +464,8 @@ def resolve_secret(env_name: str | None, *, key: str, file: str | None = None,
     if env_name is None:
         return None
     value = os.environ.get(env_name)
-    if not value:
+    if value is None:
         raise ConfigError(f"{key}: environment variable {env_name} is not set", key=key)
+    if not value.strip():
+        raise ConfigError(f"{key}: environment variable {env_name} is empty", key=key)
     return value

@@ -175,6 +175,11 @@ class Service:
         self.folder_thread: threading.Thread | None = None
         self._last_status_line = ""
         self.cycle_started_at: float | None = None
+        self.progress_at: dict[str, float] = {}
+        """When a writer cycle last finished work of each connector (committed, skipped, failed or deferred)."""
+        self.stalled: dict[str, float] = {}
+        """Connectors whose backlog has not shrunk for ``[sync] stall_after``, with the time it began."""
+        self._wrote_daemon_json = False
 
     # -- lifecycle -------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -191,6 +196,8 @@ class Service:
         self.runtime = Runtime(cfg, embedder=self._embedder, metrics=self.metrics)
         rt = self.runtime
         rt.engine.embedder = _StoppableEmbedder(rt.engine.embedder, self.stopping, cfg.embedding.batch_size)
+        rt.engine.embed_budget = cfg.sync.embed_budget
+        rt.engine.superseded = self._superseded
         rt.store.after_commit = self._after_commit
         needs_rebuild = rt.open()
         notify("STATUS=loading the embedding model")
@@ -222,6 +229,7 @@ class Service:
         self.http.start()
         write_json_atomic(cfg.state_dir / "daemon.json", {"pid": os.getpid(), "url": self.http.url,
                                                           "started_at": self.started_at})
+        self._wrote_daemon_json = True
         log.info("http.listening", url=self.http.url)
         if needs_rebuild:
             self.queue.push_task("rebuild", lambda: rt.engine.rebuild())
@@ -331,6 +339,7 @@ class Service:
                 self.reload()
             self._check_watches()
             self._check_requests()
+            self._check_stalls()
             if ping and time.time() - last_ping >= ping and self.healthy():
                 notify("WATCHDOG=1")
                 last_ping = time.time()
@@ -368,10 +377,17 @@ class Service:
                 log.error("daemon.writer_still_busy", action="exiting; the uncommitted batch is redone on restart")
         if self.http is not None:
             self.http.stop()
-        try:
-            (self.config.state_dir / "daemon.json").unlink()
-        except FileNotFoundError:
-            pass
+        # Only this daemon's own address: a process refused by the writer lock never wrote one, and the
+        # file it would remove belongs to the daemon that holds the lock.
+        if self._wrote_daemon_json:
+            try:
+                from syncd.state import read_json
+
+                record = read_json(self.config.state_dir / "daemon.json")
+                if isinstance(record, dict) and record.get("pid") == os.getpid():
+                    (self.config.state_dir / "daemon.json").unlink()
+            except FileNotFoundError:
+                pass
         if self.runtime is not None:
             self.runtime.close()
         log.info("daemon.stopped")
@@ -386,9 +402,13 @@ class Service:
         failed_cycles = 0
         while not self.stopping.is_set():
             idle_work = adopt = False
+            flush: list[str] = []
             with q.cond:
                 while q.empty() and not self.stopping.is_set():
                     self.writer_alive_at = time.time()
+                    flush = self._deletes_due()
+                    if flush:
+                        break
                     if self.runtime.store.folds_to_adopt:
                         adopt = True  # the folder committed an index update: show it in /status at once
                         break
@@ -396,9 +416,13 @@ class Service:
                             and self.runtime.store.indexing_due(self.policy, idle=True)):
                         idle_work = True
                         break
-                    q.cond.wait(timeout=min(1.0, self.policy.index_when_idle or 1.0))
+                    held = any(engine.held_deletes(n)[0] for n in engine.connectors)
+                    q.cond.wait(timeout=min(0.2 if held else 1.0, self.policy.index_when_idle or 1.0))
                 if self.stopping.is_set():
                     break
+            if flush:
+                self._flush_deletes(flush)
+                continue
             if adopt:
                 self._small_step("index.adopt", self.runtime.store.adopt_folds)
                 continue
@@ -410,6 +434,7 @@ class Service:
                 if q.empty():
                     continue
                 rescans, q.rescans = q.rescans, {}
+                rescans_taken = set(rescans)
                 tasks = list(q.tasks)
                 q.tasks.clear()
                 hints = {}
@@ -448,15 +473,23 @@ class Service:
                     rescans.pop(name)
                     self._catch_up_done(name)
                 if hints:
-                    engine.process(hints)
+                    engine.process(hints, hold_deletes=True)
                 self.writer_error = None
                 failed_cycles = 0
+                done = time.time()
+                for name in {*hints, *rescans_taken}:
+                    self.progress_at[name] = done
             except StopRequested:
                 log.info("writer.batch_abandoned", reason="stopping", action="redone by the catch-up on restart")
                 break
             except Exception as exc:  # noqa: BLE001 - the writer must survive anything one cycle throws
                 self.writer_error = f"{type(exc).__name__}: {exc}"
                 log.exception("writer.cycle_failed")
+                # The connectors whose work failed show it, whatever failed (status never says idle then).
+                for name in {*hints, *rescans_taken}:
+                    st = engine.status.get(name)
+                    if st is not None:
+                        st.state, st.last_error = "failing", f"writer cycle failed: {self.writer_error}"
                 # Give back everything not done, so nothing is lost; the next cycle retries it.
                 for conn, docs in hints.items():
                     for doc_id, seen in docs.items():
@@ -472,10 +505,12 @@ class Service:
                 self.cycle_started_at = None
                 with q.cond:
                     q.in_flight = {}
+                self._requeue_deferred()
             try:
                 for name in engine.connectors:
-                    count, _ = q.backlog(name)
+                    count, _ = self.backlog(name)
                     self.metrics.backlog.labels(connector=name).set(count)
+                    self.metrics.failed_docs.labels(connector=name).set(len(engine.attempts.get(name, {})))
                 self._after_commit()
                 self._status_line()
                 if time.time() - last_state_save > 5:
@@ -484,6 +519,82 @@ class Service:
             except Exception as exc:  # noqa: BLE001 - a full disk for the state file must not end the writer
                 self.writer_error = f"{type(exc).__name__}: {exc}"
                 log.exception("writer.housekeeping_failed")
+
+    def _superseded(self, connector: str, doc_id: str) -> bool:
+        """A newer hint for the document arrived while its batch was in flight (it changed again or went)."""
+        return doc_id in self.queue.hints.get(connector, ())
+
+    def _requeue_deferred(self) -> None:
+        """Documents the engine deferred past its embedding budget go back in the queue, first-seen time kept."""
+        assert self.runtime is not None
+        deferred, self.runtime.engine.deferred = self.runtime.engine.deferred, {}
+        for name, docs in deferred.items():
+            for doc_id, seen in docs.items():
+                self.queue.push(Change(connector=name, kind="upsert", doc_id=doc_id, seen_at=seen))
+
+    def _deletes_due(self) -> list[str]:
+        """Connectors whose held deletions have settled: none for ``[sync] delete_settle`` and the watcher's
+        hints drained (or held ten times that long while edits keep coming)."""
+        assert self.runtime is not None
+        engine = self.runtime.engine
+        settle = self.config.sync.delete_settle
+        now = time.monotonic()
+        due = []
+        for name in engine.connectors:
+            count, at = engine.held_deletes(name)
+            if not count or at is None or now - at < settle:
+                continue
+            if not self.queue.hints.get(name) or now - at >= 10 * settle:
+                due.append(name)
+        return due
+
+    def _flush_deletes(self, names: list[str]) -> None:
+        assert self.runtime is not None
+        self.writer_alive_at = self.cycle_started_at = time.time()
+        try:
+            for name in names:
+                summary = self.runtime.engine.flush_deletes(name)
+                self.progress_at[name] = time.time()
+                if summary.docs_deleted or summary.failures:
+                    log.info("sync.finished", connector=name, kind="deletions", **_counts(summary))
+        except StopRequested:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the writer must survive anything one cycle throws
+            self.writer_error = f"{type(exc).__name__}: {exc}"
+            log.exception("writer.cycle_failed")
+        finally:
+            self.cycle_started_at = None
+            self._requeue_deferred()
+
+    def backlog(self, name: str) -> tuple[int, float | None]:
+        """(changes seen but not committed, first-seen time of the oldest): the queue, the batch in flight,
+        deletions held for the guard and documents deferred past the embedding budget."""
+        assert self.runtime is not None
+        count, oldest = self.queue.backlog(name)
+        held = self.runtime.engine.held_since(name)
+        if held:
+            count += held[0]
+            oldest = held[1] if oldest is None else min(oldest, held[1])
+        return count, oldest
+
+    def _check_stalls(self) -> None:
+        """A backlog that has not shrunk for ``[sync] stall_after`` (nothing of the connector finished in that
+        time) is a stall: shown in /status, /readyz and counted."""
+        assert self.runtime is not None
+        now = time.time()
+        limit = self.config.sync.stall_after
+        for name in list(self.runtime.engine.connectors):
+            count, oldest = self.backlog(name)
+            last = max(self.progress_at.get(name, self.started_at), oldest or now)
+            stalled = bool(count) and now - last >= limit
+            if stalled and name not in self.stalled:
+                self.stalled[name] = last
+                self.metrics.stalls.labels(connector=name).inc()
+                log.error("connector.stalled", connector=name, backlog=count, since_s=round(now - last, 1),
+                          writer_error=self.writer_error)
+            elif not stalled and name in self.stalled:
+                del self.stalled[name]
+                log.info("connector.unstalled", connector=name)
 
     def _poll(self, name: str) -> None:
         """Poll and apply in the calling thread (the writer)."""
@@ -694,8 +805,9 @@ class Service:
         engine = self.runtime.engine
         docs = sum(len(d) for d in engine.index.values())
         chunks = sum(i.chunks for d in engine.index.values() for i in d.values())
-        backlog = sum(self.queue.backlog(n)[0] for n in engine.connectors)
-        failing = sorted(n for n, st in engine.status.items() if st.state in ("failing", "unavailable", "blocked"))
+        backlog = sum(self.backlog(n)[0] for n in engine.connectors)
+        failing = sorted({*(n for n, st in engine.status.items() if st.state in ("failing", "unavailable", "blocked")),
+                          *self.stalled})
         if self.initial_pending:
             total = len(engine.connectors)
             head = f"catching up: {total - len(self.initial_pending)}/{total} connector(s) done"
@@ -865,7 +977,15 @@ class Service:
         return problems
 
     def ready(self) -> bool:
-        return self.healthy() and not self.initial_pending
+        return self.healthy() and not self.initial_pending and not self.stalled
+
+    def ready_problems(self) -> list[str]:
+        """Why /readyz says no: liveness problems, catch-ups not finished, stalled connectors."""
+        problems = self.health_problems()
+        problems += [f"catching up: {name}" for name in sorted(self.initial_pending)]
+        problems += [f"connector {name!r} stalled: its backlog has not shrunk for "
+                     f"{time.time() - since:.0f} s" for name, since in sorted(self.stalled.items())]
+        return problems
 
     def metrics_text(self) -> bytes:
         from prometheus_client import generate_latest
@@ -929,7 +1049,7 @@ def build_status(runtime: Runtime, service: Service | None = None, *, queue: Wor
     for name, connector in engine.connectors.items():
         st = engine.status[name]
         docs = engine.docs(name)
-        backlog, oldest = queue.backlog(name) if queue is not None else (0, None)
+        backlog, oldest = service.backlog(name) if service is not None else (0, None)
         interval = connector.poll_interval
         if interval:
             # Time since the source state the index reflects (the last fully committed poll), which
@@ -942,15 +1062,24 @@ def build_status(runtime: Runtime, service: Service | None = None, *, queue: Wor
         backoff = service.backoff.get(name) if service is not None else None
         cstate = runtime.state.connector(name)
         watch = service.watches.get(name) if service is not None else None
-        state = st.state
-        if service is not None and name in service.initial_pending:
-            state = "catching-up"
+        attempts = engine.attempts.get(name, {})
+        worst = max(attempts.items(), key=lambda kv: kv[1], default=None)
+        state, reason = _derive_state(st.state, st.mass_delete_blocked is not None,
+                                      catching_up=service is not None and name in service.initial_pending,
+                                      stalled_since=service.stalled.get(name) if service is not None else None,
+                                      backlog=backlog, worst=worst)
+        last_error = st.last_error
+        if reason and not last_error:
+            last_error = reason
+        if worst is not None and worst[1] >= RETRY_BUDGET and not last_error:
+            last_error = f"{worst[0]}: {cstate.failures.get(worst[0], 'failed')}"
         entry = {
             "name": name, "type": connector.type_name, "state": state,
             "last_sync_at": _iso(st.last_sync_at), "last_success_at": _iso(st.last_success_at),
             "lag_s": round(max(lag, 0.0), 3), "backlog": backlog, "docs": len(docs),
             "chunks": sum(d.chunks for d in docs.values()), "failed_docs": len(cstate.failures),
-            "last_error": st.last_error,
+            "last_error": last_error,
+            "state_reason": reason,
             "failures": [{"doc_id": d, "reason": r} for d, r in list(cstate.failures.items())[:100]],
             "mass_delete_blocked": st.mass_delete_blocked,
             "recent": st.recent[-20:],
@@ -985,7 +1114,37 @@ def build_status(runtime: Runtime, service: Service | None = None, *, queue: Wor
         "writer_error": service.writer_error if service else None,
         "healthy": service.healthy() if service else None,
         "problems": service.health_problems() if service else [],
+        "ready": service.ready() if service else None,
+        "ready_problems": service.ready_problems() if service else [],
     }
+
+
+RETRY_BUDGET = 3
+"""Failed attempts in a row after which a document turns its connector's state to ``degraded``."""
+
+
+def _derive_state(engine_state: str, blocked: bool, *, catching_up: bool, stalled_since: float | None,
+                  backlog: int, worst: tuple[str, int] | None) -> tuple[str, str | None]:
+    """A connector's state from facts, most severe first, with the reason when it is not ``idle``/``syncing``.
+
+    ``blocked`` (a refused mass deletion) > ``unavailable``/``failing`` (the last cycle failed) > ``stalled``
+    (a backlog that has not shrunk for ``[sync] stall_after``) > ``catching-up`` > ``syncing`` (backlog) >
+    ``degraded`` (a document failed ``RETRY_BUDGET`` times in a row) > ``idle``.
+    """
+    if blocked:
+        return "blocked", "a mass deletion waits for approval"
+    if engine_state in ("unavailable", "failing"):
+        return engine_state, None
+    if stalled_since is not None:
+        return "stalled", (f"backlog of {backlog} not shrinking since "
+                           f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(stalled_since))}")
+    if catching_up:
+        return "catching-up", None
+    if backlog:
+        return "syncing", None
+    if worst is not None and worst[1] >= RETRY_BUDGET:
+        return "degraded", f"{worst[0]!r} failed {worst[1]} times in a row"
+    return "idle", None
 
 
 def _retry_note(connector: dict[str, Any]) -> str:
@@ -1025,20 +1184,25 @@ def render_page(status: dict[str, Any]) -> str:
             f"<td class='state {html.escape(c['state'])}'>{html.escape(c['state'])}</td>"
             f"<td>{c['lag_s']}</td><td>{c['backlog']}</td><td>{c['docs']}</td><td>{c['chunks']}</td>"
             f"<td>{c['failed_docs']}</td><td>{html.escape(c['last_error'] or '')}"
+            f"{('<br><small>' + html.escape(c['state_reason']) + '</small>') if c.get('state_reason') else ''}"
             f"{_retry_note(c)}</td><td><ul>{recent}</ul></td></tr>"
         )
     store = status["store"]
     problems = "".join(f"<li>{html.escape(p)}</li>" for p in status.get("problems") or [])
     health = (f"<p class='failing'>Unhealthy:</p><ul class='failing'>{problems}</ul>" if problems
               else "<p class='idle'>Healthy.</p>")
+    waiting = [p for p in status.get("ready_problems") or [] if p not in (status.get("problems") or [])]
+    if waiting:
+        health += ("<p class='failing'>Not ready:</p><ul class='failing'>"
+                   + "".join(f"<li>{html.escape(p)}</li>" for p in waiting) + "</ul>")
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta http-equiv="refresh" content="5">
 <title>syncd status</title>
 <style>
 body {{ font: 14px/1.4 system-ui, sans-serif; margin: 2em; color: #222; }}
 table {{ border-collapse: collapse; width: 100%; }} th, td {{ border: 1px solid #ccc; padding: 4px 8px; text-align: left;
-vertical-align: top; }} th {{ background: #f3f3f3; }} .idle {{ color: #197a19; }} .failing, .unavailable, .blocked
-{{ color: #b00020; font-weight: bold; }} ul {{ margin: 0; padding-left: 1.2em; }}
+vertical-align: top; }} th {{ background: #f3f3f3; }} .idle {{ color: #197a19; }} .failing, .unavailable, .blocked, .stalled,
+.degraded {{ color: #b00020; font-weight: bold; }} ul {{ margin: 0; padding-left: 1.2em; }}
 </style></head><body>
 <h1>syncd {html.escape(status['version'])}</h1>
 <p>Store <code>{html.escape(str(store['uri']))}</code>, table <code>{html.escape(str(store['table']))}</code>

@@ -52,6 +52,8 @@ class Metrics:
                                       "they changed or were deleted again meanwhile.", ["connector"], registry=r)
         self.stalls = Counter("syncd_stalls", "Times a connector's backlog stopped shrinking (state stalled).",
                               ["connector"], registry=r)
+        self.failed_docs = Gauge("syncd_failed_docs", "Documents whose last attempt failed for a reason that may "
+                                 "pass (retried every cycle; skips not counted).", ["connector"], registry=r)
         self.held_deletes = Gauge("syncd_held_deletes", "Watcher-reported deletions held until their burst is "
                                   "over and judged as a whole by the mass-deletion guard.", ["connector"], registry=r)
 

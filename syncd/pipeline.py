@@ -108,6 +108,8 @@ class Engine:
         self._pending_vectors: dict[str, np.ndarray] = {}
         self._pending_owner: dict[tuple[str, str], set[str]] = {}
         self._held: dict[str, dict[str, float]] = {}
+        self.attempts: dict[str, dict[str, int]] = {}
+        """Failed attempts in a row of documents that failed for a reason that may pass, by connector."""
         self._held_at: dict[str, float] = {}
         self._lookup_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="syncd-lookup")
 
@@ -230,6 +232,11 @@ class Engine:
     def held_deletes(self, name: str) -> tuple[int, float | None]:
         """(deletions held for ``name``, monotonic time the last one was held)."""
         return len(self._held.get(name, {})), self._held_at.get(name)
+
+    def held_since(self, name: str) -> tuple[int, float] | None:
+        """(deletions held for ``name``, first-seen time of the oldest), or None when none is held."""
+        held = self._held.get(name)
+        return (len(held), min(held.values())) if held else None
 
     def flush_deletes(self, name: str) -> SyncSummary:
         """Judge every deletion held for ``name`` at once and apply them, or refuse them all."""
@@ -543,7 +550,11 @@ class Engine:
         for doc_id in [*planned, *gone, *skipped]:
             for h in self._pending_owner.pop((name, doc_id), ()):
                 self._pending_vectors.pop(h, None)
+        attempts = self.attempts.setdefault(name, {})
+        for doc_id in [*planned, *gone, *skipped, *unchanged_fp]:
+            attempts.pop(doc_id, None)
         for doc_id, reason in failed.items():
+            attempts[doc_id] = attempts.get(doc_id, 0) + 1
             cstate.failures[doc_id] = reason
             summary.docs_failed += 1
             summary.failures.append(Failure(connector=name, doc_id=doc_id, reason=reason))
@@ -673,7 +684,9 @@ class Engine:
         reason = f"store-write-failed: {exc}"
         self.status[name].last_error = reason
         log.error("sync.batch_failed", connector=name, error=str(exc))
+        attempts = self.attempts.setdefault(name, {})
         for doc_id in doc_ids:
+            attempts[doc_id] = attempts.get(doc_id, 0) + 1
             cstate.failures[doc_id] = reason
             summary.docs_failed += 1
             summary.failures.append(Failure(connector=name, doc_id=doc_id, reason=reason))
