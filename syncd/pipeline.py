@@ -108,6 +108,7 @@ class Engine:
         self._pending_vectors: dict[str, np.ndarray] = {}
         self._pending_owner: dict[tuple[str, str], set[str]] = {}
         self._held: dict[str, dict[str, float]] = {}
+        self._abandoned_needs: dict[str, list[str]] = {}
         self.attempts: dict[str, dict[str, int]] = {}
         """Failed attempts in a row of documents that failed for a reason that may pass, by connector."""
         self._held_at: dict[str, float] = {}
@@ -341,6 +342,8 @@ class Engine:
             try:
                 doc = connector.read(doc_id)
             except DocumentGone:
+                for h in self._pending_owner.pop((name, doc_id), ()):
+                    self._pending_vectors.pop(h, None)
                 if doc_id in indexed:
                     gone.append(doc_id)
                 else:
@@ -451,6 +454,11 @@ class Engine:
             failed[doc_id] = reason
             renamed.discard(doc_id)
         for doc_id in abandoned:
+            # What was embedded is kept: a document changed again usually keeps most of its chunks.
+            owned = self._pending_owner.setdefault((name, doc_id), set())
+            for h in self._abandoned_hashes(doc_id, texts, embedded):
+                self._pending_vectors[h] = embedded[h]
+                owned.add(h)
             renamed.discard(doc_id)
             summary.docs_abandoned += 1
             self.metrics.docs_abandoned.labels(connector=name).inc()
@@ -592,6 +600,9 @@ class Engine:
             good.extend(records)
         return self.store.make_rows(good)
 
+    def _abandoned_hashes(self, doc_id: str, texts: Mapping[str, str], embedded: Mapping[str, np.ndarray]) -> list[str]:
+        return [h for h in self._abandoned_needs.pop(doc_id, ()) if h in embedded and h in texts]
+
     def _embed_budgeted(self, name: str, planned: dict[str, _Planned], hashes: list[str], texts: Mapping[str, str],
                         budget: int | None, abandoned: list[str]) -> tuple[dict[str, np.ndarray], dict[str, str], int]:
         """Embed ``hashes`` (new chunk texts of ``planned``), smallest documents first and at most ``budget``
@@ -641,6 +652,7 @@ class Engine:
                 for d in [d for d in planned if self.superseded(name, d)]:
                     planned.pop(d)
                     abandoned.append(d)
+                    self._abandoned_needs[d] = needs.get(d, [])
                     for h in needs.get(d, ()):
                         owners.get(h, set()).discard(d)
         return out, failed, len(out)

@@ -6,6 +6,9 @@
   real packaged model.
 * ``FaultyEmbedder`` wraps an embedder and raises or returns NaN on chosen calls, to test that one bad
   batch fails only its own documents.
+* ``SlowEmbedder`` wraps an embedder and takes a set time per text, or waits on a gate: it stands in for
+  the real model on a large document (thousands of chunks, minutes on a CPU), which a test cannot afford
+  to embed for real, so that work in flight can be observed, superseded and bounded.
 """
 
 from __future__ import annotations
@@ -49,6 +52,35 @@ class HashEmbedder:
             else:
                 out[i] /= norm
         return out
+
+
+class SlowEmbedder:
+    """Wraps an embedder: ``seconds_per_text`` of sleep per text, and, while ``gate`` is clear, every call
+    waits for it. ``started`` is set at the first call; ``texts`` counts what was embedded."""
+
+    def __init__(self, inner: HashEmbedder, *, seconds_per_text: float = 0.0) -> None:
+        import threading
+
+        self.inner = inner
+        self.dim = inner.dim
+        self.model_id = inner.model_id
+        self.seconds_per_text = seconds_per_text
+        self.gate = threading.Event()
+        self.gate.set()
+        self.started = threading.Event()
+        self.texts: list[str] = []
+
+    def token_counter(self) -> object:
+        return self.inner.token_counter()
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        import time
+
+        self.started.set()
+        self.gate.wait()
+        time.sleep(self.seconds_per_text * len(texts))
+        self.texts.extend(texts)
+        return self.inner.encode(texts)
 
 
 class FaultyEmbedder:

@@ -193,8 +193,10 @@ class InProcessDaemon:
 
     def idle(self) -> bool:
         q = self.service.queue
+        engine = self.service.runtime.engine
         with q.cond:
-            return q.empty() and not any(q.in_flight.values())
+            busy = not q.empty() or any(q.in_flight.values())
+        return not busy and not any(engine.held_deletes(n)[0] for n in engine.connectors)
 
     def wait_idle(self, timeout: float = 60) -> None:
         # Idle twice in a row with a pause: events may still be on their way from the observer.

@@ -164,8 +164,10 @@ def metric(service: Any, name: str, **labels: str) -> float:
 
 def idle(service: Any) -> bool:
     q = service.queue
+    engine = service.runtime.engine
     with q.cond:
-        return q.empty() and not any(q.in_flight.values()) and service.cycle_started_at is None
+        busy = not q.empty() or any(q.in_flight.values()) or service.cycle_started_at is not None
+    return not busy and not any(engine.held_deletes(n)[0] for n in engine.connectors)
 
 
 def save_atomically(path: Path, text: str) -> None:
