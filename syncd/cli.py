@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import os
 import sys
-from typing import Any
+from typing import Any, NamedTuple
 
 from syncd import __version__
 from syncd.errors import ConfigError, SyncdError
@@ -66,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     configure(cfg.logging.level, cfg.logging.format)
     try:
+        _check_local_paths(cfg, args)
         return int(_COMMANDS[args.command](cfg, args))
     except ConfigError as exc:
         sys.stderr.write(f"syncd: {exc}\n")
@@ -75,6 +78,45 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_PROBLEM
     except KeyboardInterrupt:
         return 130
+
+
+_WRITERS = ("run", "sync", "reindex")
+
+
+def _check_local_paths(cfg: Any, args: argparse.Namespace) -> None:
+    """The folders and the model the command will use exist as the config says (ConfigError naming the key),
+    before anything is opened: a state folder that is a file or read-only is a config error, not a traceback."""
+    from syncd import config as config_mod
+
+    writes = args.command in _WRITERS or (args.command == "verify" and args.repair)
+    config_mod.check_local_paths(cfg, write=writes)
+    if args.command != "status":  # status asks the daemon first; without one, the model is resolved then
+        from syncd.embedding import resolve_model_path
+
+        resolve_model_path(cfg.embedding.model, base_dir=cfg.base_dir)
+
+
+def _runtime(cfg: Any, **kwargs: Any) -> Any:
+    """``Runtime(cfg, **kwargs)``; a state folder that cannot be written where the runtime needs it (a
+    read-only one without the connectors' folders yet) is a config error naming ``state.dir``."""
+    from pathlib import Path
+
+    from syncd.runtime import Runtime
+
+    try:
+        return Runtime(cfg, **kwargs)
+    except OSError as exc:
+        target = Path(exc.filename) if isinstance(exc.filename, str) else None
+        if target is None or not target.is_relative_to(cfg.state_dir):
+            raise
+        raise ConfigError(f"{cfg.source}: state.dir: cannot write {target}: {exc.strerror or exc}",
+                          key="state.dir") from None
+
+
+def _exit_code(summary: Any) -> int:
+    """1 when a document or a connector failed; documents skipped with a reason (binary, empty, too large,
+    a symlink out of the root) are reported but are not a failure of the run."""
+    return EXIT_PROBLEM if summary.problems else EXIT_OK
 
 
 def cmd_run(cfg: Any, args: argparse.Namespace) -> int:
@@ -87,16 +129,22 @@ def cmd_run(cfg: Any, args: argparse.Namespace) -> int:
     except BaseException:
         service.shutdown()
         raise
-    return service.run_forever()
+    code = service.run_forever()
+    # Everything is committed, saved and released by now; the interpreter's own teardown (native thread
+    # pools of the model and of LanceDB's runtime) can take seconds more, which a service manager waits for.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def cmd_sync(cfg: Any, args: argparse.Namespace) -> int:
     from syncd.errors import ConnectorError
     from syncd.models import Failure, SyncSummary
-    from syncd.runtime import Runtime, WriterLocked
+    from syncd.runtime import WriterLocked
 
     try:
-        rt = Runtime(cfg)
+        rt = _runtime(cfg)
     except WriterLocked:
         if not args.allow_mass_delete:
             raise
@@ -137,7 +185,7 @@ def cmd_sync(cfg: Any, args: argparse.Namespace) -> int:
     finally:
         rt.close()
     _report(summary, args.json)
-    return EXIT_PROBLEM if summary.failures else EXIT_OK
+    return _exit_code(summary)
 
 
 def _allow_mass_delete_in_daemon(cfg: Any, args: argparse.Namespace) -> int:
@@ -161,7 +209,7 @@ def _allow_mass_delete_in_daemon(cfg: Any, args: argparse.Namespace) -> int:
         part.failures = [Failure(**f) for f in result.get("failures", [])]
         summary.merge(part)
     _report(summary, args.json)
-    return EXIT_PROBLEM if summary.failures else EXIT_OK
+    return _exit_code(summary)
 
 
 def _daemon_alive(cfg: Any) -> Any:
@@ -205,9 +253,7 @@ def _repair_in_daemon(cfg: Any, args: argparse.Namespace) -> int:
 
 
 def cmd_reindex(cfg: Any, args: argparse.Namespace) -> int:
-    from syncd.runtime import Runtime
-
-    rt = Runtime(cfg)
+    rt = _runtime(cfg)
     try:
         rt.open(load_index=False)  # the rebuild writes a new table; this process exits after it
         summary = rt.engine.rebuild(only=args.connector, progress=sys.stderr.isatty() and not args.json,
@@ -215,7 +261,7 @@ def cmd_reindex(cfg: Any, args: argparse.Namespace) -> int:
     finally:
         rt.close()
     _report(summary, args.json)
-    return EXIT_PROBLEM if summary.failures else EXIT_OK
+    return _exit_code(summary)
 
 
 def _report(summary: Any, as_json: bool) -> None:
@@ -225,10 +271,10 @@ def _report(summary: Any, as_json: bool) -> None:
         return
     print(f"{data['docs_seen']} documents seen: {data['docs_added']} added, {data['docs_changed']} changed, "
           f"{data['docs_deleted']} deleted, {data['docs_renamed']} renamed, {data['docs_unchanged']} unchanged, "
-          f"{data['docs_failed']} failed; {data['chunks_embedded']} chunks embedded, {data['chunks_reused']} reused, "
-          f"{data['chunks_deleted']} deleted in {data['seconds']:.2f} s")
+          f"{data['docs_failed']} failed, {data['docs_skipped']} skipped; {data['chunks_embedded']} chunks embedded, "
+          f"{data['chunks_reused']} reused, {data['chunks_deleted']} deleted in {data['seconds']:.2f} s")
     for f in data["failures"]:
-        print(f"  failed: {f['connector']}:{f['doc_id']}: {f['reason']}")
+        print(f"  {'skipped' if f['skipped'] else 'failed'}: {f['connector']}:{f['doc_id']}: {f['reason']}")
 
 
 def cmd_query(cfg: Any, args: argparse.Namespace) -> int:
@@ -254,12 +300,14 @@ def cmd_query(cfg: Any, args: argparse.Namespace) -> int:
 
 
 def cmd_status(cfg: Any, args: argparse.Namespace) -> int:
-    data = _daemon_status(cfg)
+    daemon = _daemon_status(cfg)
+    data = daemon.data
+    if daemon.problem:
+        sys.stderr.write(f"syncd: the daemon {daemon.problem}; the figures come from the store\n")
     if data is None:
         from syncd.daemon import build_status
-        from syncd.runtime import Runtime
 
-        rt = Runtime(cfg, lock=False)
+        rt = _runtime(cfg, lock=False)
         try:
             rt.store.open(create=False)
             rt.engine.load_index()
@@ -269,11 +317,20 @@ def cmd_status(cfg: Any, args: argparse.Namespace) -> int:
         finally:
             rt.close()
         data["daemon"] = None
+        if daemon.problem:
+            data["daemon_problem"] = daemon.problem
+    code = EXIT_PROBLEM if daemon.problem else EXIT_OK
     if args.json:
         _emit(data)
-        return EXIT_OK
+        return code
+    if data.get("daemon"):
+        where = f"running at {data['daemon']}"
+    elif daemon.problem:
+        where = f"{daemon.problem}; figures from the store"
+    else:
+        where = "not running"
     store = data["store"]
-    print(f"syncd {data['version']}: daemon {'running at ' + data['daemon'] if data.get('daemon') else 'not running'}")
+    print(f"syncd {data['version']}: daemon {where}")
     print(f"store {store['uri']} table {store['table']} v{store['table_version']}: {store['docs']} docs, "
           f"{store['chunks']} chunks")
     for c in data["connectors"]:
@@ -285,11 +342,19 @@ def cmd_status(cfg: Any, args: argparse.Namespace) -> int:
                   f"`syncd sync --connector {c['name']} --allow-mass-delete` to allow")
         if c["last_error"]:
             print(f"    last error: {c['last_error']}")
-    return EXIT_OK
+    return code
 
 
-def _daemon_status(cfg: Any) -> dict[str, Any] | None:
-    """The running daemon's /status, found through the state folder."""
+class _Daemon(NamedTuple):
+    data: dict[str, Any] | None
+    """The daemon's /status, or None when there is no daemon or it did not answer."""
+    problem: str | None = None
+    """Why a daemon that runs did not answer (the figures then come from the store)."""
+
+
+def _daemon_status(cfg: Any) -> _Daemon:
+    """The running daemon's /status, found through the state folder. A daemon that refuses the token is a
+    config error naming the token setting; one that runs but does not answer is a problem, not "not running"."""
     import os
 
     import httpx
@@ -298,32 +363,55 @@ def _daemon_status(cfg: Any) -> dict[str, Any] | None:
     from syncd.state import read_json
 
     info = read_json(cfg.state_dir / "daemon.json")
-    if not info:
-        return None
+    if not isinstance(info, dict) or "url" not in info:
+        return _Daemon(None)
     try:
         os.kill(int(info["pid"]), 0)
     except (OSError, ValueError, KeyError):
-        return None
-    headers = {}
-    if cfg.http.token_file or (cfg.http.token_env and os.environ.get(cfg.http.token_env)):
-        token = resolve_secret(cfg.http.token_env, key="http.token_env", file=cfg.http.token_file, base_dir=cfg.base_dir)
-        headers["Authorization"] = f"Bearer {token}"
+        return _Daemon(None)  # a daemon.json left by a daemon that was killed
+    url = str(info["url"])
+    token_key = "http.token_file" if cfg.http.token_file else "http.token_env"
+    token, token_problem = None, None
+    if cfg.http.token_file or cfg.http.token_env:
+        try:
+            token = resolve_secret(cfg.http.token_env, key=token_key, file=cfg.http.token_file, base_dir=cfg.base_dir)
+        except ConfigError as exc:
+            token_problem = exc  # a daemon on loopback asks for no token: only a refusal makes this an error
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
-        response = httpx.get(f"{info['url']}/status", headers=headers, timeout=5)
-        response.raise_for_status()
-    except httpx.HTTPError:
-        return None
-    data: dict[str, Any] = response.json()
-    data["daemon"] = info["url"]
-    return data
+        response = httpx.get(f"{_connectable(url)}/status", headers=headers, timeout=5)
+    except httpx.HTTPError as exc:
+        return _Daemon(None, f"(pid {info['pid']}) does not answer at {url}: {exc or type(exc).__name__}")
+    if response.status_code in (401, 403):
+        refused = f"the daemon at {url} runs but refused the request (HTTP {response.status_code}): "
+        if token_problem is not None:
+            raise ConfigError(refused + f"it needs the bearer token, and {token_problem}", key=token_problem.key)
+        if token is None:
+            raise ConfigError(refused + "it needs a bearer token; set http.token_env (or http.token_file) to the "
+                              "daemon's token", key="http.token_env")
+        source = f"the file {cfg.http.token_file}" if cfg.http.token_file else f"${cfg.http.token_env}"
+        raise ConfigError(refused + f"the token from {token_key} ({source}) is not the daemon's token", key=token_key)
+    if response.status_code != 200:
+        return _Daemon(None, f"(pid {info['pid']}) at {url} answered /status with HTTP {response.status_code}")
+    try:
+        data: dict[str, Any] = response.json()
+    except ValueError:
+        return _Daemon(None, f"(pid {info['pid']}) at {url} answered /status with something other than JSON")
+    data["daemon"] = url
+    return _Daemon(data)
+
+
+def _connectable(url: str) -> str:
+    """A daemon bound to every address (0.0.0.0, ::) is reached on loopback."""
+    return url.replace("://0.0.0.0:", "://127.0.0.1:").replace("://[::]:", "://[::1]:")
 
 
 def cmd_verify(cfg: Any, args: argparse.Namespace) -> int:
-    from syncd.runtime import Runtime, WriterLocked
+    from syncd.runtime import WriterLocked
     from syncd.verify import repair, verify
 
     try:
-        rt = Runtime(cfg, lock=args.repair)
+        rt = _runtime(cfg, lock=args.repair)
     except WriterLocked:
         return _repair_in_daemon(cfg, args)
     try:
