@@ -251,6 +251,7 @@ class HttpServer:
     max_pending = 256
     max_waiting = 64
     linger = 1.0  # seconds to drain a rejected client before closing
+    accept_pause = 0.1  # seconds without accepting after accept() failed (out of file descriptors)
     backlog = 128
 
     def __init__(self, host: str, port: int, endpoints: Endpoints) -> None:
@@ -258,7 +259,8 @@ class HttpServer:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self._listener = socket.create_server((host, port), family=family, backlog=self.backlog)
         self._listener.setblocking(False)
-        self._address: tuple[str, int] = tuple(self._listener.getsockname()[:2])  # type: ignore[assignment]
+        host, port = self._listener.getsockname()[:2]
+        self._address = (str(host), int(port))
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
@@ -268,6 +270,7 @@ class HttpServer:
         self._active: set[socket.socket] = set()  # handed to a worker, not yet closed
         self._active_lock = threading.Lock()
         self._stopping = threading.Event()
+        self._accept_paused_until: float | None = None
         self.closed_slow = 0
         self.evicted = 0
         self.rejected = 0
@@ -278,8 +281,7 @@ class HttpServer:
 
     @property
     def address(self) -> tuple[str, int]:
-        host, port = self._address
-        return str(host), int(port)
+        return self._address
 
     @property
     def url(self) -> str:
@@ -344,9 +346,13 @@ class HttpServer:
                     elif key.fileobj is self._wake_r:
                         with contextlib.suppress(OSError):
                             self._wake_r.recv(64)
-                    else:
-                        self._read(key.fileobj)  # type: ignore[arg-type]
+                    elif isinstance(key.fileobj, socket.socket):
+                        # Looked up, not indexed: _accept may have evicted it earlier in this same round.
+                        p = self._pending.get(key.fileobj)
+                        if p is not None:
+                            self._read_or_drop(p)
                 self._expire()
+                self._resume_accepting()
         except Exception:  # noqa: BLE001 - logged; the server must not die silently
             log.exception("http.acceptor_failed")
         finally:
@@ -355,11 +361,12 @@ class HttpServer:
 
     def _select_timeout(self) -> float:
         # Wake at least twice a second, so a head_timeout changed on a live server takes effect.
-        if not self._pending:
+        deadlines = [self._deadline(p) for p in self._pending.values()]
+        if self._accept_paused_until is not None:
+            deadlines.append(self._accept_paused_until)
+        if not deadlines:
             return 0.5
-        now = time.monotonic()
-        soonest = min(self._deadline(p) for p in self._pending.values())
-        return min(0.5, max(0.0, soonest - now))
+        return min(0.5, max(0.0, min(deadlines) - time.monotonic()))
 
     def _deadline(self, p: _Pending) -> float:
         return p.draining_until if p.draining_until is not None else p.accepted + self.head_timeout
@@ -371,8 +378,12 @@ class HttpServer:
                 sock, address = self._listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError as exc:  # e.g. EMFILE: leave the connection in the backlog for now
+            except OSError as exc:
+                # EMFILE and the like: the listener would stay readable and spin this loop, so stop watching
+                # it for a moment; the connection waits in the backlog.
                 log.warning("http.accept_failed", error=str(exc))
+                self._selector.unregister(self._listener)
+                self._accept_paused_until = time.monotonic() + self.accept_pause
                 return
             sock.setblocking(False)
             while len(self._pending) >= self.max_pending:
@@ -383,8 +394,20 @@ class HttpServer:
             self._pending[sock] = _Pending(sock, address, time.monotonic())
             self._selector.register(sock, selectors.EVENT_READ)
 
-    def _read(self, sock: socket.socket) -> None:
-        p = self._pending[sock]
+    def _resume_accepting(self) -> None:
+        if self._accept_paused_until is not None and time.monotonic() >= self._accept_paused_until:
+            self._accept_paused_until = None
+            self._selector.register(self._listener, selectors.EVENT_READ)
+
+    def _read_or_drop(self, p: _Pending) -> None:
+        try:
+            self._read(p)
+        except Exception:  # noqa: BLE001 - one bad connection must not end the acceptor
+            log.exception("http.read_failed", client=p.address[0])
+            self._drop(p)
+
+    def _read(self, p: _Pending) -> None:
+        sock = p.sock
         try:
             data = sock.recv(65536)
         except (BlockingIOError, InterruptedError):

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import resource
 import socket
 import struct
 import threading
@@ -238,6 +240,35 @@ def test_a_client_that_stops_reading_is_cut_off_after_io_timeout_and_frees_its_w
     finally:
         srv.stop()
     assert [e for e in logs if e["log_level"] not in ("debug", "info")] == []
+
+
+def test_out_of_file_descriptors_the_acceptor_waits_and_then_serves_the_connection(
+        service: Service, logs: list[dict[str, Any]]) -> None:
+    srv = _server(service)
+    client = socket.socket()
+    client.settimeout(30)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    fillers: list[int] = []
+    try:
+        # Fill every free descriptor number below the highest in use, then forbid any above it.
+        highest = max(int(fd) for fd in os.listdir("/proc/self/fd"))
+        while (fd := os.open(os.devnull, os.O_RDONLY)) <= highest:
+            fillers.append(fd)
+        os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (highest + 1, hard))
+        client.connect(srv.address)  # the kernel completes it; the server's accept() gets EMFILE
+        client.sendall(b"GET /healthz HTTP/1.0\r\n\r\n")
+        wait_for(lambda: any(e["event"] == "http.accept_failed" for e in logs), what="http.accept_failed")
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        for fd in fillers:
+            os.close(fd)
+    try:
+        with client:
+            assert _read_all(client).startswith(b"HTTP/1.0 200 ")
+        assert srv.thread.is_alive()
+    finally:
+        srv.stop()
 
 
 def test_a_failing_endpoint_still_answers_500_and_logs_its_traceback(
