@@ -301,8 +301,8 @@ class HttpServer:
         self.thread.start()
 
     def stop(self) -> None:
-        """Close the listener and every open connection; returns at once (a worker inside an endpoint
-        finishes it and finds its socket shut)."""
+        """Close the listener and every open connection within a fraction of a second; a worker still
+        inside an endpoint finishes it and finds its socket shut."""
         self._stopping.set()
         with contextlib.suppress(OSError):
             self._wake_w.send(b"x")
