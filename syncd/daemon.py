@@ -125,8 +125,11 @@ class WorkQueue:
     def backlog(self, connector: str) -> tuple[int, float | None]:
         """(changes seen but not committed, first-seen time of the oldest)."""
         with self.cond:
-            times = list(self.hints.get(connector, {}).values()) + list(self.in_flight.get(connector, {}).values())
-        return len(times), (min(times) if times else None)
+            pending = dict(self.in_flight.get(connector, {}))
+            for doc_id, seen in self.hints.get(connector, {}).items():
+                pending[doc_id] = min(seen, pending.get(doc_id, seen))
+        times = pending.values()
+        return len(pending), (min(times) if times else None)
 
     def empty(self) -> bool:
         with self.cond:
@@ -225,7 +228,9 @@ class Service:
                             **cfg.store.cache_limits())
         self.http = HttpServer(cfg.http.host, cfg.http.port, Endpoints(
             healthy=self.healthy, ready=self.ready, status=self.status, metrics=self.metrics_text,
-            search=self.search, page=self.page, token=token, problems=self.health_problems))
+            search=self.search, page=self.page, token=token, problems=self.health_problems,
+            connectors=lambda: self.runtime.engine.connectors if self.runtime is not None else (),
+            ready_problems=self.ready_problems))
         self.http.start()
         write_json_atomic(cfg.state_dir / "daemon.json", {"pid": os.getpid(), "url": self.http.url,
                                                           "started_at": self.started_at})

@@ -58,8 +58,10 @@ class Endpoints:
                  metrics: Callable[[], bytes], search: Callable[[str, int, str | None], dict[str, Any]],
                  page: Callable[[], str], token: str | None,
                  problems: Callable[[], list[str]] | None = None,
-                 connectors: Callable[[], Collection[str]] | None = None) -> None:
+                 connectors: Callable[[], Collection[str]] | None = None,
+                 ready_problems: Callable[[], list[str]] | None = None) -> None:
         self.healthy = healthy
+        self.ready_problems = ready_problems
         self.problems = problems
         self.ready = ready
         self.status = status
@@ -180,7 +182,13 @@ class _Handler(BaseHTTPRequestHandler):
             return _Answer(401, b"", headers={"WWW-Authenticate": "Bearer"})
         if path == "/readyz":
             ok = ep.ready()
-            return _json(200 if ok else 503, {"status": "ready" if ok else "catching-up"})
+            body: dict[str, Any] = {"status": "ready" if ok else "catching-up"}
+            if not ok and ep.ready_problems is not None:
+                problems = ep.ready_problems()
+                body["problems"] = problems
+                if any("stalled" in p for p in problems):
+                    body["status"] = "stalled"
+            return _json(200 if ok else 503, body)
         if path == "/status":
             return _json(200, ep.status())
         if path == "/metrics":

@@ -306,6 +306,10 @@ def test_a_writer_that_makes_no_progress_shows_stalled_in_status_readyz_page_and
     embedder = SlowEmbedder(HashEmbedder())
     with run_with(cfg, embedder) as service:
         wait_for(service.ready, what="ready")
+        # An unknown connector is a 400, as in the CLI; a known one answers.
+        code, body = get(service, "/search?q=x&connector=nope")
+        assert (code, body) == (400, {"error": "no connector named 'nope'"})
+        assert get(service, "/search?q=x&connector=docs")[0] == 200
         embedder.gate.clear()  # the model hangs
         (docs / "a.md").write_text("some words\n")
         wait_for(lambda: connector_status(service, "docs")["state"] == "stalled", what="stalled")
@@ -313,6 +317,7 @@ def test_a_writer_that_makes_no_progress_shows_stalled_in_status_readyz_page_and
         assert status["backlog"] == 1 and "not shrinking" in status["state_reason"]
         code, body = get(service, "/readyz")
         assert code == 503
+        assert body["status"] == "stalled" and any("'docs' stalled" in p for p in body["problems"])
         code, page = get(service, "/")
         assert "stalled" in page
         assert metric(service, "syncd_stalls_total", connector="docs") == 1
