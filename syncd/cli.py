@@ -40,6 +40,11 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--repair", action="store_true", help="re-sync exactly the documents found out of sync")
     v.add_argument("--connector")
     v.add_argument("--json", action="store_true")
+    m = sub.add_parser("model", help="the embedding model: `syncd model prepare`")
+    msub = m.add_subparsers(dest="model_command", required=True, metavar="ACTION")
+    mp = msub.add_parser("prepare", help="export and cache what the embedding backend needs (the ONNX model), "
+                         "then exit; the first start does it otherwise")
+    mp.add_argument("--json", action="store_true", help="one JSON line on stdout")
     return p
 
 
@@ -80,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-_WRITERS = ("run", "sync", "reindex")
+_WRITERS = ("run", "sync", "reindex", "model")
 
 
 def _check_local_paths(cfg: Any, args: argparse.Namespace) -> None:
@@ -182,10 +187,18 @@ def cmd_sync(cfg: Any, args: argparse.Namespace) -> int:
                 part = rt.engine.reconcile(name, allow_mass_delete=args.allow_mass_delete)
             summary.merge(part)
         rt.state.save(only_dirty=False)
+        _count_model_load(summary, rt)
     finally:
         rt.close()
     _report(summary, args.json)
     return _exit_code(summary)
+
+
+def _count_model_load(summary: Any, rt: Any) -> None:
+    """``model_load_seconds`` of this run, inside ``seconds``: the model loads lazily within the engine's timed
+    calls (at the first text to embed); the ONNX export, when this start did it, ran before them."""
+    summary.model_load_seconds = rt.model_load_seconds
+    summary.seconds += rt.backend.export_seconds
 
 
 def _allow_mass_delete_in_daemon(cfg: Any, args: argparse.Namespace) -> int:
@@ -258,6 +271,7 @@ def cmd_reindex(cfg: Any, args: argparse.Namespace) -> int:
         rt.open(load_index=False)  # the rebuild writes a new table; this process exits after it
         summary = rt.engine.rebuild(only=args.connector, progress=sys.stderr.isatty() and not args.json,
                                     reload_index=False)
+        _count_model_load(summary, rt)
     finally:
         rt.close()
     _report(summary, args.json)
@@ -333,6 +347,9 @@ def cmd_status(cfg: Any, args: argparse.Namespace) -> int:
     print(f"syncd {data['version']}: daemon {where}")
     print(f"store {store['uri']} table {store['table']} v{store['table_version']}: {store['docs']} docs, "
           f"{store['chunks']} chunks")
+    embedding = data.get("embedding") or {}
+    if embedding.get("backend"):
+        print(f"embedding {embedding.get('model')} on {embedding['backend']}: {embedding.get('backend_reason', '')}")
     for c in data["connectors"]:
         print(f"  {c['name']} ({c['type']}): {c['state']}, {c['docs']} docs, {c['chunks']} chunks, lag {c['lag_s']} s, "
               f"backlog {c['backlog']}, {c['failed_docs']} failed")
@@ -439,5 +456,29 @@ def cmd_verify(cfg: Any, args: argparse.Namespace) -> int:
     return EXIT_OK if report.ok else EXIT_PROBLEM
 
 
+def cmd_model(cfg: Any, args: argparse.Namespace) -> int:
+    """`syncd model prepare`: choose the backend as a start would and do its one-time ONNX export now."""
+    from syncd.embedding import from_config
+    from syncd.runtime import choose_backend
+
+    choice = choose_backend(cfg, prepare=True)
+    result: dict[str, Any] = {"backend": choice.backend, "backend_reason": choice.reason,
+                              "configured": choice.configured, "exported": choice.export_seconds > 0,
+                              "export_seconds": round(choice.export_seconds, 3), "path": None}
+    if choice.backend != "torch":
+        result["path"] = str(from_config(cfg, backend=choice.backend).onnx_path)  # type: ignore[union-attr]
+    if args.json:
+        _emit(result)
+        return EXIT_OK
+    print(f"embedding backend {choice.backend} ({choice.configured} in the config): {choice.reason}")
+    if result["path"] is None:
+        print("  nothing to export: PyTorch loads the model folder as it is")
+    elif result["exported"]:
+        print(f"  exported {result['path']} in {choice.export_seconds:.1f} s")
+    else:
+        print(f"  ready: {result['path']} (exported earlier; every start of this install reuses it)")
+    return EXIT_OK
+
+
 _COMMANDS = {"run": cmd_run, "sync": cmd_sync, "reindex": cmd_reindex, "query": cmd_query, "status": cmd_status,
-             "verify": cmd_verify}
+             "verify": cmd_verify, "model": cmd_model}

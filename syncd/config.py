@@ -177,15 +177,17 @@ class EmbeddingConfig(Section):
     device: str = "auto"
     """auto, cpu, cuda or mps."""
     threads: int = Field(default=0, ge=0)
-    """Torch CPU threads; 0 = one per core."""
+    """CPU threads of the model (PyTorch or ONNX Runtime); 0 = one per core."""
     query_cache: int = Field(default=1024, ge=0)
     """Query vectors kept by query text for /search, `syncd query -` and the Python API (most recently used;
     0 = none): a repeated query costs no model time."""
-    backend: Literal["torch", "onnx", "onnx-int8"] = "torch"
-    """torch (sentence-transformers), or an ONNX Runtime copy of the same model exported once into the state
-    folder: onnx (fp32, same vectors) or onnx-int8 (dynamic int8 quantisation, about twice as fast on a CPU;
-    activations are scaled per batch, so a text's vector varies slightly with the batch it is embedded in).
-    Changing it rebuilds the index: vectors of different backends are never mixed."""
+    backend: Literal["auto", "torch", "onnx", "onnx-int8"] = "auto"
+    """auto (the default): a new index on a CPU gets onnx-int8, a GPU or a model ONNX cannot serve gets torch,
+    and an existing index keeps the backend it was built with. torch runs sentence-transformers; onnx (fp32,
+    same vectors) and onnx-int8 (dynamic int8 quantisation, 2-3x faster on a CPU; activations are scaled per
+    batch, so a text's vector varies slightly with its batch) run an ONNX Runtime copy of the model, exported
+    once into the state folder (``syncd model prepare``, or the first start). Naming another backend than the
+    index's rebuilds it: vectors of different backends are never mixed."""
 
 
 class ChunkingConfig(Section):

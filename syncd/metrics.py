@@ -57,5 +57,15 @@ class Metrics:
         self.held_deletes = Gauge("syncd_held_deletes", "Watcher-reported deletions held until their burst is "
                                   "over and judged as a whole by the mass-deletion guard.", ["connector"], registry=r)
 
+        self.model_load_seconds = Gauge(
+            "syncd_model_load_seconds", "Seconds the writer's embedding model took to load at this start (imports "
+            "and weights, or the ONNX Runtime session): the fixed start cost, apart from the work.", registry=r)
+        self.model_export_seconds = Gauge(
+            "syncd_model_export_seconds", "Seconds this start spent exporting the model to ONNX (a one-time step; "
+            "0 when the export was found in the cache or the backend needs none).", registry=r)
+        self.embedding_backend = Gauge(
+            "syncd_embedding_backend", "1 for the embedding backend in use (torch, onnx, onnx-int8), with the "
+            "config's setting (auto or the backend it names).", ["backend", "configured"], registry=r)
+
     def count_query_vector(self, hit: bool) -> None:
         self.query_vectors.labels(source="cache" if hit else "model").inc()

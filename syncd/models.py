@@ -123,6 +123,9 @@ class SyncSummary:
     failures: list[Failure] = field(default_factory=list)
 
     def merge(self, other: SyncSummary) -> None:
+    model_load_seconds: float = 0.0
+    """Part of ``seconds``: the model's fixed start cost in this run (loading it, and the one-time ONNX export
+    when this run did it); 0 when nothing needed the model."""
         """Add ``other``'s counts to this one."""
         for name in (
             "docs_seen", "docs_changed", "docs_added", "docs_deleted", "docs_renamed", "docs_unchanged",
@@ -134,6 +137,7 @@ class SyncSummary:
         self.failures.extend(other.failures)
 
     @property
+        self.model_load_seconds += other.model_load_seconds
     def problems(self) -> list[Failure]:
         """The failures that make a run fail (exit 1): every one but documents skipped with a reason."""
         return [f for f in self.failures if not f.skipped]
@@ -156,3 +160,4 @@ class SyncSummary:
             "seconds": round(self.seconds, 4),
             "failures": [f.as_dict() for f in self.failures],
         }
+            "model_load_seconds": round(self.model_load_seconds, 4),

@@ -60,7 +60,8 @@ def test_changing_the_backend_is_a_model_change_that_rebuilds(tmp_path, docs):
     from syncd.runtime import Runtime
 
     (docs / "a.md").write_text("# A\n\nsome text to embed\n")
-    path = write_config(tmp_path, [{"name": "docs", "type": "filesystem", "path": str(docs)}])
+    path = write_config(tmp_path, [{"name": "docs", "type": "filesystem", "path": str(docs)}],
+                        embedding={"backend": "torch"})
     rt = Runtime(config_mod.load(path))
     rt.open()
     rt.engine.reconcile("docs")
