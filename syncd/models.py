@@ -120,12 +120,12 @@ class SyncSummary:
     chunks_reused: int = 0
     chunks_deleted: int = 0
     seconds: float = 0.0
-    failures: list[Failure] = field(default_factory=list)
-
-    def merge(self, other: SyncSummary) -> None:
     model_load_seconds: float = 0.0
     """Part of ``seconds``: the model's fixed start cost in this run (loading it, and the one-time ONNX export
     when this run did it); 0 when nothing needed the model."""
+    failures: list[Failure] = field(default_factory=list)
+
+    def merge(self, other: SyncSummary) -> None:
         """Add ``other``'s counts to this one."""
         for name in (
             "docs_seen", "docs_changed", "docs_added", "docs_deleted", "docs_renamed", "docs_unchanged",
@@ -134,10 +134,10 @@ class SyncSummary:
         ):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.seconds += other.seconds
+        self.model_load_seconds += other.model_load_seconds
         self.failures.extend(other.failures)
 
     @property
-        self.model_load_seconds += other.model_load_seconds
     def problems(self) -> list[Failure]:
         """The failures that make a run fail (exit 1): every one but documents skipped with a reason."""
         return [f for f in self.failures if not f.skipped]
@@ -158,6 +158,6 @@ class SyncSummary:
             "chunks_reused": self.chunks_reused,
             "chunks_deleted": self.chunks_deleted,
             "seconds": round(self.seconds, 4),
+            "model_load_seconds": round(self.model_load_seconds, 4),
             "failures": [f.as_dict() for f in self.failures],
         }
-            "model_load_seconds": round(self.model_load_seconds, 4),
