@@ -223,7 +223,8 @@ def maintain(config: Path, *, ann_min_rows: int | None = None) -> float:
     ``ann_min_rows``, by default the config's), so benchmarks start from the steady state a running service
     keeps; returns the seconds it took."""
     from syncd import config as config_mod
-    from syncd.store import MaintenancePolicy, Store
+    from syncd.service.maintenance import MaintenancePolicy
+    from syncd.store import Store
 
     cfg = config_mod.load(config)
     store = Store(cfg.store_uri, cfg.state_dir, base_table=cfg.store.table, dim=384, signature="")
@@ -233,7 +234,7 @@ def maintain(config: Path, *, ann_min_rows: int | None = None) -> float:
                                max_fragments=cfg.store.max_fragments, ann_min_rows=rows)
     started = time.monotonic()
     log(f"maintenance of {config.parent.name} (ANN past {rows} rows)")
-    store.maintain(retention_s=600, policy=policy)
+    store.maintain(retention_s=600, ann_min_rows=policy.ann_min_rows)
     return time.monotonic() - started
 
 

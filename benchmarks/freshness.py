@@ -160,7 +160,7 @@ def breakdown(trace: Path, writes: list[Write]) -> dict[str, Any]:
         stages["queue"].append(max(0.0, batch["t0"] - max(push, w.written_at)))
         stages["lookup"].append(lookup)
         stages["embed"].append(embed)
-        # The service compacts from inside the commit (after_commit); count that apart.
+        # Maintenance the writer ran within the batch's trace; count that apart.
         maintain = batch.get("maintain_s", 0.0)
         stages["commit"].append(max(0.0, commit - maintain))
         stages["maintain"].append(maintain)

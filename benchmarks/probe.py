@@ -69,18 +69,19 @@ class _Trace:
 
 def install_trace(path: str) -> None:
     """Wrap the work queue, the engine's batch, embed and lookup steps, and the store's commit."""
-    from syncd import daemon, pipeline, store
+    from syncd import pipeline, store
+    from syncd.service import maintenance, queue
 
     trace = _Trace(path)
     local = threading.local()
 
-    push = daemon.WorkQueue.push
+    push = queue.WorkQueue.push
 
     def traced_push(self: Any, change: Any) -> None:
         trace.write(ev="push", t=time.time(), doc=change.doc_id, dest=change.dest_id, kind=change.kind)
         push(self, change)
 
-    daemon.WorkQueue.push = traced_push  # type: ignore[method-assign]
+    queue.WorkQueue.push = traced_push  # type: ignore[method-assign]
 
     def timed(cls: Any, name: str, key: str) -> None:
         original = getattr(cls, name)
@@ -102,7 +103,7 @@ def install_trace(path: str) -> None:
     timed(store.Store, "vectors_for", "lookup_s")
     timed(pipeline.Engine, "_lookup_result", "lookup_s")
     timed(store.Store, "apply", "commit_s")
-    timed(daemon.Service, "_maintain", "maintain_s")
+    timed(maintenance.Maintenance, "run", "maintain_s")
 
     def traced_step(name: str) -> None:
         """Maintenance the writer runs between batches: one trace line each (``maint``), so the harness can

@@ -28,15 +28,13 @@ def _store(config: Path) -> Any:
 
 
 def _maintain(config: Path, *, ann: bool) -> dict[str, Any]:
-    from syncd.store import MaintenancePolicy
-
     store = _store(config)
     started = time.monotonic()
     if not ann:
         for idx in store.table.list_indices():
             if idx.columns[0] == "vector":
                 store.table.drop_index(idx.name)
-    store.maintain(retention_s=600, policy=MaintenancePolicy(ann_min_rows=1 if ann else 10**12))
+    store.maintain(retention_s=600, ann_min_rows=1 if ann else 10**12)
     took = time.monotonic() - started
     stats = store.stats()
     return {"seconds": took, "rows": stats["rows"], "fragments": stats["fragments"],
@@ -111,20 +109,33 @@ def edit_in_place(path: Path, i: int) -> None:
 
 
 def service_policy(store: Any, policy: Any) -> Callable[[], None]:
-    """The service's maintenance after each commit, in one thread (Service._after_commit and its folder):
+    """The service's maintenance after each batch, in one thread (``Maintenance.after_batch`` and its folder):
     merge small fragments every N commits, bring the indexes up to date past index_every_rows rows, and fold
     one index per update past fold_every_rows (the folder's thread does this beside the writer's commits)."""
+    from syncd.service.maintenance import compaction_due, fold_due, indexing_due
 
     def after_commit() -> None:
-        if store.indexing_due(policy):
-            store.maintain(retention_s=600, policy=policy)
-        elif store.maintenance_due(policy):
+        if indexing_due(store, policy):
+            store.maintain(retention_s=600, ann_min_rows=policy.ann_min_rows)
+        elif compaction_due(store, policy):
             store.compact()
-        if store.fold_due(policy):
+        if fold_due(store, policy):
             store.fold_step()
             store.adopt_folds()
 
     return after_commit
+
+
+def after_each_batch(rt: Any, step: Callable[[], None]) -> None:
+    """Run ``step`` after each engine batch, as the writer asks maintenance after each one."""
+    original = rt.engine.process
+
+    def process(*args: Any, **kwargs: Any) -> Any:
+        summary = original(*args, **kwargs)
+        step()
+        return summary
+
+    rt.engine.process = process
 
 
 def growth(index_folder: Path, work: Path, *, updates: int, queries: int, seed: int, n_docs: int,
@@ -137,7 +148,7 @@ def growth(index_folder: Path, work: Path, *, updates: int, queries: int, seed: 
     from benchmarks.probe import StandInEmbedder
     from syncd import config as config_mod
     from syncd.runtime import Runtime
-    from syncd.store import MaintenancePolicy
+    from syncd.service.maintenance import MaintenancePolicy
 
     qs = [q for q, _ in labelled_queries(seed, n_docs, n=queries)]
     embedder = StandInEmbedder()
@@ -178,14 +189,14 @@ def growth(index_folder: Path, work: Path, *, updates: int, queries: int, seed: 
             policy = MaintenancePolicy()
             # Start both variants from a compacted table, as the service leaves it; a copy of that table
             # stays as it is, for the paired comparison at the end.
-            rt.store.maintain(retention_s=600, policy=policy)
+            rt.store.maintain(retention_s=600, ann_min_rows=policy.ann_min_rows)
             rt.store.rows_since_indexed = 0
             baseline = _store(workspace(work, work.parent / f"{work.name}-baseline"))
             before = rt.store.stats()
             base = query_p50(rt.store)
             rss_before = psutil.Process().memory_info().rss
             if maintained:
-                rt.store.after_commit = service_policy(rt.store, policy)
+                after_each_batch(rt, service_policy(rt.store, policy))
             rng = random.Random(seed)
             started = time.monotonic()
             commit_times = []
@@ -206,7 +217,7 @@ def growth(index_folder: Path, work: Path, *, updates: int, queries: int, seed: 
             idle_lat = idle_pair = None
             if maintained and rt.store.rows_since_indexed > 0:
                 # What the service does once its writer has been idle for index_when_idle (2 s).
-                rt.store.maintain(retention_s=600, policy=policy)
+                rt.store.maintain(retention_s=600, ann_min_rows=policy.ann_min_rows)
                 idle_lat = query_p50(rt.store)
                 idle_pair = paired(baseline, rt.store)
             out[label] = {"updates": count, "seconds": took, "versions_before": before["table_version"],

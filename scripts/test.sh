@@ -26,5 +26,8 @@ fi
 .venv/bin/python -m pip install -q torch==2.13.0
 .venv/bin/python -m pip install -q -e '.[test]'
 
+# The type check of syncd/ and connectors/ (strict; [tool.mypy] in pyproject.toml) comes first.
+.venv/bin/python -m mypy
+
 export SYNCD_REQUIRE_MEDIAWIKI=1
 exec .venv/bin/python -m pytest -n "${SYNCD_TEST_WORKERS:-2}" "$@"

@@ -16,13 +16,12 @@ def limit_malloc_arenas(arenas: int = ARENAS) -> bool:
 
     glibc gives threads that allocate at the same time arenas of their own (up to eight per core) and keeps
     the memory freed in each for reuse there; with LanceDB's, Arrow's and torch's thread pools a process's
-    RSS then follows the work it has done rather than the data it holds. Measured here
-    (``benchmarks/diagnostics/reindex_rss.py``): `syncd reindex` of 100k documents 327 → 291 MiB, 10k
-    290 → 265 MiB. The CLI sets it for the batch commands only: in `syncd run` the cap slowed the
-    multi-threaded flat vector scans of `/search` by ~15% (an A/B of the query benchmark), so the service
-    keeps glibc's default (an operator may set ``MALLOC_ARENA_MAX`` in the unit to trade that for a smaller
-    footprint: a writer after 3,000 commits was 668 → 592 MiB with two arenas). Does nothing off glibc, or
-    when the environment sets ``MALLOC_ARENA_MAX`` itself. Returns whether the cap was set."""
+    RSS then follows the work it has done rather than the data it holds
+    (``benchmarks/diagnostics/reindex_rss.py``). The CLI sets it for the batch commands only: in `syncd run`
+    the cap slowed the multi-threaded flat vector scans of `/search` (an A/B of the query benchmark), so the
+    service keeps glibc's default; an operator may set ``MALLOC_ARENA_MAX`` in the unit to trade that for a
+    smaller footprint (benchmarks/README.md has the figures). Does nothing off glibc, or when the environment
+    sets ``MALLOC_ARENA_MAX`` itself. Returns whether the cap was set."""
     if sys.platform != "linux" or os.environ.get("MALLOC_ARENA_MAX"):
         return False
     try:

@@ -125,7 +125,7 @@ def _exit_code(summary: Any) -> int:
 
 
 def cmd_run(cfg: Any, args: argparse.Namespace) -> int:
-    from syncd.daemon import Service
+    from syncd.service import Service
 
     service = Service(cfg)
     service.install_signals()
@@ -165,7 +165,8 @@ def cmd_sync(cfg: Any, args: argparse.Namespace) -> int:
                 poll = rt.connectors[name].poll()
             except ConnectorError as exc:
                 # The source failed as a whole (remote down, auth): reported like a failed listing; no cursor moves.
-                summary.merge(SyncSummary(failures=[Failure(connector=name, doc_id="", reason=str(exc))]))
+                summary.merge(SyncSummary(failures=[Failure(connector=name, doc_id="", reason=str(exc),
+                                                             holds_cursor=True)]))
                 continue
             if poll is not None:
                 seen = {}
@@ -180,8 +181,7 @@ def cmd_sync(cfg: Any, args: argparse.Namespace) -> int:
                 # An allowed mass deletion needs the full comparison: the guard only lets reconcile through.
                 part = (rt.engine.reconcile(name, allow_mass_delete=args.allow_mass_delete)
                         if rescan or args.allow_mass_delete else rt.engine.process({name: seen}))
-                if not any(f.connector == name and (not f.doc_id or "store-write-failed" in f.reason)
-                           for f in part.failures):
+                if rt.engine.cursor_may_advance(part, name):
                     rt.connectors[name].commit_cursor()
             else:
                 part = rt.engine.reconcile(name, allow_mass_delete=args.allow_mass_delete)
@@ -319,7 +319,7 @@ def cmd_status(cfg: Any, args: argparse.Namespace) -> int:
     if daemon.problem:
         sys.stderr.write(f"syncd: the daemon {daemon.problem}; the figures come from the store\n")
     if data is None:
-        from syncd.daemon import build_status
+        from syncd.service import build_status
 
         rt = _runtime(cfg, lock=False)
         try:

@@ -465,9 +465,10 @@ def resolve_secret(env_name: str | None, *, key: str, file: str | None = None,
         return value
     if env_name is None:
         return None
-    value = os.environ.get(env_name)
-    if value is None:
+    found = os.environ.get(env_name)
+    if found is None:
         raise ConfigError(f"{key}: environment variable {env_name} is not set", key=key)
+    value = found
     if not value.strip():
         raise ConfigError(f"{key}: environment variable {env_name} is empty", key=key)
     return value

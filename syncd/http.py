@@ -130,7 +130,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def __init__(self, sock: socket.socket, prefix: bytes, client_address: Any, server: Any, timeout: float) -> None:
         self._prefix = prefix
-        self.timeout = timeout
+        self.timeout = timeout  # type: ignore[misc]  # the stdlib reads it per instance (StreamRequestHandler.setup)
         super().__init__(sock, client_address, server)
 
     def setup(self) -> None:
@@ -182,13 +182,13 @@ class _Handler(BaseHTTPRequestHandler):
             return _Answer(401, b"", headers={"WWW-Authenticate": "Bearer"})
         if path == "/readyz":
             ok = ep.ready()
-            body: dict[str, Any] = {"status": "ready" if ok else "catching-up"}
+            ready: dict[str, Any] = {"status": "ready" if ok else "catching-up"}
             if not ok and ep.ready_problems is not None:
                 problems = ep.ready_problems()
-                body["problems"] = problems
+                ready["problems"] = problems
                 if any("stalled" in p for p in problems):
-                    body["status"] = "stalled"
-            return _json(200 if ok else 503, body)
+                    ready["status"] = "stalled"
+            return _json(200 if ok else 503, ready)
         if path == "/status":
             return _json(200, ep.status())
         if path == "/metrics":

@@ -94,6 +94,9 @@ class Failure:
     skipped: bool = False
     """Not indexable as it is (binary, empty, too large, a symlink out of the root): recorded with its
     reason, not a failure of the run."""
+    holds_cursor: bool = False
+    """The connector's cursor must not move past this cycle: the whole connector failed, or a batch could not
+    be committed for a reason that may pass. Set by the engine from the error's class."""
 
     def as_dict(self) -> dict[str, object]:
         return {"connector": self.connector, "doc_id": self.doc_id, "reason": self.reason, "skipped": self.skipped}

@@ -32,6 +32,7 @@ from syncd.errors import (
     MassDeletionRefused,
     RootUnavailable,
     StoreError,
+    TransientError,
 )
 from syncd.extract import extract
 from syncd.metrics import Metrics
@@ -109,6 +110,7 @@ class Engine:
         self._pending_owner: dict[tuple[str, str], set[str]] = {}
         self._held: dict[str, dict[str, float]] = {}
         self._abandoned_needs: dict[str, list[str]] = {}
+        self._between: Callable[[], None] | None = None
         self.attempts: dict[str, dict[str, int]] = {}
         """Failed attempts in a row of documents that failed for a reason that may pass, by connector."""
         self._held_at: dict[str, float] = {}
@@ -133,10 +135,24 @@ class Engine:
         self.connectors.pop(name, None)
         self.status.pop(name, None)
 
+    def drop_connector(self, name: str) -> int:
+        """A connector taken out of the config: its documents leave the index in one commit, and the engine
+        forgets it. Returns the number of documents deleted."""
+        keys = [doc_key(name, d) for d in self.docs(name)]
+        if keys:
+            self.store.apply(self.store.make_rows([]), keys)
+        self.index.pop(name, None)
+        self._held.pop(name, None)
+        self.attempts.pop(name, None)
+        self.remove_connector(name)
+        return len(keys)
+
     # -- entry points ----------------------------------------------------------------------------------
-    def reconcile(self, name: str, *, prefix: str | Sequence[str] = "", allow_mass_delete: bool = False) -> SyncSummary:
+    def reconcile(self, name: str, *, prefix: str | Sequence[str] = "", allow_mass_delete: bool = False,
+                  between_batches: Callable[[], None] | None = None) -> SyncSummary:
         """Compare the connector's full listing (or the parts under ``prefix``, one folder or several) with
-        the index.
+        the index. ``between_batches`` is called after each committed batch, once the engine's view and state
+        have advanced (the service runs its maintenance there, so a long catch-up keeps the table compact).
 
         Folders are reconciled together so that a folder move (gone under one prefix, new under another)
         is one cycle in which the new documents are written before the old ones are deleted: their chunk
@@ -182,7 +198,7 @@ class Engine:
         gone = [d for d in scope if d not in listed]
         # A document whose fingerprint reappears under a new id was moved (a renamed folder), not deleted.
         new_by_fp = {ref.fingerprint: ref.doc_id for ref in refs if ref.doc_id not in indexed}
-        moves = {d: new_by_fp[fp] for d in gone if (fp := (cstate.fingerprints.get(d) or [None])[0]) in new_by_fp}
+        moves = {d: new_by_fp[fp] for d in gone if (fp := (cstate.fingerprints.get(d) or [""])[0]) in new_by_fp}
         allowed_gone = self._guard_deletions(name, len(gone) - len(moves), len(indexed), allow_mass_delete, summary)
         if allowed_gone:
             # Each move's old and new id go in the same batch, so it is paired as one rename.
@@ -196,11 +212,23 @@ class Engine:
         for doc_id in [d for d in in_scope if d not in listed]:
             cstate.failures.pop(doc_id, None)
             cstate.dirty = True
-        self._apply_groups(name, groups, {}, summary, allow_mass_delete=True, count_seen=False,
-                           fingerprints=fingerprints)
+        self._between = between_batches
+        try:
+            self._apply_groups(name, groups, {}, summary, allow_mass_delete=True, count_seen=False,
+                               fingerprints=fingerprints)
+        finally:
+            self._between = None
         self._finish_cycle(name, summary)
         summary.seconds = time.monotonic() - started
         return summary
+
+    @staticmethod
+    def cursor_may_advance(summary: SyncSummary, name: str) -> bool:
+        """Whether a poll's cursor may move past the changes ``summary`` applied for connector ``name``: not
+        when the connector failed as a whole or a batch was not committed for a reason that may pass (its
+        documents would be skipped for good). A document that failed alone is recorded and retried by later
+        polls (``retry_candidates``), so it lets the cursor pass."""
+        return not any(f.holds_cursor for f in summary.failures if f.connector == name)
 
     def retry_candidates(self, name: str) -> list[str]:
         """Documents whose last attempt failed for a reason that may pass (not a skip): polled connectors
@@ -209,7 +237,8 @@ class Engine:
         return [d for d, fp in ((d, cstate.fingerprints.get(d)) for d in cstate.failures)
                 if not (fp and fp[1] == SKIPPED)]
 
-    def process(self, changes: Mapping[str, Mapping[str, float]], *, hold_deletes: bool = False) -> SyncSummary:
+    def process(self, changes: Mapping[str, Mapping[str, float]], *, hold_deletes: bool = False,
+                between_batches: Callable[[], None] | None = None) -> SyncSummary:
         """Apply change hints: ``{connector: {doc_id: first_seen_unix_time}}``.
 
         Deletions found are judged by the mass-deletion guard all together, before any is committed: at the
@@ -219,14 +248,18 @@ class Engine:
         """
         started = time.monotonic()
         summary = SyncSummary()
-        for name, seen in changes.items():
-            if name not in self.connectors or not seen:
-                continue
-            self.status[name].last_sync_at = time.time()
-            self._apply_all(name, list(seen), seen, summary, allow_mass_delete=False, count_seen=True)
-            if not hold_deletes:
-                self._flush_deletes(name, summary)
-            self._finish_cycle(name, summary)
+        self._between = between_batches
+        try:
+            for name, seen in changes.items():
+                if name not in self.connectors or not seen:
+                    continue
+                self.status[name].last_sync_at = time.time()
+                self._apply_all(name, list(seen), seen, summary, allow_mass_delete=False, count_seen=True)
+                if not hold_deletes:
+                    self._flush_deletes(name, summary)
+                self._finish_cycle(name, summary)
+        finally:
+            self._between = None
         summary.seconds = time.monotonic() - started
         return summary
 
@@ -292,7 +325,9 @@ class Engine:
         status.last_error = str(exc)
         log.error("sync.mass_delete_refused", connector=name, would_delete=would_delete, total=total,
                   max_delete_fraction=self.max_delete_fraction)
-        summary.failures.append(Failure(connector=name, doc_id="", reason=f"mass-delete-refused: {exc}"))
+        # The refused deletions have not happened: the cursor waits for the approval.
+        summary.failures.append(Failure(connector=name, doc_id="", reason=f"mass-delete-refused: {exc}",
+                                        holds_cursor=True))
         return False
 
     # -- applying --------------------------------------------------------------------------------------
@@ -311,6 +346,8 @@ class Engine:
                 self._apply_batch(name, batch, seen, summary, allow_mass_delete=allow_mass_delete,
                                   count_seen=count_seen, fingerprints=fingerprints)
                 batch = []
+                if self._between is not None:
+                    self._between()
         if batch:
             self._apply_batch(name, batch, seen, summary, allow_mass_delete=allow_mass_delete, count_seen=count_seen,
                               fingerprints=fingerprints)
@@ -534,13 +571,12 @@ class Engine:
                 summary.chunks_deleted += info.chunks
                 self.metrics.docs_synced.labels(connector=name, action="deleted").inc()
                 _remember(status, "deleted", doc_id, committed_at)
-        for doc_id, fp in unchanged_fp.items():
-            cstate.fingerprints[doc_id] = list(fp)
+        for doc_id, pair in unchanged_fp.items():
+            cstate.fingerprints[doc_id] = list(pair)
             cstate.failures.pop(doc_id, None)
-        for doc_id, reason in skipped.items():
-            info = indexed.pop(doc_id, None)
-            if info is not None:
-                summary.chunks_deleted += info.chunks
+        for doc_id in skipped:
+            if (was := indexed.pop(doc_id, None)) is not None:
+                summary.chunks_deleted += was.chunks
             fp = skipped_fp.get(doc_id)
             if fp:
                 # Not read again until it changes: a skip is about the content, not the moment.
@@ -697,11 +733,12 @@ class Engine:
         self.status[name].last_error = reason
         log.error("sync.batch_failed", connector=name, error=str(exc))
         attempts = self.attempts.setdefault(name, {})
+        holds = isinstance(exc, TransientError)
         for doc_id in doc_ids:
             attempts[doc_id] = attempts.get(doc_id, 0) + 1
             cstate.failures[doc_id] = reason
             summary.docs_failed += 1
-            summary.failures.append(Failure(connector=name, doc_id=doc_id, reason=reason))
+            summary.failures.append(Failure(connector=name, doc_id=doc_id, reason=reason, holds_cursor=holds))
             self.metrics.sync_errors.labels(connector=name).inc()
         cstate.dirty = True
 
@@ -710,7 +747,7 @@ class Engine:
         status.last_error = str(exc)
         status.state = "unavailable" if isinstance(exc, RootUnavailable) else "failing"
         self.metrics.sync_errors.labels(connector=name).inc()
-        summary.failures.append(Failure(connector=name, doc_id="", reason=str(exc)))
+        summary.failures.append(Failure(connector=name, doc_id="", reason=str(exc), holds_cursor=True))
         log.error("connector.failed", connector=name, error=str(exc))
 
     def _finish_cycle(self, name: str, summary: SyncSummary) -> None:

@@ -1,10 +1,10 @@
 """State files: human-readable JSON, versioned, written atomically (temp file, fsync, rename).
 
 Per connector, ``<state>/connectors/<name>.json`` holds the fingerprint cache (what each document's
-cheap fingerprint was when its content hash was last seen), the documents that failed and why, and any
-connector cursor. The fingerprint cache states facts about the source, never about the store, so it is
-safe whether or not it is ahead of or behind the store after a crash: the store's own ``revision``
-column is what the engine compares against.
+cheap fingerprint was when its content hash was last seen) and the documents that failed and why
+(connectors keep their cursors in files of their own, in their state folder). The fingerprint cache
+states facts about the source, never about the store, so it is safe whether or not it is ahead of or
+behind the store after a crash: the store's own ``revision`` column is what the engine compares against.
 """
 
 from __future__ import annotations
@@ -17,7 +17,35 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
-STATE_VERSION = 1
+from syncd.errors import ConfigError
+
+STATE_VERSION = 2
+
+
+def _v1_to_v2(data: dict[str, Any]) -> dict[str, Any]:
+    """Version 2 drops ``cursor`` and ``extra``, which nothing used (connectors keep their own cursors)."""
+    data.pop("cursor", None)
+    data.pop("extra", None)
+    return data
+
+
+MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _v1_to_v2}
+"""``MIGRATIONS[n]`` turns a version-n state document into version n+1; a file is upgraded step by step."""
+
+
+def migrate(data: dict[str, Any], path: Path) -> dict[str, Any]:
+    """A state document upgraded, in order, to ``STATE_VERSION``; never thrown away. A file written by a
+    newer syncd is refused (exit 2) rather than read wrongly."""
+    version = data.get("state_version", 1)
+    if not isinstance(version, int) or version > STATE_VERSION:
+        raise ConfigError(f"{path}: state version {version!r} is newer than this syncd understands "
+                          f"({STATE_VERSION}); run the syncd that wrote it, or move the state folder away",
+                          key="state.dir")
+    while version < STATE_VERSION:
+        data = MIGRATIONS[version](data)
+        version += 1
+        data["state_version"] = version
+    return data
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
@@ -63,22 +91,19 @@ class ConnectorState:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        data = read_json(path) or {}
-        if data.get("state_version") != STATE_VERSION:
-            data = {}
+        data = read_json(path)
+        data = migrate(data, path) if isinstance(data, dict) else {}
         # doc_id -> [fingerprint, revision]
         self._fingerprints: dict[str, list[str]] | None = data.get("fingerprints", {})
         self.failures: dict[str, str] = data.get("failures", {})
-        self.cursor: Any = data.get("cursor")
-        self.extra: dict[str, Any] = data.get("extra", {})
         self.dirty = False
         self._spill: TextIO | None = None
 
     @property
     def fingerprints(self) -> dict[str, list[str]]:
         if self._fingerprints is None:  # written from a spill file by save(): read back only if asked for
-            data = read_json(self.path) or {}
-            self._fingerprints = data.get("fingerprints", {}) if data.get("state_version") == STATE_VERSION else {}
+            data = read_json(self.path)
+            self._fingerprints = migrate(data, self.path).get("fingerprints", {}) if isinstance(data, dict) else {}
         return self._fingerprints
 
     @property
@@ -108,18 +133,19 @@ class ConnectorState:
             self.spill_path.unlink(missing_ok=True)
 
     def _write(self, fh: TextIO) -> None:
-        dump = lambda value: json.dumps(value, ensure_ascii=False, separators=(",", ":"))  # noqa: E731
+        def dump(value: object) -> str:
+            return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
         if self._spill is None:  # one call into the C encoder: the daemon saves after every batch
             fh.write(dump({"state_version": STATE_VERSION, "fingerprints": self.fingerprints,
-                           "failures": self.failures, "cursor": self.cursor, "extra": self.extra}))
+                           "failures": self.failures}))
             return
         fh.write('{"state_version":' + dump(STATE_VERSION) + ',"fingerprints":{')
         self._spill.close()
         entries = _chain_spill(self.spill_path, iter(self.fingerprints.items()))
         for i, (doc_id, value) in enumerate(entries):
             fh.write(("," if i else "") + dump(doc_id) + ":" + dump(value))
-        fh.write('},"failures":' + dump(self.failures) + ',"cursor":' + dump(self.cursor)
-                 + ',"extra":' + dump(self.extra) + "}")
+        fh.write('},"failures":' + dump(self.failures) + "}")
 
     def save(self) -> None:
         write_atomic(self.path, self._write)

@@ -13,6 +13,7 @@ atomic rename, so readers always open a complete table.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import os
 import re
@@ -21,13 +22,13 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pyarrow as pa
 import structlog
 
-from syncd.errors import StoreError
+from syncd.errors import StoreError, SyncdError
 from syncd.state import read_json, write_json_atomic
 
 POINTER_VERSION = 1
@@ -49,6 +50,29 @@ def sql_string(value: str) -> str:
     if "\x00" in value:
         raise ValueError("NUL cannot appear in a filter value")
     return "'" + value.replace("'", "''") + "'"
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def translated(what: str) -> Callable[[_F], _F]:
+    """The edge where library errors become syncd's: whatever LanceDB, Lance or Arrow raise inside the
+    decorated method comes out as ``StoreError`` (transient: the batch is retried, the cursor holds), with
+    ``what`` and the table named. syncd's own errors pass through unchanged."""
+
+    def decorate(fn: _F) -> _F:
+        @functools.wraps(fn)
+        def wrapper(self: Store, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return fn(self, *args, **kwargs)
+            except SyncdError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the one place a library error of any class is caught
+                raise StoreError(f"{what} ({self.table_name} in {self.uri}) failed: {exc}") from exc
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
 
 
 def schema(dim: int) -> pa.Schema:
@@ -146,8 +170,8 @@ _HEX[np.frombuffer(b"ABCDEF", dtype=np.uint8)] = np.arange(10, 16, dtype=np.uint
 
 
 def _hash_keys(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
-    """``_hash_key`` of a whole Arrow string column without a Python string per row (a 1.4M-row table
-    would otherwise hold ~100 MB of them at start-up)."""
+    """``_hash_key`` of a whole Arrow string column without a Python string per row (at start-up the whole
+    table's hashes pass through here)."""
     import pyarrow.compute as pc
 
     column = pc.drop_null(column)
@@ -219,7 +243,6 @@ class Store:
         self._commits_on_connection = 0
         self._opened_version: int | None = None  # a reader's: the version its connection first read
         self._refreshes = 0
-        self.after_commit: Callable[[], None] | None = None
         self.hash_filter: HashFilter | None = None
         """Set by ``indexed_docs`` for the live table; None while unknown (then every hash is looked up)."""
 
@@ -238,8 +261,8 @@ class Store:
             kwargs: dict[str, Any] = {}
             if self.read_consistency_interval is not None:
                 kwargs["read_consistency_interval"] = dt.timedelta(seconds=self.read_consistency_interval)
-            # Bounded caches: LanceDB's defaults (6 GB of index, 1 GB of metadata) let a long-lived writer
-            # grow by ~0.12 MB per commit (measured here: +480 MB over 3,500 commits, flat with 32 MB).
+            # Bounded caches: LanceDB's own defaults are sized for a short-lived process and let a
+            # long-lived writer grow with every commit (benchmarks/diagnostics/lancedb_commit_memory.py).
             self.session = lancedb.Session(index_cache_size_bytes=self.index_cache_mb << 20,
                                            metadata_cache_size_bytes=self.metadata_cache_mb << 20)
             kwargs["session"] = self.session
@@ -250,7 +273,8 @@ class Store:
         return self._db
 
     def pointer(self) -> dict[str, Any] | None:
-        return read_json(self.pointer_path)
+        data = read_json(self.pointer_path)
+        return data if isinstance(data, dict) else None
 
     def stored_signature(self) -> str | None:
         pointer = self.pointer()
@@ -316,10 +340,10 @@ class Store:
         """Re-open by the pointer if a reindex switched tables (readers in other processes), and on a new
         connection once the table moved ``REOPEN_EVERY_COMMITS`` versions past the one this connection
         first read: a reader's connection keeps state for every version it reads, as a writer's does for
-        every commit (with a query after each of 3,000 commits, writer and reader in one process grew from
-        523 to 668 MiB; with this, from 502 to 510 MiB; two malloc arenas,
-        ``benchmarks/diagnostics/writer_rss.py``). The first query on a new connection loads the indexes
-        again (33 against 15 ms warm on the 10k index, ``benchmarks/diagnostics/reopen_cost.py``). A query in flight on another thread keeps the handle it started with."""
+        every commit, so its memory would follow the commits made (``benchmarks/diagnostics/writer_rss.py``
+        measures both). The first query on a new connection loads the indexes again, which is why it is not
+        done more often (``benchmarks/diagnostics/reopen_cost.py``). A query in flight on another thread
+        keeps the handle it started with."""
         pointer = self.pointer()
         if pointer and pointer["table"] != self.table_name:
             self._table = self._connect().open_table(pointer["table"])
@@ -328,7 +352,7 @@ class Store:
             self._opened_version = None
         self._refreshes += 1
         if self._table is None or self._refreshes % VERSION_CHECK_EVERY:
-            return  # reading the version looks for a newer one on disk (0.2-0.5 ms): not before every query
+            return  # reading the version looks for a newer one on disk: not before every query
         try:
             version = int(self._table.version)
         except Exception:  # noqa: BLE001 - the query that follows reports a broken table
@@ -339,12 +363,14 @@ class Store:
             self._reopen_live()
 
     # -- reading ---------------------------------------------------------------------------------------
+    @translated("reading rows")
     def scan(self, columns: Sequence[str], where: str | None = None) -> pa.Table:
         query = self.table.search().select(list(columns))
         if where:
             query = query.where(where)
         return query.limit(None).to_arrow()
 
+    @translated("reading the indexed documents")
     def indexed_docs(self) -> dict[tuple[str, str], IndexedDoc]:
         """Every document in the index, with its revision and chunk count; also reloads ``hash_filter``.
 
@@ -384,6 +410,7 @@ class Store:
             out[(connector, doc_id)] = IndexedDoc(revision=revision, chunks=int(count), identity=ident or revision)
         return out
 
+    @translated("reading stored vectors")
     def vectors_for(self, hashes: Iterable[str]) -> dict[str, np.ndarray]:
         """Existing vectors by content hash (for reuse: unchanged chunks, renames, copies)."""
         wanted = sorted(set(hashes))
@@ -399,15 +426,17 @@ class Store:
                 found.setdefault(h, vec)
         return found
 
+    @translated("counting rows")
     def count_rows(self) -> int:
         return int(self.table.count_rows())
 
     # -- writing ---------------------------------------------------------------------------------------
+    @translated("writing a batch")
     def apply(self, rows: pa.Table, replace_keys: Sequence[str], *, table: Any = None,
               covers_all_rows: bool = False) -> None:
         """Replace every chunk of the documents in ``replace_keys`` with ``rows`` in one commit.
 
-        Three forms of the same atomic commit, cheapest first (measured on 140k rows: 5, 13 and 138 ms):
+        Three forms of the same atomic commit, cheapest first (``benchmarks/diagnostics/commit_forms.py``):
         no rows at all is a delete of those documents; ``covers_all_rows`` (the caller knows every existing
         row of those documents has a row with its chunk id in ``rows``: no document shrank, none is
         deleted) is an upsert on ``chunk_id`` that the BTree index serves; anything else needs the merge
@@ -418,16 +447,13 @@ class Store:
             return
         keys = sorted(set(replace_keys))
         where = "doc_key IN (" + ", ".join(sql_string(k) for k in keys) + ")"
-        try:
-            if rows.num_rows == 0:
-                target.delete(where)
-            elif covers_all_rows:
-                target.merge_insert("chunk_id").when_matched_update_all().when_not_matched_insert_all().execute(rows)
-            else:
-                (target.merge_insert("chunk_id").when_matched_update_all().when_not_matched_insert_all()
-                 .when_not_matched_by_source_delete(where).execute(rows))
-        except Exception as exc:  # noqa: BLE001
-            raise StoreError(f"write to {self.table_name} failed: {exc}") from exc
+        if rows.num_rows == 0:
+            target.delete(where)
+        elif covers_all_rows:
+            target.merge_insert("chunk_id").when_matched_update_all().when_not_matched_insert_all().execute(rows)
+        else:
+            (target.merge_insert("chunk_id").when_matched_update_all().when_not_matched_insert_all()
+             .when_not_matched_by_source_delete(where).execute(rows))
         self.commits_since_maintenance += 1
         if table is None:
             self._commits_on_connection += 1
@@ -438,9 +464,6 @@ class Store:
             self.last_commit_at = time.monotonic()
         if table is None and self.hash_filter is not None and rows.num_rows:
             self.hash_filter.add(h for h in rows["content_hash"].to_pylist() if h)
-        if table is None and self.after_commit is not None:
-            # The service compacts from here, so a long catch-up does not pile up hundreds of fragments.
-            self.after_commit()
 
     def _reopen_live(self) -> None:
         """The live table on a new connection (``REOPEN_EVERY_COMMITS``): not while a fold or a compaction
@@ -489,8 +512,8 @@ class Store:
 
     def reopen_table(self, name: str) -> Any:
         """Table ``name`` through a new connection. A LanceDB connection keeps state for every commit made
-        through it (~0.15 MB each, measured here), so a long series of commits (a reindex of 100k
-        documents makes ~400) reopens its table now and then to keep memory flat."""
+        through it, so a long series of commits (a reindex makes one per batch) reopens its table now and
+        then to keep memory flat."""
         self._db = None
         try:
             return self._connect().open_table(name)
@@ -561,7 +584,7 @@ class Store:
             query = table.search(text, query_type="fts")
             if where:
                 query = query.where(where, prefilter=True)
-            return query.select(columns).limit(k).to_list()
+            return list(query.select(columns).limit(k).to_list())
 
         try:
             fts_future = _query_pool().submit(fts)
@@ -598,6 +621,7 @@ class Store:
         return results
 
     # -- maintenance -----------------------------------------------------------------------------------
+    @translated("reading the table's figures")
     def stats(self) -> dict[str, Any]:
         """Table version, fragments, rows not yet in every index, bytes on disk, indexes."""
         table = self.table
@@ -618,71 +642,49 @@ class Store:
             "indexes": indexes,
         }
 
-    def maintenance_due(self, policy: MaintenancePolicy) -> bool:
-        """Small fragments piling up: every ``compact_every_commits`` commits, or past ``max_fragments``.
+    @translated("counting fragments")
+    def fragment_count(self) -> int:
+        """Fragments of the live table now (a round trip to the table)."""
+        return int(self.table.stats()["fragment_stats"]["num_fragments"])
 
-        The fragment count is a round trip to the table, so it is looked at every ``FRAGMENT_CHECK_EVERY``
-        commits, not after each one (a commit adds a fragment or two)."""
-        if self.commits_since_maintenance >= policy.compact_every_commits:
-            return True
-        if self.commits_since_maintenance == 0 or self.commits_since_maintenance % FRAGMENT_CHECK_EVERY:
-            return False
-        try:
-            return int(self.table.stats()["fragment_stats"]["num_fragments"]) > policy.max_fragments
-        except Exception:  # noqa: BLE001 - a failed look is no reason to compact; the schedule still runs
-            return False
-
-    def indexing_due(self, policy: MaintenancePolicy, *, idle: bool = False) -> bool:
-        """Rows the indexes do not cover yet: past ``policy.index_every_rows``, or any once the writer is idle
-        for ``policy.index_when_idle`` seconds (``idle`` asks the second question too)."""
-        if self.rows_since_indexed >= policy.index_every_rows:
-            return True
-        return (idle and self.rows_since_indexed > 0 and policy.index_when_idle > 0
-                and time.monotonic() - self.last_commit_at >= policy.index_when_idle)
-
+    @translated("listing indexes")
     def index_names(self) -> list[str]:
         """The table's indexes, cheapest to bring up to date first (the full-text index, a rewrite, last)."""
         order = {"BTree": 0, "IvfPq": 1, "FTS": 2}
-        try:
-            found = [(order.get(str(idx.index_type), 1), idx.name) for idx in self.table.list_indices()]
-        except Exception as exc:  # noqa: BLE001
-            raise StoreError(f"cannot list indexes: {exc}") from exc
+        found = [(order.get(str(idx.index_type), 1), idx.name) for idx in self.table.list_indices()]
         return [name for _, name in sorted(found)]
 
+    @translated("updating an index")
     def fold_index(self, name: str) -> None:
-        """Bring one index up to date with the rows written since (tens of ms for a BTree, ~0.3 s for the
-        full-text index at 140k rows). Safe next to the writer's commits: an index update and a data commit
+        """Bring one index up to date with the rows written since (a BTree is quick; the full-text index is
+        rewritten, the slowest). Safe next to the writer's commits: an index update and a data commit
         are compatible in Lance, which rebases whichever commits second (the writer's handle then includes
         the new index), so the service runs this on a thread of its own."""
         import lance
 
-        try:
-            dataset = lance.dataset(self.table.to_lance().uri)
-            dataset.optimize.optimize_indices(index_names=[name])
-        except Exception as exc:  # noqa: BLE001
-            raise StoreError(f"updating index {name} failed: {exc}") from exc
+        dataset = lance.dataset(self.table.to_lance().uri)
+        dataset.optimize.optimize_indices(index_names=[name])
         self.index_folds += 1
         self._folded = True
 
+    @translated("moving to the latest version")
     def adopt_folds(self) -> bool:
         """Move the table handle to the latest version if a fold committed since (writer thread only: the
         handle is the writer's; its next commit would move it too). True if it moved."""
         if not self._folded:
             return False
         self._folded = False
-        try:
-            self.table.checkout_latest()
-        except Exception as exc:  # noqa: BLE001
-            raise StoreError(f"cannot refresh table {self.table_name}: {exc}") from exc
+        self.table.checkout_latest()
         return True
 
     @property
     def folds_to_adopt(self) -> bool:
         return self._folded
 
-    def fold_due(self, policy: MaintenancePolicy) -> bool:
-        """A fold cycle is under way, or ``policy.fold_every_rows`` rows are outside the indexes."""
-        return bool(self._fold_pending) or self.rows_since_indexed >= policy.fold_every_rows
+    @property
+    def fold_in_progress(self) -> bool:
+        """A fold cycle has indexes left to bring up to date."""
+        return bool(self._fold_pending)
 
     def fold_step(self) -> str | None:
         """The next step of a fold cycle: one index brought up to date (``index_names`` order). The rows
@@ -705,8 +707,9 @@ class Store:
                     self.rows_since_indexed = max(0, self.rows_since_indexed - self._fold_rows)
             return name
 
+    @translated("compaction")
     def compact(self) -> dict[str, Any] | None:
-        """Merge small fragments only (tens of ms): no index update, no version cleanup, deletions left in
+        """Merge small fragments only (short): no index update, no version cleanup, deletions left in
         place. The writer runs this every few commits; ``maintain`` does the rest when rows pile up or the
         writer is idle. Lance remaps the indexes of the rows it moves, so no query loses them.
 
@@ -740,18 +743,18 @@ class Store:
             dataset.optimize.optimize_indices(index_names=[deltas[0]["name"]], num_indices_to_merge=len(deltas))
             self.table.checkout_latest()
 
-    def maintain(self, *, retention_s: float, policy: MaintenancePolicy | None = None) -> dict[str, Any]:
+    @translated("maintenance")
+    def maintain(self, *, retention_s: float, ann_min_rows: int = 100_000) -> dict[str, Any]:
         """Compact small fragments, fold new rows into the indexes, prune versions older than ``retention_s``.
 
         Keeps BTree indexes on ``doc_key``, ``doc_id`` and ``chunk_id`` (merges and deletes filter on them)
-        and builds an ANN vector index once the table holds ``policy.ann_min_rows`` rows. Queries never use
+        and builds an ANN vector index once the table holds ``ann_min_rows`` rows. Queries never use
         index-only search, so rows not yet in the ANN index are still found by a flat scan.
         """
         with self.maintenance_lock:  # never next to a fold (see fold_step)
             self.drop_stale_tables()
             from lancedb.index import FTS, BTree, IvfPq
 
-            policy = policy or MaintenancePolicy()
             table = self.table
             # Never 0 while readers exist, and never delete_unverified: a reader may still hold an old version.
             retention = dt.timedelta(seconds=max(retention_s, MIN_VERSION_RETENTION_S))
@@ -768,7 +771,7 @@ class Store:
                     if "text" not in existing:
                         table.create_index("text", config=FTS(), replace=True)
                         created.append("text")
-                    if "vector" not in existing and rows >= policy.ann_min_rows:
+                    if "vector" not in existing and rows >= ann_min_rows:
                         table.create_index("vector", config=IvfPq())
                         created.append("vector")
                     if created:
@@ -790,26 +793,12 @@ SCALAR_INDEX_COLUMNS = ("doc_key", "doc_id", "chunk_id", "content_hash")
 vector reuse on content_hash."""
 MAX_VECTOR_DELTAS = 4
 """ANN index deltas kept before maintenance merges them."""
-FRAGMENT_CHECK_EVERY = 4
-"""Commits between two looks at the fragment count (``maintenance_due``)."""
 REOPEN_EVERY_COMMITS = 256
 """Commits through one connection before the live table is opened on a new one. A LanceDB connection keeps
-state for every commit made through it: a writer making 3,000 single-document commits grew from 519 to
-717 MiB; reopening every 256 commits, 513 to 585 MiB (every 200: 512 to 547, flat after ~1,500)
-(``benchmarks/diagnostics/writer_rss.py``). The new connection starts with empty caches."""
+state for every commit made through it, so a long-lived writer's memory would follow its commits; the new
+connection starts with empty caches (``benchmarks/diagnostics/writer_rss.py`` measures it; the figures are
+in benchmarks/README.md)."""
 VERSION_CHECK_EVERY = 16
 """A reader's refreshes between two looks at the table version (for ``REOPEN_EVERY_COMMITS``)."""
 MIN_VERSION_RETENTION_S = 600.0
 """Old versions are kept at least 10 minutes whatever the config says: readers may still be on them."""
-
-
-@dataclass(frozen=True, slots=True)
-class MaintenancePolicy:
-    """When to compact and when the vector index pays off (``[store]`` in the config)."""
-
-    compact_every_commits: int = 32
-    max_fragments: int = 64
-    ann_min_rows: int = 100_000
-    index_every_rows: int = 16_384
-    index_when_idle: float = 2.0
-    fold_every_rows: int = 2048

@@ -179,7 +179,7 @@ class InProcessDaemon:
     """The Service in this process (HashEmbedder), for fast event-driven tests."""
 
     def __init__(self, config_path: Path, embedder: Any | None = None) -> None:
-        from syncd.daemon import Service
+        from syncd.service import Service
 
         self.service = Service(config_mod.load(config_path), embedder=embedder or HashEmbedder())
         self.thread: threading.Thread | None = None

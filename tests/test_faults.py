@@ -99,7 +99,7 @@ def test_store_write_failure_marks_batch_failed_and_retries(tmp_path: Path, docs
     assert _indexed(rt) == before
     assert {k: v for k, v in rt.state.connector("docs").fingerprints.items() if k != "doc1.md"} == \
         {k: v for k, v in fingerprints.items() if k != "doc1.md"}
-    from syncd.daemon import build_status
+    from syncd.service import build_status
 
     shown = {f["doc_id"]: f["reason"] for f in build_status(rt)["connectors"][0]["failures"]}
     assert set(shown) == {"doc0.md", "added.md", "doc1.md"}

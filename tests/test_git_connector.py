@@ -293,7 +293,7 @@ def test_empty_repository_then_first_push(tmp_path, repo, make_runtime):
 
 def test_lfs_pointer_binary_oversized_and_submodule_are_skipped_with_reasons(tmp_path, repo, make_runtime):
     """Unindexable entries are skipped with a structured reason shown in status; symlinks are not documents."""
-    from syncd.daemon import build_status
+    from syncd.service import build_status
 
     repo.write("ok.md", markdown_doc(1, sections=2))
     repo.write(".gitattributes", "*.psd filter=lfs diff=lfs merge=lfs -text\nbig.md filter=lfs\n")

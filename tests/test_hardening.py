@@ -133,7 +133,7 @@ def test_odd_file_names_never_stall_a_connector_and_are_indexed_cited_and_verifi
             for doc_id in expected:
                 if doc_id in index:
                     assert isinstance(index[doc_id].revision, str)
-            assert service.stalled == {}
+            assert service.stalls.since == {}
             status = connector_status(service, "docs")
             assert status["state"] in ("idle", "syncing"), status
             assert status["backlog"] == 0
@@ -218,7 +218,7 @@ def big_document(paragraphs: int, tag: str) -> str:
 def run_with(cfg: Path, embedder: Any) -> Any:
     from contextlib import contextmanager
 
-    from syncd.daemon import Service
+    from syncd.service import Service
 
     @contextmanager
     def ctx() -> Any:
@@ -328,7 +328,7 @@ def test_a_writer_that_makes_no_progress_shows_stalled_in_status_readyz_page_and
 
 
 def test_a_document_failing_past_its_retry_budget_turns_the_connector_degraded(tmp_path: Path, docs: Path) -> None:
-    from syncd.daemon import RETRY_BUDGET
+    from syncd.service import RETRY_BUDGET
 
     cfg = write_config(tmp_path, [{"name": "docs", "type": "filesystem", "path": str(docs)}], sync=FAST_SYNC)
     with running(cfg) as service:

@@ -237,7 +237,7 @@ def test_failed_page_keeps_the_cursor_and_shows_in_status(
         faulty_proxy: FaultyProxy) -> None:
     """A page whose fetch keeps failing (5xx) fails alone, shows in status, and holds the cursor before
     its change, so the next poll brings it (and only it) back."""
-    from syncd.daemon import build_status
+    from syncd.service import build_status
 
     ns, p = wiki_ns
     wiki_client.edit(f"{p}:Start", "Start page.")
@@ -328,7 +328,7 @@ def test_bot_password_login(tmp_path: Path, mediawiki: Wiki, wiki_ns: tuple[int,
                             make_runtime: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """With bot-password credentials from the environment the connector logs in (and asserts it is logged
     in on every request); the password never appears in status."""
-    from syncd.daemon import build_status
+    from syncd.service import build_status
 
     ns, p = wiki_ns
     out = mediawiki.maintenance("createBotPassword.php", "--appid", f"syncd{ns}", "--grants", "basic", "Admin")

@@ -511,7 +511,7 @@ def test_the_hash_filter_reads_an_arrow_column_like_strings_and_never_misses_a_s
 def test_maintenance_merges_ann_index_deltas_instead_of_letting_them_pile_up(tmp_path):
     import lance
 
-    from syncd.store import MAX_VECTOR_DELTAS, MaintenancePolicy, chunk_id, doc_key
+    from syncd.store import MAX_VECTOR_DELTAS, chunk_id, doc_key
 
     store = Store(str(tmp_path / "index"), tmp_path, base_table="chunks", dim=16, signature="t")
     store.open()
@@ -526,9 +526,8 @@ def test_maintenance_merges_ann_index_deltas_instead_of_letting_them_pile_up(tmp
         store.apply(store.make_rows(records), [doc_key("c", f"d{i}") for i in range(start, start + count)],
                     covers_all_rows=True)
 
-    policy = MaintenancePolicy(ann_min_rows=1)
     write(0, 600)
-    store.maintain(retention_s=600, policy=policy)
+    store.maintain(retention_s=600, ann_min_rows=1)
 
     def deltas() -> int:
         dataset = lance.dataset(store.table.to_lance().uri)
@@ -537,7 +536,7 @@ def test_maintenance_merges_ann_index_deltas_instead_of_letting_them_pile_up(tmp
     seen = [deltas()]
     for round_ in range(MAX_VECTOR_DELTAS + 3):  # each maintenance folds new rows in as one more delta
         write(600 + 20 * round_, 20)
-        store.maintain(retention_s=600, policy=policy)
+        store.maintain(retention_s=600, ann_min_rows=1)
         seen.append(deltas())
     assert seen[0] == 1 and max(seen) == MAX_VECTOR_DELTAS  # without merging: one more per round
     assert any(after < before for before, after in zip(seen, seen[1:], strict=False))

@@ -118,7 +118,7 @@ def memory_connector_type(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 @contextmanager
 def running(config_path: Path) -> Iterator[Any]:
     """The Service started (not waited for), its main loop in a thread; stopped at exit."""
-    from syncd.daemon import Service
+    from syncd.service import Service
 
     service = Service(config_mod.load(config_path), embedder=HashEmbedder())
     service.start()
@@ -166,7 +166,7 @@ def idle(service: Any) -> bool:
     q = service.queue
     engine = service.runtime.engine
     with q.cond:
-        busy = not q.empty() or any(q.in_flight.values()) or service.cycle_started_at is not None
+        busy = not q.empty() or any(q.in_flight.values()) or service.writer.cycle_started_at is not None
     return not busy and not any(engine.held_deletes(n)[0] for n in engine.connectors)
 
 
@@ -194,7 +194,7 @@ def test_readyz_turns_200_only_when_every_initial_catch_up_finished(tmp_path: Pa
     with running(cfg) as service:
         wait_for(lambda: connector_status(service, "docs")["docs"] == 2, what="docs synced")
         assert get(service, "/healthz") == (200, {"status": "ok"})
-        assert get(service, "/readyz") == (503, {"status": "catching-up"})
+        assert get(service, "/readyz") == (503, {"status": "catching-up", "problems": ["catching up: gated"]})
         assert connector_status(service, "gated")["state"] == "catching-up"
         control("gated").gate.set()
         wait_for(lambda: get(service, "/readyz")[0] == 200, what="ready")
@@ -364,20 +364,26 @@ def test_unindexed_rows_are_folded_one_index_at_a_time_by_the_folder(tmp_path: P
 
 
 def _fold_runtime(tmp_path: Path, docs: Path, make_runtime: Any, monkeypatch: Any, **store: Any) -> tuple[Any, Any]:
-    """A Service wired to a runtime (its policy, its commit hook, its folder) with no writer thread; every
-    index brought up to date first, and folds unspaced."""
-    import syncd.daemon
-    from syncd.daemon import Service
+    """A Service wired to a runtime (its maintenance, its folder) with no writer thread; every index brought
+    up to date first, and folds unspaced. ``process`` runs a batch and asks maintenance, as the writer does."""
+    from syncd.service import Service, maintenance
 
-    monkeypatch.setattr(syncd.daemon, "FOLD_SPACING", 0.0)
+    monkeypatch.setattr(maintenance, "FOLD_SPACING", 0.0)
     write_docs(docs, 3)
     cfg = write_config(tmp_path, [{"name": "docs", "type": "filesystem", "path": str(docs)}],
                        store={"uri": "./index", "index_every_rows": 10**9, "index_when_idle": "0s",
                               "compact_every_commits": 10**4, **store})
     service = Service(config_mod.load(cfg))
     rt = make_runtime(cfg)
-    rt.store.after_commit = service._after_commit
     service.runtime = rt
+    original = rt.engine.process
+
+    def process(*args: Any, **kwargs: Any) -> Any:
+        summary = original(*args, **kwargs)
+        service.maintenance.after_batch()
+        return summary
+
+    monkeypatch.setattr(rt.engine, "process", process)
     rt.engine.reconcile("docs")
     rt.store.maintain(retention_s=600)
     assert len(rt.store.index_names()) >= 5 and rt.store.rows_since_indexed == 0
@@ -394,12 +400,12 @@ def test_an_edit_never_waits_for_a_fold_the_folder_takes_one_index_per_step(
         save_atomically(docs / "note-0000.md", f"# Note\n\nEdit {i} of the note.\n")
         rt.engine.process({"docs": {"note-0000.md": time.time()}})
     assert rt.store.index_folds == 0 and rt.store.rows_since_indexed == 16  # no commit folded
-    assert service._fold_wake.is_set()  # each commit wakes the folder
-    folded = [service.fold_if_due() for _ in indexes]
+    assert service.maintenance.fold_wake.is_set()  # each batch wakes the folder
+    folded = [service.maintenance.fold_if_due() for _ in indexes]
     assert folded == indexes  # cheapest first, the full-text rewrite last
     assert rt.store.rows_since_indexed == 0 and rt.store.index_folds == len(indexes)
     assert service.metrics.index_folds._value.get() == len(indexes)
-    assert service.fold_if_due() is None  # nothing due
+    assert service.maintenance.fold_if_due() is None  # nothing due
     assert rt.store.stats()["unindexed_rows"] > 0  # the writer's handle: still the version of its last commit
     assert rt.store.adopt_folds() and not rt.store.adopt_folds()
     assert rt.store.stats()["unindexed_rows"] == 0
@@ -410,7 +416,7 @@ def test_folds_beside_back_to_back_commits_lose_nothing(
     """The folder's thread folding without pause while the writer commits edit after edit: no commit and no
     fold fails, every edit is in the table once, and the indexes serve them."""
     service, rt = _fold_runtime(tmp_path, docs, make_runtime, monkeypatch, fold_every_rows=1)
-    folder = threading.Thread(target=service._folder)
+    folder = threading.Thread(target=service.maintenance.run_folder)
     folder.start()
     try:
         for i in range(40):
@@ -420,9 +426,9 @@ def test_folds_beside_back_to_back_commits_lose_nothing(
             assert rt.engine.status["docs"].last_error is None
     finally:
         service.stopping.set()
-        service._fold_wake.set()
+        service.maintenance.fold_wake.set()
         folder.join(timeout=60)
-    assert service._auto_maintenance_after == 0.0  # no fold step failed (a failure holds folds back)
+    assert service.maintenance.auto_after == 0.0  # no fold step failed (a failure holds folds back)
     assert rt.store.index_folds >= 2 * len(rt.store.index_names())  # folds ran while the edits committed
     rows = rt.store.scan(["chunk_id", "doc_id", "text"]).to_pylist()
     assert len({r["chunk_id"] for r in rows}) == len(rows)
@@ -585,7 +591,7 @@ def test_no_ann_index_below_the_row_threshold(tmp_path: Path, docs: Path) -> Non
     assert config_mod.load(cfg).store.ann_min_rows == 100_000
     with running(cfg) as service:
         wait_for(service.ready, what="ready")
-        service.queue.push_task("maintenance", service._maintain)
+        service.queue.push_task("maintenance", service.maintenance.run)
         wait_for(lambda: get(service, "/status")[1]["store"]["maintenance_runs"] == 1, what="maintenance")
         table = lancedb.connect(str(tmp_path / "index")).open_table(service.runtime.store.table_name)
         columns = {idx.columns[0] for idx in table.list_indices()}
@@ -666,7 +672,7 @@ def test_status_page_renders_in_headless_chromium(tmp_path: Path, docs: Path) ->
         (docs / "broken.pdf").write_bytes(b"%PDF-1.4 not really a pdf")
         wait_for(lambda: connector_status(service, "handbook")["failed_docs"] == 1, what="failure recorded")
         control("wiki").failing.set()
-        service.queue.push_task("poll:wiki", lambda: service._poll("wiki"))
+        service.queue.push_task("poll:wiki", lambda: service.writer.poll("wiki"))
         wait_for(lambda: connector_status(service, "wiki")["consecutive_failures"] == 1, what="wiki failing")
         wait_for(lambda: idle(service), what="idle")
 
@@ -696,7 +702,7 @@ def test_each_watch_is_active_before_its_catch_up_lists_the_folder(tmp_path: Pat
     """A file created while the catch-up lists its folder must be in the listing or in an event: the watch
     starts first (here it is slowed down, so a catch-up started before it would list first)."""
     from connectors.filesystem import FilesystemConnector
-    from syncd.daemon import Service
+    from syncd.service import Service
 
     write_docs(docs, 3)
     events: list[str] = []

@@ -7,7 +7,8 @@ from benchmarks.corpus import labelled_queries
 from benchmarks.probe import StandInEmbedder
 from syncd import config as config_mod
 from syncd.runtime import Runtime
-from syncd.store import MaintenancePolicy
+from benchmarks.query import after_each_batch, service_policy
+from syncd.service.maintenance import MaintenancePolicy
 
 updates = int(sys.argv[1]); src = Path(__file__).resolve().parents[1] / ".cache" / "idx-s7-n1000-g1-c1"; work = Path(__import__("tempfile").mkdtemp(prefix="growth-"))
 qs = [q for q, _ in labelled_queries(7, 1000, n=50)]
@@ -16,7 +17,7 @@ config = workspace(src, work); root = work / "docs"
 docs = sorted(p.relative_to(root).as_posix() for p in root.rglob("*.md"))
 rt = Runtime(config_mod.load(config), embedder=emb); rt.open()
 policy = MaintenancePolicy(); store = rt.store
-store.maintain(retention_s=600, policy=policy); store.rows_since_indexed = 0
+store.maintain(retention_s=600, ann_min_rows=policy.ann_min_rows); store.rows_since_indexed = 0
 
 def legs():
     t = store.table; full=[]; f=[]; v=[]
@@ -40,21 +41,17 @@ def shape(tag):
     print(tag, "rows", ds.count_rows(), "physical", physical, "frags", len(frags), "with_deletions", dels, "indices", idx, legs(), flush=True)
 
 shape("before")
-def after_commit(store=store, policy=policy):
-    if store.indexing_due(policy): store.maintain(retention_s=600, policy=policy)
-    elif store.maintenance_due(policy): store.compact()
-    if store.fold_due(policy): store.fold_step()
-store.after_commit = after_commit
+after_each_batch(rt, service_policy(store, policy))
 rng = random.Random(7)
 for i in range(updates):
     d = rng.choice(docs)
     with open(root / d, "a") as fh: fh.write(f"\nUpdate {i} to this page.\n")
     rt.engine.process({"docs": {d: time.time()}})
 shape("after-updates")
-store.maintain(retention_s=600, policy=policy)
+store.maintain(retention_s=600, ann_min_rows=policy.ann_min_rows)
 shape("after-maintain")
 import psutil; print("rss", psutil.Process().memory_info().rss >> 20, "versions", len(store.table.list_versions()))
-store.maintain(retention_s=600, policy=policy)
+store.maintain(retention_s=600, ann_min_rows=policy.ann_min_rows)
 shape("after-maintain2")
 ds = lance.dataset(store.table.to_lance().uri)
 ds.optimize.compact_files(materialize_deletions=True, materialize_deletions_threshold=0.0)

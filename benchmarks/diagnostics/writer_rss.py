@@ -13,10 +13,10 @@ import structlog, logging
 structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
 from benchmarks.common import workspace
 from benchmarks.probe import StandInEmbedder
-from benchmarks.query import edit_in_place, service_policy
+from benchmarks.query import after_each_batch, edit_in_place, service_policy
 from syncd import config as config_mod
 from syncd.runtime import Runtime
-from syncd.store import MaintenancePolicy
+from syncd.service.maintenance import MaintenancePolicy
 
 updates = int(sys.argv[1])
 if os.environ.get("REOPEN"):
@@ -31,10 +31,10 @@ docs = sorted(p.relative_to(root).as_posix() for p in root.rglob("*.md"))
 rt = Runtime(config_mod.load(config), embedder=StandInEmbedder())
 rt.open()
 policy, store = MaintenancePolicy(), rt.store
-store.maintain(retention_s=600, policy=policy)
+store.maintain(retention_s=600, ann_min_rows=policy.ann_min_rows)
 
 
-store.after_commit = service_policy(store, policy)
+after_each_batch(rt, service_policy(store, policy))
 reader = None
 if os.environ.get("READER"):
     # A reader beside the writer, as /search is in the service: a query after every commit.

@@ -1,0 +1,370 @@
+"""The service's life cycle (`syncd run`): build the parts, start them, run the main loop, reload on SIGHUP,
+drain and stop on SIGTERM/SIGINT. The parts are rooms of their own (see ``syncd.service``); this class holds
+what they share (config, runtime, queue, metrics, the stop event) and the read side that HTTP calls."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import threading
+import time
+from typing import Any
+
+import structlog
+
+from syncd.config import Config
+from syncd.embedding import QueryVectors
+from syncd.errors import ConfigError, SyncdError
+from syncd.http import Endpoints, HttpServer
+from syncd.metrics import Metrics
+from syncd.models import Change
+from syncd.notify import notify, watchdog_interval
+from syncd.runtime import Runtime
+from syncd.service import status as status_mod
+from syncd.service.maintenance import Maintenance
+from syncd.service.queue import WorkQueue
+from syncd.service.requests import Requests
+from syncd.service.writer import StoppableEmbedder, Writer
+from syncd.state import read_json, write_json_atomic
+from syncd.store import Store
+
+log = structlog.get_logger("syncd.daemon")
+
+
+class Service:
+    """`syncd run`: catch up, then watch and poll until told to stop.
+
+    Threads: the writer (``writer.py``), the folder (``maintenance.py``), watchdog observers and the
+    APScheduler scheduler (they only push into the queue), the HTTP server (it only reads, through its own
+    reader handle), and the main thread (signals, sd_notify, watcher health, operator requests, stalls).
+    """
+
+    def __init__(self, config: Config, *, embedder: Any | None = None) -> None:
+        self.config = config
+        self.metrics = Metrics()
+        self.queue = WorkQueue()
+        self.stopping = threading.Event()
+        self.started_at = time.time()
+        self.runtime: Runtime | None = None
+        self._embedder = embedder
+        self.reader: Store | None = None
+        self.query_embedder: Any = None
+        self.query_vectors: QueryVectors | None = None
+        self.http: HttpServer | None = None
+        self.scheduler: Any = None
+        self.watches: dict[str, Any] = {}
+        self.last_verify: dict[str, Any] | None = None
+        self.writer = Writer(self)
+        self.maintenance = Maintenance(self)
+        self.stalls = status_mod.Stalls(self)
+        self.requests = Requests(self)
+        self._reload_requested = threading.Event()
+        self._status_line = ""
+        self._wrote_daemon_json = False
+
+    # -- start -----------------------------------------------------------------------------------------
+    def start(self) -> None:
+        cfg = self.config
+        token = self._token()
+        self.runtime = Runtime(cfg, embedder=self._embedder, metrics=self.metrics)
+        rt = self.runtime
+        rt.engine.embedder = StoppableEmbedder(rt.engine.embedder, self.stopping, cfg.embedding.batch_size)
+        needs_rebuild = rt.open()
+        notify("STATUS=loading the embedding model")
+        self._load_models()
+        self.reader = Store(cfg.store_uri, cfg.state_dir, base_table=cfg.store.table, dim=rt.embedder.dim,
+                            signature=rt.signature, read_consistency_interval=cfg.store.read_consistency_interval,
+                            **cfg.store.cache_limits())
+        self.http = HttpServer(cfg.http.host, cfg.http.port, Endpoints(
+            healthy=self.healthy, ready=self.ready, status=self.status, metrics=self.metrics_text,
+            search=self.search, page=self.page, token=token,
+            problems=lambda: status_mod.health_problems(self),
+            connectors=lambda: self.runtime.engine.connectors if self.runtime is not None else (),
+            ready_problems=lambda: status_mod.ready_problems(self)))
+        self.http.start()
+        write_json_atomic(cfg.state_dir / "daemon.json", {"pid": os.getpid(), "url": self.http.url,
+                                                          "started_at": self.started_at})
+        self._wrote_daemon_json = True
+        log.info("http.listening", url=self.http.url)
+        if needs_rebuild:
+            def rebuild() -> None:
+                rt.engine.rebuild()
+
+            self.queue.push_task("rebuild", rebuild)
+        for name in rt.connectors:
+            self.writer.initial_pending.add(name)
+            self.queue.push(Change(connector=name, kind="rescan", doc_id=""))
+        # Watches first: a file created while the catch-up lists its folder is then either in the listing or
+        # in an event queued behind the catch-up, never in neither.
+        for name, connector in rt.connectors.items():
+            self._start_watch(name, connector)
+        self.writer.start()
+        self.maintenance.start_folder()
+        self._start_scheduler()
+        # Ready once the store is open and every catch-up has started (not finished: a big first sync
+        # must not hit systemd's start timeout). /readyz turns 200 when they have finished.
+        notify("READY=1")
+        notify(f"STATUS=catching up: 0/{len(rt.connectors)} connector(s) done")
+
+    def _token(self) -> str | None:
+        cfg = self.config
+        if cfg.http.is_loopback:
+            return None
+        from syncd.config import resolve_secret
+
+        if not cfg.http.token_env and not cfg.http.token_file:
+            raise ConfigError(f"{cfg.source}: http.token_env: required (or http.token_file) when http.bind "
+                              f"({cfg.http.bind}) is not a loopback address", key="http.token_env")
+        return resolve_secret(cfg.http.token_env, key="http.token_file" if cfg.http.token_file else "http.token_env",
+                              file=cfg.http.token_file, base_dir=cfg.base_dir)
+
+    def _load_models(self) -> None:
+        """The writer and /search each get their own model instance on one intra-op thread: an edit's
+        embedding and a query then run side by side on two cores instead of queueing on one lock, and the
+        model's thread pool does not oversubscribe the cores (``benchmarks/profile.py`` measures it)."""
+        cfg = self.config
+        assert self.runtime is not None
+        rt = self.runtime
+        self.query_embedder = rt.embedder
+        if self._embedder is None:
+            from syncd.runtime import build_embedder
+
+            self.query_embedder = build_embedder(cfg)
+            if cfg.embedding.threads == 0:
+                for emb in (rt.embedder, self.query_embedder):
+                    emb.threads = max(1, (os.cpu_count() or 1) - 1)
+                if hasattr(rt.embedder, "burst_threads"):
+                    rt.embedder.burst_threads = os.cpu_count() or 1
+        for emb in {id(e): e for e in (rt.embedder, self.query_embedder)}.values():
+            if hasattr(emb, "load"):
+                emb.load()
+        self.query_vectors = QueryVectors(self.query_embedder, cfg.embedding.query_cache,
+                                          on_lookup=self.metrics.count_query_vector)
+
+    def _start_watch(self, name: str, connector: Any) -> None:
+        try:
+            watch = connector.watch(self.queue.push)
+        except SyncdError as exc:
+            log.error("watch.failed", connector=name, error=str(exc))
+            assert self.runtime is not None
+            self.runtime.engine.status[name].last_error = str(exc)
+            return
+        if watch is not None:
+            self.watches[name] = watch
+
+    def _start_scheduler(self) -> None:
+        from apscheduler.events import EVENT_JOB_MAX_INSTANCES
+        from apscheduler.schedulers.background import BackgroundScheduler
+
+        assert self.runtime is not None
+        sched = BackgroundScheduler(daemon=True)
+        for name, connector in self.runtime.connectors.items():
+            self._schedule_connector(sched, name, connector)
+        sync_cfg = self.config.sync
+        if sync_cfg.maintenance_interval:
+            sched.add_job(lambda: self.queue.push_task("maintenance", self.maintenance.run), "interval",
+                          seconds=sync_cfg.maintenance_interval, id="maintenance", max_instances=1, coalesce=True,
+                          misfire_grace_time=int(sync_cfg.maintenance_interval))
+        if sync_cfg.verify_interval:
+            sched.add_job(lambda: self.queue.push_task("verify", self._verify), "interval",
+                          seconds=sync_cfg.verify_interval, id="verify", max_instances=1, coalesce=True,
+                          misfire_grace_time=int(sync_cfg.verify_interval))
+
+        def skipped(event: Any) -> None:
+            self.metrics.skipped_runs.labels(job=event.job_id).inc()
+
+        sched.add_listener(skipped, EVENT_JOB_MAX_INSTANCES)
+        sched.start()
+        self.scheduler = sched
+
+    def _schedule_connector(self, sched: Any, name: str, connector: Any) -> None:
+        interval = connector.poll_interval
+        if interval:
+            def poll_job() -> None:
+                if not self.writer.backing_off(name, f"poll:{name}"):
+                    self.writer.poll_in_background(name)
+
+            sched.add_job(poll_job, "interval", seconds=interval, id=f"poll:{name}", max_instances=1,
+                          coalesce=True, misfire_grace_time=max(1, math.ceil(interval)))
+        recon = connector.reconcile_interval
+        if recon:
+            def reconcile_job() -> None:
+                if not self.writer.backing_off(name, f"reconcile:{name}"):
+                    self.queue.push(Change(connector=name, kind="rescan", doc_id=""))
+
+            sched.add_job(reconcile_job, "interval", seconds=recon, id=f"reconcile:{name}", max_instances=1,
+                          coalesce=True, misfire_grace_time=max(1, math.ceil(recon)))
+
+    # -- the main loop ---------------------------------------------------------------------------------
+    def run_forever(self) -> int:
+        """Main loop: health checks and watchdog pings until SIGTERM/SIGINT."""
+        ping = watchdog_interval()
+        last_ping = 0.0
+        while not self.stopping.wait(0.5):
+            if self._reload_requested.is_set():
+                self._reload_requested.clear()
+                self.reload()
+            self._check_watches()
+            self.requests.check()
+            self.stalls.check()
+            if ping and time.time() - last_ping >= ping and self.healthy():
+                notify("WATCHDOG=1")
+                last_ping = time.time()
+        return self.shutdown()
+
+    def install_signals(self) -> None:
+        def stop(signum: int, _frame: Any) -> None:
+            log.info("daemon.stopping", signal=signal.Signals(signum).name)
+            self.stopping.set()
+            self.queue.wake_all()
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGHUP, lambda *_: self._reload_requested.set())
+
+    def status_line(self) -> None:
+        """STATUS= for `systemctl status` (writer thread, after each batch)."""
+        self._status_line = status_mod.status_line(self, self._status_line)
+
+    def _verify(self) -> None:
+        from syncd.verify import verify
+
+        assert self.runtime is not None
+        report = verify(self.runtime)
+        self.last_verify = {**report.as_dict(), "at": time.time()}
+        for kind in ("missing", "stale", "orphaned", "duplicated"):
+            self.metrics.drift.labels(kind=kind).set(len(getattr(report, kind)))
+
+    def _check_watches(self) -> None:
+        assert self.runtime is not None
+        for name, watch in list(self.watches.items()):
+            if not watch.is_alive() and not self.stopping.is_set():
+                log.error("watch.died", connector=name, action="restarting and rescanning")
+                self.metrics.watcher_restarts.labels(connector=name).inc()
+                watch.stop()
+                del self.watches[name]
+                connector = self.runtime.connectors.get(name)
+                if connector is not None:
+                    self._start_watch(name, connector)
+                    self.queue.push(Change(connector=name, kind="rescan", doc_id=""))
+
+    # -- stop ------------------------------------------------------------------------------------------
+    def shutdown(self) -> int:
+        notify("STOPPING=1")
+        self.stopping.set()
+        notify("STATUS=stopping: finishing or abandoning the batch in flight")
+        for watch in self.watches.values():
+            watch.stop()
+        if self.scheduler is not None:
+            self.scheduler.shutdown(wait=False)
+        self.queue.wake_all()
+        self.maintenance.stop()
+        self.writer.stop()
+        if self.http is not None:
+            self.http.stop()
+        # Only this daemon's own address: a process refused by the writer lock never wrote one, and the
+        # file it would remove belongs to the daemon that holds the lock.
+        if self._wrote_daemon_json:
+            path = self.config.state_dir / "daemon.json"
+            record = read_json(path)
+            if isinstance(record, dict) and record.get("pid") == os.getpid():
+                path.unlink(missing_ok=True)
+        if self.runtime is not None:
+            self.runtime.close()
+        log.info("daemon.stopped")
+        return 0
+
+    # -- reload ----------------------------------------------------------------------------------------
+    def reload(self) -> None:
+        """SIGHUP: re-read the config; start, stop or restart connectors whose settings changed."""
+        from syncd import config as config_mod
+        from syncd.runtime import build_connector
+
+        assert self.runtime is not None
+        try:
+            new = config_mod.load(self.config.source)
+        except ConfigError as exc:
+            log.error("config.reload_rejected", error=str(exc), action="keeping the running config")
+            return
+        old_by_name = {c.name: c for c in self.config.connectors}
+        new_by_name = {c.name: c for c in new.connectors}
+        rt = self.runtime
+        # Only connectors change without a restart; other sections keep their running values.
+        fixed = [key for key in ("store", "embedding", "chunking", "http", "state", "limits", "logging")
+                 if getattr(new, key) != getattr(self.config, key)]
+        if fixed:
+            log.warning("config.restart_required", sections=fixed,
+                        action="these sections keep their running values until syncd is restarted")
+            new = new.model_copy(update={key: getattr(self.config, key) for key in fixed})
+
+        def apply() -> None:
+            for name in old_by_name:
+                if name not in new_by_name or new_by_name[name] != old_by_name[name]:
+                    if name in self.watches:
+                        self.watches.pop(name).stop()
+                    connector = rt.connectors.pop(name, None)
+                    if connector is not None:
+                        connector.close()
+                    if name not in new_by_name:
+                        # A connector removed from the config takes its documents out of the index.
+                        deleted = rt.engine.drop_connector(name)
+                        log.info("connector.removed", connector=name, docs_deleted=deleted)
+                    else:
+                        rt.engine.remove_connector(name)
+                    self.writer.forget(name)
+                    if self.scheduler is not None:
+                        for job_id in (f"poll:{name}", f"reconcile:{name}"):
+                            if self.scheduler.get_job(job_id):
+                                self.scheduler.remove_job(job_id)
+            for name, cc in new_by_name.items():
+                if name in rt.connectors:
+                    continue
+                connector = build_connector(new, cc, rt.state)
+                rt.connectors[name] = connector
+                rt.engine.add_connector(connector)
+                self.writer.initial_pending.add(name)
+                self._start_watch(name, connector)  # before its catch-up starts (see start())
+                self.queue.push(Change(connector=name, kind="rescan", doc_id=""))
+                if self.scheduler is not None:
+                    self._schedule_connector(self.scheduler, name, connector)
+            self.config = new
+            self.maintenance.reload(new)
+            log.info("config.reloaded", connectors=sorted(new_by_name))
+            notify("STATUS=config reloaded: " + ", ".join(sorted(new_by_name)))
+
+        self.queue.push_task("reload", apply)
+
+    # -- read side (HTTP) ------------------------------------------------------------------------------
+    def healthy(self) -> bool:
+        return not status_mod.health_problems(self)
+
+    def ready(self) -> bool:
+        return self.healthy() and not self.writer.initial_pending and not self.stalls.since
+
+    def metrics_text(self) -> bytes:
+        from prometheus_client import generate_latest
+
+        return bytes(generate_latest(self.metrics.registry))
+
+    def search(self, q: str, k: int, connector: str | None) -> dict[str, Any]:
+        assert self.reader is not None and self.query_vectors is not None
+        self.reader.refresh()
+        vectors = self.query_vectors
+        results = self.reader.search(lambda: vectors(q), q, k=k, connector=connector)
+        return {"query": q, "results": results}
+
+    def status(self) -> dict[str, Any]:
+        assert self.runtime is not None
+        # The writer mutates the engine's dictionaries while this reads them: a read that races a
+        # resize is simply taken again.
+        for _ in range(4):
+            try:
+                return status_mod.build_status(self.runtime, self)
+            except RuntimeError as exc:
+                if "changed size during iteration" not in str(exc):
+                    raise
+        return status_mod.build_status(self.runtime, self)
+
+    def page(self) -> str:
+        return status_mod.render_page(self.status())

@@ -1,0 +1,232 @@
+"""Store maintenance in the service: the policy, its "is it due" checks, and who runs what when.
+
+``Store`` has the operations (compact, fold one index, the full maintenance, version clean-up); this
+module decides when. Three paths, so maintenance never stalls an edit for long:
+
+* after each batch the writer asks ``after_batch``: merge small fragments every ``compact_every_commits``
+  commits (a short step); past ``index_every_rows`` unindexed rows, the full maintenance (last resort);
+* when the writer has been idle for ``index_when_idle``, the full maintenance (``idle_work_due``);
+* the folder thread (``run_folder``): past ``fold_every_rows`` unindexed rows, one index at a time beside
+  the writer's commits, spaced by ``FOLD_SPACING`` times a step's duration.
+
+The schedule (``[sync] maintenance_interval``) runs the full maintenance too; maintenance that has not
+succeeded for ``MAINTENANCE_GRACE`` intervals is a health failure (``overdue``).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from syncd.config import Config
+from syncd.errors import StoreError, SyncdError
+
+if TYPE_CHECKING:
+    from syncd.service.lifecycle import Service
+    from syncd.store import Store
+
+log = structlog.get_logger("syncd.maintenance")
+
+MAINTENANCE_GRACE = 3.0
+"""Maintenance is overdue (a health failure) after this many maintenance intervals without a success."""
+RETRY_AFTER_FAILURE_S = 60.0
+"""After a failed compaction or maintenance, commits and idle moments leave it alone this long."""
+FOLD_SPACING = 9.0
+"""After a fold step the folder waits this many times its duration before the next one, so folding takes at
+most a tenth of one core: a writer that is already behind (a slow model under load) keeps the rest."""
+FRAGMENT_CHECK_EVERY = 4
+"""Commits between two looks at the fragment count (a round trip to the table; a commit adds one or two)."""
+
+
+@dataclass(frozen=True, slots=True)
+class MaintenancePolicy:
+    """When to compact and when to bring the indexes up to date (``[store]`` in the config)."""
+
+    compact_every_commits: int = 32
+    max_fragments: int = 64
+    ann_min_rows: int = 100_000
+    index_every_rows: int = 16_384
+    index_when_idle: float = 2.0
+    fold_every_rows: int = 2048
+
+    @classmethod
+    def from_config(cls, config: Config) -> MaintenancePolicy:
+        s = config.store
+        return cls(compact_every_commits=s.compact_every_commits, max_fragments=s.max_fragments,
+                   ann_min_rows=s.ann_min_rows, index_every_rows=s.index_every_rows,
+                   index_when_idle=s.index_when_idle, fold_every_rows=s.fold_every_rows)
+
+
+def compaction_due(store: Store, policy: MaintenancePolicy) -> bool:
+    """Small fragments piling up: every ``compact_every_commits`` commits, or past ``max_fragments`` (looked
+    at every ``FRAGMENT_CHECK_EVERY`` commits)."""
+    commits = store.commits_since_maintenance
+    if commits >= policy.compact_every_commits:
+        return True
+    if commits == 0 or commits % FRAGMENT_CHECK_EVERY:
+        return False
+    try:
+        return store.fragment_count() > policy.max_fragments
+    except StoreError:
+        return False  # a failed look is no reason to compact; the schedule still runs
+
+
+def indexing_due(store: Store, policy: MaintenancePolicy, *, idle: bool = False) -> bool:
+    """Rows the indexes do not cover yet: past ``index_every_rows``, or any once the writer has been idle for
+    ``index_when_idle`` seconds (``idle`` asks the second question too)."""
+    if store.rows_since_indexed >= policy.index_every_rows:
+        return True
+    return (idle and store.rows_since_indexed > 0 and policy.index_when_idle > 0
+            and time.monotonic() - store.last_commit_at >= policy.index_when_idle)
+
+
+def fold_due(store: Store, policy: MaintenancePolicy) -> bool:
+    """A fold cycle is under way, or ``fold_every_rows`` rows are outside the indexes."""
+    return store.fold_in_progress or store.rows_since_indexed >= policy.fold_every_rows
+
+
+class Maintenance:
+    """The service's maintenance: what the writer asks between batches, the folder thread, the schedule's
+    full runs, and whether maintenance is overdue."""
+
+    def __init__(self, service: Service) -> None:
+        self.service = service
+        self.policy = MaintenancePolicy.from_config(service.config)
+        self.error: str | None = None
+        self.last_attempt_at: float | None = None
+        self.auto_after = 0.0
+        """Monotonic time before which commits and idle moments start no maintenance (after a failure)."""
+        self._fold_after = 0.0
+        self.fold_wake = threading.Event()
+        self.thread: threading.Thread | None = None
+
+    @property
+    def store(self) -> Store:
+        assert self.service.runtime is not None
+        return self.service.runtime.store
+
+    def reload(self, config: Config) -> None:
+        self.policy = MaintenancePolicy.from_config(config)
+
+    # -- the writer's questions -----------------------------------------------------------------------------
+    def after_batch(self) -> None:
+        """After a batch (writer thread): wake the folder, then compact or run the full maintenance if due."""
+        self.fold_wake.set()
+        if time.monotonic() < self.auto_after:
+            return
+        if indexing_due(self.store, self.policy):
+            self.run()
+        elif compaction_due(self.store, self.policy):
+            self.compact()
+
+    def idle_work_due(self) -> bool:
+        """The writer is idle and rows wait outside the indexes: bring them up to date now, rather than in the
+        path of a later edit."""
+        return time.monotonic() >= self.auto_after and indexing_due(self.store, self.policy, idle=True)
+
+    # -- the steps ------------------------------------------------------------------------------------------
+    def compact(self) -> None:
+        """Small fragments merged; if it fails, the full maintenance compacts too."""
+        if self._small_step("compaction", self.store.compact) is not None:
+            self.service.metrics.compactions.inc()
+
+    def adopt_folds(self) -> None:
+        self._small_step("index.adopt", self.store.adopt_folds)
+
+    def _small_step(self, event: str, step: Callable[[], Any]) -> Any:
+        """A step taken between batches (or by the folder); a failure is logged and holds automatic maintenance
+        back for ``RETRY_AFTER_FAILURE_S`` (the schedule still runs)."""
+        started = time.monotonic()
+        try:
+            result = step()
+        except SyncdError as exc:
+            log.warning(f"{event}_failed", error=str(exc))
+            self.auto_after = time.monotonic() + RETRY_AFTER_FAILURE_S
+            return None
+        log.debug(f"{event}_finished", result=result, seconds=round(time.monotonic() - started, 3))
+        return result
+
+    def run(self) -> None:
+        """The full maintenance: compaction, every index brought up to date, old versions cleaned up."""
+        store = self.store
+        metrics = self.service.metrics
+        self.last_attempt_at = time.time()
+        started = time.monotonic()
+        try:
+            result = store.maintain(retention_s=self.service.config.sync.version_retention,
+                                    ann_min_rows=self.policy.ann_min_rows)
+        except SyncdError as exc:
+            self.error = str(exc)
+            metrics.maintenance_runs.labels(outcome="failed").inc()
+            log.error("maintenance.failed", error=str(exc))
+            # Commits and idle moments do not retry it at once; the schedule still does.
+            self.auto_after = time.monotonic() + RETRY_AFTER_FAILURE_S
+            return
+        self.error = None
+        metrics.maintenance_runs.labels(outcome="ok").inc()
+        metrics.last_maintenance.set(store.last_maintenance_at or time.time())
+        try:
+            stats = store.stats()
+        except StoreError:
+            stats = {}  # figures only; the next run retries
+        if "fragments" in stats:
+            metrics.fragments.set(stats["fragments"])
+        log.info("maintenance.finished", seconds=round(time.monotonic() - started, 3),
+                 fragments=stats.get("fragments"), table_version=stats.get("table_version"),
+                 indexes_created=result.get("indexes_created"))
+
+    def overdue(self) -> bool:
+        """Maintenance that silently stopped running (scheduler dead, every run failing) is a health failure."""
+        svc = self.service
+        interval = svc.config.sync.maintenance_interval
+        if not interval or svc.runtime is None:
+            return False
+        deadline = (self.store.last_maintenance_at or svc.started_at) + MAINTENANCE_GRACE * interval
+        if time.time() <= deadline:
+            return False
+        # A cycle that began before the deadline (a long catch-up, a rebuild) holds the queued maintenance
+        # task back: that is waiting, not stopping. The next cycle runs tasks first.
+        started = svc.writer.cycle_started_at
+        return not (started is not None and started <= deadline)
+
+    # -- the folder -----------------------------------------------------------------------------------------
+    def start_folder(self) -> None:
+        self.thread = threading.Thread(target=self.run_folder, name="syncd-folder", daemon=True)
+        self.thread.start()
+
+    def run_folder(self) -> None:
+        """Past ``fold_every_rows`` unindexed rows, bring the indexes up to date one at a time, on this thread:
+        an edit never waits behind a fold (an index update and a data commit rebase onto each other in Lance;
+        compaction and maintenance take turns with it through ``Store.maintenance_lock``)."""
+        stopping = self.service.stopping
+        while not stopping.is_set():
+            wait = max(0.0, self._fold_after - time.monotonic()) or 1.0
+            self.fold_wake.wait(timeout=wait)
+            self.fold_wake.clear()
+            if stopping.is_set():
+                break
+            self.fold_if_due()
+
+    def fold_if_due(self) -> str | None:
+        """One fold step if one is due and allowed now (the folder's loop body). Returns the index folded."""
+        if self.service.runtime is None:
+            return None
+        now = time.monotonic()
+        if now < max(self.auto_after, self._fold_after) or not fold_due(self.store, self.policy):
+            return None
+        name: str | None = self._small_step("index.fold", self.store.fold_step)
+        if name is not None:
+            self.service.metrics.index_folds.inc()
+            self.service.queue.wake_all()  # an idle writer moves its handle to the new version
+        self._fold_after = time.monotonic() + FOLD_SPACING * (time.monotonic() - now)
+        return name
+
+    def stop(self) -> None:
+        self.fold_wake.set()
+        if self.thread is not None:
+            self.thread.join(timeout=60)  # an index update is one atomic commit; at most one is running
