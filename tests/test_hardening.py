@@ -237,8 +237,9 @@ def run_with(cfg: Path, embedder: Any) -> Any:
     return ctx()
 
 
-def test_a_document_deleted_while_it_is_embedded_is_abandoned_and_the_next_commits(
-        tmp_path: Path, docs: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("then", ["deleted", "rewritten"])
+def test_a_document_deleted_or_rewritten_while_it_is_embedded_is_abandoned_and_the_next_commits(
+        tmp_path: Path, docs: Path, monkeypatch: pytest.MonkeyPatch, then: str) -> None:
     from syncd import pipeline
 
     monkeypatch.setattr(pipeline, "EMBED_SLICE", 8)
@@ -253,11 +254,18 @@ def test_a_document_deleted_while_it_is_embedded_is_abandoned_and_the_next_commi
         assert chunks > 60
         (docs / "big.md").write_text(big)
         wait_for(lambda: len(embedder.texts) > 0, what="the big document being embedded")
-        (docs / "big.md").unlink()
+        if then == "deleted":
+            (docs / "big.md").unlink()
+        else:
+            (docs / "big.md").write_text("# Big\n\nnow a short page\n")
         (docs / "small.md").write_text("a small note\n")
         wait_for(lambda: "small.md" in engine.docs("docs"), what="the small document committed")
         wait_for(lambda: idle(service), what="idle")
-        assert "big.md" not in engine.docs("docs")
+        if then == "deleted":
+            assert "big.md" not in engine.docs("docs")
+        else:
+            assert engine.docs("docs")["big.md"].chunks == 1
+            assert engine.docs("docs")["big.md"].revision == revision(b"# Big\n\nnow a short page\n")
         assert metric(service, "syncd_docs_abandoned_total", connector="docs") >= 1
         # The work stopped within a slice of the delete: far fewer texts than the document has.
         big_texts = [t for t in embedder.texts if "wbig" in t]
