@@ -10,21 +10,11 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from connectors.base import Connector
 
-# Built-ins are listed here too so that a source checkout that was not pip-installed still works.
-_BUILTIN = {
-    "filesystem": "connectors.filesystem:FilesystemConnector",
-    "git": "connectors.git:GitConnector",
-    "mediawiki": "connectors.mediawiki:MediaWikiConnector",
-    "confluence": "connectors.confluence:ConfluenceConnector",
-}
-
-
 @functools.cache
 def _targets() -> dict[str, str]:
-    targets = dict(_BUILTIN)
-    for ep in entry_points(group="syncd.connectors"):
-        targets[ep.name] = ep.value
-    return targets
+    """``type name -> "module:Class"`` from the installed distributions' entry points (the built-ins are
+    declared in pyproject.toml like any third-party connector)."""
+    return {ep.name: ep.value for ep in entry_points(group="syncd.connectors")}
 
 
 def connector_types() -> list[str]:
