@@ -275,6 +275,8 @@ class HttpServer:
         self._selector = selectors.DefaultSelector()
         self._pending: dict[socket.socket, _Pending] = {}  # accept order, oldest first; the acceptor's own
         self._work: queue.Queue[Any] = queue.Queue()
+        # /healthz has a worker of its own: liveness never waits behind slow searches in the pool.
+        self._health: queue.Queue[Any] = queue.Queue()
         self._active: set[socket.socket] = set()  # handed to a worker, not yet closed
         self._active_lock = threading.Lock()
         self._stopping = threading.Event()
@@ -284,8 +286,10 @@ class HttpServer:
         self.rejected = 0
         self.busy = 0
         self.thread = threading.Thread(target=self._accept_loop, name="syncd-http", daemon=True)
-        self._workers = [threading.Thread(target=self._work_loop, name=f"syncd-http-{i}", daemon=True)
-                         for i in range(self.workers)]
+        self._workers = [threading.Thread(target=self._work_loop, args=(self._work,), name=f"syncd-http-{i}",
+                                          daemon=True) for i in range(self.workers)]
+        self._health_worker = threading.Thread(target=self._work_loop, args=(self._health,),
+                                               name="syncd-http-health", daemon=True)
 
     @property
     def address(self) -> tuple[str, int]:
@@ -304,7 +308,7 @@ class HttpServer:
         return len(self._pending)
 
     def start(self) -> None:
-        for worker in self._workers:
+        for worker in [*self._workers, self._health_worker]:
             worker.start()
         self.thread.start()
 
@@ -319,13 +323,14 @@ class HttpServer:
         else:
             self._close_all_pending()
         # Requests nobody has started are dropped; the sentinels then end the idle workers.
-        while True:
-            try:
-                item = self._work.get_nowait()
-            except queue.Empty:
-                break
-            if item is not _STOP:
-                self._close(item[0])
+        for waiting in (self._work, self._health):
+            while True:
+                try:
+                    item = waiting.get_nowait()
+                except queue.Empty:
+                    break
+                if item is not _STOP:
+                    self._close(item[0])
         with self._active_lock:
             for sock in self._active:
                 # shutdown, not close: the worker holding it closes it, so its descriptor is never reused under it.
@@ -333,8 +338,9 @@ class HttpServer:
                     sock.shutdown(socket.SHUT_RDWR)
         for _ in self._workers:
             self._work.put(_STOP)
+        self._health.put(_STOP)
         deadline = time.monotonic() + 0.2
-        for worker in self._workers:
+        for worker in [*self._workers, self._health_worker]:
             if worker.is_alive():
                 worker.join(timeout=max(0.0, deadline - time.monotonic()))
         for sock in (self._wake_r, self._wake_w):
@@ -443,7 +449,8 @@ class HttpServer:
             return
         self._selector.unregister(sock)
         del self._pending[sock]
-        if self._work.qsize() >= self.max_waiting:
+        lane = self._health if p.buf.startswith(b"GET /healthz") else self._work
+        if lane.qsize() >= self.max_waiting:
             self.busy += 1
             log.debug("http.busy", client=p.address[0])
             with contextlib.suppress(OSError):
@@ -453,7 +460,7 @@ class HttpServer:
         sock.setblocking(True)
         with self._active_lock:
             self._active.add(sock)
-        self._work.put((sock, bytes(p.buf), p.address))
+        lane.put((sock, bytes(p.buf), p.address))
 
     def _expire(self) -> None:
         now = time.monotonic()
@@ -483,9 +490,9 @@ class HttpServer:
 
     # --- the workers -------------------------------------------------------------------------------
 
-    def _work_loop(self) -> None:
+    def _work_loop(self, lane: queue.Queue[Any]) -> None:
         while True:
-            item = self._work.get()
+            item = lane.get()
             if item is _STOP:
                 return
             self._serve(*item)

@@ -323,3 +323,23 @@ def test_stop_closes_pending_and_in_flight_sockets_and_the_listener(
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(srv.address, timeout=30).close()
     service.hold.set()
+
+
+def test_healthz_answers_while_every_worker_is_held_inside_a_slow_search(service: Service) -> None:
+    """Liveness has a worker of its own: with the whole pool inside endpoints that do not return, /healthz
+    still answers (a service manager must not restart a daemon for being busy)."""
+    srv = _server(service)
+    held: list[threading.Thread] = []
+    try:
+        for _ in range(srv.workers):
+            t = threading.Thread(target=_get, args=(srv.url + "/search?q=hold",), daemon=True)
+            t.start()
+            held.append(t)
+        wait_for(lambda: len(service.searches) == srv.workers, what="every worker inside a search")
+        assert _get(srv.url + "/healthz") == (200, b'{"status":"ok"}')
+        assert len(service.searches) == srv.workers  # no worker was free for anything else
+    finally:
+        service.hold.set()
+        for t in held:
+            t.join(timeout=30)
+        srv.stop()
