@@ -302,9 +302,10 @@ def from_config(config: object, *, backend: str | None = None) -> SentenceTransf
     backend = backend or emb.backend
     if backend == "auto":
         # Which backend an existing index was built with is the wiring's knowledge (the store's signature).
+        # Quietly: this path is the Python API, a library inside someone else's process and its stdout.
         from syncd.runtime import choose_backend
 
-        backend = choose_backend(config).backend  # type: ignore[arg-type]
+        backend = choose_backend(config, announce=False).backend  # type: ignore[arg-type]
     model = emb.model
     if model.lower() not in _PACKAGED:  # a folder: relative to the config file, like every path in it
         model = str(resolve_model_path(model, base_dir=config.base_dir))  # type: ignore[attr-defined]

@@ -79,7 +79,7 @@ _WHY_KEPT = ("the index was built with it: an existing index keeps its backend (
              "change it, which re-embeds everything)")
 
 
-def choose_backend(config: Config, *, prepare: bool = True) -> BackendChoice:
+def choose_backend(config: Config, *, prepare: bool = True, announce: bool = True) -> BackendChoice:
     """The backend ``config``'s store runs on.
 
     An explicit ``[embedding] backend`` wins. With ``auto``, an existing index keeps the backend it was built
@@ -88,7 +88,8 @@ def choose_backend(config: Config, *, prepare: bool = True) -> BackendChoice:
     model the ONNX path cannot serve (not mean pooling, onnxruntime missing, a failed export), logged with the
     reason. With ``prepare`` (a writer's start, ``syncd model prepare``) the ONNX export the choice needs is
     done now, once per cache (file-locked); without it (status, verify) nothing is written or imported.
-    A prepared choice is kept for the process, so every model built for the store runs the same backend."""
+    A prepared choice is kept for the process, so every model built for the store runs the same backend.
+    ``announce=False`` (the Python API, a library in someone else's process) logs nothing."""
     emb = config.embedding
     key = (str(config.state_dir), str(config.base_dir), emb.model, emb.backend, emb.device,
            str(config.chunking.max_tokens), str(config.chunking.overlap_tokens))
@@ -97,11 +98,12 @@ def choose_backend(config: Config, *, prepare: bool = True) -> BackendChoice:
         kept = _CHOSEN.get(key)
     if kept is not None and stored in (None, kept.signature):
         return dataclasses.replace(kept, export_seconds=0.0)
-    choice = _choose(config, stored, prepare=prepare)
+    choice = _choose(config, stored, prepare=prepare, announce=announce)
     if prepare:
         with _CHOSEN_LOCK:
             _CHOSEN[key] = choice
-        fallback = emb.backend == "auto" and choice.backend == "torch" and not choice.reason.startswith("the index")
+    if prepare and announce:
+        fallback = emb.backend == "auto" and choice.backend == "torch" and "the index was built" not in choice.reason
         (log.warning if fallback else log.info)(
             "embedding.backend_fallback" if fallback else "embedding.backend", backend=choice.backend,
             configured=emb.backend, reason=choice.reason)
@@ -113,7 +115,7 @@ def _stored_signature(config: Config) -> str | None:
     return str(pointer["signature"]) if isinstance(pointer, dict) and "signature" in pointer else None
 
 
-def _choose(config: Config, stored: str | None, *, prepare: bool) -> BackendChoice:
+def _choose(config: Config, stored: str | None, *, prepare: bool, announce: bool) -> BackendChoice:
     from syncd.embedding import BACKENDS, cuda_device, model_dim, model_id, onnx_unsupported, resolve_model_path
 
     emb = config.embedding
@@ -126,14 +128,17 @@ def _choose(config: Config, stored: str | None, *, prepare: bool) -> BackendChoi
 
     if emb.backend != "auto":
         choice = make(emb.backend, "set in the config ([embedding] backend)")
-        return _prepared(config, choice) if prepare else choice
+        return _prepared(config, choice, announce=announce) if prepare else choice
     rebuild = ""
     if stored is not None:
         for backend in BACKENDS:
             choice = make(backend, _WHY_KEPT)
             if choice.signature == stored:
                 problem = onnx_unsupported(path) if backend == "torch" else None
-                return make(backend, f"{problem} (the index was built with it)") if problem else choice
+                if problem:
+                    return make(backend, f"{problem} (the index was built with it)")
+                # The index's backend is kept even if its export fails now: never a silent re-embedding.
+                return _prepared(config, choice, announce=announce) if prepare else choice
         rebuild = "the index is rebuilt for changed settings, so it is new: "
     if cuda_device(emb.device):
         return make("torch", f"{rebuild}a GPU device ({emb.device}): int8 quantisation is a CPU optimisation")
@@ -144,12 +149,12 @@ def _choose(config: Config, stored: str | None, *, prepare: bool) -> BackendChoi
     if not prepare:
         return choice
     try:
-        return _prepared(config, choice)
+        return _prepared(config, choice, announce=announce)
     except (SyncdError, OSError) as exc:
         return make("torch", f"{rebuild}the ONNX export failed: {exc}")
 
 
-def _prepared(config: Config, choice: BackendChoice) -> BackendChoice:
+def _prepared(config: Config, choice: BackendChoice, *, announce: bool) -> BackendChoice:
     """``choice`` with the ONNX export it needs done (a visible, one-time step: logged when it runs)."""
     if choice.backend == "torch":
         return choice
@@ -159,10 +164,12 @@ def _prepared(config: Config, choice: BackendChoice) -> BackendChoice:
     assert isinstance(embedder, OnnxEmbedder)
     if embedder.exported:
         return choice
-    log.info("model.exporting", model=config.embedding.model, backend=choice.backend, cache=str(embedder.cache_dir),
-             note="a one-time step (tens of seconds); every later start of this install reuses it")
+    if announce:
+        log.info("model.exporting", model=config.embedding.model, backend=choice.backend,
+                 cache=str(embedder.cache_dir),
+                 note="a one-time step (tens of seconds); every later start of this install reuses it")
     embedder.export()
-    if embedder.export_seconds:
+    if embedder.export_seconds and announce:
         log.info("model.exported", path=str(embedder.onnx_path), seconds=round(embedder.export_seconds, 2))
     return dataclasses.replace(choice, export_seconds=embedder.export_seconds)
 
