@@ -1,12 +1,13 @@
 """Confluence connector: pages of chosen spaces through the REST API (Cloud and Data Center, v1).
 
 * Listing: ``GET /rest/api/content?spaceKey=K&type=page&status=current&expand=version``, followed through
-  ``_links.next``. ``doc_id`` is the page id (stable across renames and moves), the fingerprint and the
-  ``revision`` its ``version.number``, the ``uri`` its web UI link.
+  ``_links.next``. ``doc_id`` is the page id (digits only; stable across renames and moves), the
+  fingerprint and the ``revision`` its ``version.number``, the ``uri`` its web UI link.
 * Content: ``body.storage`` (XHTML with ``ac:``/``ri:`` macros), turned into plain HTML here (code and
   no-format macros become ``<pre>``, macro parameters are dropped) and rendered by syncd's HTML extractor,
   which keeps headings for chunking. Reads fetch 50 pages per request (CQL ``id in (...)``) ahead of the
-  engine (in listing or poll order), so pages are rarely fetched one by one.
+  engine (in listing or poll order), so pages are rarely fetched one by one; the next listing or poll drops
+  what was fetched ahead and not read.
 * Incremental: CQL ``lastmodified >= now("-Nm")`` with N reaching an overlap window before the cursor. CQL
   compares dates in minutes and in the searching user's time zone; a relative date avoids the time zone
   and the overlap covers the minutes. Results already handled (page id and version) are skipped.
@@ -21,7 +22,9 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import math
+import re
 import time
+import urllib.parse
 from collections.abc import Iterator
 from typing import Any, Literal
 
@@ -41,6 +44,14 @@ log = structlog.get_logger("syncd.confluence")
 
 CURSOR_VERSION = 1
 _CACHE_TTL = 120.0
+_PAGE_ID = re.compile(r"[1-9][0-9]{0,18}")
+"""A page id as the listing yields it: ASCII digits without a leading zero. Any other spelling (a query, a
+fragment, a path, leading zeros) would reach the same page under a second id."""
+
+
+def is_page_id(doc_id: str) -> bool:
+    """Whether a doc id can name a Confluence page: a positive 64-bit id written as the listing writes it."""
+    return _PAGE_ID.fullmatch(doc_id) is not None and int(doc_id) < 2**63
 
 
 class ConfluenceConfig(ConnectorConfig):
@@ -161,7 +172,10 @@ class ConfluenceConnector(Connector):
                                  max_backoff=config.max_backoff)
         if auth is not None:
             self.http.client.auth = auth
-        self._cache: dict[str, tuple[float, dict[str, Any]]] = {}
+        self._cache: dict[str, tuple[float, int, dict[str, Any]]] = {}
+        """Read-ahead pages: id -> (fetched at, epoch of the fetch, page)."""
+        self._epoch = 0
+        """Bumped by every listing and poll; a read-ahead page is served only in the epoch its fetch began."""
         self._order: dict[str, int] = {}
         self._order_list: list[str] = []
         self._single: set[str] = set()
@@ -227,8 +241,20 @@ class ConfluenceConnector(Connector):
                         self._listed[f"{page['id']}:{page['version']['number']}"] = _parse_when(when)
         except (RemoteUnavailable, ConnectorError) as exc:
             raise self._failure(exc, "listing pages") from None
+        self._forget_read_ahead()
         self._plan([r.doc_id for r in refs])
         return iter(refs)
+
+    def _forget_read_ahead(self) -> None:
+        """Called once a listing's or a poll's answers are in: pages fetched ahead before then are never served.
+
+        A page fetched ahead may predate an edit that this listing or poll reports; serving it would read as
+        "unchanged", and the cursor would move past the edit. A fetch still in flight began in the old epoch,
+        so it is not served either; one that begins later was answered after this listing or poll, so it is
+        at least as new as anything they reported.
+        """
+        self._epoch += 1
+        self._cache.clear()
 
     def _plan(self, ids: list[str]) -> None:
         self._order_list = list(dict.fromkeys(ids))
@@ -245,7 +271,8 @@ class ConfluenceConnector(Connector):
             "cql": cql, "expand": "body.storage,version,space", "limit": len(ids)})}
 
     def _fetch_one(self, doc_id: str) -> dict[str, Any] | None:
-        response = self._get(f"/rest/api/content/{doc_id}", {"expand": "body.storage,version,space"})
+        response = self._get(f"/rest/api/content/{urllib.parse.quote(doc_id, safe='')}",
+                             {"expand": "body.storage,version,space"})
         if response.status_code == 404:
             return None
         if response.status_code != 200:
@@ -253,6 +280,9 @@ class ConfluenceConnector(Connector):
         return dict(response.json())
 
     def read(self, doc_id: str) -> SourceDocument:
+        if not is_page_id(doc_id):
+            raise DocumentGone("not-a-page-id", doc_id=doc_id, connector=self.name,
+                               detail="a Confluence doc id is a page id: digits only")
         try:
             page = self._read_page(doc_id)
         except DocumentUnavailable:
@@ -263,13 +293,14 @@ class ConfluenceConnector(Connector):
 
     def _read_page(self, doc_id: str) -> dict[str, Any] | None:
         cached = self._cache.pop(doc_id, None)
-        if cached is not None and time.monotonic() - cached[0] < _CACHE_TTL:
-            return cached[1]
-        if doc_id.isdigit() and doc_id in self._order and doc_id not in self._single:
+        if cached is not None and cached[1] == self._epoch and time.monotonic() - cached[0] < _CACHE_TTL:
+            return cached[2]
+        if doc_id in self._order and doc_id not in self._single:
             start = self._order[doc_id]
             batch = [doc_id] + [d for d in self._order_list[start + 1:]
-                                if d not in self._cache and d not in self._single and d.isdigit()][:self.cfg.page_size - 1]
+                                if d not in self._cache and d not in self._single and is_page_id(d)][:self.cfg.page_size - 1]
             if len(batch) > 1:
+                epoch = self._epoch
                 try:
                     pages = self._fetch_batch(batch)
                 except (RemoteUnavailable, ConnectorError):
@@ -277,8 +308,8 @@ class ConfluenceConnector(Connector):
                     pages = {}
                 now = time.monotonic()
                 for pid, page in pages.items():
-                    if pid != doc_id:
-                        self._cache[pid] = (now, page)
+                    if pid != doc_id and pid in batch and epoch == self._epoch:
+                        self._cache[pid] = (now, epoch, page)
                 if doc_id in pages:
                     return pages[doc_id]
         try:
@@ -289,6 +320,9 @@ class ConfluenceConnector(Connector):
     def _document(self, doc_id: str, page: dict[str, Any] | None) -> SourceDocument:
         if page is None:
             raise DocumentGone("deleted", doc_id=doc_id, connector=self.name)
+        if str(page.get("id", doc_id)) != doc_id:
+            raise DocumentGone("not-a-page-id", doc_id=doc_id, connector=self.name,
+                               detail=f"Confluence names this page {page.get('id')}")
         if page.get("status", "current") != "current":
             raise DocumentGone(str(page.get("status")), doc_id=doc_id, connector=self.name)
         space = (page.get("space") or {}).get("key")
@@ -364,6 +398,7 @@ class ConfluenceConnector(Connector):
         self._pending = {"kind": "incremental", "ts": base_ts, "seen": seen_before, "rows": rows,
                          "reconciled_at": cursor.get("reconciled_at", 0)}
         ids = list(dict.fromkeys(pid for _, _, pid in rows))
+        self._forget_read_ahead()
         self._plan(ids)
         return iter([Change(connector=self.name, kind="upsert", doc_id=pid, seen_at=now) for pid in ids])
 

@@ -21,7 +21,15 @@ from typing import Literal
 
 import structlog
 
-from connectors.base import Connector, ConnectorContext, Watch, doc_id_from_name, matches_globs, name_candidates
+from connectors.base import (
+    Connector,
+    ConnectorContext,
+    Watch,
+    doc_id_from_name,
+    is_valid_doc_id,
+    matches_globs,
+    name_candidates,
+)
 from syncd.config import ConnectorConfig, Duration
 from syncd.errors import ConnectorError, DocumentGone, DocumentSkipped, DocumentUnavailable, RootUnavailable
 from syncd.extract import media_type_for
@@ -35,6 +43,9 @@ NETWORK_FS = {"nfs", "nfs4", "cifs", "smb3", "smbfs", "fuse.sshfs", "sshfs", "9p
 # Hidden files, editor swap/backup files and temporary files of atomic saves.
 DEFAULT_IGNORE = [".*", "*~", "*.swp", "*.swx", "*.swo", "*.tmp", "*.temp", "#*#", "4913", "*.part",
                   "*.crdownload", "~$*"]
+
+# Errors of a path that cannot name a file: a name too long, or a file where a folder was expected.
+_NAMES_NOTHING = frozenset({errno.ENAMETOOLONG, errno.ENOTDIR})
 
 
 class FilesystemConfig(ConnectorConfig):
@@ -95,13 +106,30 @@ class FilesystemConnector(Connector):
             return None
         return doc_id_from_name(rel.as_posix()) if rel.parts else None
 
-    def path_of(self, doc_id: str) -> str:
+    def path_of(self, doc_id: str) -> str | None:
         """The absolute path a doc id stands for (a name with non-UTF-8 bytes is kept as ``%XX`` in its id;
-        a file literally named so wins, and the listing leaves the other one out)."""
+        a file literally named so wins, and the listing leaves the other one out).
+
+        None when the id is not one the listing could yield: absolute, with empty, ``.`` or ``..`` parts, a
+        NUL or text that is not Unicode. Such an id names nothing here, and joined to the root it would name
+        a file outside it or a second id for a file inside it.
+        """
+        if not is_valid_doc_id(doc_id) or any(part in ("", ".", "..") for part in doc_id.split("/")):
+            return None
+        return self._join(doc_id)
+
+    def _join(self, doc_id: str) -> str:
+        """``path_of`` without the checks: for a listing's prefix, which is normalised instead."""
         candidates = name_candidates(doc_id)
         if len(candidates) > 1 and not os.path.lexists(os.path.join(os.fsencode(self.root), candidates[0])):
             return os.path.join(str(self.root), os.fsdecode(candidates[1]))
         return os.path.join(str(self.root), doc_id)
+
+    def _through_links(self, path: str) -> bool:
+        """Whether a path under the root passes through a symlinked folder, which the listing never enters:
+        what lies beyond one is outside the root, or inside it under another id."""
+        rel = os.path.relpath(path, self.root)
+        return os.path.realpath(path) != os.path.normpath(os.path.join(os.path.realpath(self.root), rel))
 
     def wants(self, doc_id: str) -> bool:
         """Whether a path (relative to the root) is one this connector indexes."""
@@ -159,16 +187,23 @@ class FilesystemConnector(Connector):
     def list_documents(self, prefix: str = "") -> Iterator[DocumentRef]:
         self._check_root()
         root = str(self.root)
-        start_rel = ""
-        if prefix and os.path.abspath(self.path_of(prefix)) != root:
-            under = self.doc_id_for(self.path_of(prefix))
+        start, start_rel = root, ""
+        if prefix:
+            # A prefix is a folder, written any way that stays under the root ("a/", "./a/../a").
+            if not is_valid_doc_id(prefix):
+                return
+            start = os.path.abspath(self._join(prefix))
+        if start != root:
+            under = self.doc_id_for(start)
             if under is None or (self.cfg.ignore_hidden and
                                  any(matches_globs(part, DEFAULT_IGNORE) for part in under.split("/"))):
                 return  # outside the root, or inside a hidden folder
+            if self._through_links(start):
+                return  # a symlinked folder, or one inside it: the full listing does not enter it either
             start_rel = under + "/"
         # Folders as (absolute path, doc id prefix) strings: doc ids are built by concatenation, not with a
         # Path per file (half the CPU of a no-change pass over 10k files went to pathlib).
-        stack = [(self.path_of(start_rel.rstrip("/")) if start_rel else root, start_rel)]
+        stack = [(start, start_rel)]
         while stack:
             folder, rel_prefix = stack.pop()
             try:
@@ -182,6 +217,12 @@ class FilesystemConnector(Connector):
             except PermissionError:
                 continue  # an unreadable folder: its files cannot be indexed; reported per file when read
             except OSError as exc:
+                if exc.errno == errno.ENAMETOOLONG:
+                    # A prefix, or a folder nested past the longest path the OS opens: read() finds nothing
+                    # there either, so it holds no documents.
+                    if folder != start:
+                        log.warning("filesystem.path_too_long", connector=self.name, folder=rel_prefix)
+                    continue
                 # An I/O error (a flaky network share): the listing would be partial, so none of it counts.
                 raise ConnectorError(f"listing {folder} failed: {exc.strerror or exc}", connector=self.name) from None
             for entry in entries:
@@ -214,14 +255,22 @@ class FilesystemConnector(Connector):
     # -- reading ---------------------------------------------------------------------------------------
     def read(self, doc_id: str) -> SourceDocument:
         path = self.path_of(doc_id)
+        if path is None:
+            raise DocumentGone("not-a-path", doc_id=doc_id, connector=self.name,
+                               detail="absolute, or with empty, '.' or '..' parts: names nothing under the root")
         media_type = media_type_for(doc_id)
         if media_type is None or not self.wants(doc_id):
             raise DocumentGone("excluded", doc_id=doc_id, connector=self.name)
+        if self._through_links(os.path.dirname(path)):
+            raise DocumentGone("not-a-path", doc_id=doc_id, connector=self.name,
+                               detail="a folder on the way is a symlink, which the listing does not follow")
         try:
             lst = os.lstat(path)
         except FileNotFoundError:
             raise DocumentGone("deleted", doc_id=doc_id, connector=self.name) from None
         except OSError as exc:
+            if exc.errno in _NAMES_NOTHING:
+                raise DocumentGone("not-a-path", doc_id=doc_id, connector=self.name, detail=exc.strerror or "") from None
             raise DocumentUnavailable("unreadable", doc_id=doc_id, connector=self.name, detail=exc.strerror or "") from None
         if stat.S_ISLNK(lst.st_mode):
             try:
@@ -242,6 +291,8 @@ class FilesystemConnector(Connector):
             raise DocumentUnavailable("permission-denied", doc_id=doc_id, connector=self.name,
                                       detail="no read permission") from None
         except OSError as exc:
+            if exc.errno in _NAMES_NOTHING:
+                raise DocumentGone("not-a-path", doc_id=doc_id, connector=self.name, detail=exc.strerror or "") from None
             raise DocumentUnavailable("unreadable", doc_id=doc_id, connector=self.name, detail=exc.strerror or "") from None
         try:
             st = os.fstat(fd)

@@ -2,7 +2,8 @@
 
 * First sync (and any full reconcile) lists pages with ``generator=allpages`` and ``prop=info`` (500 titles
   and their latest revids per request, redirects left out); ``read`` fetches content 50 titles per request
-  (read-ahead in listing or poll order) and serves the rest of the batch from a short-lived cache.
+  (read-ahead in listing or poll order) and serves the rest of the batch from a cache that the next listing
+  or poll empties.
 * Incremental sync reads ``list=recentchanges`` (edits, new pages and the delete, restore, move, import and
   merge logs) from a persisted cursor. Timestamps have whole-second resolution and rows may become visible
   out of order, so each poll re-reads an overlap window before the cursor and skips rows already handled,
@@ -11,9 +12,10 @@
 * Page text is the revision's raw wikitext, rendered to plain text by syncd's ``wikitext`` extractor
   (mwparserfromhell): it keeps section headings on exact source lines for chunk citations and needs no
   extra request per page, whereas ``action=parse`` works one page per request.
-* ``doc_id`` is the page title, ``revision`` the revid, ``uri`` the page's canonical URL, and
-  ``content_id`` the revision's sha1: a move (which adds a null revision with a new revid and the same
-  text) is paired by the engine as a rename and embeds nothing. Redirects are never indexed.
+* ``doc_id`` is the page's canonical title (another spelling of it reads as gone), ``revision`` the revid,
+  ``uri`` the page's canonical URL, and ``content_id`` the revision's sha1: a move (which adds a null
+  revision with a new revid and the same text) is paired by the engine as a rename and embeds nothing.
+  Redirects are never indexed.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import time
+import urllib.parse
 from collections.abc import Iterator
 from typing import Any, Literal
 
@@ -29,7 +32,7 @@ import structlog
 from pydantic import SecretStr, field_validator, model_validator
 
 from connectors._http import PoliteClient, RemoteUnavailable, Retryable, parse_retry_after
-from connectors.base import Connector, ConnectorContext
+from connectors.base import Connector, ConnectorContext, is_valid_doc_id
 from syncd import __version__
 from syncd.config import ConnectorConfig, Duration, resolve_secret
 from syncd.errors import ConnectorError, DocumentGone, DocumentSkipped, DocumentUnavailable, RootUnavailable
@@ -47,6 +50,8 @@ _DOWN_GRACE = 30.0
 # Log events that change which pages exist or what they hold. Others (protect, patrol, block...) do not.
 _MALFORMED = (KeyError, IndexError, TypeError, ValueError, AttributeError)
 """What parsing an answer of valid JSON but unexpected shape raises; translated at the connector's edge."""
+_NOT_IN_TITLES = frozenset("|") | frozenset(map(chr, [*range(32), 127]))
+"""Characters no title holds: "|" would split a multi-title request, control characters are never legal."""
 _UPSERT_LOGS = {("delete", "restore"), ("delete", "revision"), ("import", "upload"), ("import", "interwiki"),
                 ("merge", "merge"), ("contentmodel", "change"), ("contentmodel", "new")}
 
@@ -137,13 +142,16 @@ def _format_ts(value: float) -> str:
 class _Page:
     """One page as the content request saw it: a current revision, or why there is none."""
 
-    __slots__ = ("title", "gone", "data", "fetched_at")
+    __slots__ = ("title", "gone", "detail", "data", "fetched_at", "epoch")
 
-    def __init__(self, title: str, *, gone: str = "", data: dict[str, Any] | None = None) -> None:
+    def __init__(self, title: str, *, gone: str = "", detail: str = "", data: dict[str, Any] | None = None,
+                 epoch: int = 0) -> None:
         self.title = title
         self.gone = gone
+        self.detail = detail
         self.data = data or {}
         self.fetched_at = time.monotonic()
+        self.epoch = epoch
 
 
 class MediaWikiConnector(Connector):
@@ -165,6 +173,8 @@ class MediaWikiConnector(Connector):
             max_backoff=config.max_backoff)
         self._logged_in = False
         self._cache: dict[str, _Page] = {}
+        self._epoch = 0
+        """Bumped by every listing and poll; a read-ahead page is served only in the epoch its fetch began."""
         self._order: dict[str, int] = {}
         self._order_list: list[str] = []
         self._single: set[str] = set()
@@ -286,8 +296,20 @@ class MediaWikiConnector(Connector):
             raise self._unavailable(exc, "listing pages") from None
         except _MALFORMED as exc:
             raise self._malformed(exc, "listing pages") from None
+        self._forget_read_ahead()
         self._plan([r.doc_id for r in refs])
         return iter(refs)
+
+    def _forget_read_ahead(self) -> None:
+        """Called once a listing's or a poll's answers are in: pages fetched ahead before then are never served.
+
+        A page fetched ahead may predate an edit that this listing or poll reports; serving it would read as
+        "unchanged", and the cursor would move past the edit. A fetch still in flight began in the old epoch,
+        so it is not served either; one that begins later was answered after this listing or poll, so it is
+        at least as new as anything they reported.
+        """
+        self._epoch += 1
+        self._cache.clear()
 
     def _plan(self, titles: list[str]) -> None:
         """The order in which the engine will read: read-ahead fetches the titles that follow."""
@@ -297,22 +319,37 @@ class MediaWikiConnector(Connector):
 
     # -- reading ---------------------------------------------------------------------------------------
     def _fetch(self, titles: list[str]) -> dict[str, _Page]:
-        """Current revisions of ``titles`` (one request, continued when the answer is large)."""
-        out: dict[str, _Page] = {}
+        """Current revisions of ``titles`` (one request, continued when the answer is large), keyed by the
+        title asked for. A title the API answers under another one (normalised case, spaces, Unicode, a
+        fragment dropped) is another spelling of that page: it reads as gone, so no page is indexed twice."""
+        epoch = self._epoch
+        renamed: dict[str, str] = {}
+        found: dict[str, _Page] = {}
         params = {"action": "query", "titles": "|".join(titles), "prop": "revisions|info", "inprop": "url",
                   "rvprop": "ids|sha1|timestamp|content|contentmodel", "rvslots": "main"}
         for query in self._query_all(params, post=len(titles) > 1):
-            rename = {n["to"]: n["from"] for n in query.get("normalized", [])}
+            for step in query.get("normalized", []) + query.get("converted", []):
+                asked = urllib.parse.unquote(step["from"]) if step.get("fromencoded") else step["from"]
+                renamed.setdefault(asked, step["to"])
             for page in query.get("pages", []):
-                title = rename.get(page.get("title", ""), page.get("title", ""))
+                title = page.get("title", "")
                 if page.get("invalid"):
-                    out[title] = _Page(title, gone="invalid title")
+                    found[title] = _Page(title, gone="invalid title", epoch=epoch)
                 elif page.get("missing"):
-                    out[title] = _Page(title, gone="deleted")
+                    found[title] = _Page(title, gone="deleted", epoch=epoch)
                 elif page.get("redirect"):
-                    out[title] = _Page(title, gone="redirect")
+                    found[title] = _Page(title, gone="redirect", epoch=epoch)
                 elif page.get("revisions"):
-                    out[title] = _Page(title, data=page)
+                    found[title] = _Page(title, data=page, epoch=epoch)
+        out: dict[str, _Page] = {}
+        for asked in titles:
+            title = renamed.get(asked, asked)
+            if title != asked:
+                # The listing and the polls name every page by its canonical title: this is another spelling.
+                out[asked] = _Page(asked, gone="not-canonical", detail=f"the wiki names this page {title!r}",
+                                   epoch=epoch)
+            elif title in found:
+                out[asked] = found[title]
         return out
 
     def _readahead(self, doc_id: str) -> list[str]:
@@ -328,6 +365,9 @@ class MediaWikiConnector(Connector):
         return batch
 
     def read(self, doc_id: str) -> SourceDocument:
+        if not is_valid_doc_id(doc_id) or not _NOT_IN_TITLES.isdisjoint(doc_id):
+            # Not a title the wiki could hold (and "|" would ask for two pages): it names nothing here.
+            raise DocumentGone("invalid title", doc_id=doc_id, connector=self.name)
         try:
             page = self._read_page(doc_id)
             document = self._document(doc_id, page)
@@ -344,7 +384,7 @@ class MediaWikiConnector(Connector):
 
     def _read_page(self, doc_id: str) -> _Page:
         page = self._cache.pop(doc_id, None)
-        if page is not None and time.monotonic() - page.fetched_at < _CACHE_TTL:
+        if page is not None and page.epoch == self._epoch and time.monotonic() - page.fetched_at < _CACHE_TTL:
             return page
         if time.monotonic() < self._down_until:
             raise DocumentUnavailable("wiki-unavailable", doc_id=doc_id, connector=self.name,
@@ -364,7 +404,7 @@ class MediaWikiConnector(Connector):
                                           detail=str(exc)) from None
             raise DocumentUnavailable("fetch-failed", doc_id=doc_id, connector=self.name, detail=str(exc)) from None
         for title, fetched in pages.items():
-            if title != doc_id:
+            if title != doc_id and fetched.epoch == self._epoch:
                 self._cache[title] = fetched
         page = pages.get(doc_id)
         if page is None:
@@ -374,7 +414,7 @@ class MediaWikiConnector(Connector):
 
     def _document(self, doc_id: str, page: _Page) -> SourceDocument:
         if page.gone:
-            raise DocumentGone(page.gone, doc_id=doc_id, connector=self.name)
+            raise DocumentGone(page.gone, doc_id=doc_id, connector=self.name, detail=page.detail)
         data = page.data
         if data.get("ns") not in self.cfg.namespaces:
             raise DocumentGone("excluded", doc_id=doc_id, connector=self.name,
@@ -481,6 +521,7 @@ class MediaWikiConnector(Connector):
                 seen = {self._row_key(r): _parse_ts(r["timestamp"]) for r in rows}
                 high = max([now - self.cfg.overlap, *seen.values()])
                 self._pending = {"kind": "rescan", "ts": high, "seen": seen}
+                self._forget_read_ahead()
                 return iter([Change(connector=self.name, kind="rescan", doc_id="", seen_at=time.time())])
             base_ts = float(cursor["ts"])
             seen_before: dict[str, float] = dict(cursor.get("seen", {}))
@@ -510,6 +551,7 @@ class MediaWikiConnector(Connector):
                 first = latest.get(title, (kind, ts))[1]
                 latest[title] = (kind, first)
         self._pending = {"kind": "incremental", "ts": base_ts, "seen": seen_before, "rows": fresh}
+        self._forget_read_ahead()
         self._plan(list(latest))
         if fresh:
             log.info("mediawiki.polled", connector=self.name, rows=len(fresh), pages=len(latest))

@@ -11,10 +11,10 @@ Every driver offers the same surface, so ``test_contract.py`` runs one suite aga
 * ``expected(doc_id)`` is what a read must return, asked from the source itself.
 * ``bad_inputs()`` creates documents this kind of source can hold but syncd may not be able to index;
   ``outsiders()`` things beside the source that are not its documents; ``aliases(doc_id)`` other spellings
-  of a document's id.
+  of a document's id; ``nameless(doc_id)`` ids that name nothing (not valid, too long, malformed).
 
-What a type documents differently, the driver declares (``watched``, ``reports_deletes``, ``stable_ids``) and
-the suite asserts that documented alternative instead.
+What a type documents differently, the driver declares (``watched``, ``reports_deletes``, ``stable_ids``,
+``lists_prefixes``) and the suite asserts that documented alternative instead.
 
 Imported by name (``from connector_sources import ...``): pytest puts this folder on ``sys.path`` for its test
 module, as it puts ``tests/`` there for ``conftest``, ``gitrepo`` and ``mediawiki_server``.
@@ -27,6 +27,7 @@ import hashlib
 import json
 import os
 import re
+import unicodedata
 import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -75,6 +76,8 @@ class Source:
     """Deletions are reported by the watcher or poll; otherwise a due reconcile's full listing finds them."""
     stable_ids = False
     """A rename keeps the doc id (Confluence page ids) instead of replacing it with a new one."""
+    lists_prefixes = False
+    """``list_documents(prefix)`` lists one folder (the engine's rescan of a folder a watcher reported)."""
     config_path: Path
 
     def __init__(self) -> None:
@@ -129,6 +132,12 @@ class Source:
         """Other spellings of an existing document's id, which the listing never yields; label -> id."""
         raise NotImplementedError
 
+    def nameless(self, doc_id: str) -> dict[str, str]:
+        """Ids that name nothing at the source, whatever it holds (``doc_id`` is an existing document's):
+        ids the engine would refuse, and the malformed ids of this source's kind; label -> id."""
+        return {"empty": "", "NUL": "\x00", "NUL after an existing id": f"{doc_id}\x00",
+                "lone surrogate": f"\udce9{doc_id}"}
+
     def make_reconcile_due(self, connector: Connector) -> None:
         """For a source that reports no deletions: make the connector's next poll its full reconcile."""
 
@@ -137,6 +146,7 @@ class Source:
 class FilesystemSource(Source):
     kind = "filesystem"
     watched = True
+    lists_prefixes = True
 
     def __init__(self, tmp_path: Path) -> None:
         super().__init__()
@@ -193,11 +203,29 @@ class FilesystemSource(Source):
         outside.write_text("A file beside the root folder, not under it.\n")
         (self.root / ".hidden.md").write_text("A hidden file, ignored.\n")
         (self.root / "notes.bin").write_text("No indexable extension.\n")
+        (self.root / "sub").mkdir()
+        (self.root / "sub" / "inside.md").write_text("A file in a folder, so a parent segment can lead out.\n")
+        elsewhere = self.root.parent / "elsewhere"
+        elsewhere.mkdir()
+        (elsewhere / "secret.md").write_text("A file in a folder beside the root, reached by a symlinked folder.\n")
+        (self.root / "linked").symlink_to(elsewhere)
         return {"absolute path outside the root": str(outside), "relative path out of the root": "../outside.md",
+                "parent segments out of an existing folder": "sub/../../outside.md",
+                "absolute path with parent segments": f"{self.root}/../outside.md",
+                "through a symlinked folder out of the root": "linked/secret.md",
                 "hidden file": ".hidden.md", "file type not included": "notes.bin"}
 
     def aliases(self, doc_id: str) -> dict[str, str]:
-        return {"dot segment": f"./{doc_id}", "parent segment": f"sub/../{doc_id}", "trailing slash": f"{doc_id}/"}
+        (self.root / "sub").mkdir(exist_ok=True)
+        (self.root / "mirror").symlink_to(self.root)
+        return {"dot segment": f"./{doc_id}", "parent segment": f"sub/../{doc_id}", "trailing slash": f"{doc_id}/",
+                "doubled slash": f"sub//../{doc_id}", "leading slash": f"/{doc_id}",
+                "absolute path": str(self.root / doc_id), "through a symlinked folder": f"mirror/{doc_id}"}
+
+    def nameless(self, doc_id: str) -> dict[str, str]:
+        return {**super().nameless(doc_id), "name too long": "n" * 300 + ".md",
+                "path too long": "/".join(["d" * 200] * 25) + "/x.md", "a file as a folder": f"{doc_id}/x.md",
+                "the root itself": "."}
 
 
 def _fs_doc_id(name: bytes) -> str:
@@ -218,6 +246,7 @@ def _fs_doc_id(name: bytes) -> str:
 # -- git ---------------------------------------------------------------------------------------------------
 class GitSource(Source):
     kind = "git"
+    lists_prefixes = True
 
     def __init__(self, tmp_path: Path) -> None:
         super().__init__()
@@ -357,8 +386,17 @@ class MediaWikiSource(Source):
 
     def aliases(self, doc_id: str) -> dict[str, str]:
         ns, _, name = doc_id.partition(":")
+        # A page whose title holds composed letters, for their decomposed (NFD) spelling.
+        accented = self._edit(f"{self.prefix}:Crème brûlée", "A page with accents in its title.")
         return {"lower-case first letter": f"{ns}:{name[:1].lower()}{name[1:]}",
-                "lower-case namespace name": f"{ns.lower()}:{name}", "with a fragment": f"{doc_id}#Intro"}
+                "lower-case namespace name": f"{ns.lower()}:{name}", "with a fragment": f"{doc_id}#Intro",
+                "underscore for a trailing space": f"{doc_id}_", "space after the namespace": f"{ns}: {name}",
+                "decomposed Unicode (of another page)": unicodedata.normalize("NFD", accented)}
+
+    def nameless(self, doc_id: str) -> dict[str, str]:
+        return {**super().nameless(doc_id), "two titles": f"{doc_id}|{doc_id}", "fragment only": "#Intro",
+                "control character": f"{doc_id}\x1f", "title too long": f"{self.prefix}:" + "x" * 300,
+                "characters no title holds": f"{self.prefix}:[x]"}
 
 
 # -- Confluence ---------------------------------------------------------------------------------------------
@@ -516,7 +554,14 @@ class ConfluenceSource(Source):
 
     def aliases(self, doc_id: str) -> dict[str, str]:
         return {"with a query": f"{doc_id}?status=current", "parent segment": f"{doc_id}/../{doc_id}",
-                "with a fragment": f"{doc_id}#Intro"}
+                "with a fragment": f"{doc_id}#Intro", "leading zero": f"0{doc_id}", "trailing slash": f"{doc_id}/",
+                "percent-encoded digit": f"%3{doc_id[0]}{doc_id[1:]}", "surrounding spaces": f" {doc_id} ",
+                # Java's Long.parseLong, behind Confluence's REST API, reads full-width digits as digits.
+                "full-width digits": "".join(chr(ord(c) - ord("0") + ord("\uff10")) for c in doc_id)}
+
+    def nameless(self, doc_id: str) -> dict[str, str]:
+        return {**super().nameless(doc_id), "beyond 64 bits": "9" * 25, "zero": "0", "negative": f"-{doc_id}",
+                "not a number": "Alpha"}
 
     def make_reconcile_due(self, connector: Connector) -> None:
         # As if reconcile_interval had passed since the last full id listing.

@@ -36,23 +36,7 @@ from syncd.runtime import Runtime
 from syncd.verify import verify
 
 # Clauses a connector breaks today, found by this suite (strict: a fix turns the test red until the entry goes).
-KNOWN_VIOLATIONS: dict[tuple[str, str], str] = {
-    ("stale read-ahead", "mediawiki"): (
-        "read() serves a page from the read-ahead cache, filled before the edit, for up to 120 s: "
-        "list_documents()/poll() re-plan the order but never drop cached pages that were fetched and not read"),
-    ("stale read-ahead", "confluence"): (
-        "read() serves a page from the read-ahead cache, filled before the edit, for up to 120 s: "
-        "list_documents()/poll() re-plan the order but never drop cached pages that were fetched and not read"),
-    ("outside", "filesystem"): (
-        "path_of() joins the root with the doc id, so an absolute id discards the root and read() returns a "
-        "file outside it (the symlink check guards links only)"),
-    ("alias", "mediawiki"): (
-        "the API normalises the title (first letter, namespace case, fragment) and read() returns the page "
-        "under the id asked for, so one page can be indexed under two ids"),
-    ("alias", "confluence"): (
-        "the doc id is put into the URL path unescaped: '?query', '#fragment' and '/../' spellings fetch the "
-        "page and read() returns it under the id asked for"),
-}
+KNOWN_VIOLATIONS: dict[tuple[str, str], str] = {}
 
 
 def known_violation(request: pytest.FixtureRequest, source: Source, clause: str) -> None:
@@ -183,6 +167,22 @@ def test_a_read_after_a_reported_edit_never_serves_content_fetched_before_it(
     source.edit(b, text)
     source.publish()
     feed.changes(lambda cs: upserted(cs, b), what=f"an edit of {b} to be reported")
+    assert_matches(source, connector.read(b), b, text)
+
+
+def test_a_read_after_a_listing_that_shows_an_edit_never_serves_content_fetched_before_it(
+        source: Source, connector: Connector) -> None:
+    """The same for a full listing (a reconcile): once it shows a new fingerprint, read gives the new content."""
+    a = source.add("delta", "Delta is about dolphins.")
+    b = source.add("epsilon", "Epsilon is about eels.")
+    source.publish()
+    before = listing(connector)
+    connector.read(a)
+
+    text = "Epsilon is about eels, edited: they cross the ocean to spawn."
+    source.edit(b, text)
+    source.publish()
+    assert listing(connector)[b] != before[b]
     assert_matches(source, connector.read(b), b, text)
 
 
@@ -347,6 +347,52 @@ def test_another_spelling_of_a_documents_id_reads_as_gone_so_no_document_is_inde
             problems.append(f"{label} ({doc_id!r}): {type(exc).__name__}: {exc}")
         else:
             problems.append(f"{label} ({doc_id!r}): read {a!r} as {doc.doc_id!r}")
+    assert not problems, problems
+
+
+def test_an_id_that_names_nothing_reads_as_gone_never_as_an_error(source: Source, connector: Connector) -> None:
+    """Ids no listing yields whatever the source holds (empty, NUL, not Unicode, too long, malformed for the
+    kind of source) read as DocumentGone: never a library's exception, and never a retried failure."""
+    a = source.add("alpha", "Alpha is about alpacas.")
+    source.publish()
+    assert set(listing(connector)) == {a}
+    problems = []
+    for label, doc_id in source.nameless(a).items():
+        try:
+            doc = connector.read(doc_id)
+        except DocumentGone:
+            continue
+        except Exception as exc:  # noqa: BLE001 - any other outcome is the finding
+            problems.append(f"{label} ({doc_id!r}): {type(exc).__name__}: {exc}")
+        else:
+            problems.append(f"{label} ({doc_id!r}): read {a!r} as {doc.doc_id!r}")
+    assert not problems, problems
+
+
+def test_a_listing_under_a_prefix_never_leaves_the_full_listing(source: Source, connector: Connector) -> None:
+    """A folder listing (the engine's rescan of a folder) under a prefix outside the root, through a symlinked
+    folder, malformed or not valid yields only documents of the full listing, and never raises."""
+    if not source.lists_prefixes:
+        # Documented: a remote source lists everything at once; its listing takes no prefix.
+        with pytest.raises(TypeError):
+            connector.list_documents("")  # type: ignore[call-arg]
+        return
+    a = source.add("alpha", "Alpha is about alpacas.")
+    ids = {**source.outsiders(), **source.aliases(a), **source.nameless(a)}
+    source.publish()
+    full = listing(connector)
+    prefixes = {f"{label} ({doc_id!r})": doc_id for label, doc_id in ids.items()}
+    prefixes |= {f"folder of {label} ({doc_id!r})": doc_id.rpartition("/")[0] for label, doc_id in ids.items()
+                 if doc_id.rpartition("/")[0]}
+    problems = []
+    for label, prefix in prefixes.items():
+        try:
+            under = {r.doc_id for r in connector.list_documents(prefix)}  # type: ignore[call-arg]
+        except Exception as exc:  # noqa: BLE001 - any outcome but a listing is the finding
+            problems.append(f"{label}: {type(exc).__name__}: {exc}")
+            continue
+        if under - set(full):
+            problems.append(f"{label}: listed {sorted(under - set(full))}")
     assert not problems, problems
 
 
