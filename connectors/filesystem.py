@@ -395,8 +395,10 @@ class FolderWatch(Watch):
 
     def _start(self, mode: str):  # type: ignore[no-untyped-def]
         from watchdog.observers import Observer
+        from watchdog.observers.api import BaseObserver
         from watchdog.observers.polling import PollingObserver
 
+        observer: BaseObserver
         if mode == "poll":
             observer = PollingObserver(timeout=self.connector.cfg.poll_interval)
         else:
