@@ -407,7 +407,7 @@ TOKEN = "contract-token"
 
 
 class FakeConfluence:
-    """The minimum of tests/test_confluence.py's server: pages with versions in spaces, answered in the shapes
+    """The minimum of tests/connectors/test_confluence.py's server: pages with versions in spaces, answered in the shapes
     of Confluence's REST API v1 (``results``, ``_links.next``, ``version.number``/``when``, ``body.storage``)."""
 
     def __init__(self, server: HTTPServer) -> None:

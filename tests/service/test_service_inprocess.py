@@ -34,7 +34,7 @@ from syncd.models import DocumentRef, SourceDocument
 from syncd.notify import notify, watchdog_interval
 from syncd.testing import HashEmbedder
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 # -- a connector the tests steer -------------------------------------------------------------------------

@@ -440,7 +440,7 @@ def test_first_sync_resumes_after_a_crash(tmp_path, repo, make_runtime):
         "os._exit(0)\n"
     )
     proc = subprocess.run([sys.executable, "-c", script, str(cfg)], capture_output=True, text=True, timeout=300,
-                          cwd=Path(__file__).resolve().parent.parent)
+                          cwd=Path(__file__).resolve().parents[2])
     assert proc.returncode == 3, proc.stderr
     assert not (tmp_path / "state" / "connectors" / NAME / "cursor.json").exists()
     rt = make_runtime(cfg)

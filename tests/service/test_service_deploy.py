@@ -16,7 +16,7 @@ import pytest
 
 from syncd import config as config_mod
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 UNIT = REPO / "deploy" / "syncd.service"
 MAX_EXPOSURE = 2.0
 
