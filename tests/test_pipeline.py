@@ -367,7 +367,7 @@ def test_the_reindex_command_never_reads_the_old_index_view(fs_config, docs, mak
         return indexed_docs(self)
 
     monkeypatch.setattr(Store, "indexed_docs", counted)
-    monkeypatch.setattr(runtime, "build_embedder", lambda config: HashEmbedder())
+    monkeypatch.setattr(runtime, "build_embedder", lambda config, backend=None: HashEmbedder())
     code = cli.cmd_reindex(config_mod.load(fs_config), argparse.Namespace(connector=None, json=True))
     assert code == cli.EXIT_OK and reads == []
     after = make_runtime(fs_config)  # an ordinary open reads the view of the new table
