@@ -150,7 +150,10 @@ def test_service_endpoints_notify_reload_and_stop(tmp_path: Path, docs: Path, da
     for key in ("table_version", "fragments", "unindexed_rows", "bytes"):
         assert isinstance(store[key], int) and store[key] >= 0, key
     assert store["bytes"] > 0 and store["fragments"] >= 1 and store["last_reconcile_at"]
-    assert status["embedding"] == {"model": "all-MiniLM-L6-v2", "dim": 384}
+    # The default backend on a new index on a CPU, and why.
+    assert status["embedding"] == {"model": "all-MiniLM-L6-v2", "dim": 384, "backend": "onnx-int8",
+                                   "backend_reason": status["embedding"]["backend_reason"]}
+    assert "new index on a CPU" in status["embedding"]["backend_reason"]
 
     # /metrics parses, and its counters move when a file changes.
     before = metrics(d)
