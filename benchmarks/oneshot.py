@@ -10,6 +10,7 @@ model's fixed start cost, part of ``seconds``). The one-time export (``syncd mod
 cache) is timed once.
 
     python -m benchmarks.oneshot --docs 5000 --repeat 3     # the table in benchmarks/README.md
+    python -m benchmarks.oneshot --report benchmarks/results/oneshot-<timestamp>   # render a run again
 
 The indexes are built once (cached in ``benchmarks/.cache/oneshot-*``) with the stand-in embedder
 (``benchmarks/probe.py``: the packaged model's ids and tokenizer, vectors from a hash of the text) under each
@@ -42,6 +43,9 @@ START, END = "<!-- oneshot:start -->", "<!-- oneshot:end -->"
 BACKENDS = {"torch": {"backend": "torch"}, "default": {}}
 """Each column's ``[embedding]`` section: torch named explicitly; the default names nothing (auto)."""
 QUERY = "how do I promote the replica after a failover"
+IMPORTS = {"import_lancedb": "lancedb", "import_rest_client": "lance_namespace_urllib3_client",
+           "import_torch": "torch, sentence_transformers", "import_onnx": "onnxruntime, tokenizers"}
+"""Imports timed alone, each in a fresh interpreter: the parts of a one-shot command's fixed cost."""
 
 
 def built(seed: int, n: int, column: str) -> Path:
@@ -150,7 +154,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeat", type=int, default=3, help="timed runs of each command (default 3)")
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--no-readme", action="store_true", help="do not write the table into benchmarks/README.md")
+    p.add_argument("--report", metavar="DIR", help="only render an earlier run's results.json (its folder) into "
+                   "report.md and the README")
     args = p.parse_args(argv)
+    if args.report:
+        folder = Path(args.report)
+        table = report(json.loads((folder / "results.json").read_text()), folder.name.removeprefix("oneshot-"))
+        (folder / "report.md").write_text(table)
+        print(table)
+        if not args.no_readme:
+            write_readme(table)
+        return 0
 
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out_dir = HERE / "results" / f"oneshot-{stamp}"
@@ -189,6 +203,8 @@ def main(argv: list[str] | None = None) -> int:
             rows.setdefault("status", []).append(run(syncd(config, "status", "--json"), env))
             rows.setdefault("help", []).append(run(syncd(config, "--help"), env))
             rows.setdefault("run", []).append(daemon_start(config, env))
+            for name, modules in IMPORTS.items():  # what the fixed start cost is made of
+                rows.setdefault(name, []).append(run([PY, "-c", f"import {modules}"], env))
     data = {"docs": args.docs, "repeat": args.repeat, "seed": args.seed, "machine": info, "load_avg": loads,
             "export": export, "results": results}
     (out_dir / "results.json").write_text(json.dumps(data, indent=1))
@@ -196,13 +212,18 @@ def main(argv: list[str] | None = None) -> int:
     (out_dir / "report.md").write_text(table)
     print(table)
     if not args.no_readme:
-        text = README.read_text()
-        if START in text:
-            text = text[: text.index(START)] + START + "\n" + table + END + text[text.index(END) + len(END):]
-        else:
-            text += f"\n{START}\n{table}{END}\n"
-        README.write_text(text)
+        write_readme(table)
     return 0
+
+
+def write_readme(table: str) -> None:
+    """The table between the oneshot markers of benchmarks/README.md (appended with them the first time)."""
+    text = README.read_text()
+    if START in text:
+        text = text[: text.index(START)] + START + "\n" + table + END + text[text.index(END) + len(END):]
+    else:
+        text += f"\n{START}\n{table}{END}\n"
+    README.write_text(text)
 
 
 def report(data: dict[str, Any], stamp: str) -> str:
@@ -240,6 +261,17 @@ def report(data: dict[str, Any], stamp: str) -> str:
         f"| `syncd status` (no daemon) | {cell('torch', 'status')} | {cell('default', 'status')} |",
         f"| `syncd --help` | {cell('torch', 'help')} | {cell('default', 'help')} |",
         f"| `syncd run`: start to `/readyz` 200, RSS then | {cell('torch', 'run')} | {cell('default', 'run')} |",
+        "",
+        "What the fixed start cost is made of: imports alone, each in a fresh interpreter (the model's in its "
+        "column; LanceDB's, which every command that opens the store pays, in both):",
+        "",
+        "| whole process | torch wall | peak RSS | default (onnx-int8) wall | peak RSS |",
+        "|---|---|---|---|---|",
+        f"| `import lancedb` | {cell('torch', 'import_lancedb')} | {cell('default', 'import_lancedb')} |",
+        f"| `import lance_namespace_urllib3_client` (inside `import lancedb`) | {cell('torch', 'import_rest_client')} | "
+        f"{cell('default', 'import_rest_client')} |",
+        f"| the model's libraries: `import torch, sentence_transformers` / `import onnxruntime, tokenizers` | "
+        f"{cell('torch', 'import_torch')} | {cell('default', 'import_onnx')} |",
         "",
         "`model_load_seconds` of `seconds` in the sync summaries (the model's fixed start cost against the "
         "whole run's work, chunks embedded):",
