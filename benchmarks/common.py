@@ -194,7 +194,7 @@ def built_index(seed: int, n: int, *, rebuild: bool = False, backend: str = "tor
     folder.mkdir(parents=True)
     log(f"generating {n} documents (seed {seed}) in {folder}/docs")
     nbytes = write_corpus(folder / "docs", seed, n)
-    config = write_config(folder, **({} if backend == "torch" else {"embedding": {"backend": backend}}))
+    config = write_config(folder, embedding={"backend": backend})
     log(f"indexing {n} documents with `syncd reindex` and the stand-in embedder for the {backend} backend "
         "(cached for later runs)")
     run = run_syncd(config, "reindex", stand_in=True, env={"BENCH_STANDIN_BACKEND": backend})

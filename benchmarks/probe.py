@@ -148,7 +148,7 @@ def main() -> int:
         from syncd import runtime
 
         backend = os.environ.get("BENCH_STANDIN_BACKEND", "torch")
-        runtime.build_embedder = lambda config: StandInEmbedder(backend)  # type: ignore[assignment]
+        runtime.build_embedder = lambda config, **_: StandInEmbedder(backend)  # type: ignore[assignment]
     from syncd.cli import main as cli_main
 
     return cli_main(sys.argv[1:])

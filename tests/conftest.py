@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -23,6 +24,10 @@ from syncd.runtime import Runtime
 from syncd.testing import HashEmbedder
 
 REPO = Path(__file__).resolve().parent.parent
+
+# One ONNX export per test process, shared by every test and the daemons they start (the export is
+# file-locked), instead of one per fresh state folder.
+os.environ.setdefault("SYNCD_MODEL_CACHE", tempfile.mkdtemp(prefix="syncd-model-cache-"))
 
 # The real MediaWiki fixtures (mediawiki, wiki_ns, wiki_client).
 pytest_plugins = ["mediawiki_server"]
