@@ -140,8 +140,8 @@ class StoreConfig(Section):
     """An ANN vector index is built once the table holds this many rows; below it a flat scan is faster."""
     index_when_idle: Duration = 2.0
     """The indexes are brought up to date once the writer has had nothing to do for this long (bringing
-    the full-text index up to date rewrites it, ~0.3-1 s at 140k rows; 0 = only by rows and schedule;
-    else at least 100ms)."""
+    the full-text index up to date rewrites it, the slowest step; 0 = only by rows and schedule; else at
+    least 100ms)."""
     index_every_rows: int = Field(default=16_384, ge=1)
     """... and under a load that never leaves the writer idle, once this many rows are outside them
     (queries scan such rows without the index)."""
@@ -149,10 +149,11 @@ class StoreConfig(Section):
     """Below that, past this many unindexed rows a thread beside the writer (the folder) folds them into one
     index at a time, so no edit waits behind an index update."""
     index_cache_mb: int = Field(default=1024, ge=16)
-    """Memory LanceDB may keep for opened indexes, per process (its own default is 6 GB)."""
+    """Memory LanceDB may keep for opened indexes, per process (its own default is sized for short-lived
+    processes)."""
     metadata_cache_mb: int = Field(default=64, ge=1)
-    """Memory LanceDB may keep for table metadata, per process (its own default, 1 GB, lets a long-lived
-    service grow by ~0.12 MB per commit until it is reached)."""
+    """Memory LanceDB may keep for table metadata, per process (its own default lets a long-lived service
+    grow with every commit until it is reached; benchmarks/diagnostics/lancedb_commit_memory.py)."""
 
     def cache_limits(self) -> dict[str, int]:
         """``Store`` keyword arguments bounding LanceDB's caches."""

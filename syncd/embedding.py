@@ -44,9 +44,8 @@ def plan_batches(lengths: Sequence[int], *, max_texts: int, max_tokens: int) -> 
     ``max_texts`` texts and at most ``max_tokens`` tokens once padded to its longest text (a text longer
     than that goes alone). On a CPU a transformer's cost grows faster than linearly with the padded batch
     (attention is quadratic in its width; large activations leave the caches), so calls of similar, short
-    texts are cheaper per text: 65 mixed chunks of the benchmark corpus take 1.98 s in calls of 64 and
-    1.14 s in calls of 8 with PyTorch here (ONNX int8: 0.83 and 0.52 s), and 400 chunks run 45 vs 59
-    chunks/s (ONNX int8: 140 vs 183)."""
+    texts are cheaper per text (``benchmarks/diagnostics/batch_budget.py`` measures the plans; the figures
+    are in benchmarks/README.md)."""
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
     batches: list[list[int]] = []
     current: list[int] = []
@@ -283,9 +282,9 @@ class SentenceTransformerEmbedder:
                 torch.set_num_threads(self.burst_threads if len(texts) >= BURST_TEXTS else max(1, self.threads))
             model: Any = self._model
             texts = list(texts)
-            # Token counts for the plan: sentence-transformers tokenizes again inside encode(). That costs
-            # ~1% (10 ms for 65 texts, 0.6 s for 3,584, against ~17 ms a text for the model) and buys ~15%:
-            # a plan from character counts ran 400 chunks at 52 chunks/s, from token counts at 61.
+            # Token counts for the plan: sentence-transformers tokenizes again inside encode(). The second
+            # tokenisation is small against the model's time, and a plan from token counts groups texts of
+            # really similar width, which character counts do not (batch_budget.py compares the two).
             lengths = [len(ids) for ids in model.tokenizer(texts, truncation=True,
                                                            max_length=model.max_seq_length)["input_ids"]]
             out = np.zeros((len(texts), self.dim), dtype=np.float32)

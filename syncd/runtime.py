@@ -255,7 +255,7 @@ class Runtime:
         """Open the store; returns True when the index settings changed and a rebuild is needed.
 
         ``load_index=False`` skips reading the engine's view of the indexed documents (a full reindex
-        builds a new table without it; on 100k documents the view costs ~280 MB while being read)."""
+        builds a new table without it, and the view of a large index is costly while being read)."""
         stored = self.store.stored_signature()
         self.store.open(create=True)
         self.store.drop_stale_tables()
