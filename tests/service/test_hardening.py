@@ -24,7 +24,6 @@ from hypothesis import strategies as st
 from test_service_inprocess import connector_status, get, idle, metric, running
 
 from connectors.base import doc_id_from_bytes, name_candidates
-from syncd import config as config_mod
 from syncd.testing import HashEmbedder, SlowEmbedder
 
 FAST_SYNC = {"delete_settle": "0.2s", "stall_after": "2s"}
@@ -215,28 +214,6 @@ def big_document(paragraphs: int, tag: str) -> str:
                        for i in range(paragraphs)) + "\n"
 
 
-def run_with(cfg: Path, embedder: Any) -> Any:
-    from contextlib import contextmanager
-
-    from syncd.service import Service
-
-    @contextmanager
-    def ctx() -> Any:
-        service = Service(config_mod.load(cfg), embedder=embedder)
-        service.start()
-        loop = threading.Thread(target=service.run_forever, daemon=True)
-        loop.start()
-        try:
-            yield service
-        finally:
-            embedder.gate.set()
-            service.stopping.set()
-            loop.join(timeout=60)
-            assert not loop.is_alive()
-
-    return ctx()
-
-
 @pytest.mark.parametrize("then", ["deleted", "rewritten"])
 def test_a_document_deleted_or_rewritten_while_it_is_embedded_is_abandoned_and_the_next_commits(
         tmp_path: Path, docs: Path, monkeypatch: pytest.MonkeyPatch, then: str) -> None:
@@ -245,7 +222,7 @@ def test_a_document_deleted_or_rewritten_while_it_is_embedded_is_abandoned_and_t
     monkeypatch.setattr(pipeline, "EMBED_SLICE", 8)
     cfg = write_config(tmp_path, [{"name": "docs", "type": "filesystem", "path": str(docs)}], sync=FAST_SYNC)
     embedder = SlowEmbedder(HashEmbedder(), seconds_per_text=0.02)
-    with run_with(cfg, embedder) as service:
+    with running(cfg, embedder) as service:
         wait_for(service.ready, what="ready")
         engine = service.runtime.engine
         big = big_document(300, "big")
@@ -281,7 +258,7 @@ def test_a_large_document_never_holds_back_small_ones_and_its_vectors_are_kept_b
     cfg = write_config(tmp_path, [{"name": "docs", "type": "filesystem", "path": str(docs)}],
                        sync={**FAST_SYNC, "embed_budget": 16})
     embedder = SlowEmbedder(HashEmbedder(), seconds_per_text=0.01)
-    with run_with(cfg, embedder) as service:
+    with running(cfg, embedder) as service:
         wait_for(service.ready, what="ready")
         engine = service.runtime.engine
         big = big_document(120, "large")
@@ -312,7 +289,7 @@ def test_a_writer_that_makes_no_progress_shows_stalled_in_status_readyz_page_and
         tmp_path: Path, docs: Path) -> None:
     cfg = write_config(tmp_path, [{"name": "docs", "type": "filesystem", "path": str(docs)}], sync=FAST_SYNC)
     embedder = SlowEmbedder(HashEmbedder())
-    with run_with(cfg, embedder) as service:
+    with running(cfg, embedder) as service:
         wait_for(service.ready, what="ready")
         # An unknown connector is a 400, as in the CLI; a known one answers.
         code, body = get(service, "/search?q=x&connector=nope")

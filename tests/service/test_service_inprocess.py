@@ -116,11 +116,13 @@ def memory_connector_type(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 
 @contextmanager
-def running(config_path: Path) -> Iterator[Any]:
-    """The Service started (not waited for), its main loop in a thread; stopped at exit."""
+def running(config_path: Path, embedder: Any | None = None) -> Iterator[Any]:
+    """The Service started (not waited for), its main loop in a thread; stopped at exit. A gated embedder
+    (``SlowEmbedder``) is let go at exit too."""
     from syncd.service import Service
 
-    service = Service(config_mod.load(config_path), embedder=HashEmbedder())
+    embedder = embedder if embedder is not None else HashEmbedder()
+    service = Service(config_mod.load(config_path), embedder=embedder)
     service.start()
     loop = threading.Thread(target=service.run_forever, daemon=True)
     loop.start()
@@ -129,6 +131,8 @@ def running(config_path: Path) -> Iterator[Any]:
     finally:
         for control in CONTROLS.values():
             control.gate.set()
+        if hasattr(embedder, "gate"):
+            embedder.gate.set()
         service.stopping.set()
         loop.join(timeout=60)
         assert not loop.is_alive()
