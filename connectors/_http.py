@@ -12,7 +12,7 @@ import email.utils
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import httpx
 import structlog
@@ -144,3 +144,46 @@ class PoliteClient:
 
     def close(self) -> None:
         self.client.close()
+
+
+_P = TypeVar("_P")
+
+
+class ReadAhead(Generic[_P]):
+    """Pages a connector fetched ahead of the engine's reads (the titles that follow in the listing's order):
+    each served at most once, within ``ttl`` seconds, and never across a listing or a poll."""
+
+    def __init__(self, ttl: float) -> None:
+        self.ttl = ttl
+        self.epoch = 0
+        """Bumped by every listing and poll; a page is served only in the epoch its fetch began."""
+        self._pages: dict[str, tuple[float, int, _P]] = {}
+
+    def forget(self) -> None:
+        """Called once a listing's or a poll's answers are in: pages fetched ahead before then are never served.
+
+        A page fetched ahead may predate an edit that this listing or poll reports; serving it would read as
+        "unchanged", and the cursor would move past the edit. A fetch still in flight began in the old epoch,
+        so it is not kept either; one that begins later was answered after this listing or poll, so it is
+        at least as new as anything they reported.
+        """
+        self.epoch += 1
+        self._pages.clear()
+
+    def keep(self, key: str, page: _P, epoch: int) -> None:
+        """Keep ``page``, fetched in ``epoch``, unless a listing or poll came since its fetch began."""
+        if epoch == self.epoch:
+            self._pages[key] = (time.monotonic(), epoch, page)
+
+    def take(self, key: str) -> _P | None:
+        """The page kept for ``key`` if it may still be served (then it is gone from the keep)."""
+        entry = self._pages.pop(key, None)
+        if entry is not None and entry[1] == self.epoch and time.monotonic() - entry[0] < self.ttl:
+            return entry[2]
+        return None
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._pages
+
+    def clear(self) -> None:
+        self._pages.clear()

@@ -32,7 +32,7 @@ import httpx
 import structlog
 from pydantic import SecretStr, field_validator
 
-from connectors._http import PoliteClient, RemoteUnavailable, Retryable
+from connectors._http import PoliteClient, ReadAhead, RemoteUnavailable, Retryable
 from connectors.base import Connector, ConnectorContext
 from syncd import __version__
 from syncd.config import ConnectorConfig, Duration, resolve_secret
@@ -172,10 +172,7 @@ class ConfluenceConnector(Connector):
                                  max_backoff=config.max_backoff)
         if auth is not None:
             self.http.client.auth = auth
-        self._cache: dict[str, tuple[float, int, dict[str, Any]]] = {}
-        """Read-ahead pages: id -> (fetched at, epoch of the fetch, page)."""
-        self._epoch = 0
-        """Bumped by every listing and poll; a read-ahead page is served only in the epoch its fetch began."""
+        self._ahead: ReadAhead[dict[str, Any]] = ReadAhead(_CACHE_TTL)
         self._order: dict[str, int] = {}
         self._order_list: list[str] = []
         self._single: set[str] = set()
@@ -241,20 +238,9 @@ class ConfluenceConnector(Connector):
                         self._listed[f"{page['id']}:{page['version']['number']}"] = _parse_when(when)
         except (RemoteUnavailable, ConnectorError) as exc:
             raise self._failure(exc, "listing pages") from None
-        self._forget_read_ahead()
+        self._ahead.forget()
         self._plan([r.doc_id for r in refs])
         return iter(refs)
-
-    def _forget_read_ahead(self) -> None:
-        """Called once a listing's or a poll's answers are in: pages fetched ahead before then are never served.
-
-        A page fetched ahead may predate an edit that this listing or poll reports; serving it would read as
-        "unchanged", and the cursor would move past the edit. A fetch still in flight began in the old epoch,
-        so it is not served either; one that begins later was answered after this listing or poll, so it is
-        at least as new as anything they reported.
-        """
-        self._epoch += 1
-        self._cache.clear()
 
     def _plan(self, ids: list[str]) -> None:
         self._order_list = list(dict.fromkeys(ids))
@@ -292,24 +278,23 @@ class ConfluenceConnector(Connector):
         return self._document(doc_id, page)
 
     def _read_page(self, doc_id: str) -> dict[str, Any] | None:
-        cached = self._cache.pop(doc_id, None)
-        if cached is not None and cached[1] == self._epoch and time.monotonic() - cached[0] < _CACHE_TTL:
-            return cached[2]
+        cached = self._ahead.take(doc_id)
+        if cached is not None:
+            return cached
         if doc_id in self._order and doc_id not in self._single:
             start = self._order[doc_id]
             batch = [doc_id] + [d for d in self._order_list[start + 1:]
-                                if d not in self._cache and d not in self._single and is_page_id(d)][:self.cfg.page_size - 1]
+                                if d not in self._ahead and d not in self._single and is_page_id(d)][:self.cfg.page_size - 1]
             if len(batch) > 1:
-                epoch = self._epoch
+                epoch = self._ahead.epoch
                 try:
                     pages = self._fetch_batch(batch)
                 except (RemoteUnavailable, ConnectorError):
                     self._single.update(batch)  # one bad page must not fail its neighbours
                     pages = {}
-                now = time.monotonic()
                 for pid, page in pages.items():
-                    if pid != doc_id and pid in batch and epoch == self._epoch:
-                        self._cache[pid] = (now, epoch, page)
+                    if pid != doc_id and pid in batch:
+                        self._ahead.keep(pid, page, epoch)
                 if doc_id in pages:
                     return pages[doc_id]
         try:
@@ -398,7 +383,7 @@ class ConfluenceConnector(Connector):
         self._pending = {"kind": "incremental", "ts": base_ts, "seen": seen_before, "rows": rows,
                          "reconciled_at": cursor.get("reconciled_at", 0)}
         ids = list(dict.fromkeys(pid for _, _, pid in rows))
-        self._forget_read_ahead()
+        self._ahead.forget()
         self._plan(ids)
         return iter([Change(connector=self.name, kind="upsert", doc_id=pid, seen_at=now) for pid in ids])
 
@@ -431,4 +416,4 @@ class ConfluenceConnector(Connector):
 
     def close(self) -> None:
         self.http.close()
-        self._cache.clear()
+        self._ahead.clear()

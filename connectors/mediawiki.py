@@ -31,7 +31,7 @@ import httpx
 import structlog
 from pydantic import SecretStr, field_validator, model_validator
 
-from connectors._http import PoliteClient, RemoteUnavailable, Retryable, parse_retry_after
+from connectors._http import PoliteClient, ReadAhead, RemoteUnavailable, Retryable, parse_retry_after
 from connectors.base import Connector, ConnectorContext, is_valid_doc_id
 from syncd import __version__
 from syncd.config import ConnectorConfig, Duration, resolve_secret
@@ -142,7 +142,7 @@ def _format_ts(value: float) -> str:
 class _Page:
     """One page as the content request saw it: a current revision, or why there is none."""
 
-    __slots__ = ("title", "gone", "detail", "data", "fetched_at", "epoch")
+    __slots__ = ("title", "gone", "detail", "data", "epoch")
 
     def __init__(self, title: str, *, gone: str = "", detail: str = "", data: dict[str, Any] | None = None,
                  epoch: int = 0) -> None:
@@ -150,7 +150,6 @@ class _Page:
         self.gone = gone
         self.detail = detail
         self.data = data or {}
-        self.fetched_at = time.monotonic()
         self.epoch = epoch
 
 
@@ -172,9 +171,7 @@ class MediaWikiConnector(Connector):
             rate=config.request_rate, timeout=config.timeout, max_retries=config.max_retries,
             max_backoff=config.max_backoff)
         self._logged_in = False
-        self._cache: dict[str, _Page] = {}
-        self._epoch = 0
-        """Bumped by every listing and poll; a read-ahead page is served only in the epoch its fetch began."""
+        self._ahead: ReadAhead[_Page] = ReadAhead(_CACHE_TTL)
         self._order: dict[str, int] = {}
         self._order_list: list[str] = []
         self._single: set[str] = set()
@@ -296,20 +293,9 @@ class MediaWikiConnector(Connector):
             raise self._unavailable(exc, "listing pages") from None
         except _MALFORMED as exc:
             raise self._malformed(exc, "listing pages") from None
-        self._forget_read_ahead()
+        self._ahead.forget()
         self._plan([r.doc_id for r in refs])
         return iter(refs)
-
-    def _forget_read_ahead(self) -> None:
-        """Called once a listing's or a poll's answers are in: pages fetched ahead before then are never served.
-
-        A page fetched ahead may predate an edit that this listing or poll reports; serving it would read as
-        "unchanged", and the cursor would move past the edit. A fetch still in flight began in the old epoch,
-        so it is not served either; one that begins later was answered after this listing or poll, so it is
-        at least as new as anything they reported.
-        """
-        self._epoch += 1
-        self._cache.clear()
 
     def _plan(self, titles: list[str]) -> None:
         """The order in which the engine will read: read-ahead fetches the titles that follow."""
@@ -322,7 +308,7 @@ class MediaWikiConnector(Connector):
         """Current revisions of ``titles`` (one request, continued when the answer is large), keyed by the
         title asked for. A title the API answers under another one (normalised case, spaces, Unicode, a
         fragment dropped) is another spelling of that page: it reads as gone, so no page is indexed twice."""
-        epoch = self._epoch
+        epoch = self._ahead.epoch
         renamed: dict[str, str] = {}
         found: dict[str, _Page] = {}
         params = {"action": "query", "titles": "|".join(titles), "prop": "revisions|info", "inprop": "url",
@@ -360,7 +346,7 @@ class MediaWikiConnector(Connector):
         for title in self._order_list[start + 1:]:
             if len(batch) >= self.cfg.batch_size:
                 break
-            if title not in self._cache and title not in self._single:
+            if title not in self._ahead and title not in self._single:
                 batch.append(title)
         return batch
 
@@ -383,9 +369,9 @@ class MediaWikiConnector(Connector):
         return document
 
     def _read_page(self, doc_id: str) -> _Page:
-        page = self._cache.pop(doc_id, None)
-        if page is not None and page.epoch == self._epoch and time.monotonic() - page.fetched_at < _CACHE_TTL:
-            return page
+        kept = self._ahead.take(doc_id)
+        if kept is not None:
+            return kept
         if time.monotonic() < self._down_until:
             raise DocumentUnavailable("wiki-unavailable", doc_id=doc_id, connector=self.name,
                                       detail="the wiki did not answer; retried on the next cycle")
@@ -404,8 +390,8 @@ class MediaWikiConnector(Connector):
                                           detail=str(exc)) from None
             raise DocumentUnavailable("fetch-failed", doc_id=doc_id, connector=self.name, detail=str(exc)) from None
         for title, fetched in pages.items():
-            if title != doc_id and fetched.epoch == self._epoch:
-                self._cache[title] = fetched
+            if title != doc_id:
+                self._ahead.keep(title, fetched, fetched.epoch)
         page = pages.get(doc_id)
         if page is None:
             raise DocumentUnavailable("fetch-failed", doc_id=doc_id, connector=self.name,
@@ -521,7 +507,7 @@ class MediaWikiConnector(Connector):
                 seen = {self._row_key(r): _parse_ts(r["timestamp"]) for r in rows}
                 high = max([now - self.cfg.overlap, *seen.values()])
                 self._pending = {"kind": "rescan", "ts": high, "seen": seen}
-                self._forget_read_ahead()
+                self._ahead.forget()
                 return iter([Change(connector=self.name, kind="rescan", doc_id="", seen_at=time.time())])
             base_ts = float(cursor["ts"])
             seen_before: dict[str, float] = dict(cursor.get("seen", {}))
@@ -551,7 +537,7 @@ class MediaWikiConnector(Connector):
                 first = latest.get(title, (kind, ts))[1]
                 latest[title] = (kind, first)
         self._pending = {"kind": "incremental", "ts": base_ts, "seen": seen_before, "rows": fresh}
-        self._forget_read_ahead()
+        self._ahead.forget()
         self._plan(list(latest))
         if fresh:
             log.info("mediawiki.polled", connector=self.name, rows=len(fresh), pages=len(latest))
@@ -590,4 +576,4 @@ class MediaWikiConnector(Connector):
 
     def close(self) -> None:
         self.http.close()
-        self._cache.clear()
+        self._ahead.clear()
