@@ -185,9 +185,9 @@ class EmbeddingConfig(Section):
     backend: Literal["auto", "torch", "onnx", "onnx-int8"] = "auto"
     """auto (the default): a new index on a CPU gets onnx-int8, a GPU or a model ONNX cannot serve gets torch,
     and an existing index keeps the backend it was built with. torch runs sentence-transformers; onnx (fp32,
-    same vectors) and onnx-int8 (dynamic int8 quantisation, 2-3x faster on a CPU; activations are scaled per
-    batch, so a text's vector varies slightly with its batch) run an ONNX Runtime copy of the model, exported
-    once into the state folder (``syncd model prepare``, or the first start). Naming another backend than the
+    same vectors) and onnx-int8 (dynamic int8 quantisation, the fastest on a CPU: benchmarks/README.md;
+    activations are scaled per batch, so a text's vector varies slightly with its batch) run an ONNX Runtime
+    copy of the model, exported once into the state folder (``syncd model prepare``, or the first start). Naming another backend than the
     index's rebuilds it: vectors of different backends are never mixed."""
 
 

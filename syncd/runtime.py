@@ -73,7 +73,7 @@ class BackendChoice:
 _CHOSEN: dict[tuple[str, ...], BackendChoice] = {}
 _CHOSEN_LOCK = threading.Lock()
 
-_WHY_ONNX = ("a new index on a CPU: ONNX int8 runs the same model ~2-3x faster than PyTorch at the same retrieval "
+_WHY_ONNX = ("a new index on a CPU: ONNX int8 runs the same model faster than PyTorch at the same retrieval "
              "quality, and starts without importing torch")
 _WHY_KEPT = ("the index was built with it: an existing index keeps its backend (set [embedding] backend to "
              "change it, which re-embeds everything)")

@@ -29,6 +29,7 @@ import pyarrow as pa
 import structlog
 
 from syncd.errors import StoreError, SyncdError
+from syncd.lazy_imports import import_lancedb
 from syncd.state import read_json, write_json_atomic
 
 POINTER_VERSION = 1
@@ -255,7 +256,7 @@ class Store:
         # LanceDB's Rust logger warns on every hybrid query about a future change of projected score
         # columns; keep the service's logs to what an operator must read.
         os.environ.setdefault("LANCEDB_LOG", "error")
-        import lancedb
+        lancedb = import_lancedb()
 
         if self._db is None:
             kwargs: dict[str, Any] = {}

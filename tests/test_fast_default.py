@@ -22,6 +22,8 @@ from tests.conftest import wait_for, write_config
 pytestmark = pytest.mark.e2e
 
 HEAVY = ("torch", "sentence_transformers", "transformers")
+REST_CLIENT_INIT = "lance_namespace_urllib3_client.api"
+"""Imported only by the package ``__init__`` of LanceDB's REST namespace client, which syncd defers."""
 
 
 @pytest.fixture(scope="module")
@@ -234,11 +236,13 @@ def test_after_the_export_sync_query_and_run_import_neither_torch_nor_sentence_t
     assert json.loads(out.stdout)["docs_added"] == 6
     imported = _imported(out.stderr)
     assert "onnxruntime" in imported and not imported & set(HEAVY)
+    assert "lancedb" in imported and REST_CLIENT_INIT not in imported, "the REST client's __init__ is deferred"
     out = _cli(cfg, "query", "promote the replica", "--json", cache=shared_cache, **profile)
     assert out.returncode == 0, out.stderr[-3000:]
     assert json.loads(out.stdout)["results"]
     imported = _imported(out.stderr)
     assert "onnxruntime" in imported and not imported & set(HEAVY)
+    assert "lancedb" in imported and REST_CLIENT_INIT not in imported
     out = _cli(cfg, "status", cache=shared_cache, **profile)
     assert out.returncode == 0 and not _imported(out.stderr) & {*HEAVY, "onnxruntime"}, "status loads no model"
     daemon = daemon_factory(cfg, env={MODEL_CACHE_ENV: str(shared_cache), **profile}).start()
