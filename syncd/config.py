@@ -187,8 +187,8 @@ class EmbeddingConfig(Section):
     and an existing index keeps the backend it was built with. torch runs sentence-transformers; onnx (fp32,
     same vectors) and onnx-int8 (dynamic int8 quantisation, the fastest on a CPU: benchmarks/README.md;
     activations are scaled per batch, so a text's vector varies slightly with its batch) run an ONNX Runtime
-    copy of the model, exported once into the state folder (``syncd model prepare``, or the first start). Naming another backend than the
-    index's rebuilds it: vectors of different backends are never mixed."""
+    copy of the model, exported once into the state folder (``syncd model prepare``, or the first start).
+    Naming another backend than the index's rebuilds it: vectors of different backends are never mixed."""
 
 
 class ChunkingConfig(Section):
