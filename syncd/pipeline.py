@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -115,6 +116,9 @@ class Engine:
         """Failed attempts in a row of documents that failed for a reason that may pass, by connector."""
         self._held_at: dict[str, float] = {}
         self._lookup_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="syncd-lookup")
+        self.journal_enabled = True
+        """Append every committed change to the store's change journal (off only to measure its cost)."""
+        self._journal_behind = False
 
     # -- index view ------------------------------------------------------------------------------------
     def load_index(self) -> None:
@@ -138,9 +142,13 @@ class Engine:
     def drop_connector(self, name: str) -> int:
         """A connector taken out of the config: its documents leave the index in one commit, and the engine
         forgets it. Returns the number of documents deleted."""
-        keys = [doc_key(name, d) for d in self.docs(name)]
+        docs = self.docs(name)
+        keys = [doc_key(name, d) for d in docs]
         if keys:
-            self.store.apply(self.store.make_rows([]), keys)
+            version = self.store.apply(self.store.make_rows([]), keys)
+            at = time.time()
+            self._journal([_entry(name, d, "deleted", None, info, 0, 0, info.chunks, 0, self.store.table_name,
+                                  version, None, at) for d, info in docs.items()])
         self.index.pop(name, None)
         self._held.pop(name, None)
         self.attempts.pop(name, None)
@@ -365,6 +373,7 @@ class Engine:
         failed: dict[str, str] = {}
         invalid: dict[str, str] = {}
         held = self._held.get(name, {})
+        read_at: dict[str, float] = {}
         for doc_id in dict.fromkeys(doc_ids):
             if count_seen:
                 summary.docs_seen += 1
@@ -376,6 +385,7 @@ class Engine:
                 log.error("document.invalid_id", connector=name, doc_id=shown)
                 continue
             bound = log.bind(connector=name, doc_id=doc_id)
+            read_at[doc_id] = time.time()
             try:
                 doc = connector.read(doc_id)
             except DocumentGone:
@@ -442,11 +452,14 @@ class Engine:
                 new_by_revision.setdefault(plan.doc.identity, []).append(doc_id)
         renamed: set[str] = set()
         renamed_from: set[str] = set()
+        rename_of: dict[str, str] = {}
         for old_id in gone:
             targets = new_by_revision.get(indexed[old_id].identity)
             if targets:
-                renamed.add(targets.pop())
+                new_id = targets.pop()
+                renamed.add(new_id)
                 renamed_from.add(old_id)
+                rename_of[new_id] = old_id
 
         # Vectors: reuse every content hash the store has (or an earlier cycle embedded for a document it
         # deferred), embed the rest once each, smallest documents first within the budget. Hashes the store
@@ -525,10 +538,11 @@ class Engine:
         # Every old row is overwritten when no document is removed and none got fewer chunks: the cheap upsert.
         covers = not gone and not dropped and all(
             p.previous is None or p.previous.chunks <= len(p.chunks) for p in planned.values())
+        version: int | None = None
         if replace:
             commit_start = time.monotonic()
             try:
-                self.store.apply(rows, replace, covers_all_rows=covers)
+                version = self.store.apply(rows, replace, covers_all_rows=covers)
             except StoreError as exc:
                 self._batch_failed(name, list(planned) + gone, exc, summary)
                 return
@@ -538,6 +552,9 @@ class Engine:
 
         # The commit returned: now the view of the index and the state may advance.
         status = self.status[name]
+        table_name = self.store.table_name
+        entries: list[dict[str, Any]] = []
+        paired = {rename_of[d] for d in planned if d in renamed}
         for doc_id, plan in planned.items():
             reused = sum(1 for c in plan.chunks if c.content_hash not in to_embed)
             if plan.previous is None:
@@ -555,6 +572,14 @@ class Engine:
                 summary.chunks_reused += reused
                 self.metrics.chunks_reused.inc(reused)
             self.metrics.docs_synced.labels(connector=name, action=action).inc()
+            before = indexed.get(rename_of[doc_id]) if action == "renamed" else plan.previous
+            # A rename's old rows all go; an edit's rows beyond the new chunk count go.
+            dropped_rows = (before.chunks if action == "renamed" else max(0, before.chunks - len(plan.chunks))
+                            ) if before is not None else 0
+            entries.append(_entry(name, doc_id, action, plan.doc, before, len(plan.chunks) - reused, reused,
+                                  dropped_rows, len(plan.chunks), table_name, version,
+                                  seen.get(doc_id) or read_at.get(doc_id), committed_at,
+                                  old_doc_id=rename_of.get(doc_id) if action == "renamed" else None))
             indexed[doc_id] = IndexedDoc(revision=plan.doc.revision, chunks=len(plan.chunks), identity=plan.doc.identity)
             cstate.fingerprints[doc_id] = [plan.doc.fingerprint, plan.doc.identity]
             cstate.failures.pop(doc_id, None)
@@ -566,6 +591,9 @@ class Engine:
             info = indexed.pop(doc_id)
             cstate.fingerprints.pop(doc_id, None)
             cstate.failures.pop(doc_id, None)
+            if doc_id not in paired:
+                entries.append(_entry(name, doc_id, "deleted", None, info, 0, 0, info.chunks, 0, table_name, version,
+                                      seen.get(doc_id) or read_at.get(doc_id), committed_at))
             if doc_id not in renamed_from:
                 summary.docs_deleted += 1
                 summary.chunks_deleted += info.chunks
@@ -577,6 +605,9 @@ class Engine:
         for doc_id in skipped:
             if (was := indexed.pop(doc_id, None)) is not None:
                 summary.chunks_deleted += was.chunks
+                # No longer indexable (emptied, too large...): its chunks left the index.
+                entries.append(_entry(name, doc_id, "deleted", None, was, 0, 0, was.chunks, 0, table_name, version,
+                                      seen.get(doc_id) or read_at.get(doc_id), committed_at))
             fp = skipped_fp.get(doc_id)
             if fp:
                 # Not read again until it changes: a skip is about the content, not the moment.
@@ -605,6 +636,8 @@ class Engine:
             self.metrics.sync_errors.labels(connector=name).inc()
             _remember(status, "failed", doc_id, committed_at, reason)
         cstate.dirty = True
+        if replace:
+            self._journal(entries, version)
         for doc_id in list(planned) + gone:
             first_seen = seen.get(doc_id)
             if first_seen:
@@ -612,6 +645,27 @@ class Engine:
         if planned or gone:
             log.info("sync.batch_committed", connector=name, upserts=len(planned), deletes=len(gone),
                      embedded=len(to_embed), version=self.store.table.version if replace else None)
+
+    def _journal(self, entries: list[dict[str, Any]], version: int | None = None) -> None:
+        """Append a commit's entries to the change journal. Never fails the batch (it is committed): a failed
+        append leaves the journal behind, and it is brought up to date from the table's version history
+        before the next append (or at the next start, after a crash right here)."""
+        if not self.journal_enabled or not entries:
+            return
+        if os.environ.get("SYNCD_TEST_CRASH_AT"):
+            from syncd.testing import crash_point
+
+            crash_point("journal-append")
+        journal = self.store.journal
+        try:
+            if self._journal_behind:
+                journal.catch_up(until=None if version is None else version - 1)
+                self._journal_behind = False
+            journal.append(entries)
+        except StoreError as exc:
+            self._journal_behind = True
+            log.error("journal.append_failed", error=str(exc), entries=len(entries),
+                      action="brought up to date from the table's versions before the next append")
 
     def _rows(self, name: str, planned: dict[str, _Planned], vectors: Mapping[str, np.ndarray], now: dt.datetime,
               failed: dict[str, str], renamed: set[str]) -> Any:
@@ -808,6 +862,14 @@ class Engine:
                 self.state.connector(name).drop_spill()
             raise
         self.store.switch_to(name_new)
+        if self.journal_enabled:
+            try:
+                # A reindex is not a change set of its own: the journal records, at the new table's version,
+                # the documents whose content differs from the table it replaced (re-embedding alone is no
+                # change), and marks the switch.
+                self.store.journal.catch_up()
+            except StoreError as exc:
+                log.error("journal.catch_up_failed", error=str(exc), action="retried at the next start")
         self.state.save(only_dirty=False)
         if reload_index:
             self.load_index()
@@ -893,6 +955,19 @@ def _record(connector: str, doc_id: str, plan: _Planned, c: Chunk, vector: np.nd
         "modified_at": plan.doc.modified_at,
         "metadata": json.dumps(dict(plan.doc.metadata), sort_keys=True, ensure_ascii=False),
     }
+
+
+def _entry(connector: str, doc_id: str, action: str, doc: SourceDocument | None, before: IndexedDoc | None,
+           embedded: int, reused: int, deleted: int, chunks: int, table: str, version: int | None,
+           seen_at: float | None, committed_at: float, *, old_doc_id: str | None = None) -> dict[str, Any]:
+    """One change journal entry (``syncd.store.journal_schema``); never any chunk text."""
+    return {"connector": connector, "doc_id": doc_id, "action": action, "old_doc_id": old_doc_id,
+            "revision": doc.revision if doc is not None else None,
+            "previous_revision": before.revision if before is not None else None,
+            "identity": doc.identity if doc is not None else None,
+            "previous_identity": before.identity if before is not None else None,
+            "chunks_embedded": embedded, "chunks_reused": reused, "chunks_deleted": deleted, "chunks": chunks,
+            "live_table": table, "table_version": version, "seen_at": seen_at, "committed_at": committed_at}
 
 
 def _remember(status: ConnectorStatus, action: str, doc_id: str, at: float, reason: str | None = None) -> None:

@@ -258,6 +258,10 @@ class Runtime:
         builds a new table without it, and the view of a large index is costly while being read)."""
         stored = self.store.stored_signature()
         self.store.open(create=True)
+        if self.lock is not None:
+            # A crash between a commit and its change journal entries is repaired here, from the table's
+            # versions, before anything else is written.
+            self.store.journal.catch_up()
         self.store.drop_stale_tables()
         if load_index:
             self.engine.load_index()

@@ -434,7 +434,7 @@ class Store:
     # -- writing ---------------------------------------------------------------------------------------
     @translated("writing a batch")
     def apply(self, rows: pa.Table, replace_keys: Sequence[str], *, table: Any = None,
-              covers_all_rows: bool = False) -> None:
+              covers_all_rows: bool = False) -> int | None:
         """Replace every chunk of the documents in ``replace_keys`` with ``rows`` in one commit.
 
         Three forms of the same atomic commit, cheapest first (``benchmarks/diagnostics/commit_forms.py``):
@@ -445,16 +445,19 @@ class Store:
         """
         target = table if table is not None else self.table
         if not replace_keys:
-            return
+            return None
         keys = sorted(set(replace_keys))
         where = "doc_key IN (" + ", ".join(sql_string(k) for k in keys) + ")"
         if rows.num_rows == 0:
-            target.delete(where)
+            result = target.delete(where)
         elif covers_all_rows:
-            target.merge_insert("chunk_id").when_matched_update_all().when_not_matched_insert_all().execute(rows)
+            result = target.merge_insert("chunk_id").when_matched_update_all().when_not_matched_insert_all().execute(rows)
         else:
-            (target.merge_insert("chunk_id").when_matched_update_all().when_not_matched_insert_all()
-             .when_not_matched_by_source_delete(where).execute(rows))
+            result = (target.merge_insert("chunk_id").when_matched_update_all().when_not_matched_insert_all()
+                      .when_not_matched_by_source_delete(where).execute(rows))
+        # The version this commit made (the change journal records it): the commit's own answer, not the
+        # handle's, which a concurrent index update may already have moved past.
+        version = getattr(result, "version", None)
         self.commits_since_maintenance += 1
         if table is None:
             self._commits_on_connection += 1
@@ -465,6 +468,7 @@ class Store:
             self.last_commit_at = time.monotonic()
         if table is None and self.hash_filter is not None and rows.num_rows:
             self.hash_filter.add(h for h in rows["content_hash"].to_pylist() if h)
+        return int(version) if version is not None else int(target.version)
 
     def _reopen_live(self) -> None:
         """The live table on a new connection (``REOPEN_EVERY_COMMITS``): not while a fold or a compaction
@@ -573,13 +577,29 @@ class Store:
 
     # -- searching -------------------------------------------------------------------------------------
     def search(self, vector: np.ndarray | Callable[[], np.ndarray], text: str, *, k: int = 10,
-               connector: str | None = None) -> list[dict[str, Any]]:
+               connector: str | None = None, version: int | None = None) -> list[dict[str, Any]]:
         """Hybrid search: vector and full-text results fused by reciprocal rank (RRF, K = 60, as LanceDB's
         default reranker). ``vector`` may be a callable that embeds the query: the full-text leg then runs
-        on another thread while the model works, so a query costs max(embed, FTS) + vector, not the sum."""
+        on another thread while the model works, so a query costs max(embed, FTS) + vector, not the sum.
+
+        ``version`` searches the live table as that version held it (``version_as_of``). Every result
+        carries ``table_version``, the version it came from: a search of the live table that a commit
+        raced is run again on the version it ended at, so the answer is always one version's."""
+        if version is None:
+            live = self.table
+            seen = int(live.version)
+            results = self._search_on(live, vector, text, k=k, connector=connector)
+            now = int(live.version)
+            if now == seen:
+                return [{**r, "table_version": seen} for r in results]
+            version = now
+        results = self._search_on(self.table_at(version), vector, text, k=k, connector=connector)
+        return [{**r, "table_version": int(version)} for r in results]
+
+    def _search_on(self, table: Any, vector: np.ndarray | Callable[[], np.ndarray], text: str, *, k: int,
+                   connector: str | None) -> list[dict[str, Any]]:
         where = f"connector = {sql_string(connector)}" if connector is not None else None
         columns = ["chunk_id", *RESULT_COLUMNS]
-        table = self.table
 
         def fts() -> list[dict[str, Any]]:
             query = table.search(text, query_type="fts")
@@ -745,7 +765,8 @@ class Store:
             self.table.checkout_latest()
 
     @translated("maintenance")
-    def maintain(self, *, retention_s: float, ann_min_rows: int = 100_000) -> dict[str, Any]:
+    def maintain(self, *, retention_s: float, ann_min_rows: int = 100_000,
+                 keep_versions_for: float = 0.0) -> dict[str, Any]:
         """Compact small fragments, fold new rows into the indexes, prune versions older than ``retention_s``.
 
         Keeps BTree indexes on ``doc_key``, ``doc_id`` and ``chunk_id`` (merges and deletes filter on them)
@@ -760,8 +781,14 @@ class Store:
             # Never 0 while readers exist, and never delete_unverified: a reader may still hold an old version.
             retention = dt.timedelta(seconds=max(retention_s, MIN_VERSION_RETENTION_S))
             created: list[str] = []
+            tagged: dict[str, list[str]] = {}
             try:
-                table.optimize(cleanup_older_than=retention)
+                # Audit retention: the days' last versions are tagged before the clean-up, which keeps tagged
+                # versions and, with retention on, every version of the last hour.
+                tagged = self.tag_daily_versions(keep_versions_for)
+                if keep_versions_for > 0:
+                    retention = max(retention, dt.timedelta(seconds=RECENT_VERSIONS_S))
+                self._optimize(table, retention)
                 existing = {idx.columns[0]: idx for idx in table.list_indices()}
                 rows = int(table.count_rows())
                 if rows > 0:
@@ -777,8 +804,10 @@ class Store:
                         created.append("vector")
                     if created:
                         # New indexes cover the rows present now; optimize() keeps folding later ones in.
-                        table.optimize()
+                        self._optimize(table, retention)
                 self._merge_vector_deltas()
+                if self.journal.exists():
+                    self.journal.maintain(retention_s=retention_s)
             except Exception as exc:  # noqa: BLE001
                 raise StoreError(f"maintenance failed: {exc}") from exc
             self.commits_since_maintenance = 0
@@ -786,7 +815,215 @@ class Store:
             self._fold_pending = []  # every index is up to date
             self.last_maintenance_at = time.time()
             self.maintenance_runs += 1
-        return {"indexes_created": created, "rows": rows}
+        return {"indexes_created": created, "rows": rows, "tags": tagged}
+
+    def _optimize(self, table: Any, older_than: dt.timedelta) -> None:
+        """``table.optimize``: compaction, index updates and the clean-up of versions older than
+        ``older_than``. LanceDB's clean-up refuses to run while a tagged version is old enough to go
+        (audit retention tags versions on purpose), so a tagged table takes Lance's own steps, whose
+        clean-up passes tagged versions by instead."""
+        if not any(True for _ in table.tags.list()):
+            table.optimize(cleanup_older_than=older_than)
+            return
+        import lance
+
+        dataset = lance.dataset(table.to_lance().uri)
+        dataset.optimize.compact_files()
+        dataset.optimize.optimize_indices()
+        dataset = lance.dataset(table.to_lance().uri)
+        dataset.cleanup_old_versions(older_than=older_than, error_if_tagged_old_versions=False)
+        table.checkout_latest()
+
+    # -- history: the change journal, versions as of a time, audit retention ---------------------------------
+    @property
+    def journal(self) -> Journal:
+        """The change journal beside the live table (one per store; survives a reindex)."""
+        found: Journal | None = getattr(self, "_journal", None)
+        if found is None:
+            found = Journal(self)
+            self._journal = found
+        return found
+
+    def _dataset(self, name: str | None = None, version: int | None = None) -> Any:
+        import lance
+
+        table = self.table if name in (None, self.table_name) else self._connect().open_table(name)
+        uri = table.to_lance().uri
+        return lance.dataset(uri, version=version) if version is not None else lance.dataset(uri)
+
+    @translated("reading the table's versions")
+    def versions(self, name: str | None = None) -> list[tuple[int, float]]:
+        """(version, commit time) of every version of the table still kept, oldest first."""
+        table = self.table if name in (None, self.table_name) else self._connect().open_table(name)
+        return sorted((int(v["version"]), _epoch(v["timestamp"]) or 0.0) for v in table.list_versions())
+
+    def version_time(self, name: str, version: int) -> float | None:
+        for v, at in self.versions(name):
+            if v == version:
+                return at
+        return None
+
+    @translated("reading the table's transactions")
+    def version_ops(self, first: int, last: int) -> list[tuple[int, str]]:
+        """(version, Lance operation name) of the live table's versions ``first``..``last`` still kept."""
+        dataset = self._dataset()
+        kept = {v for v, _ in self.versions()}
+        out = []
+        for version in range(first, last + 1):
+            if version not in kept:
+                continue
+            tx = dataset.read_transaction(version)
+            out.append((version, type(tx.operation).__name__ if tx is not None else "Unknown"))
+        return out
+
+    @translated("reading a table version")
+    def doc_states(self, name: str, version: int) -> dict[tuple[str, str], DocState] | None:
+        """Every document of table ``name`` at ``version`` (revision, identity, chunk hashes), or None when
+        that table or version is no longer kept."""
+        if name not in self._table_names():
+            return None
+        if version not in {v for v, _ in self.versions(name)}:
+            return None
+        table = self._connect().open_table(name)
+        table.checkout(version)
+        data = table.search().select(["connector", "doc_id", "revision", "doc_identity", "content_hash"]).limit(
+            None).to_arrow()
+        grouped: dict[tuple[str, str], list[Any]] = {}
+        for conn, doc, rev, ident, h in zip(data["connector"].to_pylist(), data["doc_id"].to_pylist(),
+                                            data["revision"].to_pylist(), data["doc_identity"].to_pylist(),
+                                            data["content_hash"].to_pylist(), strict=True):
+            entry = grouped.setdefault((conn, doc), [rev, ident or rev, 0, set()])
+            entry[0] = max(entry[0] or "", rev or "")
+            entry[2] += 1
+            if h:
+                entry[3].add(h)
+        return {key: DocState(revision=v[0], identity=v[1] or v[0], chunks=v[2], hashes=frozenset(v[3]))
+                for key, v in grouped.items()}
+
+    def table_at(self, version: int) -> Any:
+        """A read-only handle on the live table pinned at ``version`` (a few are kept, newest used last)."""
+        cache: dict[tuple[str, int], Any] = self.__dict__.setdefault("_pinned", {})
+        key = (self.table_name, int(version))
+        handle = cache.pop(key, None)
+        if handle is None:
+            try:
+                handle = self._connect().open_table(self.table_name)
+                handle.checkout(int(version))
+            except Exception as exc:  # noqa: BLE001
+                raise StoreError(f"cannot open {self.table_name} at version {version}: {exc}") from exc
+        cache[key] = handle
+        while len(cache) > PINNED_HANDLES:
+            cache.pop(next(iter(cache)))
+        return handle
+
+    def history_window(self) -> tuple[float | None, list[tuple[int, float]]]:
+        """(the oldest time an as-of can answer, the versions kept from then on). The journal must describe
+        every change since, so nothing older than its start for the live table counts."""
+        versions = self.versions()
+        start = self.journal.start_of(self.table_name) if self.journal.exists() else None
+        if start is None:
+            return None, []
+        usable = [(v, at) for v, at in versions if v >= start[0]]
+        return (usable[0][1] if usable else None), usable
+
+    def version_as_of(self, when: float) -> int:
+        """The kept version that holds exactly what the live table held at ``when`` (unix time).
+
+        Exact or an error: the newest kept version committed at or before ``when`` answers only if the
+        journal records no change committed after it and at or before ``when``; otherwise that moment's
+        version was not kept (older than the hour of every version, and not a day's tagged end)."""
+        oldest, versions = self.history_window()
+        if oldest is None or not versions:
+            raise AsOfUnavailable("no history is kept for this index yet (the change journal starts now)",
+                                  oldest=None)
+        if when < oldest:
+            raise AsOfUnavailable(f"{_iso_z(when)} is before the oldest time available, {_iso_z(oldest)} "
+                                  f"(versions are kept for [audit] keep_versions_for)", oldest=oldest)
+        candidates = [(v, at) for v, at in versions if at <= when]
+        version, _ = candidates[-1]
+        later = [(v, at) for v, at in self.journal.data_versions(self.table_name) if v > version and at <= when]
+        if later:
+            after = [at for v, at in versions if at > when]
+            nearest = _iso_z(candidates[-1][1]) + (f" and {_iso_z(after[0])}" if after else "")
+            raise AsOfUnavailable(
+                f"the index as it was at {_iso_z(when)} is not kept: only the last hour keeps every version, older "
+                f"days keep their last one; the nearest kept states are at {nearest} (the oldest time available is "
+                f"{_iso_z(oldest)}; `syncd history` / /changes list what changed in between)", oldest=oldest)
+        return version
+
+    @translated("tagging daily versions")
+    def tag_daily_versions(self, keep_for_s: float, *, now: float | None = None) -> dict[str, list[str]]:
+        """Tag each past UTC day's last version (``syncd-day-YYYY-MM-DD``) within ``keep_for_s``, and delete
+        the tags retention no longer covers, so that version clean-up keeps exactly those. A day is tagged
+        only when the version after its last one is still kept (or there is none): then it is certainly the
+        day's last."""
+        now = time.time() if now is None else now
+        table = self.table
+        tags = table.tags.list()
+        versions = self.versions()
+        kept = {v for v, _ in versions}
+        created: list[str] = []
+        removed: list[str] = []
+        horizon = now - keep_for_s
+        for name in list(tags):
+            if not name.startswith(AUDIT_TAG_PREFIX):
+                continue
+            try:
+                day = dt.datetime.strptime(name[len(AUDIT_TAG_PREFIX):], "%Y-%m-%d").replace(tzinfo=dt.UTC)
+            except ValueError:
+                continue
+            if keep_for_s <= 0 or (day + dt.timedelta(days=1)).timestamp() < horizon:
+                table.tags.delete(name)
+                removed.append(name)
+        if keep_for_s <= 0 or not versions:
+            return {"created": created, "removed": removed}
+        today = dt.datetime.fromtimestamp(now, dt.UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+        day = max(dt.datetime.fromtimestamp(max(horizon, versions[0][1]), dt.UTC).replace(
+            hour=0, minute=0, second=0, microsecond=0), today - dt.timedelta(days=int(keep_for_s // 86400) + 1))
+        while day < today:
+            end = (day + dt.timedelta(days=1)).timestamp()
+            name = AUDIT_TAG_PREFIX + day.strftime("%Y-%m-%d")
+            before = [v for v, at in versions if at < end]
+            if name not in tags and before and (before[-1] + 1 in kept or before[-1] == versions[-1][0]):
+                table.tags.create(name, before[-1])
+                created.append(name)
+            day += dt.timedelta(days=1)
+        return {"created": created, "removed": removed}
+
+    @translated("reading the audit retention")
+    def audit_retention(self, keep_for_s: float) -> dict[str, Any]:
+        """What /status shows under ``audit``: the journal's size, the kept versions and the oldest as-of time."""
+        oldest, usable = self.history_window()
+        tags = sorted(n for n in self.table.tags.list() if n.startswith(AUDIT_TAG_PREFIX))
+        out: dict[str, Any] = {"keep_versions_for_s": keep_for_s, "oldest_available_at": oldest,
+                               "versions_kept": len(usable), "daily_tags": len(tags),
+                               "oldest_daily_tag": tags[0][len(AUDIT_TAG_PREFIX):] if tags else None,
+                               "versions_bytes": self._versions_bytes()}
+        if self.journal.exists():
+            out["journal"] = self.journal.stats()
+        return out
+
+    def _versions_bytes(self) -> int | None:
+        """Bytes the table's files take on disk (every kept version's data and indexes), local stores only."""
+        if "://" in self.uri and not self.uri.startswith("file://"):
+            return None
+        root = Path(self.table.to_lance().uri.removeprefix("file://"))
+        total = 0
+        for path in root.rglob("*"):
+            try:
+                if path.is_file():
+                    total += path.stat().st_size
+            except OSError:
+                continue
+        return total
+
+
+def _iso_z(ts: float) -> str:
+    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+PINNED_HANDLES = 4
+"""Read-only handles on past versions kept open (as-of queries and provenance replays at the same version)."""
 
 
 SCALAR_INDEX_COLUMNS = ("doc_key", "doc_id", "chunk_id", "content_hash")
@@ -803,3 +1040,395 @@ VERSION_CHECK_EVERY = 16
 """A reader's refreshes between two looks at the table version (for ``REOPEN_EVERY_COMMITS``)."""
 MIN_VERSION_RETENTION_S = 600.0
 """Old versions are kept at least 10 minutes whatever the config says: readers may still be on them."""
+
+
+# -- the change journal and point-in-time reads --------------------------------------------------------------
+# Every committed change of a document is one row of a second LanceDB table beside the chunks
+# (``<table>_changes``): it travels with the index, and it holds no chunk text, so it may be kept far longer
+# than the table versions it points at. Rows are numbered (``seq``) in commit order by the one writer; that
+# number is the /changes paging cursor. Besides document changes the journal holds marks (``kind="mark"``):
+# where it started, and the table and version each reindex or repair brought it to, so that the next start
+# knows exactly which versions of the chunk table it has not described yet.
+
+JOURNAL_SUFFIX = "_changes"
+AUDIT_TAG_PREFIX = "syncd-day-"
+"""Lance tags ``syncd-day-YYYY-MM-DD``: the version live at the end of that UTC day, kept for ``[audit]
+keep_versions_for`` (version clean-up never removes a tagged version)."""
+RECENT_VERSIONS_S = 3600.0
+"""With audit retention on, every version of the last hour is kept (as-of answers at any moment in it)."""
+CONTENT_NEUTRAL_OPS = frozenset({"Rewrite", "CreateIndex", "BaseOperation", "Project", "UpdateConfig",
+                                 "ReserveFragments", "Restore"})
+"""Lance operations that never change what the table holds (compaction, index updates): the repair skips
+them. ``BaseOperation`` is how pylance shows an index commit."""
+ACTIONS = ("added", "changed", "deleted", "renamed", "permissions")
+
+
+def journal_schema() -> pa.Schema:
+    return pa.schema([
+        pa.field("seq", pa.int64(), nullable=False),
+        pa.field("kind", pa.string(), nullable=False),  # "change" or "mark"
+        pa.field("connector", pa.string()),
+        pa.field("doc_id", pa.string()),
+        pa.field("doc_key", pa.string()),
+        pa.field("action", pa.string()),  # a change: ACTIONS; a mark: started, reindexed, repaired, gap
+        pa.field("old_doc_id", pa.string()),
+        pa.field("revision", pa.string()),
+        pa.field("previous_revision", pa.string()),
+        pa.field("identity", pa.string()),
+        pa.field("previous_identity", pa.string()),
+        pa.field("chunks_embedded", pa.int32()),
+        pa.field("chunks_reused", pa.int32()),
+        pa.field("chunks_deleted", pa.int32()),
+        pa.field("chunks", pa.int32()),  # chunks the document has after the change
+        pa.field("live_table", pa.string()),  # the chunk table the version belongs to
+        pa.field("table_version", pa.int64()),
+        pa.field("seen_at", pa.timestamp("us", tz="UTC")),
+        pa.field("committed_at", pa.timestamp("us", tz="UTC")),
+        pa.field("repaired", pa.bool_()),  # written at start-up from the table's version history
+    ])
+
+
+JOURNAL_COLUMNS = [f.name for f in journal_schema()]
+
+
+def _utc(ts: float | None) -> dt.datetime | None:
+    return None if ts is None else dt.datetime.fromtimestamp(ts, dt.UTC)
+
+
+def _epoch(value: Any) -> float | None:
+    """Unix time of an Arrow/LanceDB timestamp (aware UTC, or naive local time as Lance's version list gives)."""
+    if value is None:
+        return None
+    if isinstance(value, dt.datetime):
+        return value.timestamp()
+    return float(value)
+
+
+class AsOfUnavailable(SyncdError):
+    """An as-of time the retained versions cannot answer exactly. ``oldest`` is the oldest time available."""
+
+    def __init__(self, message: str, *, oldest: float | None) -> None:
+        super().__init__(message)
+        self.oldest = oldest
+
+
+@dataclass(frozen=True, slots=True)
+class DocState:
+    """A document as one table version holds it (what the repair compares)."""
+
+    revision: str
+    identity: str
+    chunks: int
+    hashes: frozenset[str]
+
+
+class Journal:
+    """The change journal table of a store (one writer appends; any reader pages through it)."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.name = f"{store.base_table}{JOURNAL_SUFFIX}"
+        self._table: Any = None
+        self._next_seq: int | None = None
+        self.appends = 0
+
+    # -- opening ---------------------------------------------------------------------------------------
+    def exists(self) -> bool:
+        return self.name in self.store._table_names()
+
+    def open(self, *, create: bool = True) -> Any:
+        if self._table is not None:
+            return self._table
+        db = self.store._connect()
+        try:
+            if self.name in self.store._table_names():
+                self._table = db.open_table(self.name)
+            elif create:
+                self._table = db.create_table(self.name, schema=journal_schema(), mode="create", exist_ok=True)
+            else:
+                raise StoreError(f"no change journal at {self.store.uri} (table {self.name!r})")
+        except StoreError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            raise StoreError(f"cannot open the change journal {self.name!r} in {self.store.uri}: {exc}") from exc
+        return self._table
+
+    @property
+    def table(self) -> Any:
+        return self.open()
+
+    def reopen(self) -> None:
+        """Forget the handle (the store moved to a new connection)."""
+        self._table = None
+
+    # -- writing ---------------------------------------------------------------------------------------
+    def _max_seq(self) -> int:
+        data = self.table.search().select(["seq"]).limit(None).to_arrow()
+        if data.num_rows == 0:
+            return 0
+        import pyarrow.compute as pc
+
+        return int(pc.max(data["seq"]).as_py())
+
+    def append(self, entries: Sequence[dict[str, Any]]) -> list[int]:
+        """Append ``entries`` (journal columns; times as unix seconds) in one commit; returns their seqs."""
+        if not entries:
+            return []
+        try:
+            if self._next_seq is None:
+                self._next_seq = self._max_seq() + 1
+            first = self._next_seq
+            rows = []
+            for i, entry in enumerate(entries):
+                row = {name: entry.get(name) for name in JOURNAL_COLUMNS}
+                row["seq"] = first + i
+                row["kind"] = entry.get("kind", "change")
+                row["seen_at"] = _utc(entry.get("seen_at"))
+                row["committed_at"] = _utc(entry.get("committed_at"))
+                row["repaired"] = bool(entry.get("repaired", False))
+                if row["doc_key"] is None and row["connector"] is not None and row["doc_id"] is not None:
+                    row["doc_key"] = doc_key(row["connector"], row["doc_id"])
+                rows.append(row)
+            self.table.add(pa.Table.from_pylist(rows, schema=journal_schema()))
+        except SyncdError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            self._next_seq = None  # read again: the commit may or may not have landed
+            raise StoreError(f"appending to the change journal ({self.name} in {self.store.uri}) failed: {exc}") from exc
+        self._next_seq = first + len(rows)
+        self.appends += 1
+        return list(range(first, first + len(rows)))
+
+    # -- reading ---------------------------------------------------------------------------------------
+    def _where(self, clauses: list[str]) -> str:
+        return " AND ".join(f"({c})" for c in clauses)
+
+    @translated("reading the change journal")
+    def last(self) -> dict[str, Any] | None:
+        """The newest row (a change or a mark), or None for an empty journal."""
+        top = self._max_seq()
+        if top == 0:
+            return None
+        rows = self.table.search().where(f"seq = {top}").select(JOURNAL_COLUMNS).limit(1).to_list()
+        return _row_out(rows[0]) if rows else None
+
+    @translated("reading the change journal")
+    def read(self, *, after: int | None = None, before: int | None = None, since_time: float | None = None,
+             since_version: int | None = None, connector: str | None = None, doc_id: str | None = None,
+             limit: int = 100, newest_first: bool = False, kinds: Sequence[str] = ("change",)) -> list[dict[str, Any]]:
+        """Rows in seq order (or newest first) after/before a seq, filtered. Reads windows of seq numbers, so
+        a page costs about its own size however long the journal is."""
+        clauses = ["kind IN (" + ", ".join(sql_string(k) for k in kinds) + ")"]
+        if since_time is not None:
+            stamp = dt.datetime.fromtimestamp(since_time, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")
+            clauses.append(f"committed_at >= timestamp '{stamp}'")
+        if since_version is not None:
+            clauses.append(f"table_version > {int(since_version)}")
+        if connector is not None:
+            clauses.append(f"connector = {sql_string(connector)}")
+        if doc_id is not None:
+            if connector is not None:
+                clauses.append(f"(doc_key = {sql_string(doc_key(connector, doc_id))} OR "
+                               f"(connector = {sql_string(connector)} AND old_doc_id = {sql_string(doc_id)}))")
+            else:
+                clauses.append(f"(doc_id = {sql_string(doc_id)} OR old_doc_id = {sql_string(doc_id)})")
+        top = self._max_seq()
+        out: list[dict[str, Any]] = []
+        window = max(limit, 64)
+        if newest_first:
+            hi = min(top, (before - 1) if before is not None else top)
+            while hi >= 1 and len(out) < limit:
+                lo = max(1, hi - window + 1)
+                part = self._window(clauses, lo, hi)
+                out.extend(sorted(part, key=lambda r: -r["seq"]))
+                hi = lo - 1
+                window *= 4
+        else:
+            lo = (after + 1) if after is not None else 1
+            while lo <= top and len(out) < limit:
+                hi = min(top, lo + window - 1)
+                part = self._window(clauses, lo, hi)
+                out.extend(sorted(part, key=lambda r: r["seq"]))
+                lo = hi + 1
+                window *= 4
+        return [_row_out(r) for r in out[:limit]]
+
+    def _window(self, clauses: list[str], lo: int, hi: int) -> list[dict[str, Any]]:
+        where = self._where([*clauses, f"seq >= {lo}", f"seq <= {hi}"])
+        return list(self.table.search().where(where).select(JOURNAL_COLUMNS).limit(None).to_list())
+
+    @translated("reading the change journal")
+    def first_seq_since(self, since: float) -> int:
+        """The seq just before the first change committed at or after ``since`` (a /changes start point)."""
+        stamp = dt.datetime.fromtimestamp(since, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")
+        data = self.table.search().where(f"committed_at >= timestamp '{stamp}'").select(["seq"]).limit(None).to_arrow()
+        if data.num_rows == 0:
+            return self._max_seq()
+        import pyarrow.compute as pc
+
+        return int(pc.min(data["seq"]).as_py()) - 1
+
+    @translated("reading the change journal")
+    def data_versions(self, table: str) -> list[tuple[int, float]]:
+        """(table version, commit time) of every change journaled for ``table``, oldest first."""
+        data = (self.table.search().where(f"kind = 'change' AND live_table = {sql_string(table)}")
+                .select(["table_version", "committed_at"]).limit(None).to_arrow())
+        pairs = {(int(v), _epoch(t) or 0.0) for v, t in zip(data["table_version"].to_pylist(),
+                                                          data["committed_at"].to_pylist(), strict=True)}
+        return sorted(pairs)
+
+    @translated("reading the change journal")
+    def start_of(self, table: str) -> tuple[int, float] | None:
+        """(version, time) from which the journal describes every change of ``table``: its first mark."""
+        data = (self.table.search().where(f"kind = 'mark' AND live_table = {sql_string(table)}")
+                .select(["seq", "table_version", "committed_at"]).limit(None).to_arrow())
+        if data.num_rows == 0:
+            return None
+        rows = sorted(data.to_pylist(), key=lambda r: r["seq"])
+        return int(rows[0]["table_version"]), _epoch(rows[0]["committed_at"]) or 0.0
+
+    @translated("reading the change journal's figures")
+    def stats(self) -> dict[str, Any]:
+        table = self.table
+        stats = table.stats()
+        data = table.search().where("kind = 'change'").select(["committed_at"]).limit(None).to_arrow()
+        oldest = None
+        if data.num_rows:
+            import pyarrow.compute as pc
+
+            oldest = _epoch(pc.min(data["committed_at"]).as_py())
+        return {"table": self.name, "entries": int(data.num_rows), "bytes": int(stats["total_bytes"]),
+                "oldest_change_at": oldest}
+
+    @translated("journal maintenance")
+    def maintain(self, *, retention_s: float) -> None:
+        """Merge the journal's small fragments (one per batch) and drop its own old versions: the journal's
+        history is its rows, not its versions."""
+        self.table.optimize(cleanup_older_than=dt.timedelta(seconds=max(retention_s, MIN_VERSION_RETENTION_S)))
+        from lancedb.index import BTree
+
+        existing = {idx.columns[0] for idx in self.table.list_indices()}
+        if "seq" not in existing and self.table.count_rows() > 0:
+            self.table.create_index("seq", config=BTree())
+
+    # -- the repair ------------------------------------------------------------------------------------
+    @translated("bringing the change journal up to date")
+    def catch_up(self, *, until: int | None = None) -> list[dict[str, Any]]:
+        """Describe every version of the live table the journal has not described yet (a crash between a
+        commit and its journal append; a reindex): each data commit after the journal's last mark or change
+        is compared with the version before it, and its document changes are appended, marked ``repaired``.
+        Returns what was appended."""
+        store = self.store
+        live = store.table_name
+        latest = int(store.table.version)
+        if until is not None:
+            latest = min(latest, until)
+        last = self.last()
+        now = time.time()
+        if last is None:
+            self.append([_mark("started", live, latest, now)])
+            return []
+        if last["live_table"] != live:
+            # The live table was replaced (a reindex built it aside): what changed is the difference between
+            # the table the journal described last and the new one.
+            before = store.doc_states(last["live_table"], last["table_version"])
+            after = store.doc_states(live, latest)
+            if before is None or after is None:
+                log.warning("journal.gap", table=last["live_table"], version=last["table_version"],
+                            reason="the table the journal described last is gone; changes in between are unknown")
+                self.append([_mark("gap", live, latest, now)])
+                return []
+            committed = store.version_time(live, latest) or now
+            entries = diff_states(before, after, table=live, version=latest, committed_at=committed, repaired=False)
+            self.append([*entries, _mark("reindexed", live, latest, now)])
+            return entries
+        start = int(last["table_version"])
+        if start >= latest:
+            return []
+        ops = store.version_ops(start + 1, latest)
+        data = [v for v, op in ops if op not in CONTENT_NEUTRAL_OPS]
+        if not data:
+            return []
+        appended: list[dict[str, Any]] = []
+        previous = store.doc_states(live, start)
+        if previous is None:
+            log.warning("journal.gap", table=live, version=start,
+                        reason="the version the journal described last was cleaned up; changes since are unknown")
+            self.append([_mark("gap", live, latest, now)])
+            return []
+        for version in data:
+            current = store.doc_states(live, version)
+            if current is None:
+                continue
+            committed = store.version_time(live, version) or now
+            entries = diff_states(previous, current, table=live, version=version, committed_at=committed,
+                                  repaired=True)
+            previous = current
+            appended.extend(entries)
+        self.append([*appended, _mark("repaired", live, latest, now)])
+        if appended:
+            log.warning("journal.repaired", entries=len(appended), versions=data,
+                        reason="commits the journal had not recorded (a crash between a commit and its journal entry)")
+        return appended
+
+
+def _mark(action: str, table: str, version: int, at: float) -> dict[str, Any]:
+    return {"kind": "mark", "action": action, "live_table": table, "table_version": version, "committed_at": at}
+
+
+def _row_out(row: dict[str, Any]) -> dict[str, Any]:
+    out = dict(row)
+    for key in ("seen_at", "committed_at"):
+        out[key] = _epoch(out.get(key))
+    return out
+
+
+def diff_states(before: dict[tuple[str, str], DocState], after: dict[tuple[str, str], DocState], *, table: str,
+                version: int, committed_at: float, repaired: bool) -> list[dict[str, Any]]:
+    """The journal entries that take a table from ``before`` to ``after`` (documents by (connector, doc_id)):
+    added, changed, deleted, and renamed where a document left and one with the same content appeared."""
+    known_hashes: set[str] = set()
+    for state in before.values():
+        known_hashes.update(state.hashes)
+    gone = {key: state for key, state in before.items() if key not in after}
+    new = {key: state for key, state in after.items() if key not in before}
+    by_identity: dict[tuple[str, str], list[tuple[str, str]]] = {}
+    for key, state in gone.items():
+        by_identity.setdefault((key[0], state.identity), []).append(key)
+    base = {"kind": "change", "live_table": table, "table_version": version, "committed_at": committed_at,
+            "repaired": repaired}
+    entries: list[dict[str, Any]] = []
+
+    def counts(state: DocState) -> dict[str, int]:
+        embedded = sum(1 for h in state.hashes if h not in known_hashes)
+        return {"chunks_embedded": embedded, "chunks_reused": state.chunks - embedded, "chunks": state.chunks}
+
+    renamed_from: set[tuple[str, str]] = set()
+    for key, state in sorted(new.items()):
+        olds = by_identity.get((key[0], state.identity))
+        if olds:
+            old = olds.pop()
+            renamed_from.add(old)
+            entries.append({**base, "connector": key[0], "doc_id": key[1], "action": "renamed", "old_doc_id": old[1],
+                            "revision": state.revision, "previous_revision": before[old].revision,
+                            "identity": state.identity, "previous_identity": before[old].identity,
+                            "chunks_embedded": 0, "chunks_reused": state.chunks,
+                            "chunks_deleted": before[old].chunks, "chunks": state.chunks})
+        else:
+            entries.append({**base, "connector": key[0], "doc_id": key[1], "action": "added",
+                            "revision": state.revision, "identity": state.identity, "chunks_deleted": 0,
+                            **counts(state)})
+    for key, state in sorted(after.items()):
+        was = before.get(key)
+        if was is not None and (was.identity != state.identity or was.hashes != state.hashes):
+            entries.append({**base, "connector": key[0], "doc_id": key[1], "action": "changed",
+                            "revision": state.revision, "previous_revision": was.revision,
+                            "identity": state.identity, "previous_identity": was.identity,
+                            "chunks_deleted": max(0, was.chunks - state.chunks), **counts(state)})
+    for key, state in sorted(gone.items()):
+        if key in renamed_from:
+            continue
+        entries.append({**base, "connector": key[0], "doc_id": key[1], "action": "deleted",
+                        "previous_revision": state.revision, "previous_identity": state.identity,
+                        "chunks_embedded": 0, "chunks_reused": 0, "chunks_deleted": state.chunks, "chunks": 0})
+    return entries

@@ -136,3 +136,18 @@ class FaultyConnector:
         if doc_id in self.fail_read:
             raise self.fail_read[doc_id]
         return self.inner.read(doc_id)  # type: ignore[attr-defined]
+
+
+CRASH_ENV = "SYNCD_TEST_CRASH_AT"
+"""Names a crash point (``journal-append``: after a batch's commit, before its change journal entries)."""
+
+
+def crash_point(name: str) -> None:
+    """Stands in for a power cut or ``kill -9`` at an exact moment no outside signal can hit reliably: when
+    ``$SYNCD_TEST_CRASH_AT`` names this point, the process kills itself with SIGKILL here (no clean-up, no
+    flush, as a real crash). Called by the engine only when that variable is set."""
+    import os
+    import signal
+
+    if os.environ.get(CRASH_ENV) == name:
+        os.kill(os.getpid(), signal.SIGKILL)
