@@ -6,6 +6,7 @@ from typing import Any
 
 from syncd import config as config_mod
 from syncd.config import Config
+from syncd.coordination import shared_store, store_kwargs
 from syncd.store import Store
 
 
@@ -20,7 +21,7 @@ class Index:
         self.query_vectors = QueryVectors(self.embedder, config.embedding.query_cache)
         self.store = Store(config.store_uri, config.state_dir, base_table=config.store.table, dim=self.embedder.dim,
                            signature="", read_consistency_interval=config.store.read_consistency_interval,
-                           **config.store.cache_limits())
+                           **store_kwargs(config, shared_store(config)))
         self.store.open(create=False)
 
     @classmethod

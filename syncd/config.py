@@ -83,6 +83,7 @@ DURATION_FLOORS: dict[str, Floor] = {
     "backoff_max": Floor(_LOOP_S),
     "delete_settle": Floor(_LOOP_S),  # the writer checks held deletions at this period
     "stall_after": Floor(1.0),  # shorter calls every backlog a stall
+    "lease_ttl": Floor(2.0),  # the heartbeat renews at a third of it: shorter races every store round trip
     # Keys every connector type may use, with the same meaning.
     "poll_interval": Floor(_LOOP_S),
     "reconcile_interval": Floor(1.0, zero="only at start"),
@@ -151,6 +152,17 @@ class StoreConfig(Section):
     index_cache_mb: int = Field(default=1024, ge=16)
     """Memory LanceDB may keep for opened indexes, per process (its own default is sized for short-lived
     processes)."""
+    storage_options: dict[str, str] = Field(default_factory=dict)
+    """Options of an object-store URI (``endpoint``, ``region``, ``allow_http``...), passed to LanceDB. No
+    credentials: those come from the standard environment (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``,
+    ...) or from a ``*_env`` key naming the variable that holds one (``aws_secret_access_key_env = "VAR"``)."""
+    lease_ttl: Duration = 15.0
+    """Object stores: how long a connector's ownership outlives its daemon's last heartbeat (a daemon renews
+    its leases every third of this); a daemon killed without stopping is replaced after at most this long."""
+    concurrent_writers: bool = True
+    """Object stores: several daemons may write the store, each owning its connectors through leases kept in
+    the store (which must honour conditional writes). false: this daemon is the store's only writer and takes
+    no leases (the only way to use a store that ignores conditional writes)."""
     metadata_cache_mb: int = Field(default=64, ge=1)
     """Memory LanceDB may keep for table metadata, per process (its own default lets a long-lived service
     grow with every commit until it is reached; benchmarks/diagnostics/lancedb_commit_memory.py)."""
@@ -158,6 +170,39 @@ class StoreConfig(Section):
     def cache_limits(self) -> dict[str, int]:
         """``Store`` keyword arguments bounding LanceDB's caches."""
         return {"index_cache_mb": self.index_cache_mb, "metadata_cache_mb": self.metadata_cache_mb}
+
+    @field_validator("storage_options")
+    @classmethod
+    def _no_secrets(cls, value: dict[str, str]) -> dict[str, str]:
+        from syncd.redact import SECRET_OPTION
+
+        for key in value:
+            if SECRET_OPTION.search(key) and not key.endswith("_env"):
+                raise ValueError(f"{key}: credentials never sit in the config file; name the environment "
+                                 f"variable that holds it ({key}_env = \"VAR\") or use the standard AWS_* "
+                                 "environment variables")
+        return value
+
+    @property
+    def is_object_store(self) -> bool:
+        """The URI names an object store (s3://, gs://, az://...), not a local folder."""
+        return "://" in self.uri and not self.uri.startswith("file://")
+
+    def resolved_storage_options(self) -> dict[str, str]:
+        """``storage_options`` with every ``*_env`` key replaced by the secret its variable holds (registered
+        for redaction: it never appears in a log line or an error)."""
+        from syncd.redact import register_secret
+
+        out: dict[str, str] = {}
+        for key, value in self.storage_options.items():
+            if key.endswith("_env"):
+                secret = resolve_secret(value, key=f"store.storage_options.{key}")
+                assert secret is not None
+                register_secret(secret)
+                out[key.removesuffix("_env")] = secret
+            else:
+                out[key] = value
+        return out
 
     @field_validator("table")
     @classmethod

@@ -7,6 +7,8 @@ import sys
 
 import structlog
 
+from syncd.redact import redact_event
+
 
 def configure(level: str = "info", fmt: str = "auto") -> None:
     numeric = getattr(logging, level.upper(), logging.INFO)
@@ -20,6 +22,7 @@ def configure(level: str = "info", fmt: str = "auto") -> None:
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
+            redact_event,  # after the traceback is text, so a secret in an exception is masked too
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),

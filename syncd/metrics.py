@@ -24,6 +24,8 @@ class Metrics:
         self.backlog = Gauge("syncd_backlog", "Changes seen but not yet committed.", ["connector"], registry=r)
         self.commits = Counter("syncd_store_commits", "LanceDB commits made.", registry=r)
         self.commit_seconds = Histogram("syncd_commit_seconds", "Time of one LanceDB commit.", registry=r)
+        self.commit_retries = Counter("syncd_commit_retries", "Commits replayed because another writer of the store "
+                                      "committed first.", registry=r)
         self.embed_seconds = Histogram("syncd_embed_seconds", "Time of one embedding call.", registry=r)
         self.drift = Gauge("syncd_verify_drift", "Entries found out of sync by the last verify, by kind.", ["kind"],
                            registry=r)

@@ -119,12 +119,18 @@ class Engine:
         self.journal_enabled = True
         """Append every committed change to the store's change journal (off only to measure its cost)."""
         self._journal_behind = False
+        self.only_own_connectors = False
+        """A store shared with other daemons: the index view holds this engine's connectors only."""
+        self.write_guard: Callable[[str], None] | None = None
+        """Called before each commit for a connector; raises (``LeaseLost``) when this engine may not write it."""
 
     # -- index view ------------------------------------------------------------------------------------
     def load_index(self) -> None:
         """Read which documents (and revisions) the store holds."""
         self.index = {name: {} for name in self.connectors}
         for (connector, doc_id), info in self.store.indexed_docs().items():
+            if self.only_own_connectors and connector not in self.connectors:
+                continue
             self.index.setdefault(connector, {})[doc_id] = info
 
     def docs(self, connector: str) -> dict[str, IndexedDoc]:
@@ -145,6 +151,8 @@ class Engine:
         docs = self.docs(name)
         keys = [doc_key(name, d) for d in docs]
         if keys:
+            if self.write_guard is not None:
+                self.write_guard(name)
             version = self.store.apply(self.store.make_rows([]), keys)
             at = time.time()
             self._journal([_entry(name, d, "deleted", None, info, 0, 0, info.chunks, 0, self.store.table_name,
@@ -542,6 +550,8 @@ class Engine:
         if replace:
             commit_start = time.monotonic()
             try:
+                if self.write_guard is not None:
+                    self.write_guard(name)
                 version = self.store.apply(rows, replace, covers_all_rows=covers)
             except StoreError as exc:
                 self._batch_failed(name, list(planned) + gone, exc, summary)

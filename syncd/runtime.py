@@ -111,7 +111,10 @@ def choose_backend(config: Config, *, prepare: bool = True, announce: bool = Tru
 
 
 def _stored_signature(config: Config) -> str | None:
-    pointer = read_json(config.state_dir / "store.json")
+    from syncd.coordination import SharedFacts, shared_store
+
+    shared = shared_store(config) if config.store.is_object_store else None
+    pointer = SharedFacts(shared).read() if shared is not None else read_json(config.state_dir / "store.json")
     return str(pointer["signature"]) if isinstance(pointer, dict) and "signature" in pointer else None
 
 
@@ -174,31 +177,48 @@ def _prepared(config: Config, choice: BackendChoice, *, announce: bool) -> Backe
     return dataclasses.replace(choice, export_seconds=embedder.export_seconds)
 
 
-class WriterLock:
-    """An exclusive flock on ``<state>/writer.lock``: one writer per store. The kernel drops it on crash."""
+class StoreFolderLocked(SyncdError):
+    """Another syncd process, with another state folder, writes this local store folder."""
 
-    def __init__(self, state_dir: Path) -> None:
-        self.path = state_dir / "writer.lock"
+
+class WriterLock:
+    """An exclusive flock on ``<state>/writer.lock``: one writer per store. The kernel drops it on crash.
+
+    ``store_folder``: the lock a local store folder itself holds (``<store>/.syncd-writer.lock``), so two
+    daemons with different state folders cannot both write one folder (a local folder has no leases)."""
+
+    def __init__(self, state_dir: Path, *, store_folder: Path | None = None) -> None:
+        self.store_folder = store_folder
+        self.path = store_folder / ".syncd-writer.lock" if store_folder is not None else state_dir / "writer.lock"
+        self.state_dir = state_dir
         self._fd: int | None = None
 
     def acquire(self) -> None:
         from syncd.errors import ConfigError
 
+        key = "store.uri" if self.store_folder is not None else "state.dir"
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as exc:  # the first write to the state folder: a file there, or read-only
-            raise ConfigError(f"state.dir: cannot write {self.path}: {exc.strerror or exc}", key="state.dir") from None
+        except OSError as exc:  # the first write to the folder: a file there, or read-only
+            raise ConfigError(f"{key}: cannot write {self.path}: {exc.strerror or exc}", key=key) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.read(fd, 64).decode(errors="replace").strip() or "?"
+            holder = os.read(fd, 4096).decode(errors="replace").strip() or "?"
             os.close(fd)
+            if self.store_folder is not None:
+                pid, _, state = holder.partition(" ")
+                raise StoreFolderLocked(
+                    f"store.uri: another syncd process (pid {pid}, state folder {state or '?'}) writes the store "
+                    f"folder {self.store_folder}; a local folder takes one daemon (several daemons share an "
+                    "object store: s3://, gs://, az://)") from None
             raise WriterLocked(
                 f"another syncd process (pid {holder}) is writing this store; stop it or use `syncd status`"
             ) from None
         os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
+        record = str(os.getpid()) if self.store_folder is None else f"{os.getpid()} {self.state_dir}"
+        os.write(fd, record.encode())
         self._fd = fd
 
     def release(self) -> None:
@@ -215,12 +235,25 @@ class Runtime:
                  metrics: Metrics | None = None, prepare: bool | None = None) -> None:
         """``prepare`` (default: ``lock``, i.e. for writers) does the ONNX export the backend needs now;
         readers (status, verify) never export or import a model library."""
+        from syncd.coordination import Heartbeat, Leases, shared_store, store_kwargs
+
         self.config = config
         self.state = StateDir(config.state_dir)
         self.lock = WriterLock(config.state_dir) if lock else None
+        self.folder_lock: WriterLock | None = None
+        self.leases: Leases | None = None
+        self.heartbeat: Heartbeat | None = None
+        self.stopping = threading.Event()
         if self.lock is not None:
             self.lock.acquire()
         try:
+            self.shared = shared_store(config)
+            """The store's ``_syncd/`` folder on an object store (None for a local folder)."""
+            if lock and self.shared is None:
+                self.folder_lock = WriterLock(config.state_dir, store_folder=Path(config.store_uri))
+                self.folder_lock.acquire()
+            if lock and self.shared is not None:
+                self._take_leases(config)
             if embedder is None:
                 self.backend = choose_backend(config, prepare=lock if prepare is None else prepare)
                 embedder = build_embedder(config, backend=self.backend.backend)
@@ -238,7 +271,9 @@ class Runtime:
                     embedder.on_load = metrics.model_load_seconds.set
             self.signature = signature(config, self.embedder.model_id, self.embedder.dim)
             self.store = Store(config.store_uri, config.state_dir, base_table=config.store.table,
-                               dim=self.embedder.dim, signature=self.signature, **config.store.cache_limits())
+                               dim=self.embedder.dim, signature=self.signature, **store_kwargs(config, self.shared))
+            if metrics is not None:
+                self.store.on_commit_retry = metrics.commit_retries.inc
             self.store.retired_retention_s = config.sync.version_retention
             self.chunker = Chunker(self.embedder.token_counter(), max_tokens=config.chunking.max_tokens,
                                    overlap_tokens=config.chunking.overlap_tokens, model_id=self.embedder.model_id)
@@ -247,9 +282,62 @@ class Runtime:
                                  connectors=self.connectors, state=self.state, limits=config.limits,
                                  max_batch_docs=config.sync.max_batch_docs,
                                  max_delete_fraction=config.sync.max_delete_fraction, metrics=metrics)
+            if self.shared is not None:
+                # The table holds other daemons' connectors too: this engine sees and writes only its own.
+                self.engine.only_own_connectors = True
+            if self.leases is not None:
+                self.engine.write_guard = self._may_write
         except BaseException:
             self.close()
             raise
+
+    def _take_leases(self, config: Config) -> None:
+        """Object store: reachable, honouring conditional writes, and this config's connectors owned here."""
+        from syncd.coordination import Heartbeat, Leases
+
+        assert self.shared is not None
+        import syncd.redact as redact_mod
+
+        redact_mod.register_environment()
+        self.shared.check()
+        if not config.store.concurrent_writers:
+            return
+        leases = Leases(self.shared, ttl=config.store.lease_ttl)
+        self.shared.check_conditional_writes(leases.daemon_id)
+        leases.acquire_connectors([cc.name for cc in config.connectors], stopping=self.stopping)
+        self.leases = leases
+        leases.acquire("maintenance", wait=False)
+        leases.write_heartbeat()
+        log.info("store.leases", daemon=leases.daemon_id, connectors=leases.connectors(),
+                 maintenance=leases.maintainer, ttl_s=config.store.lease_ttl)
+        self.heartbeat = Heartbeat(leases, self.stopping)
+        self.heartbeat.start()
+
+    def _may_write(self, connector: str) -> None:
+        """Before a commit for ``connector``: this daemon still owns it (its lease renewed within the TTL)."""
+        from syncd.coordination import LeaseLost
+
+        if self.leases is not None and not self.leases.holds_connector(connector):
+            holder = self.leases.lost.get(f"connector-{connector}", "")
+            raise LeaseLost(f"connector {connector!r}: this daemon's lease is not renewed"
+                            + (f" (daemon {holder} holds it now)" if holder else " (the store did not answer)"))
+
+    def add_connector_lease(self, name: str) -> None:
+        """A connector added by a reload: owned here first (``ConnectorHeld`` if another daemon has it)."""
+        if self.leases is not None:
+            self.leases.acquire(f"connector-{name}", stopping=self.stopping)
+
+    def drop_connector_lease(self, name: str) -> None:
+        if self.leases is not None:
+            self.leases.release(f"connector-{name}")
+
+    def daemons(self) -> list[dict[str, Any]] | None:
+        """The store's live daemons (``store.daemons``); None for a local folder."""
+        from syncd.coordination import live_daemons
+
+        if self.shared is None:
+            return None
+        return live_daemons(self.shared)
 
     def open(self, *, load_index: bool = True) -> bool:
         """Open the store; returns True when the index settings changed and a rebuild is needed.
@@ -282,5 +370,13 @@ class Runtime:
             connector.close()
         if getattr(self, "state", None) is not None:
             self.state.save()
+        self.stopping.set()
+        if self.heartbeat is not None:
+            self.heartbeat.stop()
+        if self.leases is not None:
+            self.leases.close()  # after the last commit: a successor takes the connectors at once
+            self.leases = None
+        if self.folder_lock is not None:
+            self.folder_lock.release()
         if self.lock is not None:
             self.lock.release()

@@ -5,9 +5,15 @@ with ``when_not_matched_by_source_delete`` scoped to the documents in the batch:
 document in a batch are replaced, and deleted documents removed, in a single atomic commit.
 Filters never contain raw document ids: they use ``doc_key``, a hex hash of (connector, doc_id).
 
-The live table's name sits in ``<state>/store.json`` with the signature of the settings it was built
-with (model, dimension, chunking). A reindex builds a new table aside and switches that pointer with an
-atomic rename, so readers always open a complete table.
+The live table's name sits in ``<state>/store.json`` (in ``<uri>/_syncd/store.json`` on an object store,
+where every daemon sharing the store reads it) with the signature of the settings it was built with
+(model, dimension, chunking). A reindex builds a new table aside and switches that pointer with an atomic
+rename, so readers always open a complete table.
+
+``chunk_id`` is non-null and Lance's unenforced primary key: writers committing the same new keys at once
+then cannot both insert them. Commits that lose a race with another writer's ("too many concurrent
+writers", "incompatible transaction", "commit result unknown") are replayed on the latest version: a batch
+is idempotent (merge on ``chunk_id``), and Lance leaves no partial rows of a failed commit.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ import structlog
 
 from syncd.errors import StoreError, SyncdError
 from syncd.lazy_imports import import_lancedb
+from syncd.redact import redact
 from syncd.state import read_json, write_json_atomic
 
 POINTER_VERSION = 1
@@ -69,16 +76,51 @@ def translated(what: str) -> Callable[[_F], _F]:
             except SyncdError:
                 raise
             except Exception as exc:  # noqa: BLE001 - the one place a library error of any class is caught
-                raise StoreError(f"{what} ({self.table_name} in {self.uri}) failed: {exc}") from exc
+                raise StoreError(redact(f"{what} ({self.table_name} in {self.uri}) failed: {exc}")) from exc
 
         return wrapper  # type: ignore[return-value]
 
     return decorate
 
 
+PRIMARY_KEY = {b"lance-schema:unenforced-primary-key": b"true"}
+"""Field metadata marking ``chunk_id`` as the table's primary key (Lance then refuses a concurrent commit that
+would insert a key another commit inserted, instead of keeping both)."""
+
+RETRYABLE = ("too many concurrent writers", "incompatible transaction", "commit result", "commit conflict",
+             "conflicting", "concurrent transaction")
+"""Commit errors that mean another writer committed first (FACTS.md, "Beyond one machine"): replayed."""
+COMMIT_ATTEMPTS = 10
+"""Attempts of one commit before it fails as a transient store error (the batch is then retried later)."""
+
+
+def retryable(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return any(s in text for s in RETRYABLE)
+
+
+class PointerFile:
+    """The store's shared facts (live table, signature) as a JSON file in the state folder."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def read(self) -> dict[str, Any] | None:
+        data = read_json(self.path)
+        return data if isinstance(data, dict) else None
+
+    def write(self, doc: dict[str, Any]) -> None:
+        write_json_atomic(self.path, doc)
+
+    def create(self, doc: dict[str, Any]) -> None:
+        """Write ``doc`` unless there is a pointer already."""
+        if self.read() is None:
+            self.write(doc)
+
+
 def schema(dim: int) -> pa.Schema:
     return pa.schema([
-        pa.field("chunk_id", pa.string(), nullable=False),
+        pa.field("chunk_id", pa.string(), nullable=False, metadata=PRIMARY_KEY),
         pa.field("doc_key", pa.string(), nullable=False),
         pa.field("doc_id", pa.string(), nullable=False),
         pa.field("connector", pa.string(), nullable=False),
@@ -211,8 +253,16 @@ class Store:
 
     def __init__(self, uri: str, state_dir: Path, *, base_table: str, dim: int, signature: str,
                  read_consistency_interval: float | None = None, index_cache_mb: int = 1024,
-                 metadata_cache_mb: int = 64) -> None:
+                 metadata_cache_mb: int = 64, storage_options: dict[str, str] | None = None,
+                 facts: Any = None) -> None:
         self.uri = uri
+        self.storage_options = dict(storage_options or {})
+        self.facts = facts if facts is not None else PointerFile(state_dir / "store.json")
+        """Where the live table's name and the signature are kept: ``PointerFile`` or, on an object store,
+        ``coordination.SharedFacts`` (every daemon sharing the store reads the same)."""
+        self.commit_retries = 0
+        """Commits replayed because another writer committed first (``syncd_commit_retries_total``)."""
+        self.on_commit_retry: Callable[[], None] | None = None
         self.index_cache_mb = index_cache_mb
         self.metadata_cache_mb = metadata_cache_mb
         self.state_dir = state_dir
@@ -267,14 +317,16 @@ class Store:
             self.session = lancedb.Session(index_cache_size_bytes=self.index_cache_mb << 20,
                                            metadata_cache_size_bytes=self.metadata_cache_mb << 20)
             kwargs["session"] = self.session
+            if self.storage_options:
+                kwargs["storage_options"] = self.storage_options
             try:
                 self._db = lancedb.connect(self.uri, **kwargs)
             except Exception as exc:  # noqa: BLE001 - lancedb raises OSError, ValueError, RuntimeError...
-                raise StoreError(f"cannot open store {self.uri}: {exc}") from exc
+                raise StoreError(redact(f"cannot open store {self.uri}: {exc}")) from exc
         return self._db
 
     def pointer(self) -> dict[str, Any] | None:
-        data = read_json(self.pointer_path)
+        data = self.facts.read()
         return data if isinstance(data, dict) else None
 
     def stored_signature(self) -> str | None:
@@ -296,18 +348,35 @@ class Store:
             if name in self._table_names():
                 self._table = db.open_table(name)
             elif create:
-                self._table = self._create(name)
-                write_json_atomic(self.pointer_path, self._pointer_doc(name))
+                self._table = self._create(name, shared=True)
+                self.facts.create(self._pointer_doc(name))
             else:
                 raise StoreError(f"no index at {self.uri} (table {name!r}); run `syncd sync` first")
         except StoreError:
             raise
         except Exception as exc:  # noqa: BLE001
-            raise StoreError(f"cannot open table {name!r} in {self.uri}: {exc}") from exc
+            raise StoreError(redact(f"cannot open table {name!r} in {self.uri}: {exc}")) from exc
         self.table_name = name
         self.hash_filter = None
         if pointer is None and create:
-            write_json_atomic(self.pointer_path, self._pointer_doc(name))
+            self.facts.create(self._pointer_doc(name))
+        if create:
+            self.ensure_primary_key()
+
+    @translated("marking chunk_id as the primary key")
+    def ensure_primary_key(self) -> bool:
+        """A table made before ``chunk_id`` was the primary key gets the mark (one metadata commit; the column
+        has always been non-null). True if it was added."""
+        field = self._table.schema.field("chunk_id")
+        if (field.metadata or {}).get(b"lance-schema:unenforced-primary-key") == b"true":
+            return False
+        if field.nullable:
+            raise StoreError(f"table {self.table_name} in {self.uri} has a nullable chunk_id; run `syncd reindex`")
+        self._dataset().update_field_metadata({"chunk_id": {"lance-schema:unenforced-primary-key": "true"}})
+        self._table.checkout_latest()
+        log.info("store.migrated", table=self.table_name, change="chunk_id marked as the primary key")
+        return True
+
 
     def _adopt_table(self) -> str:
         """With no pointer (a new store, or a lost state folder): the newest table built by syncd, else the
@@ -324,10 +393,19 @@ class Store:
         return {"state_version": POINTER_VERSION, "table": name, "signature": self.signature,
                 "dim": self.dim, "switched_at": time.time(), **extra}
 
-    def _create(self, name: str) -> Any:
+    def _create(self, name: str, *, shared: bool = False) -> Any:
+        """A new empty table ``name``. ``shared``: the store's live table, which another daemon may be
+        creating at the same moment; whoever loses that race opens the winner's table (an overwrite here
+        would drop the other's commits)."""
         from lancedb.index import FTS
 
-        table = self._connect().create_table(name, schema=schema(self.dim), mode="overwrite")
+        db = self._connect()
+        try:
+            table = db.create_table(name, schema=schema(self.dim), mode="create" if shared else "overwrite")
+        except Exception as exc:  # noqa: BLE001 - "already exists" in whatever class this version raises
+            if not shared or "exist" not in str(exc).lower():
+                raise
+            return db.open_table(name)
         table.create_index("text", config=FTS(), replace=True)
         return table
 
@@ -447,14 +525,20 @@ class Store:
         if not replace_keys:
             return None
         keys = sorted(set(replace_keys))
+        # Scoped to the documents of this batch (doc_key hashes the connector too): a daemon never deletes
+        # or replaces rows of another daemon's connectors.
         where = "doc_key IN (" + ", ".join(sql_string(k) for k in keys) + ")"
-        if rows.num_rows == 0:
-            result = target.delete(where)
-        elif covers_all_rows:
-            result = target.merge_insert("chunk_id").when_matched_update_all().when_not_matched_insert_all().execute(rows)
-        else:
-            result = (target.merge_insert("chunk_id").when_matched_update_all().when_not_matched_insert_all()
-                      .when_not_matched_by_source_delete(where).execute(rows))
+
+        def commit() -> Any:
+            if rows.num_rows == 0:
+                return target.delete(where)
+            if covers_all_rows:
+                return (target.merge_insert("chunk_id").when_matched_update_all().when_not_matched_insert_all()
+                        .execute(rows))
+            return (target.merge_insert("chunk_id").when_matched_update_all().when_not_matched_insert_all()
+                    .when_not_matched_by_source_delete(where).execute(rows))
+
+        result = self.committing(commit, target)
         # The version this commit made (the change journal records it): the commit's own answer, not the
         # handle's, which a concurrent index update may already have moved past.
         version = getattr(result, "version", None)
@@ -469,6 +553,31 @@ class Store:
         if table is None and self.hash_filter is not None and rows.num_rows:
             self.hash_filter.add(h for h in rows["content_hash"].to_pylist() if h)
         return int(version) if version is not None else int(target.version)
+
+    def committing(self, commit: Callable[[], Any], target: Any) -> Any:
+        """Run ``commit``; when another writer committed first, move ``target`` to the latest version and
+        replay it, with jittered exponential backoff (``COMMIT_ATTEMPTS`` in all). Lance itself retries a
+        lost manifest race a few times; what reaches here outlived those."""
+        import random
+
+        for attempt in range(1, COMMIT_ATTEMPTS + 1):
+            try:
+                return commit()
+            except Exception as exc:  # noqa: BLE001 - the class says nothing; the message says retryable
+                if attempt == COMMIT_ATTEMPTS or not retryable(exc):
+                    raise
+                self.commit_retries += 1
+                if self.on_commit_retry is not None:
+                    self.on_commit_retry()
+                delay = min(2.0, 0.02 * 2 ** attempt) * (0.5 + random.random())  # noqa: S311 - jitter, not crypto
+                log.info("store.commit_retry", attempt=attempt, delay_s=round(delay, 3),
+                         error=redact(str(exc).splitlines()[0][:200]))
+                time.sleep(delay)
+                try:
+                    target.checkout_latest()
+                except Exception as again:  # noqa: BLE001 - the replay reports what is still wrong
+                    log.warning("store.checkout_failed", error=redact(str(again)[:200]))
+        raise AssertionError("unreachable: the last attempt returns or raises")
 
     def _reopen_live(self) -> None:
         """The live table on a new connection (``REOPEN_EVERY_COMMITS``): not while a fold or a compaction
@@ -512,7 +621,7 @@ class Store:
         is known to be abandoned (and dropped at the next start), never one that is guessed to be."""
         name = f"{self.base_table}_{time.strftime('%Y%m%d%H%M%S')}_{int(time.time() * 1000) % 1000:03d}"
         pointer = self.pointer() or self._pointer_doc(self.table_name)
-        write_json_atomic(self.pointer_path, {**pointer, "building": name})
+        self.facts.write({**pointer, "building": name})
         return name, self._create(name)
 
     def reopen_table(self, name: str) -> Any:
@@ -535,7 +644,7 @@ class Store:
             retired = [r for r in (self.pointer() or {}).get("retired", []) if r.get("table") != name]
             if old != name:
                 retired.append({"table": old, "drop_after": time.time() + self.retired_retention_s})
-            write_json_atomic(self.pointer_path, self._pointer_doc(name, retired=retired))
+            self.facts.write(self._pointer_doc(name, retired=retired))
             self._table = self._connect().open_table(name)
             self.table_name = name
             self.hash_filter = None
@@ -569,8 +678,7 @@ class Store:
             else:
                 keep.append(entry)
         if dropped or building:
-            write_json_atomic(self.pointer_path, {**{k: v for k, v in pointer.items() if k != "building"},
-                                                  "retired": keep})
+            self.facts.write({**{k: v for k, v in pointer.items() if k != "building"}, "retired": keep})
         return dropped
 
     drop_abandoned_rebuilds = drop_stale_tables
@@ -681,9 +789,7 @@ class Store:
         rewritten, the slowest). Safe next to the writer's commits: an index update and a data commit
         are compatible in Lance, which rebases whichever commits second (the writer's handle then includes
         the new index), so the service runs this on a thread of its own."""
-        import lance
-
-        dataset = lance.dataset(self.table.to_lance().uri)
+        dataset = self._dataset()
         dataset.optimize.optimize_indices(index_names=[name])
         self.index_folds += 1
         self._folded = True
@@ -737,12 +843,10 @@ class Store:
         Returns None, doing nothing, while a fold holds ``maintenance_lock`` (Lance can refuse a rewrite of
         fragments committed beside an index update on them); the commits that made it due still count, so
         the next commit tries again."""
-        import lance
-
         if not self.maintenance_lock.acquire(blocking=False):
             return None
         try:
-            dataset = lance.dataset(self.table.to_lance().uri)
+            dataset = self._dataset()
             metrics = dataset.optimize.compact_files(materialize_deletions=False)
             self.table.checkout_latest()
         except Exception as exc:  # noqa: BLE001
@@ -756,9 +860,7 @@ class Store:
     def _merge_vector_deltas(self) -> None:
         """``optimize()`` folds new rows into the ANN index as one more delta each time; a search visits
         every delta, so past ``MAX_VECTOR_DELTAS`` they are merged into one."""
-        import lance
-
-        dataset = lance.dataset(self.table.to_lance().uri)
+        dataset = self._dataset()
         deltas = [idx for idx in dataset.list_indices() if list(idx.get("fields") or []) == ["vector"]]
         if len(deltas) > MAX_VECTOR_DELTAS:
             dataset.optimize.optimize_indices(index_names=[deltas[0]["name"]], num_indices_to_merge=len(deltas))
@@ -827,10 +929,10 @@ class Store:
             return
         import lance
 
-        dataset = lance.dataset(table.to_lance().uri)
+        dataset = lance.dataset(table.to_lance().uri, storage_options=self.storage_options or None)
         dataset.optimize.compact_files()
         dataset.optimize.optimize_indices()
-        dataset = lance.dataset(table.to_lance().uri)
+        dataset = lance.dataset(table.to_lance().uri, storage_options=self.storage_options or None)
         dataset.cleanup_old_versions(older_than=older_than, error_if_tagged_old_versions=False)
         table.checkout_latest()
 
@@ -849,7 +951,11 @@ class Store:
 
         table = self.table if name in (None, self.table_name) else self._connect().open_table(name)
         uri = table.to_lance().uri
-        return lance.dataset(uri, version=version) if version is not None else lance.dataset(uri)
+        # On an object store the dataset needs the store's options (endpoint, region...) as LanceDB had them.
+        options = self.storage_options or None
+        if version is not None:
+            return lance.dataset(uri, version=version, storage_options=options)
+        return lance.dataset(uri, storage_options=options)
 
     @translated("reading the table's versions")
     def versions(self, name: str | None = None) -> list[tuple[int, float]]:

@@ -41,9 +41,17 @@ class VerifyReport:
 
 def verify(runtime: Any, *, connector: str | None = None) -> VerifyReport:
     """Compare every connector's documents and revisions with the store."""
+    from syncd.store import sql_string
+
     report = VerifyReport()
     store = runtime.store
-    data = store.scan(["chunk_id", "connector", "doc_id", "doc_identity", "chunk_index"])
+    where = None
+    shared = getattr(runtime, "shared", None) is not None
+    if shared:
+        # A store shared by several daemons: this one checks (and repairs) its own connectors only; the
+        # documents of the others are theirs, even while their daemon is down.
+        where = "connector IN (" + ", ".join(sql_string(n) for n in runtime.connectors or [""]) + ")"
+    data = store.scan(["chunk_id", "connector", "doc_id", "doc_identity", "chunk_index"], where)
     indexed: dict[tuple[str, str], set[str]] = {}
     positions: Counter[tuple[str, str, int]] = Counter()
     for cid_conn_doc in zip(data["connector"].to_pylist(), data["doc_id"].to_pylist(), data["doc_identity"].to_pylist(),

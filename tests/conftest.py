@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parent.parent
 os.environ.setdefault("SYNCD_MODEL_CACHE", tempfile.mkdtemp(prefix="syncd-model-cache-"))
 
 # The real MediaWiki fixtures (mediawiki, wiki_ns, wiki_client).
-pytest_plugins = ["mediawiki_server"]
+pytest_plugins = ["mediawiki_server", "seaweedfs_server"]
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.02, what: str = "condition") -> Any:

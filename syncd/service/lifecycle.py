@@ -14,6 +14,7 @@ from typing import Any
 import structlog
 
 from syncd.config import Config
+from syncd.coordination import store_kwargs
 from syncd.embedding import QueryVectors
 from syncd.errors import ConfigError, SyncdError
 from syncd.http import Endpoints, HttpServer
@@ -75,7 +76,7 @@ class Service:
         self._load_models()
         self.reader = Store(cfg.store_uri, cfg.state_dir, base_table=cfg.store.table, dim=rt.embedder.dim,
                             signature=rt.signature, read_consistency_interval=cfg.store.read_consistency_interval,
-                            **cfg.store.cache_limits())
+                            **store_kwargs(cfg, rt.shared))
         self.http = HttpServer(cfg.http.host, cfg.http.port, Endpoints(
             healthy=self.healthy, ready=self.ready, status=self.status, metrics=self.metrics_text,
             search=self.search, page=self.page, token=token,
@@ -309,6 +310,7 @@ class Service:
                     if name not in new_by_name:
                         # A connector removed from the config takes its documents out of the index.
                         deleted = rt.engine.drop_connector(name)
+                        rt.drop_connector_lease(name)
                         log.info("connector.removed", connector=name, docs_deleted=deleted)
                     else:
                         rt.engine.remove_connector(name)
@@ -319,6 +321,11 @@ class Service:
                                 self.scheduler.remove_job(job_id)
             for name, cc in new_by_name.items():
                 if name in rt.connectors:
+                    continue
+                try:
+                    rt.add_connector_lease(name)
+                except ConfigError as exc:  # another daemon owns it: this one leaves it alone
+                    log.error("connector.refused", connector=name, error=str(exc))
                     continue
                 connector = build_connector(new, cc, rt.state)
                 rt.connectors[name] = connector

@@ -113,11 +113,19 @@ class Maintenance:
     def reload(self, config: Config) -> None:
         self.policy = MaintenancePolicy.from_config(config)
 
+    @property
+    def allowed(self) -> bool:
+        """This daemon maintains the table: always on a local folder; on a shared store only while it holds
+        the maintenance lease (one daemon at a time compacts, folds indexes and cleans up versions)."""
+        runtime = self.service.runtime
+        leases = runtime.leases if runtime is not None else None
+        return leases is None or leases.maintainer
+
     # -- the writer's questions -----------------------------------------------------------------------------
     def after_batch(self) -> None:
         """After a batch (writer thread): wake the folder, then compact or run the full maintenance if due."""
         self.fold_wake.set()
-        if time.monotonic() < self.auto_after:
+        if time.monotonic() < self.auto_after or not self.allowed:
             return
         if indexing_due(self.store, self.policy):
             self.run()
@@ -127,12 +135,12 @@ class Maintenance:
     def idle_work_due(self) -> bool:
         """The writer is idle and rows wait outside the indexes: bring them up to date now, rather than in the
         path of a later edit."""
-        return time.monotonic() >= self.auto_after and indexing_due(self.store, self.policy, idle=True)
+        return time.monotonic() >= self.auto_after and self.allowed and indexing_due(self.store, self.policy, idle=True)
 
     # -- the steps ------------------------------------------------------------------------------------------
     def compact(self) -> None:
         """Small fragments merged; if it fails, the full maintenance compacts too."""
-        if self._small_step("compaction", self.store.compact) is not None:
+        if self.allowed and self._small_step("compaction", self.store.compact) is not None:
             self.service.metrics.compactions.inc()
 
     def adopt_folds(self) -> None:
@@ -155,6 +163,9 @@ class Maintenance:
         """The full maintenance: compaction, every index brought up to date, old versions cleaned up."""
         store = self.store
         metrics = self.service.metrics
+        if not self.allowed:
+            log.debug("maintenance.skipped", reason="another daemon holds the maintenance lease")
+            return
         self.last_attempt_at = time.time()
         started = time.monotonic()
         try:
@@ -184,7 +195,7 @@ class Maintenance:
         """Maintenance that silently stopped running (scheduler dead, every run failing) is a health failure."""
         svc = self.service
         interval = svc.config.sync.maintenance_interval
-        if not interval or svc.runtime is None:
+        if not interval or svc.runtime is None or not self.allowed:
             return False
         deadline = (self.store.last_maintenance_at or svc.started_at) + MAINTENANCE_GRACE * interval
         if time.time() <= deadline:
@@ -217,7 +228,7 @@ class Maintenance:
         if self.service.runtime is None:
             return None
         now = time.monotonic()
-        if now < max(self.auto_after, self._fold_after) or not fold_due(self.store, self.policy):
+        if now < max(self.auto_after, self._fold_after) or not self.allowed or not fold_due(self.store, self.policy):
             return None
         name: str | None = self._small_step("index.fold", self.store.fold_step)
         if name is not None:

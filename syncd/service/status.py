@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from syncd import __version__
-from syncd.errors import StoreError
+from syncd.errors import StoreError, SyncdError
 from syncd.notify import notify
 
 if TYPE_CHECKING:
@@ -32,6 +32,11 @@ def health_problems(service: Service) -> list[str]:
     if service.maintenance.overdue():
         error = service.maintenance.error
         problems.append("maintenance has not succeeded for too long" + (f" (last error: {error})" if error else ""))
+    leases = service.runtime.leases if service.runtime is not None else None
+    if leases is not None:
+        for name, holder in sorted(leases.lost.items()):
+            problems.append(f"lease {name} lost" + (f" to daemon {holder}" if holder else " (the store did not "
+                            "answer its renewals for a whole lease_ttl)") + ": this daemon no longer writes it")
     return problems
 
 
@@ -168,6 +173,7 @@ def build_status(runtime: Runtime, service: Service | None = None) -> dict[str, 
                   "rows_since_indexed": runtime.store.rows_since_indexed,
                   "maintenance_error": service.maintenance.error if service else None,
                   "maintenance_overdue": service.maintenance.overdue() if service else False,
+                  **_shared_store(runtime),
                   **({"error": store_stats["error"]} if "error" in store_stats else {})},
         "embedding": {"model": runtime.config.embedding.model, "dim": runtime.embedder.dim, **runtime.embedding_info},
         "connectors": connectors,
@@ -179,6 +185,23 @@ def build_status(runtime: Runtime, service: Service | None = None) -> dict[str, 
         "ready": service.ready() if service else None,
         "ready_problems": ready_problems(service) if service else [],
     }
+
+
+def _shared_store(runtime: Any) -> dict[str, Any]:
+    """``store.daemons`` and this daemon's part, for a store shared by several daemons (facts read from the
+    store's leases and heartbeats; an error reading them is shown, not raised)."""
+    if getattr(runtime, "shared", None) is None:
+        return {}
+    leases = runtime.leases
+    out: dict[str, Any] = {"daemon_id": leases.daemon_id if leases else None,
+                           "maintainer": leases.maintainer if leases else None,
+                           "commit_retries": runtime.store.commit_retries}
+    try:
+        out["daemons"] = runtime.daemons()
+    except SyncdError as exc:
+        out["daemons"] = None
+        out["daemons_error"] = str(exc)
+    return out
 
 
 RETRY_BUDGET = 3
