@@ -35,7 +35,7 @@ from pydantic import SecretStr, field_validator
 from connectors._http import PoliteClient, ReadAhead, RemoteUnavailable, Retryable
 from connectors.base import Connector, ConnectorContext
 from syncd import __version__
-from syncd.config import ConnectorConfig, Duration, resolve_secret
+from syncd.config import Duration, PushConfig, resolve_secret
 from syncd.errors import ConnectorError, DocumentGone, DocumentUnavailable, RootUnavailable
 from syncd.models import Change, DocumentRef, SourceDocument
 from syncd.state import read_json, write_json_atomic
@@ -54,7 +54,7 @@ def is_page_id(doc_id: str) -> bool:
     return _PAGE_ID.fullmatch(doc_id) is not None and int(doc_id) < 2**63
 
 
-class ConfluenceConfig(ConnectorConfig):
+class ConfluenceConfig(PushConfig):
     type: Literal["confluence"]
     base_url: str
     """Site URL: https://example.atlassian.net/wiki (Cloud) or https://confluence.example.org (Data Center)."""

@@ -38,7 +38,7 @@ import structlog
 from pydantic import field_validator
 
 from connectors.base import Connector, ConnectorContext, doc_id_from_bytes, matches_globs, name_candidates
-from syncd.config import ConnectorConfig, Duration
+from syncd.config import Duration, PushConfig
 from syncd.errors import (
     ConnectorError,
     DocumentGone,
@@ -85,7 +85,7 @@ _CORRUPT_MARKERS = ("corrupt", "bad object", "missing blob", "missing tree", "mi
                     "unable to parse", "fatal: bad", "missing object")
 
 
-class GitConfig(ConnectorConfig):
+class GitConfig(PushConfig):
     """A branch of a git repository, mirrored locally and polled."""
 
     type: Literal["git"]
@@ -297,6 +297,10 @@ class GitConnector(Connector):
         self._full_fetch = False
         """Set once the remote refused a shallow fetch (git's dumb HTTP protocol)."""
         self._unavailable: set[str] = set()
+        self._last_fetch: tuple[str | None, float] | None = None
+        """(head, when) of this process's last fetch of a poll."""
+        self._arrived_after: float | None = None
+        """The head of the last fetch was not on the remote before this time (an earlier fetch found another)."""
 
     # -- configuration -----------------------------------------------------------------------------------
     @staticmethod
@@ -582,13 +586,14 @@ class GitConnector(Connector):
         A first sync, or a last synced commit the mirror lacks, gives one ``rescan``: the engine then
         compares the full listing with the index (resuming where an interrupted first sync stopped).
         """
+        fetched_at = time.time()
         head = self._fetch()
         self._pin(head)
         cursor = self._load_cursor()
         previous = cursor.get("commit")
         retry = [d for d in cursor.get("retry", []) if isinstance(d, str)]
         self._set_pending()
-        now = time.time()
+        now = self._pushed_at(head, fetched_at, cursor)
         if head is None and not previous:
             return iter(())
         attempted = [h for h in cursor.get("attempted", []) if isinstance(h, str) and h not in (previous, head)]
@@ -614,6 +619,24 @@ class GitConnector(Connector):
             write_json_atomic(self.cursor_path, {**cursor, "attempted": sorted({*attempted, head})})
         log.info("git.polled", connector=self.name, previous=previous, head=head, changes=len(changes))
         return iter(changes)
+
+    def _pushed_at(self, head: str | None, fetched_at: float, cursor: dict[str, Any]) -> float:
+        """When the head commit reached the remote, as near as a poll can tell: its commit time, but not
+        before the last fetch that still found another head (a commit made long before it was pushed), and
+        not after now. Freshness of what this poll finds is measured from it."""
+        now = time.time()
+        if self._last_fetch is None:
+            synced_at = cursor.get("synced_at")
+            bound = float(synced_at) if cursor.get("commit") != head and isinstance(synced_at, int | float) else None
+        elif self._last_fetch[0] != head:
+            bound = self._last_fetch[1]
+        else:
+            bound = self._arrived_after
+        self._arrived_after = bound
+        self._last_fetch = (head, fetched_at)
+        if self._head_time is None:
+            return now
+        return min(now, max(self._head_time.timestamp(), bound or 0.0))
 
     def _diff(self, old: str, new: str, now: float) -> list[Change]:
         """Tree diff with rename detection; a rename is delete(old) + upsert(new), pairs first and adjacent."""

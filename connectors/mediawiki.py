@@ -34,7 +34,7 @@ from pydantic import SecretStr, field_validator, model_validator
 from connectors._http import PoliteClient, ReadAhead, RemoteUnavailable, Retryable, parse_retry_after
 from connectors.base import Connector, ConnectorContext, is_valid_doc_id
 from syncd import __version__
-from syncd.config import ConnectorConfig, Duration, resolve_secret
+from syncd.config import Duration, PushConfig, resolve_secret
 from syncd.errors import ConnectorError, DocumentGone, DocumentSkipped, DocumentUnavailable, RootUnavailable
 from syncd.models import Change, DocumentRef, SourceDocument
 from syncd.state import read_json, write_json_atomic
@@ -56,7 +56,7 @@ _UPSERT_LOGS = {("delete", "restore"), ("delete", "revision"), ("import", "uploa
                 ("merge", "merge"), ("contentmodel", "change"), ("contentmodel", "new")}
 
 
-class MediaWikiConfig(ConnectorConfig):
+class MediaWikiConfig(PushConfig):
     type: Literal["mediawiki"]
     api_url: str
     """The Action API endpoint, e.g. https://wiki.example.org/w/api.php."""

@@ -340,6 +340,22 @@ class ConnectorConfig(Section):
         return value
 
 
+class PushConfig(ConnectorConfig):
+    """A polled connector that also takes push hooks (``POST /hooks/NAME``): a hook only starts its poll now."""
+
+    webhook_secret_env: str | None = None
+    """Environment variable holding the secret that push hooks of this connector are signed or sent with
+    (a forge's webhook secret, or `Authorization: Bearer SECRET` from a post-receive hook). Without a
+    secret, /hooks/NAME answers 404."""
+    webhook_secret_file: str | None = None
+    """File holding that secret instead (e.g. "$CREDENTIALS_DIRECTORY/docs-webhook" with LoadCredential=)."""
+
+    def webhook_secret(self, base_dir: Path | None = None) -> str | None:
+        """The webhook secret (None when none is configured); a missing variable or file is a ConfigError."""
+        key = f"connectors.{self.name}.webhook_secret_" + ("file" if self.webhook_secret_file else "env")
+        return resolve_secret(self.webhook_secret_env, key=key, file=self.webhook_secret_file, base_dir=base_dir)
+
+
 class Config(Section):
     store: StoreConfig = StoreConfig()
     embedding: EmbeddingConfig = EmbeddingConfig()

@@ -34,10 +34,10 @@ import selectors
 import socket
 import threading
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
-from typing import Any
+from typing import Any, cast
 from urllib.parse import parse_qs, urlparse
 
 import structlog
@@ -46,6 +46,9 @@ log = structlog.get_logger("syncd.http")
 
 # Errors that mean the client went away or stopped reading: never a bug of ours.
 _CLIENT_GONE = (ConnectionError, TimeoutError)
+
+# A connector name as the config allows it (the rest of /hooks/NAME).
+_HOOK_NAME = re.compile(r"[a-z0-9_-]{1,200}")
 
 # The end of a request head: an empty line, with or without CR (the stdlib parser accepts both).
 _HEAD_END = re.compile(rb"\r?\n\r?\n")
@@ -59,7 +62,9 @@ class Endpoints:
                  page: Callable[[], str], token: str | None,
                  problems: Callable[[], list[str]] | None = None,
                  connectors: Callable[[], Collection[str]] | None = None,
-                 ready_problems: Callable[[], list[str]] | None = None) -> None:
+                 ready_problems: Callable[[], list[str]] | None = None,
+                 hook: Callable[[str, Mapping[str, str], bytes | None], tuple[int, dict[str, Any]]] | None = None,
+                 ) -> None:
         self.healthy = healthy
         self.ready_problems = ready_problems
         self.problems = problems
@@ -71,6 +76,9 @@ class Endpoints:
         self.token = token
         # The configured connector names; when given, /search rejects any other name with a 400 as the CLI does.
         self.connectors = connectors
+        # POST /hooks/NAME: (connector, headers, body or None when over the size cap) -> (status, JSON body).
+        # It authenticates with the connector's own webhook secret, not the bearer token (see syncd/hooks.py).
+        self.hook = hook
 
 
 class _Answer:
@@ -170,6 +178,56 @@ class _Handler(BaseHTTPRequestHandler):
         # Outside the try: an error while writing is the client's (see HttpServer._serve).
         self._write(answer)
 
+    def do_POST(self) -> None:  # noqa: N802 - stdlib naming
+        url = urlparse(self.path)
+        try:
+            if url.path.startswith("/hooks/"):
+                answer = self._hook(url.path.removeprefix("/hooks/"))
+            elif not self._authorized():
+                answer = _Answer(401, b"", headers={"WWW-Authenticate": "Bearer"})
+            else:
+                answer = _json(405, {"error": f"{url.path} does not take POST"})
+        except _CLIENT_GONE:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a handler error must answer 500, never kill the server
+            log.exception("http.handler_failed", path=url.path)
+            answer = _json(500, {"error": str(exc)})
+        self._write(answer)
+
+    @property
+    def server_limit(self) -> int:
+        return cast("HttpServer", self.server).max_hook_bytes
+
+    def _hook(self, name: str) -> _Answer:
+        """A push hook: its own secret instead of the bearer token (forges cannot send one), a capped body."""
+        ep = self.endpoints
+        if ep.hook is None or not _HOOK_NAME.fullmatch(name):
+            return _json(404, {"error": f"no hooks at /hooks/{name}"})
+        try:
+            length = int(self.headers.get("Content-Length", ""))
+        except ValueError:
+            return _json(411, {"error": "a hook needs a Content-Length"})
+        body: bytes | None = None
+        if 0 <= length <= self.server_limit:
+            body = self.rfile.read(length)
+            if len(body) != length:
+                return _json(400, {"error": "the body ended before its Content-Length"})
+        elif length < 0:
+            return _json(400, {"error": "a negative Content-Length"})
+        else:
+            # Read and drop a body up to a bound, so closing does not reset the connection before the client
+            # has read the 413; past the bound the connection is simply closed.
+            left = min(length, 4 * self.server_limit)
+            while left > 0:
+                chunk = self.rfile.read(min(left, 65536))
+                if not chunk:
+                    break
+                left -= len(chunk)
+        code, data = ep.hook(name, dict(self.headers.items()), body)
+        if code == 204:
+            return _Answer(204, b"")
+        return _json(code, data)
+
     def _route(self, path: str, query: str) -> _Answer:
         ep = self.endpoints
         if path == "/healthz":
@@ -256,6 +314,7 @@ class HttpServer:
     head_timeout = 10.0
     io_timeout = 10.0
     max_head_bytes = 16 * 1024
+    max_hook_bytes = 4 * 1024 * 1024  # a forge's push event lists at most ~20 commits; larger is answered 413
     max_pending = 256
     max_waiting = 64
     linger = 1.0  # seconds to drain a rejected client before closing

@@ -17,8 +17,15 @@ class Metrics:
                                    registry=r)
         self.sync_errors = Counter("syncd_sync_errors", "Documents or cycles that failed.", ["connector"], registry=r)
         self.freshness = Histogram(
-            "syncd_freshness_seconds", "Source change first seen -> committed and queryable.",
+            "syncd_freshness_seconds", "Source change -> committed and queryable, per connector: from the change "
+            "first seen (a watcher's event), a push hook's arrival, or for a poll the change's own time (a "
+            "commit's, a wiki edit's).", ["connector"],
             buckets=(0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300), registry=r)
+        self.polls = Counter("syncd_polls", "Polls of remote connectors started, by what asked for them (schedule, "
+                             "catch-up, hook, check).", ["connector", "trigger"], registry=r)
+        self.hooks = Counter("syncd_hooks", "Push hooks received (POST /hooks/NAME), by sender and outcome "
+                             "(started, queued, ignored, unauthorized, malformed, too_large, unknown).",
+                             ["connector", "sender", "outcome"], registry=r)
         self.last_success = Gauge("syncd_connector_last_success_timestamp_seconds",
                                   "Unix time of the connector's last successful cycle.", ["connector"], registry=r)
         self.backlog = Gauge("syncd_backlog", "Changes seen but not yet committed.", ["connector"], registry=r)

@@ -651,7 +651,7 @@ class Engine:
         for doc_id in list(planned) + gone:
             first_seen = seen.get(doc_id)
             if first_seen:
-                self.metrics.freshness.observe(max(0.0, committed_at - first_seen))
+                self.metrics.freshness.labels(connector=name).observe(max(0.0, committed_at - first_seen))
         if planned or gone:
             log.info("sync.batch_committed", connector=name, upserts=len(planned), deletes=len(gone),
                      embedded=len(to_embed), version=self.store.table.version if replace else None)

@@ -164,7 +164,8 @@ def test_service_endpoints_notify_reload_and_stop(tmp_path: Path, docs: Path, da
     save_atomically(docs / files[0], "# Note 0\n\nRewritten: the lighthouse keeper logs every storm.\n")
     after = wait_for(lambda: (m := metrics(d)) and sample(
         m, "syncd_docs_synced_total", connector="docs", action="changed") == 1 and m, what="changed counter")
-    assert sample(after, "syncd_freshness_seconds_count") == sample(before, "syncd_freshness_seconds_count") + 1
+    assert (sample(after, "syncd_freshness_seconds_count", connector="docs")
+            == sample(before, "syncd_freshness_seconds_count", connector="docs") + 1)
     assert sample(after, "syncd_chunks_embedded_total") > sample(before, "syncd_chunks_embedded_total")
     assert d.search("lighthouse keeper storm", k=1)[0]["doc_id"] == files[0]
 

@@ -9,6 +9,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import structlog
@@ -31,6 +32,19 @@ from syncd.state import read_json, write_json_atomic
 from syncd.store import Store
 
 log = structlog.get_logger("syncd.daemon")
+
+
+def hook_secrets(config: Config) -> dict[str, str]:
+    """Each connector's webhook secret, read now (a missing variable or file is a ConfigError naming the key)."""
+    from syncd.config import PushConfig
+
+    secrets = {}
+    for connector in config.connectors:
+        if isinstance(connector, PushConfig):
+            secret = connector.webhook_secret(config.base_dir)
+            if secret is not None:
+                secrets[connector.name] = secret
+    return secrets
 
 
 class Service:
@@ -60,6 +74,8 @@ class Service:
         self.maintenance = Maintenance(self)
         self.stalls = status_mod.Stalls(self)
         self.requests = Requests(self)
+        self.hook_secrets: dict[str, str] = {}
+        """Connector name -> its webhook secret (connectors without one take no hooks)."""
         self._reload_requested = threading.Event()
         self._status_line = ""
         self._wrote_daemon_json = False
@@ -68,6 +84,7 @@ class Service:
     def start(self) -> None:
         cfg = self.config
         token = self._token()
+        self.hook_secrets = hook_secrets(cfg)
         self.runtime = Runtime(cfg, embedder=self._embedder, metrics=self.metrics)
         rt = self.runtime
         rt.engine.embedder = StoppableEmbedder(rt.engine.embedder, self.stopping, cfg.embedding.batch_size)
@@ -82,7 +99,7 @@ class Service:
             search=self.search, page=self.page, token=token,
             problems=lambda: status_mod.health_problems(self),
             connectors=lambda: self.runtime.engine.connectors if self.runtime is not None else (),
-            ready_problems=lambda: status_mod.ready_problems(self)))
+            ready_problems=lambda: status_mod.ready_problems(self), hook=self.hook))
         self.http.start()
         write_json_atomic(cfg.state_dir / "daemon.json", {"pid": os.getpid(), "url": self.http.url,
                                                           "started_at": self.started_at})
@@ -285,6 +302,7 @@ class Service:
         assert self.runtime is not None
         try:
             new = config_mod.load(self.config.source)
+            secrets = hook_secrets(new)
         except ConfigError as exc:
             log.error("config.reload_rejected", error=str(exc), action="keeping the running config")
             return
@@ -336,6 +354,7 @@ class Service:
                 if self.scheduler is not None:
                     self._schedule_connector(self.scheduler, name, connector)
             self.config = new
+            self.hook_secrets = secrets
             self.maintenance.reload(new)
             log.info("config.reloaded", connectors=sorted(new_by_name))
             notify("STATUS=config reloaded: " + ", ".join(sorted(new_by_name)))
@@ -360,6 +379,42 @@ class Service:
         vectors = self.query_vectors
         results = self.reader.search(lambda: vectors(q), q, k=k, connector=connector)
         return {"query": q, "results": results}
+
+    def hook(self, name: str, headers: Mapping[str, str], body: bytes | None) -> tuple[int, dict[str, Any]]:
+        """POST /hooks/NAME: authenticate with the connector's webhook secret, then ask for its poll now.
+        Nothing but a poll ever runs: the body is only read for whether the event concerns the connector."""
+        from syncd import hooks
+
+        arrived = time.time()
+        secret = self.hook_secrets.get(name)
+        cfg = next((c for c in self.config.connectors if c.name == name), None)
+        if cfg is None or secret is None:
+            self.metrics.hooks.labels(connector="", sender="", outcome="unknown").inc()
+            return 404, {"error": f"no connector {name!r} takes hooks (it needs webhook_secret_env or "
+                                  f"webhook_secret_file)"}
+        if body is None:
+            self.metrics.hooks.labels(connector=name, sender="", outcome="too_large").inc()
+            return 413, {"error": "the hook's body is over the size limit"}
+        target = hooks.Target(kind=cfg.type, secret=secret, branch=getattr(cfg, "branch", None))
+        verdict = hooks.check(target, headers, body)
+        if verdict.outcome == "unauthorized":
+            self.metrics.hooks.labels(connector=name, sender=verdict.sender, outcome="unauthorized").inc()
+            log.warning("hook.unauthorized", connector=name, sender=verdict.sender, reason=verdict.reason)
+            return 401, {"error": verdict.reason}
+        if verdict.outcome == "malformed":
+            self.metrics.hooks.labels(connector=name, sender=verdict.sender, outcome="malformed").inc()
+            return 400, {"error": verdict.reason}
+        if verdict.outcome == "ignored":
+            self.metrics.hooks.labels(connector=name, sender=verdict.sender, outcome="ignored").inc()
+            log.info("hook.ignored", connector=name, sender=verdict.sender, reason=verdict.reason)
+            return 204, {}
+        poll = self.writer.request_poll(name, trigger="hook", pushed_at=arrived, docs=verdict.hints)
+        if poll is None:
+            self.metrics.hooks.labels(connector=name, sender=verdict.sender, outcome="unknown").inc()
+            return 404, {"error": f"connector {name!r} is not polled: a hook has nothing to start"}
+        self.metrics.hooks.labels(connector=name, sender=verdict.sender, outcome=poll).inc()
+        log.info("hook.accepted", connector=name, sender=verdict.sender, poll=poll)
+        return 202, {"connector": name, "poll": poll}
 
     def status(self) -> dict[str, Any]:
         assert self.runtime is not None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +30,12 @@ log = structlog.get_logger("syncd.writer")
 
 BACKOFF_BASE_S = 60.0
 """First wait after a failure of a connector that has neither a poll nor a reconcile interval."""
+MAX_REQUESTED_DOCS = 1024
+"""Document ids hooks may name for the next poll of a connector; past that the poll alone finds them."""
+REQUEST_SETTLE_S = 0.25
+"""A poll requested while one is in flight starts once requests have stopped coming for this long..."""
+REQUEST_MAX_WAIT_S = 5.0
+"""... or this long after it was first requested, so a steady stream of requests cannot hold it back."""
 STATE_SAVE_EVERY_S = 5.0
 """The fingerprint cache is written at most this often (it only holds facts about the sources)."""
 
@@ -100,7 +107,17 @@ class Writer:
         """When the last fully committed poll of each polled connector started: its lag is measured from it."""
         self.progress_at: dict[str, float] = {}
         """When a cycle last finished work of each connector (committed, skipped, failed or deferred)."""
-        self._poll_locks: dict[str, threading.Lock] = {}
+        self._poll_mutex = threading.Lock()
+        self._polling: set[str] = set()
+        """Connectors with a poll in flight (fetching, or its changes waiting for the writer)."""
+        self._poll_again: dict[str, str] = {}
+        """Connectors whose next poll was requested while one was in flight, with what asked for it."""
+        self._pushed_at: dict[str, float] = {}
+        self._requested_at: dict[str, float] = {}
+        """When the last poll request of each connector came (monotonic)."""
+        self._queued_at: dict[str, float] = {}
+        """When the poll now queued behind the one in flight was first requested (monotonic)."""
+        self._requested_docs: dict[str, set[str]] = {}
 
     @property
     def engine(self) -> Engine:
@@ -242,8 +259,7 @@ class Writer:
                 # A polled source catches up through its own poll (so its cursor is saved with the
                 # catch-up), fetched off the writer thread like every later poll.
                 rescans.pop(name)
-                threading.Thread(target=self.poll_in_background, args=(name,), name=f"syncd-poll-{name}",
-                                 daemon=True).start()
+                self.request_poll(name, trigger="catch-up")
                 continue
             for prefix in targets:
                 summary = engine.reconcile(name, prefix=prefix,
@@ -337,6 +353,11 @@ class Writer:
                         retry_in_s=round(backoff.delay_s, 3))
         self.service.metrics.consecutive_failures.labels(connector=name).set(backoff.failures)
 
+    def polling(self, name: str) -> bool:
+        """Whether a poll of the connector is in flight."""
+        with self._poll_mutex:
+            return name in self._polling
+
     def poll(self, name: str) -> None:
         """Poll and apply in the calling thread (the writer)."""
         changes, started, error = self._fetch(name)
@@ -346,29 +367,106 @@ class Writer:
         """Fetch a polled connector's changes in this thread (a scheduler worker), then hand them to the
         writer: a slow or hung remote holds up only its own connector, never the writer.
 
-        A per-connector lock keeps one poll in flight: it is taken for the fetch and released by the writer
-        once the changes are applied, so the connector never fetches while the writer reads from it.
+        One poll per connector is in flight at a time, from the fetch until the writer has applied its
+        changes, so the connector never fetches while the writer reads from it. A scheduled poll that finds
+        one in flight is skipped (counted); a requested one (``request_poll``) waits for it instead.
         """
-        lock = self._poll_locks.setdefault(name, threading.Lock())
-        if not lock.acquire(blocking=False):
-            self.service.metrics.skipped_runs.labels(job=f"poll:{name}").inc()
-            return
+        with self._poll_mutex:
+            if name in self._polling:
+                self.service.metrics.skipped_runs.labels(job=f"poll:{name}").inc()
+                return
+            self._polling.add(name)
+        self._run_poll(name, "schedule")
+
+    def request_poll(self, name: str, *, trigger: str, pushed_at: float | None = None,
+                     docs: Iterable[str] = ()) -> str | None:
+        """Poll the connector now (a push hook, a change check), coalesced: with no poll in flight one starts
+        ("started"); with one in flight another is queued to run right after it ("queued"), however many
+        requests arrive meanwhile, because the poll in flight may have fetched before the push landed.
+
+        ``pushed_at`` (a hook's arrival) is where the freshness of what that poll commits is measured
+        from; ``docs`` are document ids the poll reads again besides its own changes (at most
+        ``MAX_REQUESTED_DOCS`` waiting). None when the connector does not exist or is not polled.
+        """
+        connector = self.engine.connectors.get(name) if self.service.runtime is not None else None
+        if connector is None or not connector.poll_interval:
+            return None
+        with self._poll_mutex:
+            if pushed_at is not None:
+                self._pushed_at.setdefault(name, pushed_at)  # the oldest push not yet served
+            waiting = self._requested_docs.setdefault(name, set())
+            for doc_id in docs:
+                if len(waiting) >= MAX_REQUESTED_DOCS:
+                    break
+                waiting.add(doc_id)
+            self._requested_at[name] = time.monotonic()
+            if name in self._polling:
+                self._poll_again.setdefault(name, trigger)
+                self._queued_at.setdefault(name, time.monotonic())
+                return "queued"
+            self._polling.add(name)
+        self._start_poll_thread(name, trigger)
+        return "started"
+
+    def _start_poll_thread(self, name: str, trigger: str) -> None:
+        threading.Thread(target=self._run_poll, args=(name, trigger), name=f"syncd-poll-{name}",
+                         daemon=True).start()
+
+    def _run_poll(self, name: str, trigger: str) -> None:
+        """One poll; the caller has marked the connector as polling. Everything requested so far is served
+        by this poll: requests arriving from here on queue the next one."""
+        with self._poll_mutex:
+            self._poll_again.pop(name, None)
+            pushed_at = self._pushed_at.pop(name, None)
+            docs = self._requested_docs.pop(name, set())
+        self.service.metrics.polls.labels(connector=name, trigger=trigger).inc()
         handed = False
         try:
             changes, started, error = self._fetch(name)
 
             def apply() -> None:
                 try:
-                    self._apply_poll(name, changes, started, error)
+                    self._apply_poll(name, changes, started, error, pushed_at=pushed_at, docs=docs)
                 finally:
-                    lock.release()
+                    self._poll_finished(name)
                     self.catch_up_done(name)
 
             self.service.queue.push_task(f"poll:{name}", apply)
             handed = True
         finally:
             if not handed:
-                lock.release()
+                self._poll_finished(name)
+
+    def _poll_finished(self, name: str) -> None:
+        with self._poll_mutex:
+            again = self._poll_again.get(name)
+            if again is None or self.service.stopping.is_set():
+                self._poll_again.pop(name, None)
+                self._polling.discard(name)
+                return
+        # Still marked as polling: the queued poll runs once the burst is over, and requests meanwhile
+        # join it instead of queueing another.
+        threading.Thread(target=self._run_queued_poll, args=(name, again), name=f"syncd-poll-{name}",
+                         daemon=True).start()
+
+    def _run_queued_poll(self, name: str, trigger: str) -> None:
+        """A queued poll starts once no request came for ``REQUEST_SETTLE_S``, or ``REQUEST_MAX_WAIT_S`` after
+        it was queued, whichever is first: a burst of hooks (a forge retrying, a push of many refs, a flood)
+        costs one more poll, not one per poll's duration."""
+        while not self.service.stopping.is_set():
+            with self._poll_mutex:
+                now = time.monotonic()
+                due = min(self._requested_at.get(name, now) + REQUEST_SETTLE_S,
+                          self._queued_at.get(name, now) + REQUEST_MAX_WAIT_S)
+                if now >= due:
+                    self._queued_at.pop(name, None)
+                    break
+            self.service.stopping.wait(due - now)
+        if self.service.stopping.is_set():
+            with self._poll_mutex:
+                self._polling.discard(name)
+            return
+        self._run_poll(name, trigger)
 
     def _fetch(self, name: str) -> tuple[list[Change] | None, float, SyncdError | None]:
         """The connector's changes since its cursor (None: a full listing is needed), or the error."""
@@ -382,9 +480,11 @@ class Writer:
         except SyncdError as exc:
             return None, started, exc
 
-    def _apply_poll(self, name: str, changes: list[Change] | None, started: float, error: SyncdError | None) -> None:
+    def _apply_poll(self, name: str, changes: list[Change] | None, started: float, error: SyncdError | None,
+                    *, pushed_at: float | None = None, docs: Iterable[str] = ()) -> None:
         """Writer side of a poll: apply the fetched changes, then move the connector's cursor if the engine
-        says it may."""
+        says it may. A poll a push hook asked for measures freshness from the hook's arrival (``pushed_at``);
+        ``docs`` are read again besides the poll's changes."""
         engine = self.engine
         connector = engine.connectors.get(name)
         if connector is None:
@@ -409,6 +509,10 @@ class Writer:
             for doc_id in (change.doc_id, change.dest_id):
                 if doc_id:
                     seen.setdefault(doc_id, change.seen_at or now)
+        if pushed_at is not None:
+            seen = {doc_id: min(pushed_at, now) for doc_id in seen}
+        for doc_id in docs:
+            seen.setdefault(doc_id, pushed_at or now)
         # Documents that failed in the engine (the model, the store) since the cursor moved past them.
         for doc_id in engine.retry_candidates(name):
             seen.setdefault(doc_id, now)
