@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 from syncd import config as config_mod
+from syncd.audit import changes_page, parse_time, public
 from syncd.config import Config
 from syncd.coordination import shared_store, store_kwargs
 from syncd.store import Store
@@ -28,11 +30,46 @@ class Index:
     def open(cls, config_path: str | None = None) -> Index:
         return cls(config_mod.load(config_path))
 
-    def search(self, text: str, k: int = 10, connector: str | None = None) -> list[dict[str, Any]]:
-        """Hybrid (vector + full-text) search; each result carries its citation (uri, revision, lines)."""
+    def search(self, text: str, k: int = 10, connector: str | None = None,
+               as_of: float | str | dt.datetime | None = None) -> list[dict[str, Any]]:
+        """Hybrid (vector + full-text) search; each result carries its citation (uri, revision, lines) and the
+        ``table_version`` it came from. ``as_of`` (unix time, ISO 8601 or a datetime) searches the index as it
+        was then (``AsOfUnavailable`` names the oldest time available when that is not kept)."""
         self.store.refresh()
-        return self.store.search(lambda: self.query_vectors(text), text, k=k, connector=connector)
+        version = self.store.version_as_of(_when(as_of)) if as_of is not None else None
+        return self.store.search(lambda: self.query_vectors(text), text, k=k, connector=connector, version=version)
 
-    def query(self, text: str, k: int = 10, connector: str | None = None) -> dict[str, Any]:
+    def query(self, text: str, k: int = 10, connector: str | None = None,
+              as_of: float | str | dt.datetime | None = None) -> dict[str, Any]:
         """The `syncd query --json` document."""
-        return {"query": text, "results": self.search(text, k=k, connector=connector)}
+        return {"query": text, "results": self.search(text, k=k, connector=connector, as_of=as_of)}
+
+    def changes(self, *, since: str | None = None, connector: str | None = None, doc_id: str | None = None,
+                limit: int = 100, cursor: str | None = None, order: str = "oldest") -> dict[str, Any]:
+        """A page of the change journal, as ``GET /changes`` answers it."""
+        return changes_page(self.store.journal, since=since, connector=connector, doc_id=doc_id, limit=limit,
+                            cursor=cursor, order=order)
+
+    def history(self, doc_id: str, connector: str | None = None) -> list[dict[str, Any]]:
+        """Every journal entry of ``doc_id`` (as the document or a rename's old id), oldest first."""
+        return history(self.store, doc_id, connector=connector)
+
+
+def history(store: Store, doc_id: str, *, connector: str | None = None) -> list[dict[str, Any]]:
+    """Every journal entry of ``doc_id`` in ``store``, oldest first (the `syncd history` lines)."""
+    out: list[dict[str, Any]] = []
+    cursor: int | None = None
+    while True:
+        rows = store.journal.read(after=cursor, doc_id=doc_id, connector=connector, limit=1000)
+        out.extend(public(r) for r in rows)
+        if len(rows) < 1000:
+            return out
+        cursor = int(rows[-1]["seq"])
+
+
+def _when(value: float | str | dt.datetime) -> float:
+    if isinstance(value, dt.datetime):
+        return (value if value.tzinfo else value.replace(tzinfo=dt.UTC)).timestamp()
+    if isinstance(value, str):
+        return parse_time(value, key="as_of")
+    return float(value)

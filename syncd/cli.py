@@ -33,7 +33,13 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("text", help="the query; - reads one query per line from stdin")
     q.add_argument("-k", type=int, default=10, help="results to return (default 10)")
     q.add_argument("--connector")
+    q.add_argument("--as-of", dest="as_of", metavar="TIME",
+                   help="search the index as it was at TIME (ISO 8601, e.g. 2026-03-03T12:00:00Z)")
     q.add_argument("--json", action="store_true")
+    h = sub.add_parser("history", help="the change journal of one document: every committed change, oldest first")
+    h.add_argument("doc_id", metavar="DOC_ID")
+    h.add_argument("--connector", help="only this connector's document of that id")
+    h.add_argument("--json", action="store_true", help="one JSON line per entry")
     st = sub.add_parser("status", help="the daemon's /status, or the same figures from the store")
     st.add_argument("--json", action="store_true")
     v = sub.add_parser("verify", help="compare the index with the sources; exit 1 on drift")
@@ -294,10 +300,19 @@ def _report(summary: Any, as_json: bool) -> None:
 def cmd_query(cfg: Any, args: argparse.Namespace) -> int:
     from syncd.api import Index
 
+    as_of = None
+    if args.as_of is not None:
+        from syncd.audit import parse_time
+        from syncd.errors import BadArgument
+
+        try:
+            as_of = parse_time(args.as_of, key="--as-of")
+        except BadArgument as exc:
+            raise ConfigError(str(exc), key="--as-of") from None
     index = Index(cfg)
     queries = [line.strip() for line in sys.stdin if line.strip()] if args.text == "-" else [args.text]
     for text in queries:
-        result = index.query(text, k=args.k, connector=args.connector)
+        result = index.query(text, k=args.k, connector=args.connector, as_of=as_of)
         if args.json or args.text == "-":
             _emit(result)
             continue
@@ -480,5 +495,24 @@ def cmd_model(cfg: Any, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_history(cfg: Any, args: argparse.Namespace) -> int:
+    """`syncd history DOC_ID`: read from the store's change journal (no model, no daemon needed)."""
+    from syncd.api import history
+    from syncd.audit import history_line
+    from syncd.store import Store
+
+    store = Store(cfg.store_uri, cfg.state_dir, base_table=cfg.store.table, dim=0, signature="",
+                  **cfg.store.cache_limits())
+    entries = history(store, args.doc_id, connector=args.connector)
+    for entry in entries:
+        if args.json:
+            _emit(entry)
+        else:
+            print(history_line(entry))
+    if not entries and not args.json:
+        print(f"no changes recorded for {args.doc_id}")
+    return EXIT_OK
+
+
 _COMMANDS = {"run": cmd_run, "sync": cmd_sync, "reindex": cmd_reindex, "query": cmd_query, "status": cmd_status,
-             "verify": cmd_verify, "model": cmd_model}
+             "verify": cmd_verify, "model": cmd_model, "history": cmd_history}

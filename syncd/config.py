@@ -84,6 +84,7 @@ DURATION_FLOORS: dict[str, Floor] = {
     "delete_settle": Floor(_LOOP_S),  # the writer checks held deletions at this period
     "stall_after": Floor(1.0),  # shorter calls every backlog a stall
     "lease_ttl": Floor(2.0),  # the heartbeat renews at a third of it: shorter races every store round trip
+    "keep_versions_for": Floor(86400.0, zero="off"),  # one version per day: less than a day keeps none
     # Keys every connector type may use, with the same meaning.
     "poll_interval": Floor(_LOOP_S),
     "reconcile_interval": Floor(1.0, zero="only at start"),
@@ -320,6 +321,13 @@ class SyncConfig(Section):
     """A connector whose backlog has not shrunk for this long shows `stalled` in /status and fails /readyz."""
 
 
+class AuditConfig(Section):
+    keep_versions_for: Duration = 90 * 86400.0
+    """Point-in-time answers: every version of the last hour and each day's last version are kept this long
+    (as Lance tags, which version clean-up leaves alone); an as-of older than that is an error naming the
+    oldest time available. 0 = off (versions go after [sync] version_retention). At least 1d."""
+
+
 class LoggingConfig(Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "json", "console"] = "auto"
@@ -364,6 +372,7 @@ class Config(Section):
     state: StateConfig = StateConfig()
     limits: LimitsConfig = LimitsConfig()
     sync: SyncConfig = SyncConfig()
+    audit: AuditConfig = AuditConfig()
     logging: LoggingConfig = LoggingConfig()
     connectors: tuple[ConnectorConfig, ...] = ()
 

@@ -5,6 +5,8 @@ The tree::
     SyncdError                     root of everything syncd raises on purpose
     ├── ConfigError                the config file is missing, unreadable or invalid (exit 2)
     ├── StoreError                 LanceDB could not be opened or written
+    ├── AsOfUnavailable            no kept table version holds the index as it was at an as-of time
+    ├── BadArgument                a malformed TIME, VERSION, cursor or limit of a read (HTTP 400, exit 2)
     ├── ModelError                 the embedding model could not be loaded
     ├── DocumentError              something is wrong with one document
     │   ├── DocumentSkipped        (terminal) the document is not indexable: binary, too big, ...
@@ -102,3 +104,20 @@ class MassDeletionRefused(SyncdError):
 
 class DocumentGone(DocumentError):
     """The document no longer exists at the source (deleted, or vanished while being read)."""
+
+
+class AsOfUnavailable(SyncdError):
+    """An as-of time the kept table versions cannot answer exactly; ``oldest`` is the oldest time available
+    (unix time), None when no history is kept yet."""
+
+    def __init__(self, message: str, *, oldest: float | None) -> None:
+        super().__init__(message)
+        self.oldest = oldest
+
+
+class BadArgument(SyncdError):
+    """A malformed argument of a read (``since``, ``as_of``, ``cursor``, ``limit``); ``key`` names it."""
+
+    def __init__(self, message: str, *, key: str) -> None:
+        super().__init__(f"{key}: {message}")
+        self.key = key

@@ -1,4 +1,4 @@
-"""The read-only HTTP endpoint: /healthz, /readyz, /status, /metrics, /search and a status page at /.
+"""The read-only HTTP endpoint: /healthz, /readyz, /status, /metrics, /search, /changes and a status page at /.
 
 Shape: one acceptor thread and a small pool of worker threads, all daemons. The acceptor accepts
 connections without blocking and, with `selectors`, buffers each request head until its blank line
@@ -58,13 +58,13 @@ class Endpoints:
     """What the handlers call; the daemon provides it."""
 
     def __init__(self, *, healthy: Callable[[], bool], ready: Callable[[], bool], status: Callable[[], dict[str, Any]],
-                 metrics: Callable[[], bytes], search: Callable[[str, int, str | None], dict[str, Any]],
+                 metrics: Callable[[], bytes], search: Callable[..., dict[str, Any]],
                  page: Callable[[], str], token: str | None,
                  problems: Callable[[], list[str]] | None = None,
                  connectors: Callable[[], Collection[str]] | None = None,
                  ready_problems: Callable[[], list[str]] | None = None,
                  hook: Callable[[str, Mapping[str, str], bytes | None], tuple[int, dict[str, Any]]] | None = None,
-                 ) -> None:
+                 changes: Callable[..., dict[str, Any]] | None = None) -> None:
         self.healthy = healthy
         self.ready_problems = ready_problems
         self.problems = problems
@@ -79,6 +79,8 @@ class Endpoints:
         # POST /hooks/NAME: (connector, headers, body or None when over the size cap) -> (status, JSON body).
         # It authenticates with the connector's own webhook secret, not the bearer token (see syncd/hooks.py).
         self.hook = hook
+        self.changes = changes
+        """/changes: the change journal, paged (``syncd.audit.changes_page``'s keyword arguments)."""
 
 
 class _Answer:
@@ -253,6 +255,8 @@ class _Handler(BaseHTTPRequestHandler):
             return _Answer(200, ep.metrics(), "text/plain; version=0.0.4; charset=utf-8")
         if path == "/search":
             return self._search(parse_qs(query))
+        if path == "/changes" and ep.changes is not None:
+            return self._changes(parse_qs(query))
         if path in ("/", "/index.html"):
             return _Answer(200, ep.page().encode(), "text/html; charset=utf-8")
         return _json(404, {"error": f"no such path: {path}"})
@@ -272,7 +276,32 @@ class _Handler(BaseHTTPRequestHandler):
         if connector is not None and ep.connectors is not None and connector not in ep.connectors():
             # The same answer as `syncd query --connector NAME` gives for a name it does not know.
             return _json(400, {"error": f"no connector named {connector!r}"})
-        return _json(200, ep.search(q, k, connector))
+        as_of = params.get("as_of", [None])[0]
+        if as_of is None:
+            return _json(200, ep.search(q, k, connector))
+        from syncd.audit import parse_time
+        from syncd.errors import AsOfUnavailable, BadArgument
+
+        try:
+            return _json(200, ep.search(q, k, connector, as_of=parse_time(as_of, key="as_of")))
+        except BadArgument as exc:
+            return _json(400, {"error": str(exc)})
+        except AsOfUnavailable as exc:
+            from syncd.audit import iso
+
+            return _json(400, {"error": str(exc), "oldest_available_at": iso(exc.oldest)})
+
+    def _changes(self, params: dict[str, list[str]]) -> _Answer:
+        from syncd.errors import BadArgument
+
+        ep = self.endpoints
+        assert ep.changes is not None
+        args = {key: params[key][0] for key in ("since", "connector", "doc_id", "limit", "cursor", "order")
+                if key in params}
+        try:
+            return _json(200, ep.changes(**args))
+        except BadArgument as exc:
+            return _json(400, {"error": str(exc)})
 
 
 class _Pending:

@@ -34,7 +34,7 @@ import numpy as np
 import pyarrow as pa
 import structlog
 
-from syncd.errors import StoreError, SyncdError
+from syncd.errors import AsOfUnavailable, StoreError, SyncdError
 from syncd.lazy_imports import import_lancedb
 from syncd.redact import redact
 from syncd.state import read_json, write_json_atomic
@@ -294,6 +294,8 @@ class Store:
         self._commits_on_connection = 0
         self._opened_version: int | None = None  # a reader's: the version its connection first read
         self._refreshes = 0
+        self.versions_bytes: int | None = None
+        """Bytes the live table's kept versions take on disk, as the last maintenance found (audit status)."""
         self.hash_filter: HashFilter | None = None
         """Set by ``indexed_docs`` for the live table; None while unknown (then every hash is looked up)."""
 
@@ -910,6 +912,7 @@ class Store:
                 self._merge_vector_deltas()
                 if self.journal.exists():
                     self.journal.maintain(retention_s=retention_s)
+                self.versions_bytes = self._versions_bytes()
             except Exception as exc:  # noqa: BLE001
                 raise StoreError(f"maintenance failed: {exc}") from exc
             self.commits_since_maintenance = 0
@@ -1104,7 +1107,8 @@ class Store:
         out: dict[str, Any] = {"keep_versions_for_s": keep_for_s, "oldest_available_at": oldest,
                                "versions_kept": len(usable), "daily_tags": len(tags),
                                "oldest_daily_tag": tags[0][len(AUDIT_TAG_PREFIX):] if tags else None,
-                               "versions_bytes": self._versions_bytes()}
+                               "versions_bytes": self.versions_bytes if self.versions_bytes is not None
+                               else self._versions_bytes()}
         if self.journal.exists():
             out["journal"] = self.journal.stats()
         return out
@@ -1210,14 +1214,6 @@ def _epoch(value: Any) -> float | None:
     return float(value)
 
 
-class AsOfUnavailable(SyncdError):
-    """An as-of time the retained versions cannot answer exactly. ``oldest`` is the oldest time available."""
-
-    def __init__(self, message: str, *, oldest: float | None) -> None:
-        super().__init__(message)
-        self.oldest = oldest
-
-
 @dataclass(frozen=True, slots=True)
 class DocState:
     """A document as one table version holds it (what the repair compares)."""
@@ -1240,7 +1236,7 @@ class Journal:
 
     # -- opening ---------------------------------------------------------------------------------------
     def exists(self) -> bool:
-        return self.name in self.store._table_names()
+        return self._table is not None or self.name in self.store._table_names()
 
     def open(self, *, create: bool = True) -> Any:
         if self._table is not None:
@@ -1261,7 +1257,8 @@ class Journal:
 
     @property
     def table(self) -> Any:
-        return self.open()
+        """The journal table; created by the writer (``append``, ``catch_up``), never by a reader."""
+        return self.open(create=False)
 
     def reopen(self) -> None:
         """Forget the handle (the store moved to a new connection)."""
@@ -1280,6 +1277,7 @@ class Journal:
         """Append ``entries`` (journal columns; times as unix seconds) in one commit; returns their seqs."""
         if not entries:
             return []
+        self.open()
         try:
             if self._next_seq is None:
                 self._next_seq = self._max_seq() + 1
@@ -1324,6 +1322,8 @@ class Journal:
              limit: int = 100, newest_first: bool = False, kinds: Sequence[str] = ("change",)) -> list[dict[str, Any]]:
         """Rows in seq order (or newest first) after/before a seq, filtered. Reads windows of seq numbers, so
         a page costs about its own size however long the journal is."""
+        if not self.exists():
+            return []
         clauses = ["kind IN (" + ", ".join(sql_string(k) for k in kinds) + ")"]
         if since_time is not None:
             stamp = dt.datetime.fromtimestamp(since_time, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")
@@ -1425,6 +1425,7 @@ class Journal:
         is compared with the version before it, and its document changes are appended, marked ``repaired``.
         Returns what was appended."""
         store = self.store
+        self.open()
         live = store.table_name
         latest = int(store.table.version)
         if until is not None:

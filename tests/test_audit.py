@@ -5,14 +5,22 @@ version live then; retention is enforced and explained."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import signal
+import subprocess
+import sys
+import threading
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
 
 from syncd.store import AUDIT_TAG_PREFIX, AsOfUnavailable
 from syncd.testing import HashEmbedder
+from tests.conftest import wait_for, write_config
 
 
 def content_rev(text: str) -> str:
@@ -170,3 +178,145 @@ def test_maintenance_tags_each_days_last_version_and_drops_tags_past_retention(f
     made = store.tag_daily_versions(90 * 86400, now=last[1] + 91 * 86400)
     assert made["removed"] == [AUDIT_TAG_PREFIX + day]
     assert AUDIT_TAG_PREFIX + day not in store.table.tags.list()
+
+
+def run_cli(config: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "syncd", "--config", str(config), *args], capture_output=True,
+                          text=True, env={**os.environ, **(env or {})}, timeout=300)
+
+
+@pytest.mark.e2e
+def test_kill_9_between_a_commit_and_its_journal_entry_is_repaired_at_restart_once(fs_config, docs):
+    """`syncd sync` killed (SIGKILL, from the crash point) after its commit and before the journal append: the
+    next start finds the commit in the table's versions and journals it, once; `syncd history` prints it."""
+    (docs / "policy.md").write_text(doc_text("oscar"))
+    first = run_cli(fs_config, "sync", "--json")
+    assert first.returncode == 0, first.stderr
+    (docs / "policy.md").write_text(doc_text("papa"))
+    crashed = run_cli(fs_config, "sync", "--json", env={"SYNCD_TEST_CRASH_AT": "journal-append"})
+    assert crashed.returncode == -signal.SIGKILL, (crashed.returncode, crashed.stderr[-2000:])
+    history = run_cli(fs_config, "history", "policy.md", "--json")
+    assert [json.loads(line)["action"] for line in history.stdout.splitlines()] == ["added"]  # lost so far
+
+    again = run_cli(fs_config, "sync", "--json")  # the restart
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout.splitlines()[-1])["docs_changed"] == 0  # the commit had landed
+    lines = [json.loads(line) for line in run_cli(fs_config, "history", "policy.md", "--json").stdout.splitlines()]
+    assert [e["action"] for e in lines] == ["added", "changed"]
+    repaired = lines[1]
+    assert repaired["repaired"] is True and repaired["seen_at"] is None
+    assert repaired["previous_revision"] == content_rev(doc_text("oscar"))
+    assert repaired["revision"] == content_rev(doc_text("papa"))
+    assert repaired["table_version"] > lines[0]["table_version"]
+    assert run_cli(fs_config, "sync", "--json").returncode == 0  # another start: still once
+    text = run_cli(fs_config, "history", "policy.md").stdout
+    assert text.count(" changed ") == 1 and text.count(" added ") == 1 and "(repaired)" in text
+
+
+def http_get(url: str) -> tuple[int, dict]:  # type: ignore[type-arg]
+    try:
+        with urllib.request.urlopen(url, timeout=30) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def test_changes_paging_returns_every_entry_exactly_once_while_writes_continue(tmp_path, docs, in_process_daemon):
+    config = write_config(tmp_path, [{"name": "docs", "type": "filesystem", "path": str(docs)}])
+    with in_process_daemon(config) as daemon:
+        url = daemon.service.http.url
+        stop = threading.Event()
+        written: set[str] = set()
+
+        def writer() -> None:
+            i = 0
+            while not stop.is_set() and i < 60:
+                name = f"d{i % 12}.md"
+                (docs / name).write_text(doc_text(f"word{i}"))
+                written.add(name)
+                i += 1
+                time.sleep(0.05)
+
+        thread = threading.Thread(target=writer)
+        thread.start()
+        seen: list[dict] = []  # type: ignore[type-arg]
+        cursor = None
+        pages = 0
+        try:
+            while thread.is_alive() or pages < 3:
+                query = "/changes?limit=3" + (f"&cursor={cursor}" if cursor else "")
+                code, page = http_get(url + query)
+                assert code == 200, page
+                seen.extend(page["changes"])
+                cursor = page["next_cursor"]
+                pages += 1
+                time.sleep(0.02)
+        finally:
+            stop.set()
+            thread.join()
+        daemon.wait_idle()
+        while True:
+            code, page = http_get(url + f"/changes?limit=3&cursor={cursor}")
+            assert code == 200
+            if not page["changes"]:
+                break
+            seen.extend(page["changes"])
+            cursor = page["next_cursor"]
+        everything = daemon.service.reader.journal.read(limit=100_000)
+        assert pages > 3
+        assert [(e["doc_id"], e["table_version"], e["action"]) for e in seen] == [
+            (e["doc_id"], e["table_version"], e["action"]) for e in everything]
+        assert {e["doc_id"] for e in seen} == written
+        # Newest first pages back through the same entries.
+        back, cursor = [], None
+        while True:
+            code, page = http_get(url + "/changes?order=newest&limit=7" + (f"&cursor={cursor}" if cursor else ""))
+            back.extend(page["changes"])
+            cursor = page["next_cursor"]
+            if cursor is None:
+                break
+        assert back == list(reversed(seen))
+        # Filters and since.
+        one = "d3.md"
+        code, page = http_get(url + f"/changes?doc_id={one}&connector=docs&limit=1000")
+        assert [e["doc_id"] for e in page["changes"]] == [one] * len([e for e in seen if e["doc_id"] == one])
+        middle = seen[len(seen) // 2]
+        code, page = http_get(url + f"/changes?since={middle['table_version']}&limit=1000")
+        assert page["changes"] == [e for e in seen if e["table_version"] > middle["table_version"]]
+        code, page = http_get(url + f"/changes?since={middle['committed_at']}&limit=1000")
+        assert page["changes"] == [e for e in seen if e["committed_at"] >= middle["committed_at"]]
+        for bad in ("since=yesterday", "limit=0", "cursor=abc", "order=sideways"):
+            code, page = http_get(url + "/changes?" + bad)
+            assert code == 400 and bad.split("=")[0] in page["error"]
+
+
+def test_search_as_of_and_status_over_http(tmp_path, docs, in_process_daemon):
+    config = write_config(tmp_path, [{"name": "docs", "type": "filesystem", "path": str(docs)}])
+    (docs / "policy.md").write_text(doc_text("quebec"))
+    with in_process_daemon(config) as daemon:
+        url = daemon.service.http.url
+        wait_for(lambda: http_get(url + "/changes")[1]["changes"], what="the first entry")
+        # Written aside and renamed over it: a watcher never sees the file empty (that would be a deletion).
+        (docs / ".policy.tmp").write_text(doc_text("romeo"))
+        (docs / ".policy.tmp").rename(docs / "policy.md")
+        daemon.wait_idle()
+        got = wait_for(lambda: len(c := http_get(url + "/changes")[1]["changes"]) == 2 and c, what="the edit")
+        q = "retention+policy+says"
+        code, live = http_get(url + f"/search?q={q}")
+        assert code == 200 and "romeo" in live["results"][0]["text"]
+        assert live["results"][0]["table_version"] >= got[1]["table_version"]
+        code, then = http_get(url + f"/search?q={q}&as_of={got[0]['committed_at']}")
+        assert code == 200, then
+        assert "quebec" in then["results"][0]["text"] and "romeo" not in json.dumps(then)
+        assert then["results"][0]["table_version"] < got[1]["table_version"]
+        code, too_old = http_get(url + f"/search?q={q}&as_of=2001-01-01T00:00:00Z")
+        assert code == 400 and too_old["oldest_available_at"][:19] in too_old["error"]
+        code, err = http_get(url + f"/search?q={q}&as_of=last+tuesday")
+        assert code == 400 and "as_of" in err["error"]
+        code, status = http_get(url + "/status")
+        audit = status["audit"]
+        assert "error" not in audit, audit
+        assert audit["keep_versions_for"] == "90d"
+        assert audit["oldest_available_at"] == too_old["oldest_available_at"]
+        assert audit["journal"]["entries"] == 2 and audit["journal"]["bytes"] > 0
+        assert audit["versions_bytes"] > 0

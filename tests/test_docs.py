@@ -13,7 +13,8 @@ from syncd import config as config_mod
 REPO = Path(__file__).resolve().parent.parent
 SECTIONS = {"store": config_mod.StoreConfig, "embedding": config_mod.EmbeddingConfig,
             "chunking": config_mod.ChunkingConfig, "http": config_mod.HttpConfig, "state": config_mod.StateConfig,
-            "limits": config_mod.LimitsConfig, "sync": config_mod.SyncConfig, "logging": config_mod.LoggingConfig}
+            "limits": config_mod.LimitsConfig, "sync": config_mod.SyncConfig, "audit": config_mod.AuditConfig,
+            "logging": config_mod.LoggingConfig}
 
 
 def tuning_keys() -> set[str]:

@@ -99,7 +99,8 @@ class Service:
             search=self.search, page=self.page, token=token,
             problems=lambda: status_mod.health_problems(self),
             connectors=lambda: self.runtime.engine.connectors if self.runtime is not None else (),
-            ready_problems=lambda: status_mod.ready_problems(self), hook=self.hook))
+            ready_problems=lambda: status_mod.ready_problems(self), hook=self.hook,
+            changes=self.changes))
         self.http.start()
         write_json_atomic(cfg.state_dir / "daemon.json", {"pid": os.getpid(), "url": self.http.url,
                                                           "started_at": self.started_at})
@@ -373,11 +374,12 @@ class Service:
 
         return bytes(generate_latest(self.metrics.registry))
 
-    def search(self, q: str, k: int, connector: str | None) -> dict[str, Any]:
+    def search(self, q: str, k: int, connector: str | None, *, as_of: float | None = None) -> dict[str, Any]:
         assert self.reader is not None and self.query_vectors is not None
         self.reader.refresh()
         vectors = self.query_vectors
-        results = self.reader.search(lambda: vectors(q), q, k=k, connector=connector)
+        version = self.reader.version_as_of(as_of) if as_of is not None else None
+        results = self.reader.search(lambda: vectors(q), q, k=k, connector=connector, version=version)
         return {"query": q, "results": results}
 
     def hook(self, name: str, headers: Mapping[str, str], body: bytes | None) -> tuple[int, dict[str, Any]]:
@@ -415,6 +417,13 @@ class Service:
         self.metrics.hooks.labels(connector=name, sender=verdict.sender, outcome=poll).inc()
         log.info("hook.accepted", connector=name, sender=verdict.sender, poll=poll)
         return 202, {"connector": name, "poll": poll}
+
+    def changes(self, **params: Any) -> dict[str, Any]:
+        """/changes: a page of the change journal (``syncd.audit.changes_page``), read through the reader."""
+        from syncd.audit import changes_page
+
+        assert self.reader is not None
+        return changes_page(self.reader.journal, **params)
 
     def status(self) -> dict[str, Any]:
         assert self.runtime is not None

@@ -170,7 +170,8 @@ class Maintenance:
         started = time.monotonic()
         try:
             result = store.maintain(retention_s=self.service.config.sync.version_retention,
-                                    ann_min_rows=self.policy.ann_min_rows)
+                                    ann_min_rows=self.policy.ann_min_rows,
+                                    keep_versions_for=self.service.config.audit.keep_versions_for)
         except SyncdError as exc:
             self.error = str(exc)
             metrics.maintenance_runs.labels(outcome="failed").inc()
@@ -189,7 +190,7 @@ class Maintenance:
             metrics.fragments.set(stats["fragments"])
         log.info("maintenance.finished", seconds=round(time.monotonic() - started, 3),
                  fragments=stats.get("fragments"), table_version=stats.get("table_version"),
-                 indexes_created=result.get("indexes_created"))
+                 indexes_created=result.get("indexes_created"), audit_tags=result.get("tags"))
 
     def overdue(self) -> bool:
         """Maintenance that silently stopped running (scheduler dead, every run failing) is a health failure."""

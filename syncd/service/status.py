@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from syncd import __version__
+from syncd.config import format_duration
 from syncd.errors import StoreError, SyncdError
 from syncd.notify import notify
 
@@ -176,6 +177,7 @@ def build_status(runtime: Runtime, service: Service | None = None) -> dict[str, 
                   **_shared_store(runtime),
                   **({"error": store_stats["error"]} if "error" in store_stats else {})},
         "embedding": {"model": runtime.config.embedding.model, "dim": runtime.embedder.dim, **runtime.embedding_info},
+        "audit": audit_status(runtime, service),
         "connectors": connectors,
         "last_reconcile_at": _iso(writer.last_reconcile_at) if writer else None,
         "verify": service.last_verify if service else None,
@@ -202,6 +204,31 @@ def _shared_store(runtime: Any) -> dict[str, Any]:
         out["daemons"] = None
         out["daemons_error"] = str(exc)
     return out
+
+
+def audit_status(runtime: Runtime, service: Service | None = None) -> dict[str, Any]:
+    """/status → ``audit``: how far back as-of answers reach and what the history costs in space."""
+    store = service.reader if service is not None and service.reader is not None else runtime.store
+    keep = runtime.config.audit.keep_versions_for
+    try:
+        figures = store.audit_retention(keep)
+    except StoreError as exc:
+        return {"keep_versions_for": format_duration(keep) if keep else "0", "error": str(exc)}
+    journal = figures.get("journal") or {}
+    return {
+        "keep_versions_for": format_duration(keep) if keep else "0",
+        "oldest_available_at": _iso_precise(figures["oldest_available_at"]),
+        "versions_kept": figures["versions_kept"], "daily_tags": figures["daily_tags"],
+        "oldest_daily_tag": figures["oldest_daily_tag"], "versions_bytes": figures["versions_bytes"],
+        "journal": {"table": journal.get("table"), "entries": journal.get("entries", 0),
+                    "bytes": journal.get("bytes", 0), "oldest_change_at": _iso_precise(journal.get("oldest_change_at"))},
+    }
+
+
+def _iso_precise(ts: float | None) -> str | None:
+    from syncd.audit import iso
+
+    return iso(ts)
 
 
 RETRY_BUDGET = 3
