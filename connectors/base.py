@@ -179,6 +179,16 @@ class Connector(abc.ABC):
         """Incremental changes since the connector's cursor, or None to fall back to a full listing."""
         return None
 
+    @property
+    def check_interval(self) -> float | None:
+        """Seconds between cheap checks for news (``has_changes``) of a polled source; None: no checks."""
+        return None
+
+    def has_changes(self) -> bool:
+        """A cheap check (one small request) whether the source changed since the last poll; True makes the
+        service poll at once. Runs beside polls and reads, on a scheduler thread."""
+        return False
+
     def commit_cursor(self) -> None:  # noqa: B027 - optional hook; most connectors have no cursor
         """Called once the changes returned by the last poll() are committed to the store."""
 

@@ -66,6 +66,9 @@ class MediaWikiConfig(PushConfig):
     """How often recentchanges is read."""
     reconcile_interval: Duration = 0.0
     """How often the full page listing is compared with the index (0 = only at start)."""
+    check_interval: Duration = 5.0
+    """How often the newest row of recentchanges (one row, the configured namespaces) is read: a row the last
+    poll did not see starts the poll at once, so an edit is indexed within seconds (0 = off: only polls)."""
     overlap: Duration = 300.0
     """How far before the cursor each poll re-reads recentchanges; rows already handled are skipped."""
     rc_max_age: Duration = 90 * 86400.0
@@ -179,6 +182,8 @@ class MediaWikiConnector(Connector):
         self._failed: set[str] = set()
         self._pending: dict[str, Any] | None = None
         self.cursor_path = context.state_dir / "cursor.json"
+        self._polled: tuple[int | None, float] | None = None
+        """(newest rcid, the wiki's time) of the last read of recentchanges, for ``has_changes``."""
 
     # -- the API ---------------------------------------------------------------------------------------
     def _check(self, response: httpx.Response) -> None:
@@ -436,6 +441,28 @@ class MediaWikiConnector(Connector):
     def reconcile_interval(self) -> float | None:
         return self.cfg.reconcile_interval or None
 
+    @property
+    def check_interval(self) -> float | None:
+        return self.cfg.check_interval or None
+
+    def has_changes(self) -> bool:
+        """One request for the newest recentchanges row of the indexed namespaces: True when the last poll
+        had not seen it (by rcid, or by time when that poll saw no rows at all)."""
+        data = self._api({"action": "query", "list": "recentchanges", "rcdir": "older", "rclimit": "1",
+                          "rctype": "edit|new|log", "rcprop": "ids|timestamp",
+                          "rcnamespace": "|".join(str(ns) for ns in self.cfg.namespaces)})
+        rows = data.get("query", {}).get("recentchanges", [])
+        if not rows:
+            return False
+        top, seen = rows[0], self._polled
+        if seen is None:
+            return True  # no poll in this process yet: let one run
+        rcid, polled_top, polled_at = int(top.get("rcid", 0)), seen[0], seen[1]
+        if polled_top is not None:
+            return rcid > polled_top
+        # Whole-second timestamps: a row of the poll's own second may be news.
+        return _parse_ts(str(top.get("timestamp"))) >= polled_at - 1
+
     def load_cursor(self) -> dict[str, Any] | None:
         """The committed cursor: ``ts`` (high-water timestamp) and ``seen`` (row keys handled near it)."""
         data = read_json(self.cursor_path)
@@ -462,7 +489,10 @@ class MediaWikiConnector(Connector):
             if "continue" not in data:
                 break
             cont = data["continue"]
-        return rows, now if now is not None else time.time()
+        wiki_now = now if now is not None else time.time()
+        ids = [int(r["rcid"]) for r in rows if isinstance(r.get("rcid"), int)]
+        self._polled = (max(ids) if ids else None, wiki_now)
+        return rows, wiki_now
 
     def _row_titles(self, row: dict[str, Any]) -> list[tuple[str, str]]:
         """(kind, title) for each page of interest a recentchanges row touches."""

@@ -88,6 +88,7 @@ DURATION_FLOORS: dict[str, Floor] = {
     # Keys every connector type may use, with the same meaning.
     "poll_interval": Floor(_LOOP_S),
     "reconcile_interval": Floor(1.0, zero="only at start"),
+    "check_interval": Floor(1.0, zero="off"),  # a check more often than each second is a poll by another name
     "timeout": Floor(1.0),  # shorter fails every request or fetch, then retries it: a loop that does nothing
     "max_backoff": Floor(0.01),  # 0 would retry a failing server at once, with no pause at all
     "overlap": Floor(1.0),  # the sources' timestamps have whole seconds: less re-reads nothing

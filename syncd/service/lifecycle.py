@@ -206,6 +206,22 @@ class Service:
 
             sched.add_job(poll_job, "interval", seconds=interval, id=f"poll:{name}", max_instances=1,
                           coalesce=True, misfire_grace_time=max(1, math.ceil(interval)))
+        check = connector.check_interval if interval else None
+        if check:
+            def check_job() -> None:
+                # Only between polls: a poll in flight or a connector backing off needs no news.
+                if self.writer.polling(name) or self.writer.backing_off(name, f"check:{name}"):
+                    return
+                try:
+                    changed = connector.has_changes()
+                except Exception as exc:  # noqa: BLE001 - a failed check is a miss; the poll reports errors
+                    log.debug("check.failed", connector=name, error=str(exc))
+                    return
+                if changed:
+                    self.writer.request_poll(name, trigger="check")
+
+            sched.add_job(check_job, "interval", seconds=check, id=f"check:{name}", max_instances=1,
+                          coalesce=True, misfire_grace_time=max(1, math.ceil(check)))
         recon = connector.reconcile_interval
         if recon:
             def reconcile_job() -> None:
@@ -335,7 +351,7 @@ class Service:
                         rt.engine.remove_connector(name)
                     self.writer.forget(name)
                     if self.scheduler is not None:
-                        for job_id in (f"poll:{name}", f"reconcile:{name}"):
+                        for job_id in (f"poll:{name}", f"check:{name}", f"reconcile:{name}"):
                             if self.scheduler.get_job(job_id):
                                 self.scheduler.remove_job(job_id)
             for name, cc in new_by_name.items():

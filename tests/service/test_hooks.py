@@ -8,7 +8,6 @@ import hashlib
 import hmac
 import json
 import os
-import resource
 import threading
 import time
 import urllib.error
@@ -363,7 +362,8 @@ def test_a_flood_of_a_thousand_hooks_in_a_second_makes_one_or_two_polls(
         stop.set()
         prober.join(timeout=30)
         time.sleep(0.5)
-        print(f"flood: {len(codes)} hooks in {flood_s:.2f} s, {codes.count(202)} accepted, {polls.count} poll(s), probes {len(probes)}")
+        print(f"flood: {len(codes)} hooks in {flood_s:.2f} s, {codes.count(202)} accepted, "
+              f"{polls.count} poll(s), {len(probes)} probes answered")
         # Every hook was answered: accepted, or (past the server's waiting room) asked to retry.
         assert len(codes) == 1000 and set(codes) <= {202, 503} and codes.count(202) >= 1
         assert 1 <= polls.count <= 2, polls.count
