@@ -267,25 +267,37 @@ class SharedFacts:
 
     KEY = "store.json"
 
+    FRESH_S = 1.0
+    """A read answers from memory this long: readers look at the pointer before every query."""
+
     def __init__(self, shared: SharedStore) -> None:
         self.shared = shared
+        self._cached: tuple[float, dict[str, Any] | None] | None = None
 
     def read(self) -> dict[str, Any] | None:
+        if self._cached is not None and time.monotonic() - self._cached[0] < self.FRESH_S:
+            return self._cached[1]
         found = self.shared.get(self.KEY)
-        return found.doc if found is not None and found.doc else None
+        doc = found.doc if found is not None and found.doc else None
+        self._cached = (time.monotonic(), doc)
+        return doc
 
     def write(self, doc: dict[str, Any]) -> None:
         self.shared.put(self.KEY, doc)
+        self._cached = None
 
     def create(self, doc: dict[str, Any]) -> None:
         """Write ``doc`` unless a pointer exists (two daemons creating the store at once: the first wins)."""
         self.shared.create(self.KEY, doc)
+        self._cached = None
 
 
 def shared_store(config: Config, **kwargs: Any) -> SharedStore | None:
     """The ``_syncd/`` folder of the config's object store (None for a local folder)."""
     if not config.store.is_object_store:
         return None
+    # A request that does not get through within a lease's time is of no use to the lease.
+    kwargs.setdefault("retry_timeout_s", max(1.0, min(10.0, config.store.lease_ttl)))
     return SharedStore(config.store_uri, config.store.resolved_storage_options(), **kwargs)
 
 

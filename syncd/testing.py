@@ -9,6 +9,9 @@
 * ``SlowEmbedder`` wraps an embedder and takes a set time per text, or waits on a gate: it stands in for
   the real model on a large document (thousands of chunks, minutes on a CPU), which a test cannot afford
   to embed for real, so that work in flight can be observed, superseded and bounded.
+* ``S3Proxy`` sits between syncd and a real S3 server (SeaweedFS in the tests) and stands in for the S3
+  stores that cannot run here: one that ignores conditional writes (answers a refused ``If-None-Match`` /
+  ``If-Match`` PUT with success, as a store without them does), and a store that stops answering.
 """
 
 from __future__ import annotations
@@ -151,3 +154,76 @@ def crash_point(name: str) -> None:
 
     if os.environ.get(CRASH_ENV) == name:
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+class S3Proxy:
+    """An HTTP proxy in front of an S3 endpoint, on 127.0.0.1 and a free port. ``mode``: ``"forward"`` (as the
+    server answers), ``"ignore-conditional"`` (a conditional PUT the server refuses with 412 is answered 200:
+    the client believes it won, which is what a store without conditional writes does), ``"down"`` (every
+    request gets its connection closed, as an unreachable endpoint). Requests pass unchanged (the Host header
+    too, so signatures hold)."""
+
+    def __init__(self, upstream: str) -> None:
+        import http.client
+        import http.server
+        import threading
+        import urllib.parse
+
+        self.upstream = urllib.parse.urlsplit(upstream)
+        self.mode = "forward"
+        self.requests = 0
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def _forward(self) -> None:
+                proxy.requests += 1
+                if proxy.mode == "down":
+                    self.close_connection = True
+                    self.connection.close()
+                    return
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else None
+                conn = http.client.HTTPConnection(proxy.upstream.hostname or "127.0.0.1", proxy.upstream.port,
+                                                  timeout=60)
+                try:
+                    conn.request(self.command, self.path, body=body, headers=dict(self.headers.items()))
+                    resp = conn.getresponse()
+                    data = resp.read()
+                    conditional = "If-None-Match" in self.headers or "If-Match" in self.headers
+                    if proxy.mode == "ignore-conditional" and self.command == "PUT" and conditional \
+                            and resp.status == 412:
+                        self.send_response(200)
+                        self.send_header("ETag", '"' + hashlib.md5(body or b"").hexdigest() + '"')  # noqa: S324
+                        self.send_header("Content-Length", "0")
+                        self.end_headers()
+                        return
+                    self.send_response(resp.status)
+                    for key, value in resp.getheaders():
+                        if key.lower() not in ("transfer-encoding", "connection", "content-length"):
+                            self.send_header(key, value)
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    if self.command != "HEAD":
+                        self.wfile.write(data)
+                finally:
+                    conn.close()
+
+            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _forward
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> S3Proxy:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
