@@ -362,6 +362,12 @@ def cmd_status(cfg: Any, args: argparse.Namespace) -> int:
     print(f"syncd {data['version']}: daemon {where}")
     print(f"store {store['uri']} table {store['table']} v{store['table_version']}: {store['docs']} docs, "
           f"{store['chunks']} chunks")
+    if store.get("daemons") is not None:
+        print(f"  {len(store['daemons'])} daemon(s) share this store:")
+        for d in store["daemons"]:
+            role = ", maintenance" if d["maintenance"] else ""
+            print(f"    {d['id']} on {d['host']}: {', '.join(d['connectors']) or 'no connectors'}{role} "
+                  f"(heartbeat {d['heartbeat_at']})")
     embedding = data.get("embedding") or {}
     if embedding.get("backend"):
         print(f"embedding {embedding.get('model')} on {embedding['backend']}: {embedding.get('backend_reason', '')}")

@@ -103,16 +103,14 @@ def _ready(server: SeaweedFS, deadline: float, proc: subprocess.Popen[bytes]) ->
     raise RuntimeError(f"SeaweedFS did not come up: {last}")
 
 
-@pytest.fixture(scope="session")
-def seaweedfs() -> Iterator[SeaweedFS]:
-    """One SeaweedFS per test process, with a fresh random secret key (the leak tests look for it)."""
+def start_seaweedfs(folder: Path) -> tuple[SeaweedFS, subprocess.Popen[bytes]]:
+    """``weed mini`` in ``folder`` on free ports with a fresh random key pair; returns once S3 answers."""
     binary = weed_binary()
-    folder = Path(tempfile.mkdtemp(prefix="syncd-seaweedfs-"))
     access, secret = "syncd" + secrets.token_hex(4), "sk" + secrets.token_hex(16)
     (folder / "s3.json").write_text(json.dumps({"identities": [{
         "name": "admin", "credentials": [{"accessKey": access, "secretKey": secret}],
         "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
-    (folder / "data").mkdir()
+    (folder / "data").mkdir(exist_ok=True)
     for attempt in range(3):
         ports = dict(zip(_PORT_FLAGS, _free_ports(len(_PORT_FLAGS)), strict=True))
         log_path = folder / f"weed-{attempt}.log"
@@ -127,19 +125,28 @@ def seaweedfs() -> Iterator[SeaweedFS]:
         try:
             _ready(server, time.monotonic() + 60, proc)
         except RuntimeError:
-            _stop(proc)
+            stop_seaweedfs(proc)
             if attempt == 2:
                 raise
             continue  # a port taken between the look-up and the bind: once more on new ports
-        break
+        return server, proc
+    raise AssertionError("unreachable")
+
+
+@pytest.fixture(scope="session")
+def seaweedfs() -> Iterator[SeaweedFS]:
+    """One SeaweedFS per test process, with a fresh random secret key (the leak tests look for it)."""
+    folder = Path(tempfile.mkdtemp(prefix="syncd-seaweedfs-"))
+    server, proc = start_seaweedfs(folder)
     try:
         yield server
     finally:
-        _stop(proc)
+        stop_seaweedfs(proc)
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
+def stop_seaweedfs(proc: subprocess.Popen[bytes]) -> None:
+    """Stop the server by its PID (SIGTERM, then SIGKILL after 20 s)."""
     if proc.poll() is None:
         os.kill(proc.pid, signal.SIGTERM)
         try:

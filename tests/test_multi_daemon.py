@@ -329,3 +329,40 @@ def test_the_store_credentials_never_appear_in_logs_status_metrics_or_errors(
     for text in texts:
         assert secret not in text and access not in text
     assert "lease.renew_failed" in texts[-1]
+
+
+@pytest.mark.slow
+def test_an_overwrite_of_the_table_while_daemons_write_loses_nothing_they_committed(
+        tmp_path: Path, s3_store: Any, daemon_factory: Any) -> None:
+    """A reindex replaces the table's content with one Overwrite commit made from what it read earlier:
+    everything committed between its read and its commit is dropped by Lance (FACTS.md). Each daemon sees
+    the Overwrite in the table's history, reads the table again and re-lists its connectors, so all it
+    committed meanwhile (and every document changed during the rebuild) is synced again."""
+    fa, fb = tmp_path / "src-a", tmp_path / "src-b"
+    _seed(fa, "alpha", 4)
+    _seed(fb, "beta", 4)
+    ca = _config(tmp_path / "a", s3_store, [("alpha", fa)])
+    cb = _config(tmp_path / "b", s3_store, [("beta", fb)])
+    a = _start(daemon_factory, ca, s3_store.env)
+    b = _start(daemon_factory, cb, s3_store.env)
+    wait_for(lambda: _converged(s3_store, {"alpha": fa, "beta": fb}), timeout=120, interval=0.5, what="catch-up")
+    table = _table(s3_store)
+    snapshot = table.to_arrow()  # what the "reindex" read
+    threads = [threading.Thread(target=_churn, args=(fa, "alpha", random.Random(7), 15)),
+               threading.Thread(target=_churn, args=(fb, "beta", random.Random(8), 15))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wait_for(lambda: _converged(s3_store, {"alpha": fa, "beta": fb}), timeout=120, interval=0.5,
+             what="the daemons' commits")
+    _table(s3_store).add(snapshot, mode="overwrite")  # the reindex's commit, after theirs
+    assert not _converged(s3_store, {"alpha": fa, "beta": fb})  # their commits are gone from the table now
+    wait_for(lambda: _converged(s3_store, {"alpha": fa, "beta": fb}), timeout=120, interval=0.5,
+             what="the daemons to sync again what the Overwrite dropped")
+    for d in (a, b):
+        assert "store.overwritten" in d.log_path.read_text()
+    _, _, dups = _indexed(s3_store)
+    assert dups == 0
+    for config in (ca, cb):
+        assert _verify(config, s3_store.env)["ok"] is True

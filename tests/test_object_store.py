@@ -152,3 +152,27 @@ def test_status_of_a_shared_store_names_this_daemon_and_its_connectors(tmp_path,
     assert daemons[0]["id"] == rt.leases.daemon_id and daemons[0]["connectors"] == ["docs"]
     assert daemons[0]["maintenance"] is True
     assert json.dumps(daemons)  # plain JSON for /status
+
+
+def test_syncd_status_shows_the_daemons_sharing_the_store(tmp_path, s3_store, make_runtime):
+    import os
+    import subprocess
+    import sys
+
+    docs = tmp_path / "docs"
+    _docs(docs, 1)
+    path = write_config(tmp_path, [{"name": "docs", "type": "filesystem", "path": str(docs)}],
+                        store=s3_store.store_section())
+    rt = make_runtime(path)  # holds the lease of "docs", as a daemon on another machine would
+    other = tmp_path / "other"
+    other.mkdir()
+    viewer = write_config(other, [], store=s3_store.store_section())
+    env = {**os.environ, **s3_store.env}
+    out = subprocess.run([sys.executable, "-m", "syncd", "--config", str(viewer), "status", "--json"],
+                         capture_output=True, text=True, env=env, timeout=300)
+    data = json.loads(out.stdout)
+    assert [(d["id"], d["connectors"], d["maintenance"]) for d in data["store"]["daemons"]] == [
+        (rt.leases.daemon_id, ["docs"], True)]
+    text = subprocess.run([sys.executable, "-m", "syncd", "--config", str(viewer), "status"],
+                          capture_output=True, text=True, env=env, timeout=300).stdout
+    assert "1 daemon(s) share this store" in text and f"{rt.leases.daemon_id} on" in text and "docs, maintenance" in text

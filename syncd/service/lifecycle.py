@@ -79,6 +79,10 @@ class Service:
         self._reload_requested = threading.Event()
         self._status_line = ""
         self._wrote_daemon_json = False
+        self._seen_version: int | None = None
+        self._next_overwrite_check = 0.0
+        self.overwrites_seen = 0
+        """Overwrite commits (a reindex replacing the table's content) this daemon reconciled after."""
 
     # -- start -----------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -241,6 +245,7 @@ class Service:
                 self._reload_requested.clear()
                 self.reload()
             self._check_watches()
+            self._check_overwrites()
             self.requests.check()
             self.stalls.check()
             if ping and time.time() - last_ping >= ping and self.healthy():
@@ -270,6 +275,45 @@ class Service:
         self.last_verify = {**report.as_dict(), "at": time.time()}
         for kind in ("missing", "stale", "orphaned", "duplicated"):
             self.metrics.drift.labels(kind=kind).set(len(getattr(report, kind)))
+
+    def _check_overwrites(self) -> None:
+        """A store shared with other daemons: when a commit since the last look is an Overwrite (a reindex
+        replaced the table's content; FACTS.md: it drops whatever others committed before it), this daemon
+        reads its view of the table again and re-lists its connectors, so every document it committed
+        meanwhile, or that changed during the reindex, is synced again (the index is the truth)."""
+        if self.runtime is None or self.runtime.shared is None or self.reader is None:
+            return
+        now = time.monotonic()
+        if now < self._next_overwrite_check:
+            return
+        self._next_overwrite_check = now + max(0.5, self.config.store.lease_ttl / 3)
+        reader = self.reader
+        try:
+            reader.table.checkout_latest()
+            version = int(reader.table.version)
+            last = self._seen_version
+            self._seen_version = version
+            if last is None or version <= last:
+                return
+            ops = reader.version_ops(last + 1, version)
+        except SyncdError as exc:
+            log.warning("store.version_check_failed", error=str(exc))
+            return
+        overwrites = [v for v, op in ops if op == "Overwrite"]
+        if not overwrites:
+            return
+        self.overwrites_seen += 1
+        rt = self.runtime
+        log.warning("store.overwritten", versions=overwrites,
+                    action="reading the table again and re-listing this daemon's connectors")
+
+        def reconcile_all() -> None:
+            rt.store.table.checkout_latest()
+            rt.engine.load_index()
+            for name in rt.connectors:
+                self.queue.push(Change(connector=name, kind="rescan", doc_id=""))
+
+        self.queue.push_task("reconcile-after-overwrite", reconcile_all)
 
     def _check_watches(self) -> None:
         assert self.runtime is not None
