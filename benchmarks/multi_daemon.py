@@ -152,7 +152,7 @@ def run_setup(label: str, root: Path, store: dict[str, Any], env: dict[str, str]
                 markers.append((d, marker, time.monotonic()))
             results: list[float | None] = [None] * len(markers)
 
-            def wait(i: int, d: Daemon, marker: str, start: float) -> None:
+            def wait(i: int, d: Daemon, marker: str, start: float, results: list[float | None] = results) -> None:
                 deadline = start + 120
                 while time.monotonic() < deadline:
                     if d.found(marker):
