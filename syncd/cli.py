@@ -11,6 +11,7 @@ from typing import Any, NamedTuple
 
 from syncd import __version__
 from syncd.errors import ConfigError, SyncdError
+from syncd.search import SearchOptionError
 
 EXIT_OK, EXIT_PROBLEM, EXIT_USAGE = 0, 1, 2
 
@@ -33,6 +34,9 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("text", help="the query; - reads one query per line from stdin")
     q.add_argument("-k", type=int, default=10, help="results to return (default 10)")
     q.add_argument("--connector")
+    _filter_options(q)
+    q.add_argument("--no-dedup", action="store_true",
+                   help="keep results with the same text apart (by default they collapse into one, with also_in)")
     q.add_argument("--as-of", dest="as_of", metavar="TIME",
                    help="search the index as it was at TIME (ISO 8601, e.g. 2026-03-03T12:00:00Z)")
     q.add_argument("--json", action="store_true")
@@ -40,6 +44,12 @@ def _parser() -> argparse.ArgumentParser:
     h.add_argument("doc_id", metavar="DOC_ID")
     h.add_argument("--connector", help="only this connector's document of that id")
     h.add_argument("--json", action="store_true", help="one JSON line per entry")
+    ev = sub.add_parser("eval", help="score retrieval on labelled queries: nDCG@k, recall@k, MRR")
+    ev.add_argument("queries", help='a JSON lines file: {"query": "...", "relevant": ["doc id or uri", ...]}')
+    ev.add_argument("-k", type=int, default=10, help="results scored per query (default 10)")
+    ev.add_argument("--connector")
+    _filter_options(ev)
+    ev.add_argument("--json", action="store_true", help="one JSON object on stdout")
     st = sub.add_parser("status", help="the daemon's /status, or the same figures from the store")
     st.add_argument("--json", action="store_true")
     v = sub.add_parser("verify", help="compare the index with the sources; exit 1 on drift")
@@ -52,6 +62,29 @@ def _parser() -> argparse.ArgumentParser:
                          "then exit; the first start does it otherwise")
     mp.add_argument("--json", action="store_true", help="one JSON line on stdout")
     return p
+
+
+def _filter_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--path", help="only doc ids matching this glob (* also crosses folders)")
+    p.add_argument("--updated-since", metavar="TIME", help="only documents synced at or after TIME (ISO 8601)")
+    p.add_argument("--meta", action="append", default=[], metavar="KEY=VALUE",
+                   help="only documents whose source metadata holds KEY=VALUE (repeatable; all must hold)")
+    p.add_argument("--min-relevance", metavar="X",
+                   help="leave out results below this relevance, 0-1 (default: [search] min_relevance)")
+
+
+def _search_options(args: argparse.Namespace) -> Any:
+    """The command's search options (SearchOptionError names a bad one)."""
+    from syncd import search as search_mod
+
+    return search_mod.check_options(search_mod.SearchOptions(
+        k=args.k, connector=args.connector, path=args.path,
+        updated_since=search_mod.parse_time(args.updated_since, "--updated-since") if args.updated_since else None,
+        metadata=search_mod.parse_metadata(args.meta, "--meta"),
+        min_relevance=(search_mod.parse_relevance(args.min_relevance, "--min-relevance")
+                       if args.min_relevance is not None else None),
+        dedup=not getattr(args, "no_dedup", False),
+        as_of=search_mod.parse_as_of(args.as_of, "--as-of") if getattr(args, "as_of", None) is not None else None))
 
 
 def _emit(obj: Any) -> None:
@@ -72,9 +105,11 @@ def main(argv: list[str] | None = None) -> int:
         cfg = config_mod.load(args.config)
         if getattr(args, "connector", None):
             cfg.connector(args.connector)
-        if args.command == "query" and not 1 <= args.k <= 1000:
+        if args.command in ("query", "eval") and not 1 <= args.k <= 1000:
             raise ConfigError("-k must be between 1 and 1000")
-    except ConfigError as exc:
+        if args.command in ("query", "eval"):
+            args.options = _search_options(args)
+    except (ConfigError, SearchOptionError) as exc:
         sys.stderr.write(f"syncd: {exc}\n")
         return EXIT_USAGE
     configure(cfg.logging.level, cfg.logging.format)
@@ -300,19 +335,11 @@ def _report(summary: Any, as_json: bool) -> None:
 def cmd_query(cfg: Any, args: argparse.Namespace) -> int:
     from syncd.api import Index
 
-    as_of = None
-    if args.as_of is not None:
-        from syncd.audit import parse_time
-        from syncd.errors import BadArgument
-
-        try:
-            as_of = parse_time(args.as_of, key="--as-of")
-        except BadArgument as exc:
-            raise ConfigError(str(exc), key="--as-of") from None
     index = Index(cfg)
     queries = [line.strip() for line in sys.stdin if line.strip()] if args.text == "-" else [args.text]
     for text in queries:
-        result = index.query(text, k=args.k, connector=args.connector, as_of=as_of)
+        found = index.answer(text, args.options)
+        result: dict[str, Any] = {"query": text, "table_version": found.table_version, "results": found.results}
         if args.json or args.text == "-":
             _emit(result)
             continue
@@ -320,11 +347,32 @@ def cmd_query(cfg: Any, args: argparse.Namespace) -> int:
             print("no results")
         for i, r in enumerate(result["results"], 1):
             where = " > ".join(r["heading_path"])
-            print(f"{i}. [{r['score']:.4f}] {r['connector']}:{r['doc_id']} lines {r['start_line']}-{r['end_line']}"
-                  f"{' (' + where + ')' if where else ''} @ {r['revision'][:12]}")
+            print(f"{i}. [relevance {r['relevance']:.2f}] {r['connector']}:{r['doc_id']} "
+                  f"lines {r['start_line']}-{r['end_line']}{' (' + where + ')' if where else ''} @ {r['revision'][:12]}")
             print(f"   {r['uri']}")
+            for other in r["also_in"]:
+                print(f"   also in {other['connector']}:{other['doc_id']} lines {other['start_line']}-{other['end_line']}")
             snippet = " ".join(r["text"].split())
             print(f"   {snippet[:200]}{'…' if len(snippet) > 200 else ''}")
+    return EXIT_OK
+
+
+def cmd_eval(cfg: Any, args: argparse.Namespace) -> int:
+    from syncd import evaluate
+    from syncd.api import Index
+
+    labelled = evaluate.read_queries(args.queries)
+    index = Index(cfg)
+    report = evaluate.evaluate(labelled, lambda text: index.answer(text, args.options).results, k=args.k)
+    if args.json:
+        _emit(report)
+        return EXIT_OK
+    for q in report["per_query"]:
+        print(f"nDCG {q['ndcg']:.3f}  recall {q['recall']:.3f}  RR {q['mrr']:.3f}  {q['query']}")
+        for missing in q["missing"]:
+            print(f"    not in the first {args.k}: {missing}")
+    print(f"{report['queries']} queries, k = {report['k']}: nDCG@{report['k']} {report['ndcg']:.4f}, "
+          f"recall@{report['k']} {report['recall']:.4f}, MRR {report['mrr']:.4f}")
     return EXIT_OK
 
 
@@ -520,5 +568,6 @@ def cmd_history(cfg: Any, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-_COMMANDS = {"run": cmd_run, "sync": cmd_sync, "reindex": cmd_reindex, "query": cmd_query, "status": cmd_status,
+_COMMANDS = {"run": cmd_run, "sync": cmd_sync, "reindex": cmd_reindex, "query": cmd_query, "eval": cmd_eval,
+             "status": cmd_status,
              "verify": cmd_verify, "model": cmd_model, "history": cmd_history}

@@ -281,6 +281,21 @@ class HttpConfig(Section):
             return False
 
 
+class SearchConfig(Section):
+    min_relevance: float = Field(default=0.3, ge=0.0, le=1.0)
+    """Results below this relevance (the cosine similarity of query and chunk, 0-1) are left out unless a
+    search asks for another floor; 0 keeps everything. The default sits between the relevance of off-topic
+    and on-topic questions measured on the sample handbook (benchmarks/README.md)."""
+    reranker: str | None = None
+    """A local cross-encoder model folder (sentence-transformers ``CrossEncoder``) that reorders the fused
+    candidates; loaded at start-up, and a model that is missing or does not load is an error then."""
+    rerank_batch_size: int = Field(default=16, ge=1, le=1024)
+    """(query, passage) pairs per reranker call."""
+    candidates: int = Field(default=50, ge=1, le=1000)
+    """Rows each leg contributes to the fusion, whatever k is (the first results for a small k are the
+    first ones for a larger k)."""
+
+
 class StateConfig(Section):
     dir: str = "./.syncd/state"
     """Local folder for cursors, caches and the running daemon's address."""
@@ -375,6 +390,7 @@ class Config(Section):
     sync: SyncConfig = SyncConfig()
     audit: AuditConfig = AuditConfig()
     logging: LoggingConfig = LoggingConfig()
+    search: SearchConfig = SearchConfig()
     connectors: tuple[ConnectorConfig, ...] = ()
 
     # Set by load(): where the file was, to resolve relative paths.

@@ -523,3 +523,58 @@ class OnnxEmbedder:
                 pooled /= np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
                 out[idx] = pooled
         return out
+
+
+class CrossEncoderReranker:
+    """A local sentence-transformers ``CrossEncoder`` that scores (query, passage) pairs for ``[search]
+    reranker``. Loaded at once (offline): a folder that is missing or holds no loadable cross-encoder is a
+    ``ConfigError`` naming ``search.reranker`` when the command or the service starts, never a search that
+    quietly goes unranked."""
+
+    def __init__(self, path: str | Path, *, batch_size: int = 16, threads: int = 0, key: str = "search.reranker") -> None:
+        self.path = Path(path)
+        self.batch_size = batch_size
+        self.calls = 0
+        """Model calls made (``predict`` batches), for the metrics and the tests."""
+        if not self.path.is_dir():
+            raise ConfigError(f"{key}: no model folder at {self.path}", key=key)
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        try:
+            import torch
+            from sentence_transformers import CrossEncoder
+
+            if threads:
+                torch.set_num_threads(threads)
+            self._model: Any = CrossEncoder(str(self.path), device="cpu", local_files_only=True)
+            if int(getattr(self._model, "num_labels", 1)) != 1:
+                raise ValueError(f"a reranker scores with one output; this model has {self._model.num_labels} labels")
+        except Exception as exc:  # noqa: BLE001 - any load failure is the config's model being unusable
+            raise ConfigError(f"{key}: cannot load a cross-encoder from {self.path}: {exc}", key=key) from exc
+        self._lock = threading.Lock()
+
+    def score(self, query: str, passages: Sequence[str]) -> list[float]:
+        """One score a passage, higher is more relevant, computed ``batch_size`` pairs a model call."""
+        if not passages:
+            return []
+        pairs = [(query, p) for p in passages]
+        out: list[float] = []
+        with self._lock:
+            for start in range(0, len(pairs), self.batch_size):
+                part = pairs[start:start + self.batch_size]
+                values = self._model.predict(part, batch_size=len(part), show_progress_bar=False,
+                                             convert_to_numpy=True)
+                self.calls += 1
+                out.extend(float(v) for v in np.asarray(values, dtype=np.float32).reshape(-1))
+        return out
+
+
+def reranker_from_config(config: Any) -> CrossEncoderReranker | None:
+    """The reranker ``[search] reranker`` names (relative to the config file), or None."""
+    search = config.search
+    if not search.reranker:
+        return None
+    return CrossEncoderReranker(config.resolve_path(search.reranker), batch_size=search.rerank_batch_size)

@@ -37,10 +37,13 @@ import time
 from collections.abc import Callable, Collection, Mapping
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import parse_qs, urlparse
 
 import structlog
+
+if TYPE_CHECKING:
+    from syncd.search import SearchOptions
 
 log = structlog.get_logger("syncd.http")
 
@@ -58,7 +61,7 @@ class Endpoints:
     """What the handlers call; the daemon provides it."""
 
     def __init__(self, *, healthy: Callable[[], bool], ready: Callable[[], bool], status: Callable[[], dict[str, Any]],
-                 metrics: Callable[[], bytes], search: Callable[..., dict[str, Any]],
+                 metrics: Callable[[], bytes], search: Callable[[str, SearchOptions], dict[str, Any]],
                  page: Callable[[], str], token: str | None,
                  problems: Callable[[], list[str]] | None = None,
                  connectors: Callable[[], Collection[str]] | None = None,
@@ -262,34 +265,28 @@ class _Handler(BaseHTTPRequestHandler):
         return _json(404, {"error": f"no such path: {path}"})
 
     def _search(self, params: dict[str, list[str]]) -> _Answer:
+        from syncd.search import SearchOptionError, options_from_params
+
         ep = self.endpoints
         q = params.get("q", [""])[0]
         if not q.strip():
             return _json(400, {"error": "missing query parameter q"})
         try:
-            k = int(params.get("k", ["10"])[0])
-        except ValueError:
-            return _json(400, {"error": "k must be a whole number"})
-        if not 1 <= k <= 1000:
-            return _json(400, {"error": "k must be between 1 and 1000"})
-        connector = params.get("connector", [None])[0]
+            options = options_from_params(params)
+        except SearchOptionError as exc:
+            return _json(400, {"error": str(exc), "option": exc.option})
+        connector = options.connector
         if connector is not None and ep.connectors is not None and connector not in ep.connectors():
             # The same answer as `syncd query --connector NAME` gives for a name it does not know.
-            return _json(400, {"error": f"no connector named {connector!r}"})
-        as_of = params.get("as_of", [None])[0]
-        if as_of is None:
-            return _json(200, ep.search(q, k, connector))
-        from syncd.audit import parse_time
-        from syncd.errors import AsOfUnavailable, BadArgument
+            return _json(400, {"error": f"no connector named {connector!r}", "option": "connector"})
+        from syncd.errors import AsOfUnavailable
 
         try:
-            return _json(200, ep.search(q, k, connector, as_of=parse_time(as_of, key="as_of")))
-        except BadArgument as exc:
-            return _json(400, {"error": str(exc)})
+            return _json(200, ep.search(q, options))
         except AsOfUnavailable as exc:
             from syncd.audit import iso
 
-            return _json(400, {"error": str(exc), "oldest_available_at": iso(exc.oldest)})
+            return _json(400, {"error": str(exc), "option": "as_of", "oldest_available_at": iso(exc.oldest)})
 
     def _changes(self, params: dict[str, list[str]]) -> _Answer:
         from syncd.errors import BadArgument

@@ -66,6 +66,12 @@ class Metrics:
         self.held_deletes = Gauge("syncd_held_deletes", "Watcher-reported deletions held until their burst is "
                                   "over and judged as a whole by the mass-deletion guard.", ["connector"], registry=r)
 
+        self.search_seconds = Histogram(
+            "syncd_search_seconds", "Time of one /search by stage: embed (the query vector), vector and fulltext "
+            "(the two legs, which run side by side), fusion, rerank, dedup (collapsing identical texts and "
+            "finding where else they occur), total.", ["stage"],
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.25, 0.5, 1, 2.5, 5),
+            registry=r)
         self.model_load_seconds = Gauge(
             "syncd_model_load_seconds", "Seconds the writer's embedding model took to load at this start (imports "
             "and weights, or the ONNX Runtime session): the fixed start cost, apart from the work.", registry=r)
@@ -75,6 +81,11 @@ class Metrics:
         self.embedding_backend = Gauge(
             "syncd_embedding_backend", "1 for the embedding backend in use (torch, onnx, onnx-int8), with the "
             "config's setting (auto or the backend it names).", ["backend", "configured"], registry=r)
+
+    def observe_search(self, seconds: dict[str, float]) -> None:
+        """One search's seconds by stage (``syncd.search.STAGES``)."""
+        for stage, value in seconds.items():
+            self.search_seconds.labels(stage=stage).observe(value)
 
     def count_query_vector(self, hit: bool) -> None:
         self.query_vectors.labels(source="cache" if hit else "model").inc()

@@ -21,6 +21,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import hashlib
+import json
 import os
 import re
 import threading
@@ -51,6 +52,17 @@ def doc_key(connector: str, doc_id: str) -> str:
 
 def chunk_id(connector: str, doc_id: str, index: int) -> str:
     return hashlib.blake2b(f"{connector}\x00{doc_id}\x00{index}".encode(), digest_size=16).hexdigest()
+
+
+def metadata_condition(key: str, value: str) -> str:
+    """A filter on the ``metadata`` column (the JSON object ``json.dumps(..., sort_keys=True,
+    ensure_ascii=False)`` wrote) for ``key`` = ``value``: the pair's exact encoding between the object's
+    delimiters. A quote inside a JSON string is always escaped, so ``, "key": "value"`` cannot occur inside a
+    value; LIKE's own wildcards in the pair are escaped."""
+    pair = json.dumps({key: value}, ensure_ascii=False)[1:-1]
+    like = pair.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    patterns = ["{" + like + "}", "{" + like + ", %", "%, " + like + ", %", "%, " + like + "}"]
+    return " OR ".join(f"metadata LIKE {sql_string(p)} ESCAPE '\\'" for p in patterns)
 
 
 def sql_string(value: str) -> str:
@@ -151,8 +163,6 @@ class IndexedDoc:
     identity: str = ""
 
 
-RRF_K = 60
-"""Reciprocal rank fusion constant (LanceDB's RRFReranker default)."""
 _QUERY_POOL: Any = None
 
 
@@ -298,6 +308,8 @@ class Store:
         """Bytes the live table's kept versions take on disk, as the last maintenance found (audit status)."""
         self.hash_filter: HashFilter | None = None
         """Set by ``indexed_docs`` for the live table; None while unknown (then every hash is looked up)."""
+        self.fts_columns: list[str] | None = None
+        """The columns the full-text leg searches (None: the ``text`` index); each needs its own FTS index."""
 
     # -- opening ---------------------------------------------------------------------------------------
     @property
@@ -687,69 +699,80 @@ class Store:
 
     # -- searching -------------------------------------------------------------------------------------
     def search(self, vector: np.ndarray | Callable[[], np.ndarray], text: str, *, k: int = 10,
-               connector: str | None = None, version: int | None = None) -> list[dict[str, Any]]:
-        """Hybrid search: vector and full-text results fused by reciprocal rank (RRF, K = 60, as LanceDB's
-        default reranker). ``vector`` may be a callable that embeds the query: the full-text leg then runs
-        on another thread while the model works, so a query costs max(embed, FTS) + vector, not the sum.
+               connector: str | None = None, version: int | None = None, **options: Any) -> list[dict[str, Any]]:
+        """Hybrid search (``syncd.search``: RRF over a candidate pool, relevance, duplicates collapsed) with no
+        relevance floor unless ``min_relevance`` is given; the interfaces apply the configured one.
 
         ``version`` searches the live table as that version held it (``version_as_of``). Every result
         carries ``table_version``, the version it came from: a search of the live table that a commit
         raced is run again on the version it ended at, so the answer is always one version's."""
-        if version is None:
-            live = self.table
-            seen = int(live.version)
-            results = self._search_on(live, vector, text, k=k, connector=connector)
-            now = int(live.version)
-            if now == seen:
-                return [{**r, "table_version": seen} for r in results]
-            version = now
-        results = self._search_on(self.table_at(version), vector, text, k=k, connector=connector)
-        return [{**r, "table_version": int(version)} for r in results]
+        from syncd import search as search_mod
 
-    def _search_on(self, table: Any, vector: np.ndarray | Callable[[], np.ndarray], text: str, *, k: int,
-                   connector: str | None) -> list[dict[str, Any]]:
-        where = f"connector = {sql_string(connector)}" if connector is not None else None
-        columns = ["chunk_id", *RESULT_COLUMNS]
+        options.setdefault("min_relevance", 0.0)
+        opts = search_mod.SearchOptions(k=k, connector=connector, **options)
+        return search_mod.search(self, vector, text, opts, version=version).results
+
+    def table_version(self) -> int:
+        """The live table's version now (a reader with interval 0 looks for a newer one)."""
+        try:
+            return int(self.table.version)
+        except Exception as exc:  # noqa: BLE001
+            raise StoreError(f"reading the version of {self.table_name} failed: {exc}") from exc
+
+    def search_legs(self, vector: np.ndarray | Callable[[], np.ndarray], text: str, *, limit: int,
+                    where: str | None, version: int | None = None) -> Any:
+        """The vector and the full-text leg, ``limit`` rows each, both prefiltered by ``where``, on the live
+        table or on it as ``version`` held it. ``vector`` may be a callable that embeds the query: the
+        full-text leg then runs on another thread while the model works, so a query costs max(embed, full
+        text) + vector, not the sum. Rows carry their vector (for the relevance) and ``content_hash``;
+        ``seconds`` has the embed, vector and fulltext stages."""
+        from syncd.search import LegRows
+
+        columns = ["chunk_id", "content_hash", "vector", *RESULT_COLUMNS]
+        table = self.table if version is None else self.table_at(version)
+        seconds: dict[str, float] = {}
 
         def fts() -> list[dict[str, Any]]:
-            query = table.search(text, query_type="fts")
+            t0 = time.perf_counter()
+            query = table.search(text, query_type="fts", fts_columns=self.fts_columns)
             if where:
                 query = query.where(where, prefilter=True)
-            return list(query.select(columns).limit(k).to_list())
+            rows = list(query.select(columns).limit(limit).to_list())
+            seconds["fulltext"] = time.perf_counter() - t0
+            return rows
 
         try:
             fts_future = _query_pool().submit(fts)
             try:
-                query_vector = vector() if callable(vector) else vector
-                query = table.search(np.asarray(query_vector, dtype=np.float32).tolist(), query_type="vector")
+                t0 = time.perf_counter()
+                query_vector = np.asarray(vector() if callable(vector) else vector, dtype=np.float32)
+                seconds["embed"] = time.perf_counter() - t0
+                t0 = time.perf_counter()
+                query = table.search(query_vector.tolist(), query_type="vector")
                 if where:
                     query = query.where(where, prefilter=True)
-                vector_rows = query.select(columns).limit(k).to_list()
+                vector_rows = query.select(columns).limit(limit).to_list()
+                seconds["vector"] = time.perf_counter() - t0
             finally:
                 fts_rows = fts_future.result()
+        except SyncdError:
+            raise
         except Exception as exc:  # noqa: BLE001
             raise StoreError(f"search failed: {exc}") from exc
-        scores: dict[str, float] = {}
-        by_id: dict[str, dict[str, Any]] = {}
-        for ranked in (vector_rows, fts_rows):
-            for rank, row in enumerate(ranked, 1):
-                cid = row["chunk_id"]
-                scores[cid] = scores.get(cid, 0.0) + 1.0 / (rank + RRF_K)
-                by_id.setdefault(cid, row)
-        order = sorted(scores, key=lambda cid: -scores[cid])[:k]
-        rows = [{**by_id[cid], "_relevance_score": scores[cid]} for cid in order]
-        results = []
-        for row in rows:
-            updated = row.get("updated_at")
-            results.append({
-                "score": float(row.get("_relevance_score", 0.0)),
-                "text": row["text"], "doc_id": row["doc_id"], "connector": row["connector"], "uri": row["uri"],
-                "title": row["title"], "revision": row["revision"], "chunk_index": int(row["chunk_index"]),
-                "heading_path": list(row["heading_path"] or []),
-                "start_line": int(row["start_line"]), "end_line": int(row["end_line"]),
-                "updated_at": updated.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if updated else None,
-            })
-        return results
+        return LegRows(vector_rows=vector_rows, text_rows=fts_rows, query_vector=query_vector, seconds=seconds)
+
+    @translated("looking up where texts occur")
+    def rows_with_hashes(self, hashes: Sequence[str], where: str | None, version: int | None = None
+                         ) -> list[dict[str, Any]]:
+        """The citation columns of every row holding one of ``hashes`` (and meeting ``where``), in the live
+        table or in it as ``version`` held it."""
+        from syncd.search import ALSO_IN_LIMIT, where_clause
+
+        condition = "content_hash IN (" + ", ".join(sql_string(h) for h in hashes) + ")"
+        table = self.table if version is None else self.table_at(version)
+        query = table.search().where(where_clause([condition, where]))
+        query = query.select(["chunk_id", "content_hash", "connector", "doc_id", "uri", "start_line", "end_line"])
+        return list(query.limit(ALSO_IN_LIMIT * len(hashes) + len(hashes)).to_list())
 
     # -- maintenance -----------------------------------------------------------------------------------
     @translated("reading the table's figures")

@@ -11,7 +11,11 @@ from typing import Any
 
 import pytest
 
+import datetime as dt
+from urllib.parse import quote
+
 from syncd.http import Endpoints, HttpServer
+from syncd.search import SearchOptions
 
 
 def _get(url: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
@@ -33,6 +37,7 @@ class FakeService:
         self.search_entered = threading.Event()
         self.fail_status = False
         self.searches: list[tuple[str, int, str | None]] = []
+        self.options: list[SearchOptions] = []
 
     def endpoints(self, token: str | None = None) -> Endpoints:
         return Endpoints(healthy=lambda: self.is_healthy, ready=lambda: self.is_ready, status=self.status,
@@ -44,8 +49,9 @@ class FakeService:
             raise RuntimeError("status exploded")
         return {"version": "x", "connectors": []}
 
-    def search(self, q: str, k: int, connector: str | None) -> dict[str, Any]:
-        self.searches.append((q, k, connector))
+    def search(self, q: str, options: SearchOptions) -> dict[str, Any]:
+        self.searches.append((q, options.k, options.connector))
+        self.options.append(options)
         self.search_entered.set()
         if q == "hold":
             self.hold_search.wait(timeout=60)
@@ -87,6 +93,25 @@ def test_bad_requests_get_4xx_answers(server: HttpServer, fake: FakeService) -> 
     code, _, body = _get(server.url + "/search?q=hello%20world&k=3&connector=docs")
     assert code == 200 and json.loads(body) == {"query": "hello world", "results": []}
     assert fake.searches == [("hello world", 3, "docs")]
+
+
+def test_search_options_reach_the_search_parsed_and_bad_ones_get_a_400_naming_the_option(
+        server: HttpServer, fake: FakeService) -> None:
+    odd = "it's \"odd\"; DROP %E9 日本/*.md"
+    code, _, _ = _get(server.url + f"/search?q=x&k=4&path={quote(odd)}&updated_since=2026-03-03T13:00:00%2B01:00"
+                      "&min_relevance=0.45&meta=owner%3Dalice&meta=mode%3D0644%3Dx&dedup=false")
+    assert code == 200
+    opts = fake.options[-1]
+    assert opts.k == 4 and opts.path == odd and opts.min_relevance == 0.45 and opts.dedup is False
+    assert opts.updated_since == dt.datetime(2026, 3, 3, 12, tzinfo=dt.UTC)
+    assert opts.metadata == {"owner": "alice", "mode": "0644=x"}
+    code, _, _ = _get(server.url + "/search?q=x")
+    assert code == 200 and fake.options[-1] == SearchOptions(k=10)
+    for bad, option in (("updated_since=yesterday", "updated_since"), ("min_relevance=1.5", "min_relevance"),
+                        ("min_relevance=abc", "min_relevance"), ("meta=novalue", "meta"), ("dedup=maybe", "dedup"),
+                        ("path=a%00b", "path")):
+        code, _, body = _get(server.url + f"/search?q=x&{bad}")
+        assert code == 400 and json.loads(body)["option"] == option, bad
 
 
 def test_a_failing_handler_answers_500_and_the_server_keeps_serving(server: HttpServer, fake: FakeService) -> None:

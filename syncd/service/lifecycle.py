@@ -15,14 +15,16 @@ from typing import Any
 import structlog
 
 from syncd.config import Config
+from syncd import search as search_mod
 from syncd.coordination import store_kwargs
-from syncd.embedding import QueryVectors
+from syncd.embedding import CrossEncoderReranker, QueryVectors, reranker_from_config
 from syncd.errors import ConfigError, SyncdError
 from syncd.http import Endpoints, HttpServer
 from syncd.metrics import Metrics
 from syncd.models import Change
 from syncd.notify import notify, watchdog_interval
 from syncd.runtime import Runtime
+from syncd.search import SearchOptions
 from syncd.service import status as status_mod
 from syncd.service.maintenance import Maintenance
 from syncd.service.queue import WorkQueue
@@ -66,6 +68,7 @@ class Service:
         self.reader: Store | None = None
         self.query_embedder: Any = None
         self.query_vectors: QueryVectors | None = None
+        self.reranker: CrossEncoderReranker | None = None
         self.http: HttpServer | None = None
         self.scheduler: Any = None
         self.watches: dict[str, Any] = {}
@@ -89,6 +92,7 @@ class Service:
         cfg = self.config
         token = self._token()
         self.hook_secrets = hook_secrets(cfg)
+        self.reranker = reranker_from_config(cfg)  # a missing or broken model fails the start, named
         self.runtime = Runtime(cfg, embedder=self._embedder, metrics=self.metrics)
         rt = self.runtime
         rt.engine.embedder = StoppableEmbedder(rt.engine.embedder, self.stopping, cfg.embedding.batch_size)
@@ -434,13 +438,15 @@ class Service:
 
         return bytes(generate_latest(self.metrics.registry))
 
-    def search(self, q: str, k: int, connector: str | None, *, as_of: float | None = None) -> dict[str, Any]:
+    def search(self, q: str, options: SearchOptions) -> dict[str, Any]:
         assert self.reader is not None and self.query_vectors is not None
         self.reader.refresh()
         vectors = self.query_vectors
-        version = self.reader.version_as_of(as_of) if as_of is not None else None
-        results = self.reader.search(lambda: vectors(q), q, k=k, connector=connector, version=version)
-        return {"query": q, "results": results}
+        cfg = self.config.search
+        found = search_mod.search(self.reader, lambda: vectors(q), q, options, default_min_relevance=cfg.min_relevance,
+                                  reranker=self.reranker, candidates=cfg.candidates)
+        self.metrics.observe_search(found.seconds)
+        return {"query": q, "table_version": found.table_version, "results": found.results}
 
     def hook(self, name: str, headers: Mapping[str, str], body: bytes | None) -> tuple[int, dict[str, Any]]:
         """POST /hooks/NAME: authenticate with the connector's webhook secret, then ask for its poll now.
