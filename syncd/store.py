@@ -1073,8 +1073,7 @@ class Store:
                                   f"(versions are kept for [audit] keep_versions_for)", oldest=oldest)
         candidates = [(v, at) for v, at in versions if at <= when]
         version, _ = candidates[-1]
-        later = [(v, at) for v, at in self.journal.data_versions(self.table_name) if v > version and at <= when]
-        if later:
+        if self.journal.changed_between(self.table_name, version, when):
             after = [at for v, at in versions if at > when]
             nearest = _iso_z(candidates[-1][1]) + (f" and {_iso_z(after[0])}" if after else "")
             raise AsOfUnavailable(
@@ -1398,17 +1397,27 @@ class Journal:
         return int(pc.min(data["seq"]).as_py()) - 1
 
     @translated("reading the change journal")
-    def data_versions(self, table: str) -> list[tuple[int, float]]:
-        """(table version, commit time) of every change journaled for ``table``, oldest first."""
-        data = (self.table.search().where(f"kind = 'change' AND live_table = {sql_string(table)}")
-                .select(["table_version", "committed_at"]).limit(None).to_arrow())
-        pairs = {(int(v), _epoch(t) or 0.0) for v, t in zip(data["table_version"].to_pylist(),
-                                                          data["committed_at"].to_pylist(), strict=True)}
-        return sorted(pairs)
+    def changed_between(self, table: str, version: int, when: float) -> bool:
+        """Whether a change of ``table`` after ``version`` was committed at or before ``when``."""
+        stamp = dt.datetime.fromtimestamp(when, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")
+        rows = (self.table.search().where(f"kind = 'change' AND live_table = {sql_string(table)} AND "
+                                          f"table_version > {int(version)} AND committed_at <= timestamp '{stamp}'")
+                .select(["seq"]).limit(1).to_list())
+        return bool(rows)
+
+    def start_of(self, table: str) -> tuple[int, float] | None:
+        """(version, time) from which the journal describes every change of ``table``: its first mark (kept
+        for the process: a table's first mark never changes)."""
+        cache: dict[str, tuple[int, float]] = self.__dict__.setdefault("_starts", {})
+        if table not in cache:
+            found = self._start_of(table)
+            if found is None:
+                return None
+            cache[table] = found
+        return cache[table]
 
     @translated("reading the change journal")
-    def start_of(self, table: str) -> tuple[int, float] | None:
-        """(version, time) from which the journal describes every change of ``table``: its first mark."""
+    def _start_of(self, table: str) -> tuple[int, float] | None:
         data = (self.table.search().where(f"kind = 'mark' AND live_table = {sql_string(table)}")
                 .select(["seq", "table_version", "committed_at"]).limit(None).to_arrow())
         if data.num_rows == 0:

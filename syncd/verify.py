@@ -25,17 +25,22 @@ class VerifyReport:
     errors: list[dict[str, str]] = field(default_factory=list)
     torn: set[tuple[str, str]] = field(default_factory=set)
     """(connector, doc_id) of documents whose chunk positions have gaps (reported as stale)."""
+    journal: list[dict[str, str]] = field(default_factory=list)
+    """Documents whose change journal contradicts the index (its last entry says another content, or says
+    the document is there when it is not, or gone when it is there)."""
 
     @property
     def ok(self) -> bool:
         # A source that could not be listed is not known to be in sync.
-        return not (self.missing or self.stale or self.orphaned or self.duplicated or self.errors)
+        return not (self.missing or self.stale or self.orphaned or self.duplicated or self.errors or self.journal)
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"ok": self.ok, "missing": self.missing, "stale": self.stale, "orphaned": self.orphaned,
                                "duplicated": self.duplicated, "checked_docs": self.checked_docs}
         if self.errors:
             out["errors"] = self.errors
+        if self.journal:
+            out["journal"] = self.journal
         return out
 
 
@@ -114,7 +119,44 @@ def verify(runtime: Any, *, connector: str | None = None) -> VerifyReport:
     for (conn_name, doc_id) in sorted(indexed):
         if conn_name not in configured and connector is None:
             report.orphaned.append({"connector": conn_name, "doc_id": doc_id})
+    report.journal = check_journal(store, indexed, connector=connector)
     return report
+
+
+def journal_view(store: Any, connector: str | None = None) -> dict[tuple[str, str], str | None]:
+    """What the change journal says the index holds: (connector, doc_id) -> content identity, or None for a
+    document it says is gone. Documents it has no entry for are absent (indexed before it started)."""
+    view: dict[tuple[str, str], str | None] = {}
+    if not store.journal.exists():
+        return view
+    cursor: int | None = None
+    while True:
+        rows = store.journal.read(after=cursor, connector=connector, limit=10_000)
+        for row in rows:
+            key = (row["connector"], row["doc_id"])
+            if row["action"] == "renamed" and row["old_doc_id"] is not None:
+                view[(row["connector"], row["old_doc_id"])] = None
+            view[key] = None if row["action"] == "deleted" else (row["identity"] or row["revision"])
+        if len(rows) < 10_000:
+            return view
+        cursor = int(rows[-1]["seq"])
+
+
+def check_journal(store: Any, indexed: dict[tuple[str, str], set[str]], *,
+                  connector: str | None = None) -> list[dict[str, str]]:
+    """Documents on which the change journal and the index disagree. Read only: a journal a crash left behind
+    is brought up to date by the next writer's start (``Journal.catch_up``), and until then shows here."""
+    out: list[dict[str, str]] = []
+    for key, identity in sorted(journal_view(store, connector).items(), key=lambda kv: kv[0]):
+        have = indexed.get(key)
+        if identity is None and have:
+            out.append({"connector": key[0], "doc_id": key[1], "reason": "indexed, but the journal says it was deleted"})
+        elif identity is not None and not have:
+            out.append({"connector": key[0], "doc_id": key[1], "reason": "the journal says it is indexed; it is not"})
+        elif identity is not None and have and identity not in have:
+            out.append({"connector": key[0], "doc_id": key[1],
+                        "reason": "indexed with another content than the journal's last entry"})
+    return out
 
 
 _SKIP_REASONS = {"binary", "empty", "undecodable", "too-large", "corrupt", "encrypted", "not-a-regular-file",
@@ -157,6 +199,7 @@ def repair(runtime: Any, report: VerifyReport) -> SyncSummary:
     clear += [doc_key(e["connector"], e["doc_id"]) for e in report.orphaned if e["connector"] not in engine.connectors]
     if clear:
         runtime.store.apply(runtime.store.make_rows([]), clear)
+        runtime.store.journal.catch_up()  # these deletions are journaled from the version they made
         engine.load_index()
     for name, doc_ids in targets.items():
         if name not in engine.connectors:
@@ -168,4 +211,26 @@ def repair(runtime: Any, report: VerifyReport) -> SyncSummary:
                 # chunks; vectors of unchanged text are still reused.
                 engine.docs(name).pop(doc_id, None)
         summary.merge(engine.process({name: {d: 0.0 for d in doc_ids}}))
+    if report.journal:
+        fix_journal(runtime.store, report)
     return summary
+
+
+def fix_journal(store: Any, report: VerifyReport) -> int:
+    """Append entries that bring the journal to what the index holds now, marked ``repaired``; returns how
+    many. The index is the truth: the journal is corrected, never the index."""
+    import time
+
+    from syncd.store import DocState, diff_states
+
+    store.journal.catch_up()
+    keys = {(e["connector"], e["doc_id"]) for e in report.journal}
+    view = journal_view(store)
+    live = store.doc_states(store.table_name, int(store.table.version)) or {}
+    before = {k: DocState(revision=view[k] or "", identity=view[k] or "", chunks=0, hashes=frozenset())
+              for k in keys if view.get(k)}
+    after = {k: v for k, v in live.items() if k in keys}
+    entries = diff_states(before, after, table=store.table_name, version=int(store.table.version),
+                          committed_at=time.time(), repaired=True)
+    store.journal.append(entries)
+    return len(entries)

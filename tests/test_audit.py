@@ -320,3 +320,90 @@ def test_search_as_of_and_status_over_http(tmp_path, docs, in_process_daemon):
         assert audit["oldest_available_at"] == too_old["oldest_available_at"]
         assert audit["journal"]["entries"] == 2 and audit["journal"]["bytes"] > 0
         assert audit["versions_bytes"] > 0
+
+
+def test_verify_finds_a_journal_that_contradicts_the_index_and_repair_corrects_the_journal(fs_config, docs,
+                                                                                           make_runtime):
+    from syncd.verify import repair, verify
+
+    rt = make_runtime(fs_config)
+    (docs / "a.md").write_text(doc_text("sierra"))
+    (docs / "b.md").write_text(doc_text("tango"))
+    sync(rt)
+    assert verify(rt).ok
+    # A journal that lost track: it says a.md was deleted and b.md holds other content.
+    rt.store.journal.append([
+        {"connector": "docs", "doc_id": "a.md", "action": "deleted", "live_table": rt.store.table_name,
+         "table_version": rt.store.table.version, "committed_at": time.time()},
+        {"connector": "docs", "doc_id": "b.md", "action": "changed", "identity": "not-this",
+         "revision": "not-this", "live_table": rt.store.table_name, "table_version": rt.store.table.version,
+         "committed_at": time.time()}])
+    report = verify(rt)
+    assert not report.ok and report.missing == report.stale == report.orphaned == []
+    assert {(e["doc_id"], e["reason"].split(",")[0]) for e in report.journal} == {
+        ("a.md", "indexed"), ("b.md", "indexed with another content than the journal's last entry")}
+    assert report.as_dict()["journal"] == report.journal
+    repair(rt, report)
+    assert verify(rt).ok
+    fixed = entries(rt)[-2:]
+    assert all(e["repaired"] for e in fixed)
+    assert {e["doc_id"]: e["action"] for e in fixed} == {"a.md": "added", "b.md": "changed"}
+
+
+def test_version_clean_up_keeps_tagged_days_and_drops_them_once_retention_passes(fs_config, docs, make_runtime):
+    import datetime as dt
+
+    rt = make_runtime(fs_config)
+    store = rt.store
+    for word in ("uniform", "victor"):
+        (docs / "a.md").write_text(doc_text(word))
+        sync(rt)
+    tagged_version, tagged_at = store.versions()[-1]
+    # Seen from tomorrow, today is over: its last version so far is tagged.
+    made = store.tag_daily_versions(90 * 86400, now=tagged_at + 86400)
+    assert store.table.tags.list()[made["created"][0]]["version"] == tagged_version
+    for word in ("whiskey", "xray"):
+        (docs / "a.md").write_text(doc_text(word))
+        sync(rt)
+    # The full maintenance runs with tags present (LanceDB's own clean-up would refuse to).
+    store.maintain(retention_s=600, keep_versions_for=90 * 86400)
+    # A clean-up with nothing left in the recent window: the tagged version stays, the others go.
+    store._optimize(store.table, dt.timedelta(seconds=0))
+    kept = [v for v, _ in store.versions()]
+    assert kept == [tagged_version, store.table.version]
+    # As of just after the tagged version: answered from it, without the later edits.
+    version = store.version_as_of(tagged_at + 0.001)
+    assert version == tagged_version
+    found = " ".join(search_texts(rt, "retention policy says", version=version))
+    assert "victor" in found and "whiskey" not in found and "xray" not in found
+    # After the next edit, before the latest kept version: that moment is not kept, and the error says so.
+    whiskey = [e for e in entries(rt) if e["revision"] == content_rev(doc_text("whiskey"))][0]
+    with pytest.raises(AsOfUnavailable) as err:
+        store.version_as_of(whiskey["committed_at"] + 0.0001)
+    assert "not kept" in str(err.value)
+    # Retention passes: the tag goes, and the next clean-up removes the version.
+    assert store.tag_daily_versions(90 * 86400, now=tagged_at + 92 * 86400)["removed"] == made["created"]
+    store._optimize(store.table, dt.timedelta(seconds=0))
+    assert tagged_version not in [v for v, _ in store.versions()]
+
+
+def test_a_reindex_journals_only_documents_whose_content_differs_and_history_survives(fs_config, docs,
+                                                                                       make_runtime):
+    from syncd.verify import verify
+
+    rt = make_runtime(fs_config)
+    (docs / "same.md").write_text(doc_text("xray"))
+    (docs / "edited.md").write_text(doc_text("yankee"))
+    sync(rt)
+    before = entries(rt)
+    # Changed behind the engine's back (as if the watcher missed it), then a full rebuild.
+    (docs / "edited.md").write_text(doc_text("zulu"))
+    rt.engine.rebuild()
+    after = entries(rt)
+    assert after[:len(before)] == before  # the journal outlives the table it described
+    new = after[len(before):]
+    assert [(e["doc_id"], e["action"]) for e in new] == [("edited.md", "changed")]
+    assert new[0]["previous_revision"] == content_rev(doc_text("yankee"))
+    assert new[0]["revision"] == content_rev(doc_text("zulu"))
+    assert new[0]["table_version"] == rt.store.table.version
+    assert verify(rt).ok
