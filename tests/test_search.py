@@ -366,3 +366,27 @@ def test_eval_rejects_a_bad_line_naming_it(tmp_path: Path) -> None:
     path.write_text('{"query": "a", "relevant": ["x.md"]}\nnot json\n')
     with pytest.raises(ConfigError, match=r"q\.jsonl:2: not JSON"):
         read_queries(path)
+
+
+# -- stage timings -------------------------------------------------------------------------------------
+
+
+def test_search_latency_by_stage_is_a_histogram_in_metrics(tmp_path: Path, docs: Path) -> None:
+    from tests.conftest import wait_for
+    from tests.service.test_service_inprocess import get, running
+
+    (docs / "a.md").write_text("# A\n\nreplica promote steps\n")
+    cfg = write_config(tmp_path, [{"name": "docs", "type": "filesystem", "path": str(docs)}])
+    with running(cfg) as service:
+        wait_for(lambda: get(service, "/readyz")[0] == 200, what="ready")
+        code, answer = get(service, "/search?q=replica+promote&min_relevance=0")
+        assert code == 200 and answer["results"][0]["doc_id"] == "a.md"
+        assert answer["table_version"] == answer["results"][0]["table_version"]
+        code, _ = get(service, "/search?q=replica&min_relevance=0&path=zzz*")
+        assert code == 200
+        code, text = get(service, "/metrics")
+    assert code == 200
+    for stage in ("embed", "vector", "fulltext", "fusion", "rerank", "dedup", "total"):
+        found = re.search(rf'^syncd_search_seconds_count{{stage="{stage}"}} (\S+)$', text, re.M)
+        assert found and float(found.group(1)) == 2.0, stage
+    assert re.search(r'^syncd_search_seconds_bucket{le="0.05",stage="total"} ', text, re.M)
