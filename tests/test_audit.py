@@ -211,6 +211,14 @@ def test_kill_9_between_a_commit_and_its_journal_entry_is_repaired_at_restart_on
     assert run_cli(fs_config, "sync", "--json").returncode == 0  # another start: still once
     text = run_cli(fs_config, "history", "policy.md").stdout
     assert text.count(" changed ") == 1 and text.count(" added ") == 1 and "(repaired)" in text
+    # `syncd query --as-of`: the first step's text at its time; before the history, an error naming the oldest.
+    then = run_cli(fs_config, "query", "retention policy says", "--as-of", lines[0]["committed_at"], "--json")
+    assert then.returncode == 0, then.stderr
+    answer = json.loads(then.stdout)
+    assert "oscar" in answer["results"][0]["text"] and "papa" not in then.stdout
+    assert answer["results"][0]["table_version"] < repaired["table_version"]
+    too_old = run_cli(fs_config, "query", "retention policy says", "--as-of", "2001-01-01T00:00:00Z")
+    assert too_old.returncode == 1 and "oldest time available" in too_old.stderr
 
 
 def http_get(url: str) -> tuple[int, dict]:  # type: ignore[type-arg]
