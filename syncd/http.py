@@ -19,7 +19,7 @@ a time, for which a new connection on loopback costs nothing that matters.
 
 A client that goes away (reset, broken pipe, a write timeout) is logged at debug level: that is the
 client's business. An endpoint that raises answers 500 and is logged with its traceback. Handlers only
-read.
+read, except ``POST /hooks/NAME``, which can only ask for a connector's poll (``syncd/hooks.py``).
 """
 
 from __future__ import annotations

@@ -414,6 +414,30 @@ def test_a_hook_during_a_poll_queues_exactly_one_more(git_config: Path, repo: Gi
         assert count == 2
 
 
+def test_a_steady_stream_of_hooks_cannot_hold_the_queued_poll_back(
+        git_config: Path, repo: GitRepo, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The queued poll waits for the burst to end, but never longer than REQUEST_MAX_WAIT_S."""
+    from syncd.service import writer
+
+    # The quiet period is made longer than the stream's gaps can ever be on a loaded machine: only the
+    # longest wait can start the queued polls.
+    monkeypatch.setattr(writer, "REQUEST_SETTLE_S", 60.0)
+    monkeypatch.setattr(writer, "REQUEST_MAX_WAIT_S", 1.0)
+    with running(git_config) as service:
+        wait_for(lambda: settled(service), what="first sync")
+        polls = PollCounter(service.runtime.connectors["docs"])
+        body = json.dumps(github_push("refs/heads/main", ZERO, ZERO)).encode()
+        headers = signed("github", body)
+        deadline = time.monotonic() + 6.0
+        while time.monotonic() < deadline:
+            assert hook(service, body, headers)[0] == 202
+            time.sleep(0.05)
+        during = polls.count
+        assert during >= 2, during  # the first, then queued ones at most a second after they were asked for
+        wait_for(lambda: not service.writer.polling("docs"), timeout=60, what="the last poll done")
+        assert polls.count <= during + 1
+
+
 # -- the checks alone ----------------------------------------------------------------------------------------
 def test_check_reads_plain_notifications_as_a_post_receive_hook_sends_them() -> None:
     target = hooks.Target(kind="git", secret=SECRET, branch="main")
