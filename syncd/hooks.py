@@ -14,7 +14,9 @@ Senders, told apart by their headers, checked in this order:
 * GitHub: ``X-Hub-Signature-256: sha256=<hex HMAC-SHA256 of the body>``; event in ``X-GitHub-Event``
   (``ping`` is answered and ignored). A form-encoded delivery (``payload=...``) is read too.
 * GitLab: ``X-Gitlab-Token: <the secret>``; event in ``X-Gitlab-Event`` (``Push Hook``).
-* Confluence Data Center: ``X-Hub-Signature``, the HMAC-SHA256 of the body (``sha256=<hex>`` or bare
+* Bitbucket Cloud and Data Center: ``X-Hub-Signature: sha256=<hex HMAC-SHA256 of the body>`` with
+  ``X-Event-Key`` (``repo:push``, ``repo:refs_changed``).
+* Confluence Data Center: ``X-Hub-Signature`` without ``X-Event-Key``, the HMAC-SHA256 of the body (``sha256=<hex>`` or bare
   hex); the event is the body's ``event`` (``page_created``, ``page_updated``, ``page_removed``...).
 * Anything else (a ``post-receive`` hook): ``Authorization: Bearer <the secret>``. The body may be empty,
   the lines a ``post-receive`` hook reads on its standard input (``<old> <new> <ref>``), or JSON with a
@@ -121,7 +123,15 @@ def _check(target: Target, headers: Mapping[str, str], body: bytes) -> Verdict:
         event = _header(headers, "X-Gitlab-Event") or ""
         return _push(target, "gitlab", event.strip().lower() in ("push hook", "system hook"), event, body,
                      content_type, gitlab=True)
-    confluence = _header(headers, "X-Hub-Signature")
+    bitbucket = _header(headers, "X-Event-Key")
+    signature = _header(headers, "X-Hub-Signature")
+    if bitbucket is not None and signature is not None:
+        signature = signature.strip()
+        prefix = "sha256=" if signature.lower().startswith("sha256=") else ""
+        if not _hmac_matches(secret, body, signature, prefix=prefix):
+            return Verdict("unauthorized", "bitbucket", "X-Hub-Signature does not match the body")
+        return _bitbucket(target, bitbucket.strip(), body, content_type)
+    confluence = signature
     if confluence is not None:
         signature = confluence.strip()
         prefix = "sha256=" if signature.lower().startswith("sha256=") else ""
@@ -157,6 +167,35 @@ def _by_ref(target: Target, sender: str, refs: list[str]) -> Verdict:
     if target.branch is None or f"refs/heads/{target.branch}" in refs:
         return Verdict("push", sender)
     return Verdict("ignored", sender, f"push to {', '.join(refs[:3])}, not refs/heads/{target.branch}")
+
+
+def _bitbucket(target: Target, event: str, body: bytes, content_type: str | None) -> Verdict:
+    """Bitbucket Cloud (``repo:push``: ``push.changes[].new``/``old`` with a name and type) and Data Center
+    (``repo:refs_changed``: ``changes[].ref.id``)."""
+    if target.kind != "git":
+        return Verdict("ignored", "bitbucket", f"a bitbucket event does not concern a {target.kind} connector")
+    if event not in ("repo:push", "repo:refs_changed"):
+        return Verdict("ignored", "bitbucket", f"event {event!r} is not a push")
+    data = _json_body(body, content_type)
+    if not isinstance(data, dict):
+        return Verdict("malformed", "bitbucket", "the event is not a JSON object")
+    refs: list[str] = []
+    push = data.get("push")
+    changes = push.get("changes") if isinstance(push, dict) else data.get("changes")
+    for change in changes if isinstance(changes, list) else []:
+        if not isinstance(change, dict):
+            continue
+        ref = change.get("ref")
+        if isinstance(ref, dict) and isinstance(ref.get("id"), str):
+            refs.append(ref["id"])
+        for side in ("new", "old"):
+            tip = change.get(side)
+            if isinstance(tip, dict) and isinstance(tip.get("name"), str):
+                kind = {"branch": "heads", "named_branch": "heads", "tag": "tags"}.get(str(tip.get("type")), "heads")
+                refs.append(f"refs/{kind}/{tip['name']}")
+    if not refs:
+        return Verdict("malformed", "bitbucket", "a push event without the refs it changed")
+    return _by_ref(target, "bitbucket", refs)
 
 
 def _plain(target: Target, body: bytes, content_type: str | None) -> Verdict:

@@ -459,6 +459,43 @@ def test_check_reads_plain_notifications_as_a_post_receive_hook_sends_them() -> 
     assert hooks.check(target, form, body).outcome == "push"
 
 
+def test_check_reads_bitbucket_pushes_cloud_and_data_center() -> None:
+    target = hooks.Target(kind="git", secret=SECRET, branch="main")
+
+    def sign(body: bytes, key: str) -> dict[str, str]:
+        digest = hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
+        return {"X-Event-Key": key, "X-Hub-Signature": f"sha256={digest}", "Content-Type": "application/json",
+                "X-Request-UUID": "afe3ae1c-9bdb-4d9e-8f2c-a0d7ee4a4e44"}
+
+    def cloud(branch: str) -> bytes:
+        """Bitbucket Cloud's repo:push (support.atlassian.com, event payloads: push), abridged."""
+        return json.dumps({"actor": {"type": "user", "display_name": "Emma"},
+                           "repository": {"type": "repository", "full_name": "team/docs"},
+                           "push": {"changes": [{"new": {"type": "branch", "name": branch,
+                                                         "target": {"type": "commit", "hash": "a" * 40}},
+                                                 "old": {"type": "branch", "name": branch,
+                                                         "target": {"type": "commit", "hash": "b" * 40}},
+                                                 "created": False, "forced": False, "closed": False}]}}).encode()
+
+    def data_center(branch: str) -> bytes:
+        """Bitbucket Data Center's repo:refs_changed (confluence.atlassian.com, event payload: push), abridged."""
+        return json.dumps({"eventKey": "repo:refs_changed", "date": "2026-11-30T09:45:32+1000",
+                           "actor": {"name": "admin", "id": 1},
+                           "repository": {"slug": "docs", "id": 84, "name": "docs"},
+                           "changes": [{"ref": {"id": f"refs/heads/{branch}", "displayId": branch,
+                                                "type": "BRANCH"}, "refId": f"refs/heads/{branch}",
+                                        "fromHash": "b" * 40, "toHash": "a" * 40, "type": "UPDATE"}]}).encode()
+
+    for body, key in ((cloud("main"), "repo:push"), (data_center("main"), "repo:refs_changed")):
+        assert hooks.check(target, sign(body, key), body).outcome == "push"
+        assert hooks.check(target, {**sign(body, key), "X-Hub-Signature": "sha256=" + "0" * 64},
+                           body).outcome == "unauthorized"
+    for body, key in ((cloud("draft"), "repo:push"), (data_center("draft"), "repo:refs_changed")):
+        assert hooks.check(target, sign(body, key), body).outcome == "ignored"
+    ping = b'{"test": true}'
+    assert hooks.check(target, sign(ping, "diagnostics:ping"), ping).outcome == "ignored"
+
+
 def test_check_reads_confluence_page_events_and_names_the_page() -> None:
     target = hooks.Target(kind="confluence", secret=SECRET)
     event = {"timestamp": 1764504000000, "event": "page_updated", "userKey": "ff8080817d5b3b5c017d5b3c5e8e0000",
