@@ -1,5 +1,6 @@
 """(4) Query latency: `/search` p50/p95 for hybrid queries, without and with the ANN index, and while a
-sync is writing; and (6) store growth under single-document updates, with and without maintenance."""
+sync is writing, with the time of each stage (embed, vector, full text, fusion, rerank, dedup) from the
+service's ``syncd_search_seconds`` histogram; and (6) store growth under single-document updates, with and without maintenance."""
 
 from __future__ import annotations
 
@@ -42,11 +43,52 @@ def _maintain(config: Path, *, ann: bool) -> dict[str, Any]:
 
 
 def _latencies(daemon: Daemon, queries: list[str]) -> list[float]:
+    """``/search`` with k=10 and no relevance floor: the stand-in index's vectors are hashes, so the real
+    model's query vectors have near-zero cosine with them, and a floor would leave nothing to collapse and
+    cite (the work a real answer does)."""
+    import urllib.parse
+
     out = []
     for q in queries:
         started = time.monotonic()
-        daemon.search(q, k=10)
+        code, answer = daemon.get(f"/search?q={urllib.parse.quote(q)}&k=10&min_relevance=0")
         out.append(time.monotonic() - started)
+        if code != 200:
+            raise RuntimeError(f"/search answered {code}: {answer}")
+    return out
+
+
+_STAGE_LINE = re.compile(r'^syncd_search_seconds_(bucket|sum|count)\{(?:le="([^"]+)",)?stage="([a-z]+)"\} (\S+)$', re.M)
+
+
+def _stages(daemon: Daemon) -> dict[str, dict[str, Any]]:
+    """The service's ``syncd_search_seconds{stage}`` histogram now: count, sum and cumulative buckets."""
+    code, text = daemon.get("/metrics")
+    out: dict[str, dict[str, Any]] = {}
+    for kind, le, stage, value in _STAGE_LINE.findall(text if isinstance(text, str) else ""):
+        entry = out.setdefault(stage, {"count": 0.0, "sum": 0.0, "buckets": {}})
+        if kind == "bucket":
+            entry["buckets"][le] = float(value)
+        else:
+            entry[kind] = float(value)
+    return out
+
+
+def stage_summary(before: dict[str, dict[str, Any]], after: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Per stage, over the searches between two snapshots: the mean, and the p95 as the upper bound of the
+    histogram bucket it falls in."""
+    out: dict[str, Any] = {}
+    for stage, now in after.items():
+        then = before.get(stage, {"count": 0.0, "sum": 0.0, "buckets": {}})
+        n = now["count"] - then["count"]
+        if n <= 0:
+            continue
+        p95 = None
+        for le in sorted(now["buckets"], key=lambda b: float("inf") if b == "+Inf" else float(b)):
+            if now["buckets"][le] - then["buckets"].get(le, 0.0) >= 0.95 * n:
+                p95 = le
+                break
+        out[stage] = {"n": int(n), "mean_s": (now["sum"] - then["sum"]) / n, "p95_at_most_s": p95}
     return out
 
 
@@ -78,7 +120,9 @@ def latency(index_folder: Path, work: Path, *, seed: int, n_docs: int, queries: 
         daemon = Daemon(config).start()
         try:
             _latencies(daemon, qs[:5])  # warm-up
+            before = _stages(daemon)
             out[label] = summarize(_latencies(daemon, qs))
+            out[f"{label}_stages"] = stage_summary(before, _stages(daemon))
             stop = threading.Event()
             written: list[int] = []
             t = threading.Thread(target=lambda w=written, s=stop: w.append(_writer(root, docs, s, 5.0)), daemon=True)
@@ -92,7 +136,8 @@ def latency(index_folder: Path, work: Path, *, seed: int, n_docs: int, queries: 
             daemon.stop()
         out["rows"] = m["rows"]
         log(f"query[{n_docs}] {label}: p50 {out[label]['median'] * 1000:.0f} ms, p95 {out[label]['p95'] * 1000:.0f} ms; "
-            f"while writing p95 {out[f'{label}_while_writing']['p95'] * 1000:.0f} ms")
+            f"while writing p95 {out[f'{label}_while_writing']['p95'] * 1000:.0f} ms; stages (mean ms) "
+            + ", ".join(f"{k} {v['mean_s'] * 1000:.1f}" for k, v in out[f"{label}_stages"].items()))
     return out
 
 

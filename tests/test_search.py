@@ -356,6 +356,19 @@ def test_syncd_eval_on_the_sample_queries_matches_scores_computed_from_the_query
     assert report["ndcg"] == pytest.approx(sum(q["ndcg"] for q in report["per_query"]) / 36)
 
 
+def test_the_syncd_eval_command_prints_the_same_report(handbook: Index) -> None:
+    out = subprocess.run([sys.executable, "-m", "syncd", "--config", handbook.config.source, "eval",
+                          str(REPO / "examples" / "queries.jsonl"), "-k", "5", "--json"],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert set(report) == {"k", "queries", "ndcg", "recall", "mrr", "per_query"}
+    expected = evaluate(read_queries(REPO / "examples" / "queries.jsonl"), lambda q: handbook.search(q, k=5), k=5)
+    assert report["k"] == 5 and report["queries"] == 36
+    assert (report["ndcg"], report["recall"], report["mrr"]) == pytest.approx(
+        (expected["ndcg"], expected["recall"], expected["mrr"]), abs=1e-3)
+
+
 def test_eval_rejects_a_bad_line_naming_it(tmp_path: Path) -> None:
     from syncd.errors import ConfigError
 
@@ -382,8 +395,8 @@ def test_search_latency_by_stage_is_a_histogram_in_metrics(tmp_path: Path, docs:
         code, answer = get(service, "/search?q=replica+promote&min_relevance=0")
         assert code == 200 and answer["results"][0]["doc_id"] == "a.md"
         assert answer["table_version"] == answer["results"][0]["table_version"]
-        code, _ = get(service, "/search?q=replica&min_relevance=0&path=zzz*")
-        assert code == 200
+        code, none = get(service, "/search?q=replica&min_relevance=0&path=zzz*")
+        assert code == 200 and none["results"] == []
         code, text = get(service, "/metrics")
     assert code == 200
     for stage in ("embed", "vector", "fulltext", "fusion", "rerank", "dedup", "total"):
