@@ -162,8 +162,10 @@ def test_service_endpoints_notify_reload_and_stop(tmp_path: Path, docs: Path, da
     assert sample(before, "syncd_backlog", connector="docs") == 0
     assert sample(before, "syncd_connector_last_success_timestamp_seconds", connector="docs") > 0
     save_atomically(docs / files[0], "# Note 0\n\nRewritten: the lighthouse keeper logs every storm.\n")
+    # The freshness observation follows the commit's counters (the journal entry is written in between).
     after = wait_for(lambda: (m := metrics(d)) and sample(
-        m, "syncd_docs_synced_total", connector="docs", action="changed") == 1 and m, what="changed counter")
+        m, "syncd_docs_synced_total", connector="docs", action="changed") == 1 and sample(
+        m, "syncd_freshness_seconds_count", connector="docs") > 0 and m, what="changed counter and freshness")
     assert (sample(after, "syncd_freshness_seconds_count", connector="docs")
             == sample(before, "syncd_freshness_seconds_count", connector="docs") + 1)
     assert sample(after, "syncd_chunks_embedded_total") > sample(before, "syncd_chunks_embedded_total")
