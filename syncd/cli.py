@@ -520,6 +520,8 @@ def cmd_verify(cfg: Any, args: argparse.Namespace) -> int:
         for kind in ("missing", "stale", "orphaned", "duplicated"):
             for e in result[kind]:
                 print(f"  {kind}: {e['connector']}:{e['doc_id']}")
+        for e in result.get("foreign", []):
+            print(f"  written by someone else: {e['detail']}")
         for e in result.get("errors", []):
             print(f"  not checked: {e['connector']}: {e['reason']}")
     return EXIT_OK if report.ok else EXIT_PROBLEM

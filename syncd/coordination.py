@@ -2,7 +2,7 @@
 
 ::
 
-    _syncd/store.json                  the live table and the store's signature (model, chunking)
+    _syncd/store.json                  (earlier versions) the live table and the signature; migrated and deleted
     _syncd/leases/connector-NAME.json  who owns connector NAME, until when
     _syncd/leases/maintenance.json     who compacts and folds indexes
     _syncd/daemons/ID.json             each live daemon's heartbeat (``/status`` → ``store.daemons``)
@@ -262,8 +262,9 @@ def describe(exc: BaseException, endpoint: str) -> str:
 
 
 class SharedFacts:
-    """The store's pointer (live table, signature) as ``_syncd/store.json`` in the store: the same for every
-    daemon sharing it (``store.PointerFile`` is the local folder's)."""
+    """The pointer earlier versions kept (live table, signature) as ``_syncd/store.json`` in the store
+    (``store.PointerFile`` is the local folder's): read once by the migration, then deleted. The signature now
+    lives in the live table's schema metadata, the same for every daemon sharing the store."""
 
     KEY = "store.json"
 
@@ -290,6 +291,9 @@ class SharedFacts:
         """Write ``doc`` unless a pointer exists (two daemons creating the store at once: the first wins)."""
         self.shared.create(self.KEY, doc)
         self._cached = None
+
+    def delete(self) -> None:
+        self.shared.delete(self.KEY)
 
 
 def shared_store(config: Config, **kwargs: Any) -> SharedStore | None:

@@ -828,15 +828,21 @@ class Engine:
 
     # -- full rebuild ----------------------------------------------------------------------------------
     def rebuild(self, *, only: str | None = None, progress: bool = False, reload_index: bool = True) -> SyncSummary:
-        """Re-read, re-chunk and re-embed every document into a new table, then switch to it atomically.
+        """Re-read, re-chunk and re-embed every document into a scratch table, then replace the live table's
+        content with it in one commit (``Store.replace_contents``), under the same name. A failure or a crash
+        before that commit leaves the live table untouched (the scratch table is dropped now, or at the next
+        writer's start).
 
-        With ``only``, the other connectors' rows are copied over unchanged. ``reload_index=False`` is for a
+        The caller is the only writer while this runs (the writer lock; in the service, the writer thread):
+        changes seen meanwhile wait in the queue and are synced after, against the new content. With
+        ``only``, the other connectors' rows are copied over unchanged. ``reload_index=False`` is for a
         process that exits after the rebuild: the view of the indexed documents is left unread afterwards,
         and the fingerprint cache goes to a file as it is built instead of staying in memory.
         """
         started = time.monotonic()
         summary = SyncSummary()
-        name_new, table = self.store.create_rebuild_table()
+        table = self.store.create_scratch()
+        name_new = self.store.scratch_name
         batches = 0
         try:
             if only is not None:
@@ -871,12 +877,12 @@ class Engine:
             for name in self.connectors:
                 self.state.connector(name).drop_spill()
             raise
-        self.store.switch_to(name_new)
+        self.store.replace_contents(table)
         if self.journal_enabled:
             try:
                 # A reindex is not a change set of its own: the journal records, at the new table's version,
                 # the documents whose content differs from the table it replaced (re-embedding alone is no
-                # change), and marks the switch.
+                # change), and marks it.
                 self.store.journal.catch_up()
             except StoreError as exc:
                 log.error("journal.catch_up_failed", error=str(exc), action="retried at the next start")
@@ -963,7 +969,7 @@ def _record(connector: str, doc_id: str, plan: _Planned, c: Chunk, vector: np.nd
         "heading_path": list(c.heading_path), "start_line": c.start_line, "end_line": c.end_line,
         "content_hash": c.content_hash, "updated_at": now, "doc_identity": plan.doc.identity,
         "modified_at": plan.doc.modified_at,
-        "metadata": json.dumps(dict(plan.doc.metadata), sort_keys=True, ensure_ascii=False),
+        "source_metadata": json.dumps(dict(plan.doc.metadata), sort_keys=True, ensure_ascii=False),
     }
 
 

@@ -21,7 +21,7 @@ from syncd.errors import SyncdError
 from syncd.metrics import Metrics
 from syncd.pipeline import Engine
 from syncd.registry import connector_class
-from syncd.state import StateDir, read_json
+from syncd.state import StateDir
 from syncd.store import Store
 
 log = structlog.get_logger("syncd.runtime")
@@ -83,7 +83,7 @@ def choose_backend(config: Config, *, prepare: bool = True, announce: bool = Tru
     """The backend ``config``'s store runs on.
 
     An explicit ``[embedding] backend`` wins. With ``auto``, an existing index keeps the backend it was built
-    with (its signature in ``<state>/store.json`` says which), so an upgrade never re-embeds silently; a new
+    with (its signature in the live table's schema metadata says which), so an upgrade never re-embeds silently; a new
     index (or one the settings force to rebuild anyway) gets ONNX int8 on a CPU, and PyTorch on a GPU or for a
     model the ONNX path cannot serve (not mean pooling, onnxruntime missing, a failed export), logged with the
     reason. With ``prepare`` (a writer's start, ``syncd model prepare``) the ONNX export the choice needs is
@@ -112,10 +112,12 @@ def choose_backend(config: Config, *, prepare: bool = True, announce: bool = Tru
 
 def _stored_signature(config: Config) -> str | None:
     from syncd.coordination import SharedFacts, shared_store
+    from syncd.store import PointerFile, read_signature
 
     shared = shared_store(config) if config.store.is_object_store else None
-    pointer = SharedFacts(shared).read() if shared is not None else read_json(config.state_dir / "store.json")
-    return str(pointer["signature"]) if isinstance(pointer, dict) and "signature" in pointer else None
+    facts = SharedFacts(shared) if shared is not None else PointerFile(config.state_dir / "store.json")
+    return read_signature(config.store_uri, config.store.table, facts=facts,
+                          storage_options=shared.options if shared is not None else None)
 
 
 def _choose(config: Config, stored: str | None, *, prepare: bool, announce: bool) -> BackendChoice:
@@ -274,7 +276,6 @@ class Runtime:
                                dim=self.embedder.dim, signature=self.signature, **store_kwargs(config, self.shared))
             if metrics is not None:
                 self.store.on_commit_retry = metrics.commit_retries.inc
-            self.store.retired_retention_s = config.sync.version_retention
             self.chunker = Chunker(self.embedder.token_counter(), max_tokens=config.chunking.max_tokens,
                                    overlap_tokens=config.chunking.overlap_tokens, model_id=self.embedder.model_id)
             self.connectors = {cc.name: build_connector(config, cc, self.state) for cc in config.connectors}
@@ -346,11 +347,17 @@ class Runtime:
         builds a new table without it, and the view of a large index is costly while being read)."""
         stored = self.store.stored_signature()
         self.store.open(create=True)
-        if self.lock is not None:
+        wrong = self.store.foreign_schema()
+        if load_index and wrong:
+            from syncd.errors import StoreError
+
+            raise StoreError(f"the table {self.store.table_name} in {self.store.uri} was overwritten by another "
+                             f"program (columns {', '.join(wrong)} are missing or changed); `syncd reindex` rebuilds "
+                             "it from the sources")
+        if self.lock is not None and not wrong:
             # A crash between a commit and its change journal entries is repaired here, from the table's
             # versions, before anything else is written.
             self.store.journal.catch_up()
-        self.store.drop_stale_tables()
         if load_index:
             self.engine.load_index()
         needs_rebuild = stored is not None and stored != self.signature

@@ -5,10 +5,14 @@ with ``when_not_matched_by_source_delete`` scoped to the documents in the batch:
 document in a batch are replaced, and deleted documents removed, in a single atomic commit.
 Filters never contain raw document ids: they use ``doc_key``, a hex hash of (connector, doc_id).
 
-The live table's name sits in ``<state>/store.json`` (in ``<uri>/_syncd/store.json`` on an object store,
-where every daemon sharing the store reads it) with the signature of the settings it was built with
-(model, dimension, chunking). A reindex builds a new table aside and switches that pointer with an atomic
-rename, so readers always open a complete table.
+The live table keeps the name ``[store] table`` for life. The signature of the settings it was built with
+(model, dimension, chunking) sits in its schema metadata, so content and signature change in one commit. A
+reindex builds aside in a scratch table and then replaces the live table's content in one commit
+(``Store.replace_contents``): a reader that opened the table sees the new index at its next read, and Lance
+keeps the previous version for readers mid-query and for rollback.
+
+The schema is one that LangChain's and LlamaIndex's LanceDB stores read as it is: ``id``, ``text``,
+``vector`` and a struct ``metadata`` holding the citation fields.
 
 ``chunk_id`` is non-null and Lance's unenforced primary key: writers committing the same new keys at once
 then cannot both insert them. Commits that lose a race with another writer's ("too many concurrent
@@ -23,7 +27,6 @@ import functools
 import hashlib
 import json
 import os
-import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -40,7 +43,14 @@ from syncd.lazy_imports import import_lancedb
 from syncd.redact import redact
 from syncd.state import read_json, write_json_atomic
 
-POINTER_VERSION = 1
+SCHEMA_VERSION = "2"
+"""Version 2: the ``id`` column, ``metadata`` as a struct of citation fields, ``source_metadata`` (JSON)."""
+SIGNATURE_KEY = b"syncd.signature"
+SCHEMA_KEY = b"syncd.schema"
+SCRATCH_SUFFIX = ".rebuilding"
+"""A reindex builds into ``<table>.rebuilding`` (a name no config can give: ``[store] table`` has no dot)."""
+REPLACE_PROPERTY = "syncd.operation"
+"""Transaction property syncd's own content replacements carry, so ``verify`` can tell them from others'."""
 
 log = structlog.get_logger("syncd.store")
 
@@ -55,14 +65,14 @@ def chunk_id(connector: str, doc_id: str, index: int) -> str:
 
 
 def metadata_condition(key: str, value: str) -> str:
-    """A filter on the ``metadata`` column (the JSON object ``json.dumps(..., sort_keys=True,
+    """A filter on the ``source_metadata`` column (the JSON object ``json.dumps(..., sort_keys=True,
     ensure_ascii=False)`` wrote) for ``key`` = ``value``: the pair's exact encoding between the object's
     delimiters. A quote inside a JSON string is always escaped, so ``, "key": "value"`` cannot occur inside a
     value; LIKE's own wildcards in the pair are escaped."""
     pair = json.dumps({key: value}, ensure_ascii=False)[1:-1]
     like = pair.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     patterns = ["{" + like + "}", "{" + like + ", %", "%, " + like + ", %", "%, " + like + "}"]
-    return " OR ".join(f"metadata LIKE {sql_string(p)} ESCAPE '\\'" for p in patterns)
+    return " OR ".join(f"source_metadata LIKE {sql_string(p)} ESCAPE '\\'" for p in patterns)
 
 
 def sql_string(value: str) -> str:
@@ -112,7 +122,8 @@ def retryable(exc: BaseException) -> bool:
 
 
 class PointerFile:
-    """The store's shared facts (live table, signature) as a JSON file in the state folder."""
+    """Where earlier versions kept the live table's name and the signature (``<state>/store.json``): read
+    once, to migrate such an install, then deleted."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -129,10 +140,33 @@ class PointerFile:
         if self.read() is None:
             self.write(doc)
 
+    def delete(self) -> None:
+        self.path.unlink(missing_ok=True)
 
-def schema(dim: int) -> pa.Schema:
+
+CITATION_FIELDS = (
+    pa.field("connector", pa.string()),
+    pa.field("doc_id", pa.string()),
+    pa.field("chunk_id", pa.string()),
+    pa.field("uri", pa.string()),
+    pa.field("title", pa.string()),
+    pa.field("revision", pa.string()),
+    pa.field("chunk_index", pa.int32()),
+    pa.field("heading_path", pa.list_(pa.string())),
+    pa.field("start_line", pa.int32()),
+    pa.field("end_line", pa.int32()),
+)
+"""The ``metadata`` struct: a chunk's citation, as the frameworks hand it on (their ``Document.metadata``)."""
+
+
+def schema(dim: int, signature: str | None = None) -> pa.Schema:
+    """The chunk table's schema; ``signature`` goes into its metadata (the settings the vectors were made with)."""
+    meta = {SCHEMA_KEY: SCHEMA_VERSION.encode()}
+    if signature is not None:
+        meta[SIGNATURE_KEY] = signature.encode()
     return pa.schema([
         pa.field("chunk_id", pa.string(), nullable=False, metadata=PRIMARY_KEY),
+        pa.field("id", pa.string(), nullable=False),  # = chunk_id: the frameworks' id column (LlamaIndex needs it)
         pa.field("doc_key", pa.string(), nullable=False),
         pa.field("doc_id", pa.string(), nullable=False),
         pa.field("connector", pa.string(), nullable=False),
@@ -150,8 +184,87 @@ def schema(dim: int) -> pa.Schema:
         # Extensions beyond INTERFACE.md:
         pa.field("doc_identity", pa.string()),  # content identity of the whole document (see SourceDocument)
         pa.field("modified_at", pa.timestamp("us", tz="UTC")),  # source's own modification time, when known
-        pa.field("metadata", pa.string()),  # JSON object of source metadata: owner, mode, size, blob sha...
-    ])
+        pa.field("metadata", pa.struct(list(CITATION_FIELDS))),  # the citation, for LangChain / LlamaIndex
+        pa.field("source_metadata", pa.string()),  # JSON object of source metadata: owner, mode, size, blob sha...
+    ], metadata=meta)
+
+
+def is_current_schema(sch: pa.Schema) -> bool:
+    """Whether a table's schema is this version's (else it is migrated at a writer's start)."""
+    names = set(sch.names)
+    return ("id" in names and "source_metadata" in names and "metadata" in names
+            and pa.types.is_struct(sch.field("metadata").type))
+
+
+def upgrade_batch(batch: pa.RecordBatch, target: pa.Schema) -> pa.RecordBatch:
+    """A batch of an older schema in ``target``'s: ``id`` and the citation struct derived from the row's own
+    columns, the old JSON ``metadata`` string kept as ``source_metadata``. Vectors are copied as they are."""
+    columns: dict[str, pa.Array] = {}
+    names = set(batch.schema.names)
+    for f in target:
+        if f.name == "id":
+            columns[f.name] = batch.column("chunk_id")
+        elif f.name == "metadata":
+            columns[f.name] = citation_struct({c.name: batch.column(c.name) for c in CITATION_FIELDS}, len(batch))
+        elif f.name == "source_metadata":
+            old = batch.column("metadata") if "metadata" in names else None
+            if old is not None and pa.types.is_string(old.type):
+                columns[f.name] = old
+            elif "source_metadata" in names:
+                columns[f.name] = batch.column("source_metadata")
+            else:
+                columns[f.name] = pa.nulls(len(batch), pa.string())
+        elif f.name in names:
+            columns[f.name] = batch.column(f.name).cast(f.type)
+        else:
+            columns[f.name] = pa.nulls(len(batch), f.type)
+    return pa.RecordBatch.from_arrays([columns[f.name] for f in target], schema=target)
+
+
+def citation_struct(columns: dict[str, Any], rows: int) -> pa.StructArray:
+    """The ``metadata`` struct column from the citation columns (Arrow arrays or Python lists)."""
+    arrays = []
+    for f in CITATION_FIELDS:
+        values = columns[f.name]
+        if isinstance(values, pa.ChunkedArray):
+            values = values.combine_chunks()
+        arrays.append(values.cast(f.type) if isinstance(values, pa.Array) else pa.array(values, type=f.type))
+    assert all(len(a) == rows for a in arrays)
+    return pa.StructArray.from_arrays(arrays, fields=list(CITATION_FIELDS))
+
+
+def read_signature(uri: str, table: str, *, facts: Any, storage_options: dict[str, str] | None = None) -> str | None:
+    """The signature of the index at ``uri`` (None when there is none yet), without a ``Store``: the live
+    table's schema metadata, or what ``facts`` (``PointerFile``, ``SharedFacts``) hold for an install not yet
+    migrated."""
+    legacy = facts.read()
+    if isinstance(legacy, dict) and "signature" in legacy:
+        return str(legacy["signature"])
+    os.environ.setdefault("LANCEDB_LOG", "error")
+    lancedb = import_lancedb()
+    try:
+        kwargs = {"storage_options": storage_options} if storage_options else {}
+        found = lancedb.connect(uri, **kwargs).open_table(table).schema.metadata or {}
+    except Exception:  # noqa: BLE001 - no table (a new install) or no store: no signature
+        return None
+    value = found.get(SIGNATURE_KEY)
+    return value.decode() if value else None
+
+
+def _produced_by_syncd(row: dict[str, Any]) -> bool:
+    """Whether a row's ids are the ones syncd derives from its connector, document and position."""
+    cid, key, connector, doc, index = (row.get("chunk_id"), row.get("doc_key"), row.get("connector"),
+                                       row.get("doc_id"), row.get("chunk_index"))
+    if not (cid and key and connector and doc is not None and index is not None):
+        return False
+    if "id" in row and row["id"] != cid:
+        return False
+    return bool(key == doc_key(connector, doc) and cid == chunk_id(connector, doc, int(index)))
+
+
+def _with_vector_type(sch: pa.Schema, vector_type: pa.DataType) -> pa.Schema:
+    i = sch.get_field_index("vector")
+    return sch.set(i, pa.field("vector", vector_type))
 
 
 @dataclass(frozen=True, slots=True)
@@ -268,8 +381,8 @@ class Store:
         self.uri = uri
         self.storage_options = dict(storage_options or {})
         self.facts = facts if facts is not None else PointerFile(state_dir / "store.json")
-        """Where the live table's name and the signature are kept: ``PointerFile`` or, on an object store,
-        ``coordination.SharedFacts`` (every daemon sharing the store reads the same)."""
+        """Where earlier versions kept the live table's name and the signature: ``PointerFile`` or, on an object
+        store, ``coordination.SharedFacts``. Read by the migration of such an install, then deleted."""
         self.commit_retries = 0
         """Commits replayed because another writer committed first (``syncd_commit_retries_total``)."""
         self.on_commit_retry: Callable[[], None] | None = None
@@ -284,8 +397,6 @@ class Store:
         self.session: Any = None  # the LanceDB session (its caches) of the current connection
         self._table: Any = None
         self.table_name = base_table
-        self.retired_retention_s = 900.0
-        """How long a table replaced by a reindex is kept for readers that still hold it."""
         self.commits_since_maintenance = 0
         self.rows_since_indexed = 0
         """Rows written since the indexes were last brought up to date (queries scan these without them)."""
@@ -313,8 +424,8 @@ class Store:
 
     # -- opening ---------------------------------------------------------------------------------------
     @property
-    def pointer_path(self) -> Path:
-        return self.state_dir / "store.json"
+    def scratch_name(self) -> str:
+        return self.base_table + SCRATCH_SUFFIX
 
     def _connect(self) -> Any:
         # LanceDB's Rust logger warns on every hybrid query about a future change of projected score
@@ -339,13 +450,19 @@ class Store:
                 raise StoreError(redact(f"cannot open store {self.uri}: {exc}")) from exc
         return self._db
 
-    def pointer(self) -> dict[str, Any] | None:
+    def _legacy_pointer(self) -> dict[str, Any] | None:
         data = self.facts.read()
         return data if isinstance(data, dict) else None
 
     def stored_signature(self) -> str | None:
-        pointer = self.pointer()
-        return None if pointer is None else str(pointer.get("signature"))
+        """The signature of the settings the live index was built with (None: no index yet)."""
+        legacy = self._legacy_pointer()
+        if legacy is not None and "signature" in legacy:
+            return str(legacy["signature"])
+        if self._table is not None:
+            value = (self._table.schema.metadata or {}).get(SIGNATURE_KEY)
+            return value.decode() if value else None
+        return read_signature(self.uri, self.base_table, facts=self.facts, storage_options=self.storage_options)
 
     def _table_names(self) -> list[str]:
         db = self._connect()
@@ -354,16 +471,25 @@ class Store:
         return list(names)
 
     def open(self, *, create: bool = True) -> None:
-        """Open the live table (creating it, empty, when there is none and ``create`` is set)."""
-        pointer = self.pointer()
-        name = pointer["table"] if pointer else self._adopt_table()
+        """Open the live table. A writer (``create``) first finishes what an earlier process left: it drops a
+        reindex's scratch table (a crash mid-build), migrates an index of an earlier version (a dated table
+        named by ``store.json``, or the previous schema) and creates the table, empty, when there is none."""
+        name = self.base_table
         db = self._connect()
         try:
-            if name in self._table_names():
+            if create:
+                self.drop_table(self.scratch_name)
+                self._migrate()
+            names = self._table_names()
+            if name in names and not (legacy := self._legacy_pointer()):
                 self._table = db.open_table(name)
             elif create:
                 self._table = self._create(name, shared=True)
-                self.facts.create(self._pointer_doc(name))
+            elif legacy and legacy.get("table") in names:
+                # An install not migrated yet (no writer has started since the upgrade): read where it points.
+                self._table = db.open_table(legacy["table"])
+            elif name in names:
+                self._table = db.open_table(name)
             else:
                 raise StoreError(f"no index at {self.uri} (table {name!r}); run `syncd sync` first")
         except StoreError:
@@ -372,9 +498,7 @@ class Store:
             raise StoreError(redact(f"cannot open table {name!r} in {self.uri}: {exc}")) from exc
         self.table_name = name
         self.hash_filter = None
-        if pointer is None and create:
-            self.facts.create(self._pointer_doc(name))
-        if create:
+        if create and "chunk_id" in self._table.schema.names:
             self.ensure_primary_key()
 
     @translated("marking chunk_id as the primary key")
@@ -392,20 +516,51 @@ class Store:
         return True
 
 
-    def _adopt_table(self) -> str:
-        """With no pointer (a new store, or a lost state folder): the newest table built by syncd, else the
-        base name. Nothing is ever dropped on a guess."""
-        pattern = re.compile(rf"^{re.escape(self.base_table)}_\d{{14}}_\d{{3}}$")
-        names = self._table_names()
-        built = sorted(n for n in names if pattern.match(n))
-        if built:
-            log.warning("store.pointer_missing", adopted=built[-1], tables=names)
-            return built[-1]
-        return self.base_table
+    def foreign_schema(self) -> list[str]:
+        """Columns syncd writes that the live table lacks or holds with another type (an overwrite by another
+        program); empty for syncd's own table."""
+        current = self.table.schema
+        return [f.name for f in schema(self.dim) if f.name not in current.names or (
+            f.name != "vector" and not current.field(f.name).type.equals(f.type))]
 
-    def _pointer_doc(self, name: str, **extra: Any) -> dict[str, Any]:
-        return {"state_version": POINTER_VERSION, "table": name, "signature": self.signature,
-                "dim": self.dim, "switched_at": time.time(), **extra}
+    def _migrate(self) -> None:
+        """Bring an index of an earlier version to this one, keeping every row and vector (nothing is embedded):
+        the content of the table ``store.json`` named (a reindex's dated table) moves under ``[store] table``,
+        and an older schema gains ``id``, the citation struct ``metadata`` and ``source_metadata``. One
+        ``replace_contents`` commit; then the dated tables go, then ``store.json``. A crash at any point
+        leaves something the next start migrates again from where it stopped."""
+        legacy = self._legacy_pointer()
+        names = self._table_names()
+        source = self.base_table
+        if legacy and legacy.get("table") in names:
+            source = str(legacy["table"])
+        if source in names:
+            db = self._connect()
+            table = db.open_table(source)
+            current = table.schema
+            if not {"chunk_id", "doc_key", "connector", "doc_id", "vector"} <= set(current.names):
+                log.error("store.not_syncd_schema", table=source, columns=current.names,
+                          action="not migrated; `syncd reindex` rebuilds the table from the sources")
+            elif source != self.base_table or not is_current_schema(current):
+                signature = (str(legacy["signature"]) if legacy and "signature" in legacy
+                             else (current.metadata or {}).get(SIGNATURE_KEY, b"").decode() or None)
+                target = schema(self.dim, signature)
+                if current.field("vector").type != target.field("vector").type:
+                    target = _with_vector_type(target, current.field("vector").type)
+                rows = int(table.count_rows())
+                log.warning("store.migrating", source=source, table=self.base_table, rows=rows,
+                            note="the schema frameworks read (id, struct metadata) under one table name; "
+                                 "nothing is embedded again")
+                batches = (upgrade_batch(b, target) for b in table.to_lance().to_batches(batch_size=8192))
+                self.replace_contents(pa.RecordBatchReader.from_batches(target, batches), signature=signature,
+                                      target_schema=target)
+                log.info("store.migrated", table=self.base_table, rows=rows)
+        if legacy:
+            dated = [legacy.get("table"), legacy.get("building"), *(r.get("table") for r in legacy.get("retired", []))]
+            for old in dated:
+                if old and old != self.base_table and old in names:
+                    self.drop_table(str(old))
+            self.facts.delete()
 
     def _create(self, name: str, *, shared: bool = False) -> Any:
         """A new empty table ``name``. ``shared``: the store's live table, which another daemon may be
@@ -415,7 +570,7 @@ class Store:
 
         db = self._connect()
         try:
-            table = db.create_table(name, schema=schema(self.dim), mode="create" if shared else "overwrite")
+            table = db.create_table(name, schema=schema(self.dim, self.signature), mode="create" if shared else "overwrite")
         except Exception as exc:  # noqa: BLE001 - "already exists" in whatever class this version raises
             if not shared or "exist" not in str(exc).lower():
                 raise
@@ -430,19 +585,14 @@ class Store:
         return self._table
 
     def refresh(self) -> None:
-        """Re-open by the pointer if a reindex switched tables (readers in other processes), and on a new
-        connection once the table moved ``REOPEN_EVERY_COMMITS`` versions past the one this connection
-        first read: a reader's connection keeps state for every version it reads, as a writer's does for
-        every commit, so its memory would follow the commits made (``benchmarks/diagnostics/writer_rss.py``
-        measures both). The first query on a new connection loads the indexes again, which is why it is not
-        done more often (``benchmarks/diagnostics/reopen_cost.py``). A query in flight on another thread
-        keeps the handle it started with."""
-        pointer = self.pointer()
-        if pointer and pointer["table"] != self.table_name:
-            self._table = self._connect().open_table(pointer["table"])
-            self.table_name = pointer["table"]
-            self.hash_filter = None
-            self._opened_version = None
+        """Reopen the live table on a new connection once it moved ``REOPEN_EVERY_COMMITS`` versions past the
+        one this connection first read: a reader's connection keeps state for every version it reads, as a
+        writer's does for every commit, so its memory would follow the commits made
+        (``benchmarks/diagnostics/writer_rss.py`` measures both). The first query on a new connection loads
+        the indexes again, which is why it is not done more often (``benchmarks/diagnostics/reopen_cost.py``).
+        A reindex needs nothing here: it replaces the table's content under the same name, which a handle
+        with a read consistency interval sees at its next read. A query in flight on another thread keeps
+        the handle it started with."""
         self._refreshes += 1
         if self._table is None or self._refreshes % VERSION_CHECK_EVERY:
             return  # reading the version looks for a newer one on disk: not before every query
@@ -616,27 +766,34 @@ class Store:
             self.maintenance_lock.release()
 
     def make_rows(self, records: list[dict[str, Any]]) -> pa.Table:
-        """An Arrow table in the store's schema; ``vector`` values may be numpy arrays."""
-        sch = schema(self.dim)
+        """An Arrow table in the store's schema; ``vector`` values may be numpy arrays. ``id`` and the
+        citation struct ``metadata`` are derived from the record's own fields."""
+        sch = schema(self.dim, self.signature)
         if not records:
             return sch.empty_table()
         matrix = np.stack([np.asarray(r["vector"], dtype=np.float32) for r in records])
-        columns = {}
+        columns: dict[str, Any] = {}
         for f in sch:
             if f.name == "vector":
                 columns[f.name] = pa.FixedSizeListArray.from_arrays(pa.array(matrix.reshape(-1)), self.dim)
+            elif f.name == "id":
+                columns[f.name] = pa.array([r["chunk_id"] for r in records], type=f.type)
+            elif f.name == "metadata":
+                columns[f.name] = citation_struct({c.name: [r[c.name] for r in records] for c in CITATION_FIELDS},
+                                                  len(records))
             else:
-                columns[f.name] = pa.array([r[f.name] for r in records], type=f.type)
+                columns[f.name] = pa.array([r.get(f.name) for r in records], type=f.type)
         return pa.Table.from_pydict(columns, schema=sch)
 
     # -- rebuilding ------------------------------------------------------------------------------------
-    def create_rebuild_table(self) -> tuple[str, Any]:
-        """A new table for a reindex. Its name is recorded first, so a crash mid-build leaves a table that
-        is known to be abandoned (and dropped at the next start), never one that is guessed to be."""
-        name = f"{self.base_table}_{time.strftime('%Y%m%d%H%M%S')}_{int(time.time() * 1000) % 1000:03d}"
-        pointer = self.pointer() or self._pointer_doc(self.table_name)
-        self.facts.write({**pointer, "building": name})
-        return name, self._create(name)
+    def create_scratch(self) -> Any:
+        """An empty scratch table for a reindex to build into, beside the live one. Any earlier scratch table
+        is a build that crashed and is dropped first (a writer's start drops it too)."""
+        self.drop_table(self.scratch_name)
+        try:
+            return self._connect().create_table(self.scratch_name, schema=schema(self.dim, self.signature))
+        except Exception as exc:  # noqa: BLE001
+            raise StoreError(f"cannot create {self.scratch_name} in {self.uri}: {exc}") from exc
 
     def reopen_table(self, name: str) -> Any:
         """Table ``name`` through a new connection. A LanceDB connection keeps state for every commit made
@@ -650,20 +807,73 @@ class Store:
         except Exception as exc:  # noqa: BLE001
             raise StoreError(f"cannot open table {name}: {exc}") from exc
 
-    def switch_to(self, name: str) -> None:
-        """Make ``name`` the live table (atomic pointer rename). The old table is kept for
-        ``retired_retention_s`` so readers in other processes that still hold it finish their queries."""
-        with self.maintenance_lock:  # not while a fold is under way on the old table
-            old = self.table_name
-            retired = [r for r in (self.pointer() or {}).get("retired", []) if r.get("table") != name]
-            if old != name:
-                retired.append({"table": old, "drop_after": time.time() + self.retired_retention_s})
-            self.facts.write(self._pointer_doc(name, retired=retired))
-            self._table = self._connect().open_table(name)
-            self.table_name = name
+    @translated("replacing the table's content")
+    def replace_contents(self, source: Any, *, signature: str | None = None,
+                         target_schema: pa.Schema | None = None) -> int:
+        """Replace every row of the live table with ``source`` in one commit, under the same name.
+
+        ``source`` is a LanceDB table (a reindex's scratch table, which is dropped afterwards) or an Arrow
+        ``RecordBatchReader``; it is streamed, never held in memory whole. The commit is a Lance Overwrite
+        that also writes ``signature`` (default: this store's) into the schema metadata, so a reader sees
+        either the old index with its signature or the new one with its own, never a mix; a handle opened
+        with a read consistency interval sees the new content at its next read without reopening, and
+        Lance keeps the previous version (``[sync] version_retention``) for readers mid-query and for
+        rollback. A crash before the commit leaves the live table untouched.
+
+        Precondition: nothing else commits to the live table between the moment ``source``'s content was
+        read from its sources and this call. An Overwrite silently drops what other writers committed
+        before it, so the caller holds the writer (the writer lock; in the service, the writer thread,
+        whose queued changes are applied after it returns). Index updates (the folder) wait here through
+        ``maintenance_lock``.
+
+        An Overwrite carries no index: the full-text and scalar indexes are built again right after it, and
+        until the full-text one is back ``search`` runs its vector leg alone. Returns the new version."""
+        import lance
+
+        target = target_schema or schema(self.dim, self.signature if signature is None else signature)
+        scratch = None
+        if isinstance(source, pa.RecordBatchReader):
+            reader = source
+        else:
+            scratch = source
+            batches = source.to_lance().scanner(batch_size=8192).to_batches()
+            reader = pa.RecordBatchReader.from_batches(
+                target, (pa.RecordBatch.from_arrays(b.columns, schema=target) for b in batches))
+        with self.maintenance_lock:
+            if self.base_table not in self._table_names():
+                self._create(self.base_table, shared=True)
+            live = self._connect().open_table(self.base_table)
+            dataset = live.to_lance()
+            lance.write_dataset(reader, dataset.uri, schema=target, mode="overwrite",
+                                storage_options=self.storage_options or None,
+                                data_storage_version=dataset.data_storage_version,
+                                transaction_properties={REPLACE_PROPERTY: "replace_contents"},
+                                commit_message="syncd: replace the table's content")
+            live.checkout_latest()
+            self._table = live
+            self.table_name = self.base_table
+            self._rebuild_indexes(live)
             self.hash_filter = None
             self._fold_pending = []
-            self.drop_stale_tables()
+            self._folded = False
+            self.commits_since_maintenance = 0
+            with self._rows_lock:
+                self.rows_since_indexed = 0
+            self._opened_version = None
+            version = int(live.version)
+        if scratch is not None:
+            self.drop_table(self.scratch_name)
+        return version
+
+    def _rebuild_indexes(self, table: Any) -> None:
+        """The full-text index first (hybrid search needs it), then the scalar ones merges filter on. The ANN
+        index, if the table is large enough for one, is left to ``maintain``."""
+        from lancedb.index import FTS, BTree
+
+        table.create_index("text", config=FTS(), replace=True)
+        if table.count_rows() > 0:
+            for column in SCALAR_INDEX_COLUMNS:
+                table.create_index(column, config=BTree(), replace=True)
 
     def drop_table(self, name: str) -> None:
         try:
@@ -671,31 +881,76 @@ class Store:
         except Exception:  # noqa: BLE001, S110 - a table that is already gone needs no dropping
             pass
 
-    def drop_stale_tables(self) -> list[str]:
-        """Drop the table of a reindex that crashed before switching, and retired tables past their time.
-        Only tables the pointer names are dropped."""
-        pointer = self.pointer()
-        if not pointer:
-            return []
-        dropped = []
-        building = pointer.get("building")
-        if building and building != self.table_name:
-            self.drop_table(building)
-            dropped.append(building)
-        keep = []
-        for entry in pointer.get("retired", []):
-            if entry.get("table") == self.table_name:
-                continue
-            if entry.get("drop_after", 0) <= time.time():
-                self.drop_table(entry["table"])
-                dropped.append(entry["table"])
-            else:
-                keep.append(entry)
-        if dropped or building:
-            self.facts.write({**{k: v for k, v in pointer.items() if k != "building"}, "retired": keep})
-        return dropped
+    # -- foreign writes --------------------------------------------------------------------------------
+    @translated("looking for writes by others")
+    def foreign_writes(self, *, after_version: int = 0, examples: int = 5) -> list[dict[str, Any]]:
+        """What someone other than syncd wrote into the live table (a framework's ``add_texts`` or
+        ``mode="overwrite"`` pointed at it, a script): each finding is ``{"kind", "detail", ...}``.
 
-    drop_abandoned_rebuilds = drop_stale_tables
+        - ``schema``: a column syncd writes is gone or has another type (an overwrite with another schema);
+        - ``rows``: rows syncd did not produce (no ``chunk_id``/``doc_key``, an ``id`` other than the chunk id,
+          or ids that do not derive from the row's connector, document and position), with their count and a
+          few of their ids;
+        - ``version``: a table version Lance still keeps that another writer committed: an Append (syncd
+          never appends to the live table) or an Overwrite after the table's creation without the transaction
+          property ``replace_contents`` sets. Versions up to ``after_version`` (acknowledged by a repair), and
+          versions before syncd's last ``replace_contents``, are not reported.
+        """
+        table = self.table
+        found: list[dict[str, Any]] = []
+        wrong = self.foreign_schema()
+        if wrong:
+            found.append({"kind": "schema", "columns": wrong,
+                          "detail": "columns syncd writes are missing or of another type: " + ", ".join(wrong)})
+        bad_rows, bad_ids = self._foreign_rows(examples)
+        if bad_rows:
+            found.append({"kind": "rows", "rows": len(bad_rows), "examples": bad_ids,
+                          "detail": f"{len(bad_rows)} rows were not written by syncd"})
+        dataset = table.to_lance()
+        versions: list[dict[str, Any]] = []
+        for entry in dataset.versions():
+            version = int(entry["version"])
+            if version <= after_version:
+                continue
+            try:
+                tx = dataset.read_transaction(version)
+            except Exception:  # noqa: BLE001, S112 - pylance cannot describe some of Lance's own operations (compaction)
+                continue
+            if tx is None:
+                continue
+            operation = type(tx.operation).__name__
+            properties = getattr(tx, "transaction_properties", None) or {}
+            if operation == "Overwrite" and REPLACE_PROPERTY in properties:
+                versions = []  # syncd replaced the whole content: what came before is gone
+            elif operation == "Append" or (operation == "Overwrite" and version > 1):
+                versions.append({"kind": "version", "version": version, "operation": operation,
+                                 "detail": f"version {version} is an {operation} syncd did not make"})
+        found.extend(versions)
+        return found
+
+    def _foreign_rows(self, examples: int) -> tuple[list[int], list[str]]:
+        """Row ids of the rows syncd did not produce, and up to ``examples`` of their ids."""
+        current = self.table.schema
+        columns = [c for c in ("chunk_id", "id", "doc_key", "connector", "doc_id", "chunk_index") if c in current.names]
+        rows: list[int] = []
+        ids: list[str] = []
+        for batch in self.table.to_lance().to_batches(columns=columns, with_row_id=True, batch_size=65_536):
+            data = batch.to_pydict()
+            for i in range(batch.num_rows):
+                row = {c: data[c][i] for c in columns}
+                if not _produced_by_syncd(row):
+                    rows.append(int(data["_rowid"][i]))
+                    if len(ids) < examples:
+                        ids.append(str(row.get("id") or row.get("chunk_id")))
+        return rows, ids
+
+    @translated("deleting rows written by others")
+    def delete_foreign_rows(self) -> int:
+        """Delete the rows syncd did not produce (``foreign_writes`` kind ``rows``); returns how many."""
+        rows, _ = self._foreign_rows(0)
+        for start in range(0, len(rows), 1000):
+            self.table.delete("_rowid IN (" + ", ".join(str(r) for r in rows[start:start + 1000]) + ")")
+        return len(rows)
 
     # -- searching -------------------------------------------------------------------------------------
     def search(self, vector: np.ndarray | Callable[[], np.ndarray], text: str, *, k: int = 10,
@@ -737,7 +992,12 @@ class Store:
             query = table.search(text, query_type="fts", fts_columns=self.fts_columns)
             if where:
                 query = query.where(where, prefilter=True)
-            rows = list(query.select(columns).limit(limit).to_list())
+            try:
+                rows = list(query.select(columns).limit(limit).to_list())
+            except ValueError as exc:
+                if "INVERTED index" not in str(exc):
+                    raise
+                rows = []  # right after a replace_contents Overwrite, until its full-text index is built again
             seconds["fulltext"] = time.perf_counter() - t0
             return rows
 
@@ -901,7 +1161,6 @@ class Store:
         index-only search, so rows not yet in the ANN index are still found by a flat scan.
         """
         with self.maintenance_lock:  # never next to a fold (see fold_step)
-            self.drop_stale_tables()
             from lancedb.index import FTS, BTree, IvfPq
 
             table = self.table

@@ -2,7 +2,9 @@
 
 Reports documents that are missing (at the source, not in the index), stale (indexed at another
 revision), orphaned (in the index, gone from the source) and duplicated (a chunk id twice, or two
-chunks at the same position of a document). ``repair`` re-syncs exactly those documents.
+chunks at the same position of a document), and writes into the table by someone else than syncd
+(``foreign``: ``Store.foreign_writes``). ``repair`` re-syncs exactly those documents and deletes rows syncd did
+not write.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ class VerifyReport:
     orphaned: list[dict[str, str]] = field(default_factory=list)
     duplicated: list[dict[str, str]] = field(default_factory=list)
     checked_docs: int = 0
+    foreign: list[dict[str, Any]] = field(default_factory=list)
+    """Writes by someone else (a framework's add_texts or overwrite pointed at the live table)."""
     errors: list[dict[str, str]] = field(default_factory=list)
     torn: set[tuple[str, str]] = field(default_factory=set)
     """(connector, doc_id) of documents whose chunk positions have gaps (reported as stale)."""
@@ -32,11 +36,13 @@ class VerifyReport:
     @property
     def ok(self) -> bool:
         # A source that could not be listed is not known to be in sync.
-        return not (self.missing or self.stale or self.orphaned or self.duplicated or self.errors or self.journal)
+        return not (self.missing or self.stale or self.orphaned or self.duplicated or self.errors or self.journal
+                    or self.foreign)
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"ok": self.ok, "missing": self.missing, "stale": self.stale, "orphaned": self.orphaned,
-                               "duplicated": self.duplicated, "checked_docs": self.checked_docs}
+                               "duplicated": self.duplicated, "foreign": self.foreign,
+                               "checked_docs": self.checked_docs}
         if self.errors:
             out["errors"] = self.errors
         if self.journal:
@@ -50,6 +56,9 @@ def verify(runtime: Any, *, connector: str | None = None) -> VerifyReport:
 
     report = VerifyReport()
     store = runtime.store
+    report.foreign = store.foreign_writes(after_version=_acknowledged_version(runtime))
+    if any(f["kind"] == "schema" for f in report.foreign):
+        return report  # not syncd's table any more: nothing below can be read; `syncd reindex` rebuilds it
     where = None
     shared = getattr(runtime, "shared", None) is not None
     if shared:
@@ -182,6 +191,17 @@ def _not_indexable(runtime: Any, doc: Any) -> bool:
     return False
 
 
+ACK_FILE = "verify.json"
+"""``{"foreign_acknowledged_version": N}``: table versions up to N were reported as foreign writes and repaired."""
+
+
+def _acknowledged_version(runtime: Any) -> int:
+    from syncd.state import read_json
+
+    data = read_json(runtime.config.state_dir / ACK_FILE)
+    return int(data.get("foreign_acknowledged_version", 0)) if isinstance(data, dict) else 0
+
+
 def repair(runtime: Any, report: VerifyReport) -> SyncSummary:
     """Re-sync exactly the documents the report names."""
     from syncd.store import doc_key
@@ -201,6 +221,16 @@ def repair(runtime: Any, report: VerifyReport) -> SyncSummary:
         runtime.store.apply(runtime.store.make_rows([]), clear)
         runtime.store.journal.catch_up()  # these deletions are journaled from the version they made
         engine.load_index()
+    if any(f["kind"] == "rows" for f in report.foreign):
+        summary.chunks_deleted += runtime.store.delete_foreign_rows()
+        engine.load_index()
+    if any(f["kind"] == "version" for f in report.foreign):
+        # The rows they left are repaired (above and below); the versions stay in Lance's history until
+        # pruned, so they are acknowledged rather than reported at every verify.
+        from syncd.state import write_json_atomic
+
+        versions = [int(f["version"]) for f in report.foreign if f["kind"] == "version"]
+        write_json_atomic(runtime.config.state_dir / ACK_FILE, {"foreign_acknowledged_version": max(versions)})
     for name, doc_ids in targets.items():
         if name not in engine.connectors:
             continue

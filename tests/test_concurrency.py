@@ -29,7 +29,7 @@ while not stop.exists():
         if db is None:
             import datetime as dt
             db = lancedb.connect(str(index), read_consistency_interval=dt.timedelta(seconds=0))
-        table = db.open_table(json.loads((state / "store.json").read_text())["table"])
+        table = db.open_table("chunks")  # one name for life
         rows = table.search().select(["doc_id", "revision", "chunk_index", "text"]).limit(None).to_arrow().to_pylist()
     except Exception as exc:
         errors.append(f"{type(exc).__name__}: {exc}")

@@ -166,8 +166,7 @@ def _rows(work: Path) -> list[dict[str, Any]]:
     """Every row of the live table, read with LanceDB directly as a RAG application would."""
     import lancedb
 
-    pointer = json.loads((work / "state" / "store.json").read_text())
-    table = lancedb.connect(str(work / "index")).open_table(pointer["table"])
+    table = lancedb.connect(str(work / "index")).open_table("chunks")
     return list(table.search().select(["chunk_id", "connector", "doc_id", "chunk_index", "revision",
                                        "doc_identity"]).limit(None).to_arrow().to_pylist())
 
@@ -193,8 +192,7 @@ def _check_store(work: Path) -> list[dict[str, Any]]:
         positions.setdefault(f"{r['connector']}/{r['doc_id']}", []).append(r["chunk_index"])
     torn = {d: p for d, p in positions.items() if sorted(p) != list(range(len(p)))}
     assert not torn
-    pointer = json.loads((work / "state" / "store.json").read_text())
-    table = lancedb.connect(str(work / "index")).open_table(pointer["table"])
+    table = lancedb.connect(str(work / "index")).open_table("chunks")
     assert table.count_rows() == len(rows)
     hits = table.search([0.05] * 384).limit(5).to_list()
     assert len(hits) == min(5, len(rows))

@@ -134,7 +134,9 @@ def test_an_existing_pytorch_index_keeps_pytorch_without_re_embedding(tmp_path: 
     out = _cli(cfg, "sync", "--json", cache=shared_cache)
     summary = json.loads(out.stdout)
     assert summary["docs_changed"] == 1 and summary["docs_unchanged"] == 5, out.stderr
-    assert json.loads((tmp_path / "state" / "store.json").read_text())["signature"] == built_with
+    from syncd.store import read_signature
+
+    assert read_signature(str(tmp_path / "index"), "chunks", tmp_path / "state") == built_with
 
 
 def test_an_explicit_backend_wins(tmp_path: Path, docs: Path, shared_cache: Path,

@@ -15,7 +15,7 @@ from syncd import config as config_mod
 from syncd.coordination import SharedStore
 from syncd.errors import ConfigError
 from syncd.runtime import Runtime, StoreFolderLocked
-from syncd.store import PRIMARY_KEY, schema
+from syncd.store import PRIMARY_KEY, SIGNATURE_KEY, schema
 from syncd.testing import HashEmbedder
 
 
@@ -25,7 +25,7 @@ def _docs(folder, n=3):
         (folder / f"d{i}.md").write_text(f"# Doc {i}\n\nThe body of document {i} talks about topic{i}.\n")
 
 
-def test_a_daemon_syncs_into_an_s3_table_and_keeps_the_shared_facts_in_the_store(tmp_path, s3_store, make_runtime):
+def test_a_daemon_syncs_into_an_s3_table_with_the_signature_in_the_table(tmp_path, s3_store, make_runtime):
     docs = tmp_path / "docs"
     _docs(docs)
     path = write_config(tmp_path, [{"name": "docs", "type": "filesystem", "path": str(docs)}],
@@ -35,14 +35,16 @@ def test_a_daemon_syncs_into_an_s3_table_and_keeps_the_shared_facts_in_the_store
     assert summary.docs_added == 3 and not summary.failures
     hits = rt.store.search(rt.embedder.encode(["topic1"])[0], "topic1", k=3)
     assert hits[0]["doc_id"] == "d1.md"
-    # The live table and the signature are in the store, not in the state folder.
+    # The signature is in the table itself (its schema metadata), the same for every daemon: no pointer in the
+    # state folder or in the store.
     assert not (tmp_path / "state" / "store.json").exists()
     shared = SharedStore(s3_store.uri, s3_store.storage_options)
-    pointer = shared.get("store.json")
-    assert pointer is not None and pointer.doc["table"] == "chunks" and pointer.doc["signature"] == rt.signature
+    assert shared.get("store.json") is None
     # The table itself is in the bucket: LanceDB finds it there with nothing but the URI and options.
     db = lancedb.connect(s3_store.uri, storage_options=s3_store.storage_options)
-    assert db.open_table("chunks").count_rows() == rt.store.count_rows() > 0
+    table = db.open_table("chunks")
+    assert table.count_rows() == rt.store.count_rows() > 0
+    assert table.schema.metadata[SIGNATURE_KEY].decode() == rt.signature
 
 
 def test_chunk_id_is_a_non_null_primary_key_on_s3(tmp_path, s3_store, make_runtime):

@@ -272,39 +272,39 @@ def test_changing_the_chunking_settings_rebuilds_instead_of_mixing(tmp_path, doc
     rt2 = make_runtime(cfg)
     assert rt2.store.stored_signature() != rt2.signature
     rt2.engine.rebuild()
-    assert rt2.store.table_name != old_table
+    assert rt2.store.table_name == old_table == "chunks" and rt2.store._table_names() == ["chunks"]
     assert rt2.store.stored_signature() == rt2.signature
     counts = rt2.chunker.counter.count([r["text"] for r in rows(rt2)])
     assert max(counts) <= rt2.chunker.budget < 64
 
 
-def test_reindex_builds_aside_and_switches_atomically(fs_config, docs, make_runtime):
+def test_reindex_replaces_the_live_tables_content_in_place_and_an_open_reader_sees_it(fs_config, docs, make_runtime):
+    """One table name for life: the reindex builds aside and replaces the content of `chunks` in one commit; a
+    reader that opened the table before sees the new index at its next read without reopening, and the
+    previous version stays readable (for readers mid-query and rollback)."""
     for i in range(3):
         (docs / f"p{i}.md").write_text(markdown_doc(i))
     rt = make_runtime(fs_config)
     sync(rt)
     before = sorted((r["doc_id"], r["chunk_index"], r["text"]) for r in rows(rt))
     unique_texts = len({r["content_hash"] for r in rows(rt)})
-    old = rt.store.table_name
-    reader = Store(rt.config.store_uri, rt.config.state_dir, base_table="chunks", dim=rt.embedder.dim, signature="")
+    reader = Store(rt.config.store_uri, rt.config.state_dir, base_table="chunks", dim=rt.embedder.dim, signature="",
+                   read_consistency_interval=0)
     reader.open(create=False)
+    handle = reader.table
+    old_version = int(handle.version)
+    assert reader.count_rows() == len(before)
+    (docs / "p0.md").write_text("# Zebra crossings\n\nstriped animals cross here\n")  # not synced: only the reindex sees it
     s = rt.engine.rebuild()
-    assert s.docs_added == 3 and s.chunks_embedded == unique_texts  # no vector reuse in a reindex
-    assert rt.store.table_name != old
-    assert sorted((r["doc_id"], r["chunk_index"], r["text"]) for r in rows(rt)) == before
-    # A reader that still holds the old table keeps working until the retention passes...
-    assert reader.table_name == old and reader.count_rows() == len(before)
-    reader.refresh()
-    assert reader.table_name == rt.store.table_name and reader.count_rows() == len(before)
-    assert old in rt.store._table_names()
-    # ...and then the old table is dropped.
-    pointer = rt.store.pointer()
-    pointer["retired"] = [{**r, "drop_after": 0} for r in pointer["retired"]]
-    from syncd.state import write_json_atomic
-
-    write_json_atomic(rt.store.pointer_path, pointer)
-    assert rt.store.drop_stale_tables() == [old]
-    assert old not in rt.store._table_names()
+    assert s.docs_added == 3 and s.chunks_embedded > 0
+    assert rt.store.table_name == "chunks" and rt.store._table_names() == ["chunks"]  # no scratch, no dated table
+    texts = {r["text"] for r in handle.search().select(["text"]).limit(None).to_list()}  # the handle opened before
+    assert any("striped animals" in t for t in texts)
+    assert reader.table is handle and reader.count_rows() == len(rows(rt))
+    assert not any(t == b[2] for t in texts for b in before if b[0] == "p0.md")
+    old = handle.to_lance().checkout_version(old_version).to_table(columns=["doc_id", "chunk_index", "text"]).to_pylist()
+    assert sorted((r["doc_id"], r["chunk_index"], r["text"]) for r in old) == before
+    assert unique_texts > 0
 
 
 def test_reindex_streams_the_listing_a_batch_at_a_time(fs_config, docs, make_runtime, monkeypatch):
@@ -343,7 +343,7 @@ def test_reindex_streams_the_listing_a_batch_at_a_time(fs_config, docs, make_run
     assert [len(b) for b in batches] == [2, 2, 2, 1]
     first_batch = events.index(("batch", batches[0]))
     assert sum(1 for kind, _ in events[:first_batch] if kind == "listed") == 2  # not the whole listing first
-    assert len(reopened) == 2 and set(reopened) == {rt.store.table_name}  # after batches 2 and 4
+    assert len(reopened) == 2 and set(reopened) == {rt.store.scratch_name}  # after batches 2 and 4
 
 
 def test_the_reindex_command_never_reads_the_old_index_view(fs_config, docs, make_runtime, monkeypatch):
@@ -435,21 +435,35 @@ def test_a_failed_reindex_leaves_no_fingerprint_spill_behind(fs_config, docs, ma
     assert set(cstate.fingerprints) == {"p0.md", "p1.md", "p2.md"}  # read back from the untouched file
 
 
-def test_a_crashed_reindex_leaves_its_table_to_be_dropped_and_a_lost_pointer_adopts_the_live_table(
-        fs_config, docs, make_runtime):
-    (docs / "a.md").write_text("# A\n\nalpha\n")
+def test_a_reindex_that_fails_or_crashes_mid_build_leaves_the_live_table_untouched(fs_config, docs, make_runtime):
+    """A failure mid-build drops the scratch table at once; a crash leaves it to the next writer's start."""
+    for i in range(3):
+        (docs / f"p{i}.md").write_text(markdown_doc(i))
     rt = make_runtime(fs_config)
     sync(rt)
-    rt.engine.rebuild()
-    live = rt.store.table_name
-    abandoned, _ = rt.store.create_rebuild_table()  # a reindex that dies mid-build
+    before = sorted((r["chunk_id"], r["text"]) for r in rows(rt))
+    version = int(rt.store.table.version)
+    calls = []
+    rebuild_batch = rt.engine._rebuild_batch
+
+    def failing_second(name, doc_ids, *args, **kwargs):
+        calls.append(doc_ids)
+        if len(calls) == 2:
+            raise RuntimeError("disk full")
+        return rebuild_batch(name, doc_ids, *args, **kwargs)
+
+    rt.engine.max_batch_docs = 1
+    rt.engine._rebuild_batch = failing_second
+    with pytest.raises(RuntimeError):
+        rt.engine.rebuild()
+    assert rt.store._table_names() == ["chunks"] and int(rt.store.table.version) == version
+    assert sorted((r["chunk_id"], r["text"]) for r in rows(rt)) == before
+    scratch = rt.store.create_scratch()  # a reindex that dies mid-build (the process is gone)
+    scratch.add(rt.store.scan(rt.store.table.schema.names).slice(0, 1))
     rt.close()
     rt = make_runtime(fs_config)
-    assert rt.store.table_name == live and abandoned not in rt.store._table_names()
-    rt.close()
-    rt.store.pointer_path.unlink()  # the state folder lost: the newest table syncd built is adopted
-    rt = make_runtime(fs_config)
-    assert rt.store.table_name == live and doc_ids(rt) == {"a.md"}
+    assert rt.store._table_names() == ["chunks"] and int(rt.store.table.version) == version
+    assert sorted((r["chunk_id"], r["text"]) for r in rows(rt)) == before
 
 
 def test_a_second_writer_is_refused_while_one_holds_the_store(fs_config, make_runtime):
@@ -522,7 +536,7 @@ def test_maintenance_merges_ann_index_deltas_instead_of_letting_them_pile_up(tmp
                     "connector": "c", "text": f"text {i}", "vector": rng.standard_normal(16).astype(np.float32),
                     "uri": f"u{i}", "title": "", "revision": "r", "chunk_index": 0, "heading_path": [],
                     "start_line": 1, "end_line": 1, "content_hash": f"{i:032x}", "updated_at": None,
-                    "doc_identity": "r", "modified_at": None, "metadata": "{}"} for i in range(start, start + count)]
+                    "doc_identity": "r", "modified_at": None, "source_metadata": "{}"} for i in range(start, start + count)]
         store.apply(store.make_rows(records), [doc_key("c", f"d{i}") for i in range(start, start + count)],
                     covers_all_rows=True)
 

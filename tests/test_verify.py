@@ -158,7 +158,8 @@ def test_cli_verify_exit_codes_and_model_loading(tmp_path: Path, docs: Path, mak
     rt.engine.reconcile("docs")
     data, probe = _probe(cfg, "verify", "--json")
     assert probe == {"rc": 0, "torch": False, "sentence_transformers": False}
-    assert data == {"ok": True, "missing": [], "stale": [], "orphaned": [], "duplicated": [], "checked_docs": 6}
+    assert data == {"ok": True, "missing": [], "stale": [], "orphaned": [], "duplicated": [], "foreign": [],
+                    "checked_docs": 6}
     expected = _drift(tmp_path, docs, rt)
     rt.close()
     data, probe = _probe(cfg, "verify", "--json")
@@ -246,3 +247,88 @@ def test_verify_repair_is_handed_to_the_running_service(tmp_path: Path, docs: Pa
         assert result["ok"] is True and result["missing"] == []
         assert result["before"]["missing"] == [{"connector": "docs", "doc_id": "r1.md"}]
         assert set(store.scan(["doc_id"])["doc_id"].to_pylist()) == {"r0.md", "r1.md", "r2.md"}
+
+
+def test_verify_notices_a_frameworks_overwrite_and_a_reindex_rebuilds_the_table(tmp_path: Path, docs: Path,
+                                                                                make_runtime) -> None:  # type: ignore[no-untyped-def]
+    """LangChain's `add_texts` in its default mode ("overwrite") pointed at syncd's table replaces it: verify
+    reports the foreign schema, rows and version; a writer refuses to start on it; `reindex` rebuilds it."""
+    import lancedb
+    import pytest
+    from langchain_community.vectorstores import LanceDB
+
+    from syncd.errors import StoreError
+    from syncd.integrations.langchain import SyncdEmbeddings
+
+    _corpus(docs, 3)
+    cfg = write_config(tmp_path, [{"name": "docs", "type": "filesystem", "path": str(docs)}])
+    rt = make_runtime(cfg)
+    rt.engine.reconcile("docs")
+    assert verify(rt).ok
+    db = lancedb.connect(rt.config.store_uri)
+    LanceDB(connection=db, embedding=SyncdEmbeddings(embedder=HashEmbedder()), table_name="chunks").add_texts(
+        ["a note written through LangChain"])
+    rt.store.table.checkout_latest()
+    report = verify(rt)
+    assert not report.ok
+    kinds = {f["kind"]: f for f in report.as_dict()["foreign"]}
+    assert set(kinds) == {"schema", "rows", "version"}
+    assert "chunk_id" in kinds["schema"]["columns"] and kinds["rows"]["rows"] == 1
+    assert kinds["version"]["operation"] == "Overwrite"
+    rt.close()
+    from syncd import config as config_mod
+    from syncd.runtime import Runtime
+
+    refused = Runtime(config_mod.load(cfg), embedder=HashEmbedder())
+    try:
+        with pytest.raises(StoreError, match="syncd reindex"):
+            refused.open()
+    finally:
+        refused.close()
+    rt = Runtime(config_mod.load(cfg), embedder=HashEmbedder())
+    try:
+        rt.open(load_index=False)  # what `syncd reindex` does
+        rt.engine.rebuild()
+        after = verify(rt)
+        assert after.ok, after.as_dict()
+        assert {r["doc_id"] for r in rt.store.scan(["doc_id"]).to_pylist()} == {"doc00.md", "doc01.md", "doc02.md"}
+    finally:
+        rt.close()
+
+
+def test_verify_notices_rows_appended_by_someone_else_and_repair_removes_them(tmp_path: Path, docs: Path,
+                                                                               make_runtime) -> None:  # type: ignore[no-untyped-def]
+    import lancedb
+    import pytest
+    from langchain_community.vectorstores import LanceDB
+
+    from syncd.integrations.langchain import SyncdEmbeddings
+
+    _corpus(docs, 3)
+    cfg = write_config(tmp_path, [{"name": "docs", "type": "filesystem", "path": str(docs)}])
+    rt = make_runtime(cfg)
+    rt.engine.reconcile("docs")
+    before = sorted(r["chunk_id"] for r in rt.store.scan(["chunk_id"]).to_pylist())
+    db = lancedb.connect(rt.config.store_uri)
+    version = int(db.open_table("chunks").version)
+    # LangChain's append mode cannot write into syncd's schema at all (its metadata has other fields).
+    with pytest.raises(ValueError, match="does not exist"):
+        LanceDB(connection=db, embedding=SyncdEmbeddings(embedder=HashEmbedder()), table_name="chunks",
+                mode="append").add_texts(["a note"])
+    assert int(db.open_table("chunks").version) == version
+    # A script that appends rows in syncd's own schema, with ids syncd would never give them.
+    template = rt.store.scan(rt.store.table.schema.names).slice(0, 1).to_pylist()[0]
+    stray = {**template, "chunk_id": "hand-written", "id": "hand-written", "doc_key": "0" * 32, "chunk_index": 99,
+             "text": "a hand-written row"}
+    db.open_table("chunks").add(rt.store.make_rows([stray]))
+    rt.store.table.checkout_latest()
+    report = verify(rt)
+    kinds = {f["kind"]: f for f in report.as_dict()["foreign"]}
+    assert not report.ok and set(kinds) == {"rows", "version"}
+    assert kinds["rows"]["rows"] == 1 and kinds["rows"]["examples"] == ["hand-written"]
+    assert kinds["version"]["operation"] == "Append"
+    summary = repair(rt, report)
+    assert summary.chunks_deleted == 1
+    after = verify(rt)
+    assert after.ok, after.as_dict()
+    assert sorted(r["chunk_id"] for r in rt.store.scan(["chunk_id"]).to_pylist()) == before

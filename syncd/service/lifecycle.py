@@ -277,7 +277,7 @@ class Service:
         assert self.runtime is not None
         report = verify(self.runtime)
         self.last_verify = {**report.as_dict(), "at": time.time()}
-        for kind in ("missing", "stale", "orphaned", "duplicated"):
+        for kind in ("missing", "stale", "orphaned", "duplicated", "foreign"):
             self.metrics.drift.labels(kind=kind).set(len(getattr(report, kind)))
 
     def _check_overwrites(self) -> None:
