@@ -841,6 +841,7 @@ class Engine:
         """
         started = time.monotonic()
         summary = SyncSummary()
+        base_version = int(self.store.table.version)
         table = self.store.create_scratch()
         name_new = self.store.scratch_name
         batches = 0
@@ -877,7 +878,7 @@ class Engine:
             for name in self.connectors:
                 self.state.connector(name).drop_spill()
             raise
-        self.store.replace_contents(table)
+        self.store.replace_contents(table, base_version=base_version)
         if self.journal_enabled:
             try:
                 # A reindex is not a change set of its own: the journal records, at the new table's version,

@@ -262,6 +262,21 @@ def _produced_by_syncd(row: dict[str, Any]) -> bool:
     return bool(key == doc_key(connector, doc) and cid == chunk_id(connector, doc, int(index)))
 
 
+def _content_commits(dataset: Any, since: int) -> list[tuple[int, str]]:
+    """(version, operation) of the commits after ``since`` that change content (index updates, compaction and
+    other neutral operations left out)."""
+    found = []
+    for version in range(since + 1, int(dataset.latest_version) + 1):
+        try:
+            tx = dataset.read_transaction(version)
+        except Exception:  # noqa: BLE001, S112 - pylance cannot describe a compaction (neutral)
+            continue
+        name = type(tx.operation).__name__ if tx is not None else "Unknown"
+        if name not in CONTENT_NEUTRAL_OPS:
+            found.append((version, name))
+    return found
+
+
 def _with_vector_type(sch: pa.Schema, vector_type: pa.DataType) -> pa.Schema:
     i = sch.get_field_index("vector")
     return sch.set(i, pa.field("vector", vector_type))
@@ -809,25 +824,37 @@ class Store:
 
     @translated("replacing the table's content")
     def replace_contents(self, source: Any, *, signature: str | None = None,
-                         target_schema: pa.Schema | None = None) -> int:
+                         target_schema: pa.Schema | None = None, base_version: int | None = None) -> int:
         """Replace every row of the live table with ``source`` in one commit, under the same name.
 
         ``source`` is a LanceDB table (a reindex's scratch table, which is dropped afterwards) or an Arrow
-        ``RecordBatchReader``; it is streamed, never held in memory whole. The commit is a Lance Overwrite
-        that also writes ``signature`` (default: this store's) into the schema metadata, so a reader sees
-        either the old index with its signature or the new one with its own, never a mix; a handle opened
-        with a read consistency interval sees the new content at its next read without reopening, and
-        Lance keeps the previous version (``[sync] version_retention``) for readers mid-query and for
-        rollback. A crash before the commit leaves the live table untouched.
+        ``RecordBatchReader``; it is streamed, never held in memory whole. A reader sees either the old
+        content or the new one, never a mix; a handle opened with a read consistency interval sees the new
+        content at its next read without reopening, and Lance keeps the previous version (``[sync]
+        version_retention``) for readers mid-query and for rollback. A crash before the commit leaves the
+        live table untouched (data files written for it are unreferenced, and go with version clean-up).
 
-        Precondition: nothing else commits to the live table between the moment ``source``'s content was
-        read from its sources and this call. An Overwrite silently drops what other writers committed
-        before it, so the caller holds the writer (the writer lock; in the service, the writer thread,
-        whose queued changes are applied after it returns). Index updates (the folder) wait here through
-        ``maintenance_lock``.
+        Two forms of that commit:
 
-        An Overwrite carries no index: the full-text and scalar indexes are built again right after it, and
-        until the full-text one is back ``search`` runs its vector leg alone. Returns the new version."""
+        - the schema, signature included, stays (a reindex): a Lance ``Update`` that removes every fragment
+          and adds the new ones. The indexes stay; the new rows are searched without them (flat, the
+          full-text leg too) until the next fold or maintenance, so search never pauses. The commit is
+          checked against the version the replacement was prepared on: a data commit that landed meanwhile
+          makes it fail (``StoreError``) instead of being dropped;
+        - the schema or signature changes (a model or chunking change, a migration): a Lance ``Overwrite``
+          carrying the new schema, whose metadata holds ``signature``, so content and signature change
+          together. An Overwrite carries no index and silently drops what other writers committed before
+          it: the indexes are built again right after (until the full-text one is back, ``search`` runs its
+          vector leg alone).
+
+        Either way the caller is the only writer of the live table while its content is rebuilt (the writer
+        lock; in the service, the writer thread, whose queued changes are applied after this returns), and
+        index updates (the folder) wait through ``maintenance_lock``. ``base_version`` (the live version when
+        the rebuild began) makes that a checked precondition: if a commit that changes content (anything but
+        index updates and compaction) landed since, nothing is committed and ``StoreError`` says which, so
+        no one's commit is ever dropped. Both commits carry the transaction
+        property ``syncd.operation=replace_contents`` (``foreign_writes`` tells them from others').
+        Returns the new version."""
         import lance
 
         target = target_schema or schema(self.dim, self.signature if signature is None else signature)
@@ -839,26 +866,46 @@ class Store:
             batches = source.to_lance().scanner(batch_size=8192).to_batches()
             reader = pa.RecordBatchReader.from_batches(
                 target, (pa.RecordBatch.from_arrays(b.columns, schema=target) for b in batches))
+        options = self.storage_options or None
+        properties = {REPLACE_PROPERTY: "replace_contents"}
         with self.maintenance_lock:
             if self.base_table not in self._table_names():
                 self._create(self.base_table, shared=True)
             live = self._connect().open_table(self.base_table)
-            dataset = live.to_lance()
-            lance.write_dataset(reader, dataset.uri, schema=target, mode="overwrite",
-                                storage_options=self.storage_options or None,
-                                data_storage_version=dataset.data_storage_version,
-                                transaction_properties={REPLACE_PROPERTY: "replace_contents"},
-                                commit_message="syncd: replace the table's content")
+            dataset: Any = lance.dataset(live.to_lance().uri, storage_options=options)
+            if base_version is not None:
+                changed = _content_commits(dataset, base_version)
+                if changed:
+                    raise StoreError(f"the content of {self.base_table} changed while it was being rebuilt (version "
+                                     f"{changed[0][0]}: {changed[0][1]}); nothing was replaced, run the reindex again")
+            in_place = dataset.schema.equals(target, check_metadata=True)
+            if in_place:
+                fragments = lance.fragment.write_fragments(reader, dataset, schema=dataset.schema,
+                                                           data_storage_version=dataset.data_storage_version,
+                                                           storage_options=options)
+                operation = lance.LanceOperation.Update(
+                    removed_fragment_ids=[f.fragment_id for f in dataset.get_fragments()],
+                    updated_fragments=[], new_fragments=fragments)
+                lance.LanceDataset.commit(dataset.uri, lance.Transaction(
+                    read_version=dataset.version, operation=operation, transaction_properties=properties),
+                    storage_options=options, max_retries=0)
+            else:
+                lance.write_dataset(reader, dataset.uri, schema=target, mode="overwrite", storage_options=options,
+                                    data_storage_version=dataset.data_storage_version,
+                                    transaction_properties=properties,
+                                    commit_message="syncd: replace the table's content")
             live.checkout_latest()
             self._table = live
             self.table_name = self.base_table
-            self._rebuild_indexes(live)
+            rows = int(live.count_rows())
+            if not in_place:
+                self._rebuild_indexes(live)
             self.hash_filter = None
             self._fold_pending = []
             self._folded = False
             self.commits_since_maintenance = 0
             with self._rows_lock:
-                self.rows_since_indexed = 0
+                self.rows_since_indexed = rows if in_place else 0
             self._opened_version = None
             version = int(live.version)
         if scratch is not None:
@@ -920,7 +967,7 @@ class Store:
                 continue
             operation = type(tx.operation).__name__
             properties = getattr(tx, "transaction_properties", None) or {}
-            if operation == "Overwrite" and REPLACE_PROPERTY in properties:
+            if REPLACE_PROPERTY in properties:
                 versions = []  # syncd replaced the whole content: what came before is gone
             elif operation == "Append" or (operation == "Overwrite" and version > 1):
                 versions.append({"kind": "version", "version": version, "operation": operation,

@@ -111,7 +111,7 @@ def test_framework_readers_opened_before_a_reindex_see_the_new_index_without_reo
     assert "Zebras have black and white stripes" in hit.page_content and hit.metadata["doc_id"] == "expenses.txt"
     node = li.retrieve(query)[0].node
     assert "Zebras have black and white stripes" in node.get_content() and node.metadata["doc_id"] == "expenses.txt"
-    assert kb.store._table_names() == ["chunks"]
+    assert kb.store._table_names() == ["chunks", "chunks_changes"]
 
 
 def test_the_langchain_retriever_returns_syncds_hybrid_results_with_citations(kb, docs, real_embedder):

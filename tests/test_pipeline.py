@@ -272,8 +272,19 @@ def test_changing_the_chunking_settings_rebuilds_instead_of_mixing(tmp_path, doc
     rt2 = make_runtime(cfg)
     assert rt2.store.stored_signature() != rt2.signature
     rt2.engine.rebuild()
-    assert rt2.store.table_name == old_table == "chunks" and rt2.store._table_names() == ["chunks"]
+    assert rt2.store.table_name == old_table == "chunks"
+    assert rt2.store._table_names() == ["chunks", "chunks_changes"]  # the change journal beside it, nothing else
     assert rt2.store.stored_signature() == rt2.signature
+    # Another signature: one Overwrite carrying it in the schema metadata, the indexes built again.
+    dataset = rt2.store.table.to_lance()
+    version = int(rt2.store.table.version)
+    replaced = dataset.read_transaction(version)
+    while type(replaced.operation).__name__ in ("CreateIndex", "BaseOperation"):  # the indexes built after it
+        version -= 1
+        replaced = dataset.read_transaction(version)
+    assert type(replaced.operation).__name__ == "Overwrite"
+    assert replaced.transaction_properties["syncd.operation"] == "replace_contents"
+    assert {idx.columns[0] for idx in rt2.store.table.list_indices()} >= {"text", "chunk_id", "doc_key"}
     counts = rt2.chunker.counter.count([r["text"] for r in rows(rt2)])
     assert max(counts) <= rt2.chunker.budget < 64
 
@@ -293,17 +304,27 @@ def test_reindex_replaces_the_live_tables_content_in_place_and_an_open_reader_se
     reader.open(create=False)
     handle = reader.table
     old_version = int(handle.version)
+    indexes_before = {idx.name for idx in rt.store.table.list_indices()}
+    assert "text_idx" in indexes_before
     assert reader.count_rows() == len(before)
     (docs / "p0.md").write_text("# Zebra crossings\n\nstriped animals cross here\n")  # not synced: only the reindex sees it
     s = rt.engine.rebuild()
     assert s.docs_added == 3 and s.chunks_embedded > 0
-    assert rt.store.table_name == "chunks" and rt.store._table_names() == ["chunks"]  # no scratch, no dated table
+    assert rt.store.table_name == "chunks"
+    assert rt.store._table_names() == ["chunks", "chunks_changes"]  # no scratch, no dated table
     texts = {r["text"] for r in handle.search().select(["text"]).limit(None).to_list()}  # the handle opened before
     assert any("striped animals" in t for t in texts)
     assert reader.table is handle and reader.count_rows() == len(rows(rt))
     assert not any(t == b[2] for t in texts for b in before if b[0] == "p0.md")
     old = handle.to_lance().checkout_version(old_version).to_table(columns=["doc_id", "chunk_index", "text"]).to_pylist()
     assert sorted((r["doc_id"], r["chunk_index"], r["text"]) for r in old) == before
+    # Same settings: one Update commit that keeps the indexes, so the full-text leg answers at once.
+    dataset = rt.store.table.to_lance()
+    tx = dataset.read_transaction(dataset.version)
+    assert type(tx.operation).__name__ == "Update" and tx.transaction_properties["syncd.operation"] == "replace_contents"
+    assert {idx.name for idx in rt.store.table.list_indices()} == indexes_before
+    fts = rt.store.table.search("striped animals", query_type="fts").select(["doc_id"]).limit(1).to_list()
+    assert fts[0]["doc_id"] == "p0.md"
     assert unique_texts > 0
 
 
@@ -456,13 +477,13 @@ def test_a_reindex_that_fails_or_crashes_mid_build_leaves_the_live_table_untouch
     rt.engine._rebuild_batch = failing_second
     with pytest.raises(RuntimeError):
         rt.engine.rebuild()
-    assert rt.store._table_names() == ["chunks"] and int(rt.store.table.version) == version
+    assert rt.store._table_names() == ["chunks", "chunks_changes"] and int(rt.store.table.version) == version
     assert sorted((r["chunk_id"], r["text"]) for r in rows(rt)) == before
     scratch = rt.store.create_scratch()  # a reindex that dies mid-build (the process is gone)
     scratch.add(rt.store.scan(rt.store.table.schema.names).slice(0, 1))
     rt.close()
     rt = make_runtime(fs_config)
-    assert rt.store._table_names() == ["chunks"] and int(rt.store.table.version) == version
+    assert rt.store._table_names() == ["chunks", "chunks_changes"] and int(rt.store.table.version) == version
     assert sorted((r["chunk_id"], r["text"]) for r in rows(rt)) == before
 
 
@@ -578,3 +599,35 @@ def test_lancedb_metadata_cache_stays_within_metadata_cache_mb_over_many_commits
         assert used < 1.5 * (1 << 20)
     else:
         assert used > 2 << 20
+
+
+def test_a_reindex_replaces_nothing_when_the_live_table_changed_during_the_build(fs_config, docs, make_runtime):
+    """The single-writer precondition of `replace_contents` is checked: a content commit that landed on the live
+    table while the reindex built (here: a second handle, as another writer would) makes the reindex fail
+    without replacing anything, so that commit is not dropped."""
+    from syncd.errors import StoreError
+
+    for i in range(3):
+        (docs / f"p{i}.md").write_text(markdown_doc(i))
+    rt = make_runtime(fs_config)
+    sync(rt)
+    other = Store(rt.config.store_uri, rt.config.state_dir, base_table="chunks", dim=rt.embedder.dim,
+                  signature=rt.signature)
+    other.open(create=False)
+    rebuild_batch = rt.engine._rebuild_batch
+    written = []
+
+    def racing(name, doc_ids, *args, **kwargs):
+        if not written:  # another writer commits while the reindex is under way
+            stray = other.scan(other.table.schema.names).slice(0, 1).to_pylist()[0]
+            other.apply(other.make_rows([{**stray, "text": "written meanwhile"}]), [stray["doc_key"]])
+            written.append(stray["chunk_id"])
+        return rebuild_batch(name, doc_ids, *args, **kwargs)
+
+    rt.engine._rebuild_batch = racing
+    with pytest.raises(StoreError, match="changed while it was being rebuilt"):
+        rt.engine.rebuild()
+    rt.store.table.checkout_latest()
+    texts = {r["chunk_id"]: r["text"] for r in rows(rt)}
+    assert texts[written[0]] == "written meanwhile"
+    assert rt.store._table_names() == ["chunks", "chunks_changes"]  # the scratch table is gone

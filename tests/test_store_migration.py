@@ -64,7 +64,8 @@ def test_an_install_with_a_pointer_and_a_dated_old_schema_table_migrates_on_firs
 
     embedder = CountingEmbedder()
     rt = make_runtime(fs_config, embedder=embedder)
-    assert rt.store._table_names() == ["chunks"] and not (tmp_path / "state" / "store.json").exists()
+    assert rt.store._table_names() == ["chunks", "chunks_changes"]
+    assert not (tmp_path / "state" / "store.json").exists()
     table = lancedb.connect(str(tmp_path / "index")).open_table("chunks")
     sch = table.schema
     assert pa.types.is_struct(sch.field("metadata").type) and sch.field("source_metadata").type == pa.string()
