@@ -873,12 +873,12 @@ class Engine:
                         bar.update(len(batch))
                 if bar is not None:
                     bar.close()
+            self.store.replace_contents(table, base_version=base_version)
         except BaseException:
             self.store.drop_table(name_new)
             for name in self.connectors:
                 self.state.connector(name).drop_spill()
             raise
-        self.store.replace_contents(table, base_version=base_version)
         if self.journal_enabled:
             try:
                 # A reindex is not a change set of its own: the journal records, at the new table's version,
