@@ -270,8 +270,7 @@ class Harness:
         import lancedb
 
         db = lancedb.connect(str(self.work / "index"))
-        pointer = json.loads((self.state / "store.json").read_text())
-        table = db.open_table(pointer["table"])
+        table = db.open_table("chunks")  # one name for life
         rows = table.search().select(["doc_id", "chunk_index", "chunk_id"]).limit(None).to_arrow().to_pylist()
         by_doc: dict[str, list[int]] = {}
         for r in rows:
