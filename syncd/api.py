@@ -1,4 +1,8 @@
-"""The Python API for RAG applications: a read-only handle on the live index."""
+"""The Python API for RAG applications: a read-only handle on the live index, in this process.
+
+``syncd.open_index()`` answers through the running daemon when one serves the config's state folder
+(``syncd.remote.DaemonIndex``: no model and no LanceDB in the caller's process) and opens this in-process
+:class:`Index` otherwise."""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ from typing import Any
 
 from syncd import config as config_mod
 from syncd import search as search_mod
-from syncd.audit import changes_page, parse_time, public
+from syncd.audit import changes_page, public
 from syncd.config import Config
 from syncd.coordination import shared_store, store_kwargs
 from syncd.store import Store
@@ -77,6 +81,30 @@ class Index:
         return history(self.store, doc_id, connector=connector)
 
 
+    def document(self, *, doc_id: str | None = None, uri: str | None = None,
+                 connector: str | None = None) -> dict[str, Any] | None:
+        """A document's current indexed text by doc id or uri (see ``syncd.documents.read_document``)."""
+        from syncd.documents import read_document
+
+        self.store.refresh()
+        return read_document(self.store, doc_id=doc_id, uri=uri, connector=connector)
+
+    def sources(self) -> list[dict[str, Any]]:
+        """The configured connectors with what the index holds of each. Without a daemon nothing syncs, so
+        the state is ``stopped`` and the lag unknown."""
+        self.store.refresh()
+        table = self.store.scan(["connector", "doc_id"])
+        docs: dict[str, set[str]] = {}
+        chunks: dict[str, int] = {}
+        for connector, doc_id in zip(table.column("connector").to_pylist(), table.column("doc_id").to_pylist(),
+                                     strict=True):
+            docs.setdefault(connector, set()).add(doc_id)
+            chunks[connector] = chunks.get(connector, 0) + 1
+        return [{"name": c.name, "type": c.type, "state": "stopped", "lag_s": None, "backlog": None,
+                 "docs": len(docs.get(c.name, ())), "chunks": chunks.get(c.name, 0), "last_success_at": None,
+                 "last_error": None} for c in self.config.connectors]
+
+
 def history(store: Store, doc_id: str, *, connector: str | None = None) -> list[dict[str, Any]]:
     """Every journal entry of ``doc_id`` in ``store``, oldest first (the `syncd history` lines)."""
     out: list[dict[str, Any]] = []
@@ -89,20 +117,5 @@ def history(store: Store, doc_id: str, *, connector: str | None = None) -> list[
         cursor = int(rows[-1]["seq"])
 
 
-
-
-def options(*, k: int = 10, connector: str | None = None, path: str | None = None,
-            updated_since: dt.datetime | str | None = None, metadata: Mapping[str, str] | None = None,
-            min_relevance: float | None = None, dedup: bool = True,
-            as_of: float | str | dt.datetime | None = None) -> search_mod.SearchOptions:
-    """SearchOptions from the Python API's keyword arguments (an ISO 8601 string is parsed)."""
-    since = search_mod.parse_time(updated_since) if isinstance(updated_since, str) else updated_since
-    return search_mod.check_options(search_mod.SearchOptions(
-        k=k, connector=connector, path=path, updated_since=since, metadata=dict(metadata or {}),
-        min_relevance=min_relevance, dedup=dedup, as_of=_when(as_of) if as_of is not None else None))
-def _when(value: float | str | dt.datetime) -> float:
-    if isinstance(value, dt.datetime):
-        return (value if value.tzinfo else value.replace(tzinfo=dt.UTC)).timestamp()
-    if isinstance(value, str):
-        return parse_time(value, key="as_of")
-    return float(value)
+options = search_mod.options_from_kwargs
+"""SearchOptions from the Python API's keyword arguments (``syncd.search.options_from_kwargs``)."""

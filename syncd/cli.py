@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -16,11 +17,19 @@ from syncd.search import SearchOptionError
 EXIT_OK, EXIT_PROBLEM, EXIT_USAGE = 0, 1, 2
 
 
+def _global_flags(p: argparse.ArgumentParser, *, default: Any) -> None:
+    """The flags every command accepts, before or after its name (``syncd query --config x TEXT``)."""
+    p.add_argument("--config", default=default, help="config file (default: $SYNCD_CONFIG, else ./syncd.toml)")
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="syncd", description="Keep a LanceDB vector index true to its sources.")
     p.add_argument("--version", action="version", version=f"syncd {__version__}")
-    p.add_argument("--config", help="config file (default: $SYNCD_CONFIG, else ./syncd.toml)")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _global_flags(p, default=None)
+    # After the command the same flags default to "not given", so they never undo one given before it.
+    common = argparse.ArgumentParser(add_help=False)
+    _global_flags(common, default=argparse.SUPPRESS)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_parser_with(common))
     sub.add_parser("run", help="the service: catch up, then watch and poll; serves HTTP")
     s = sub.add_parser("sync", help="one-shot incremental catch-up, then exit")
     s.add_argument("--connector", help="only this connector")
@@ -57,10 +66,12 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--connector")
     v.add_argument("--json", action="store_true")
     m = sub.add_parser("model", help="the embedding model: `syncd model prepare`")
-    msub = m.add_subparsers(dest="model_command", required=True, metavar="ACTION")
+    msub = m.add_subparsers(dest="model_command", required=True, metavar="ACTION", parser_class=_parser_with(common))
     mp = msub.add_parser("prepare", help="export and cache what the embedding backend needs (the ONNX model), "
                          "then exit; the first start does it otherwise")
     mp.add_argument("--json", action="store_true", help="one JSON line on stdout")
+    sub.add_parser("mcp", help="the MCP server on stdin/stdout (tools search, get_document, list_sources), "
+                   "for desktop agents; answered by the running daemon when there is one")
     return p
 
 
@@ -85,6 +96,15 @@ def _search_options(args: argparse.Namespace) -> Any:
                        if args.min_relevance is not None else None),
         dedup=not getattr(args, "no_dedup", False),
         as_of=search_mod.parse_as_of(args.as_of, "--as-of") if getattr(args, "as_of", None) is not None else None))
+def _parser_with(common: argparse.ArgumentParser) -> Any:
+    """A parser class whose instances (the subcommands) also accept the global flags."""
+
+    class Parser(argparse.ArgumentParser):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            kwargs["parents"] = [*kwargs.get("parents", []), common]
+            super().__init__(*args, **kwargs)
+
+    return Parser
 
 
 def _emit(obj: Any) -> None:
@@ -333,13 +353,30 @@ def _report(summary: Any, as_json: bool) -> None:
 
 
 def cmd_query(cfg: Any, args: argparse.Namespace) -> int:
-    from syncd.api import Index
+    """Asks the running daemon when there is one (its model is loaded; this process then imports neither the
+    model nor LanceDB); loads them here only when no daemon runs or the one that runs does not answer."""
+    from syncd.client import Daemon, DaemonRejected, DaemonUnavailable
 
-    index = Index(cfg)
     queries = [line.strip() for line in sys.stdin if line.strip()] if args.text == "-" else [args.text]
+    daemon = Daemon.find(cfg)
+    index: Any = None
     for text in queries:
-        found = index.answer(text, args.options)
-        result: dict[str, Any] = {"query": text, "table_version": found.table_version, "results": found.results}
+        result = None
+        if daemon is not None:
+            try:
+                result = daemon.search(text, args.options)
+            except DaemonRejected as exc:
+                raise ConfigError(str(exc)) from None
+            except DaemonUnavailable as exc:
+                sys.stderr.write(f"syncd: the daemon {exc}; searching the store in this process\n")
+                daemon = None
+        if result is None:
+            if index is None:
+                from syncd.api import Index
+
+                index = Index(cfg)
+            found = index.answer(text, args.options)
+            result = {"query": text, "table_version": found.table_version, "results": found.results}
         if args.json or args.text == "-":
             _emit(result)
             continue
@@ -373,6 +410,14 @@ def cmd_eval(cfg: Any, args: argparse.Namespace) -> int:
             print(f"    not in the first {args.k}: {missing}")
     print(f"{report['queries']} queries, k = {report['k']}: nDCG@{report['k']} {report['ndcg']:.4f}, "
           f"recall@{report['k']} {report['recall']:.4f}, MRR {report['mrr']:.4f}")
+    return EXIT_OK
+
+
+def cmd_mcp(cfg: Any, args: argparse.Namespace) -> int:
+    """`syncd mcp`: the MCP server over stdio, answered through ``open_index`` (the daemon when one runs)."""
+    from syncd.mcp_server import serve_stdio
+
+    serve_stdio(cfg)
     return EXIT_OK
 
 
@@ -441,55 +486,18 @@ class _Daemon(NamedTuple):
 def _daemon_status(cfg: Any) -> _Daemon:
     """The running daemon's /status, found through the state folder. A daemon that refuses the token is a
     config error naming the token setting; one that runs but does not answer is a problem, not "not running"."""
-    import os
+    from syncd.client import Daemon, DaemonRejected, DaemonUnavailable
 
-    import httpx
-
-    from syncd.config import resolve_secret
-    from syncd.state import read_json
-
-    info = read_json(cfg.state_dir / "daemon.json")
-    if not isinstance(info, dict) or "url" not in info:
+    daemon = Daemon.find(cfg)
+    if daemon is None:
         return _Daemon(None)
+    daemon = dataclasses.replace(daemon, timeout=5.0)
     try:
-        os.kill(int(info["pid"]), 0)
-    except (OSError, ValueError, KeyError):
-        return _Daemon(None)  # a daemon.json left by a daemon that was killed
-    url = str(info["url"])
-    token_key = "http.token_file" if cfg.http.token_file else "http.token_env"
-    token, token_problem = None, None
-    if cfg.http.token_file or cfg.http.token_env:
-        try:
-            token = resolve_secret(cfg.http.token_env, key=token_key, file=cfg.http.token_file, base_dir=cfg.base_dir)
-        except ConfigError as exc:
-            token_problem = exc  # a daemon on loopback asks for no token: only a refusal makes this an error
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    try:
-        response = httpx.get(f"{_connectable(url)}/status", headers=headers, timeout=5)
-    except httpx.HTTPError as exc:
-        return _Daemon(None, f"(pid {info['pid']}) does not answer at {url}: {exc or type(exc).__name__}")
-    if response.status_code in (401, 403):
-        refused = f"the daemon at {url} runs but refused the request (HTTP {response.status_code}): "
-        if token_problem is not None:
-            raise ConfigError(refused + f"it needs the bearer token, and {token_problem}", key=token_problem.key)
-        if token is None:
-            raise ConfigError(refused + "it needs a bearer token; set http.token_env (or http.token_file) to the "
-                              "daemon's token", key="http.token_env")
-        source = f"the file {cfg.http.token_file}" if cfg.http.token_file else f"${cfg.http.token_env}"
-        raise ConfigError(refused + f"the token from {token_key} ({source}) is not the daemon's token", key=token_key)
-    if response.status_code != 200:
-        return _Daemon(None, f"(pid {info['pid']}) at {url} answered /status with HTTP {response.status_code}")
-    try:
-        data: dict[str, Any] = response.json()
-    except ValueError:
-        return _Daemon(None, f"(pid {info['pid']}) at {url} answered /status with something other than JSON")
-    data["daemon"] = url
+        data = daemon.status()
+    except (DaemonUnavailable, DaemonRejected) as exc:
+        return _Daemon(None, str(exc))
+    data["daemon"] = daemon.url
     return _Daemon(data)
-
-
-def _connectable(url: str) -> str:
-    """A daemon bound to every address (0.0.0.0, ::) is reached on loopback."""
-    return url.replace("://0.0.0.0:", "://127.0.0.1:").replace("://[::]:", "://[::1]:")
 
 
 def cmd_verify(cfg: Any, args: argparse.Namespace) -> int:
@@ -571,5 +579,4 @@ def cmd_history(cfg: Any, args: argparse.Namespace) -> int:
 
 
 _COMMANDS = {"run": cmd_run, "sync": cmd_sync, "reindex": cmd_reindex, "query": cmd_query, "eval": cmd_eval,
-             "status": cmd_status,
-             "verify": cmd_verify, "model": cmd_model, "history": cmd_history}
+             "status": cmd_status, "verify": cmd_verify, "model": cmd_model, "history": cmd_history, "mcp": cmd_mcp}

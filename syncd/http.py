@@ -67,7 +67,10 @@ class Endpoints:
                  connectors: Callable[[], Collection[str]] | None = None,
                  ready_problems: Callable[[], list[str]] | None = None,
                  hook: Callable[[str, Mapping[str, str], bytes | None], tuple[int, dict[str, Any]]] | None = None,
-                 changes: Callable[..., dict[str, Any]] | None = None) -> None:
+                 changes: Callable[..., dict[str, Any]] | None = None,
+                 document: Callable[..., dict[str, Any] | None] | None = None,
+                 mcp: Callable[..., tuple[int, list[tuple[str, str]], bytes]] | None = None,
+                 count_search: Callable[[str], None] | None = None) -> None:
         self.healthy = healthy
         self.ready_problems = ready_problems
         self.problems = problems
@@ -84,6 +87,12 @@ class Endpoints:
         self.hook = hook
         self.changes = changes
         """/changes: the change journal, paged (``syncd.audit.changes_page``'s keyword arguments)."""
+        # /document?doc_id=&connector= or ?uri=: a document's indexed text (syncd.documents).
+        self.document = document
+        # POST /mcp: one MCP request through the SDK's app (syncd.mcp_server.AsgiBridge.handle).
+        self.mcp = mcp
+        # Told each /search outcome: "ok", "bad_request" (400) or "error" (500).
+        self.count_search = count_search
 
 
 class _Answer:
@@ -190,6 +199,8 @@ class _Handler(BaseHTTPRequestHandler):
                 answer = self._hook(url.path.removeprefix("/hooks/"))
             elif not self._authorized():
                 answer = _Answer(401, b"", headers={"WWW-Authenticate": "Bearer"})
+            elif url.path == "/mcp" and self.endpoints.mcp is not None:
+                answer = self._mcp(url.path, url.query)
             else:
                 answer = _json(405, {"error": f"{url.path} does not take POST"})
         except _CLIENT_GONE:
@@ -232,6 +243,35 @@ class _Handler(BaseHTTPRequestHandler):
         if code == 204:
             return _Answer(204, b"")
         return _json(code, data)
+    def do_DELETE(self) -> None:  # noqa: N802 - stdlib naming
+        url = urlparse(self.path)
+        if not self._authorized():
+            answer = _Answer(401, b"", headers={"WWW-Authenticate": "Bearer"})
+        elif url.path == "/mcp" and self.endpoints.mcp is not None:
+            answer = _MCP_NO_STREAM  # stateless: there is no session to end
+        else:
+            answer = _json(405, {"error": f"{url.path} does not accept DELETE"})
+        self._write(answer)
+
+    max_body_bytes = 4 * 1024 * 1024
+
+    def _mcp(self, path: str, query: str) -> _Answer:
+        """POST /mcp (authorised already): one MCP request through the SDK's app."""
+        mcp = self.endpoints.mcp
+        assert mcp is not None
+        try:
+            length = int(self.headers.get("Content-Length", ""))
+        except ValueError:
+            return _json(411, {"error": "a POST needs a Content-Length"})
+        if not 0 <= length <= self.max_body_bytes:
+            return _json(413, {"error": f"the body is larger than {self.max_body_bytes} bytes"})
+        body = self.rfile.read(length)
+        host, port = getattr(self.server, "address", ("", 0))
+        code, headers, data = mcp("POST", path, query, list(self.headers.items()), body,
+                                  (str(self.client_address[0]), int(self.client_address[1])), (host, port))
+        kept = {k: v for k, v in headers if k.lower() not in ("content-type", "content-length")}
+        content_type = next((v for k, v in headers if k.lower() == "content-type"), "application/json")
+        return _Answer(code, data, content_type, kept)
 
     def _route(self, path: str, query: str) -> _Answer:
         ep = self.endpoints
@@ -257,12 +297,26 @@ class _Handler(BaseHTTPRequestHandler):
         if path == "/metrics":
             return _Answer(200, ep.metrics(), "text/plain; version=0.0.4; charset=utf-8")
         if path == "/search":
-            return self._search(parse_qs(query))
+            try:
+                answer = self._search(parse_qs(query))
+            except Exception:
+                self._count_search("error")
+                raise
+            self._count_search("ok" if answer.code == 200 else "bad_request" if answer.code == 400 else "error")
+            return answer
         if path == "/changes" and ep.changes is not None:
             return self._changes(parse_qs(query))
+        if path == "/document" and ep.document is not None:
+            return self._document(parse_qs(query))
+        if path == "/mcp" and ep.mcp is not None:
+            return _MCP_NO_STREAM
         if path in ("/", "/index.html"):
             return _Answer(200, ep.page().encode(), "text/html; charset=utf-8")
         return _json(404, {"error": f"no such path: {path}"})
+
+    def _count_search(self, outcome: str) -> None:
+        if self.endpoints.count_search is not None:
+            self.endpoints.count_search(outcome)
 
     def _search(self, params: dict[str, list[str]]) -> _Answer:
         from syncd.search import SearchOptionError, options_from_params
@@ -299,6 +353,30 @@ class _Handler(BaseHTTPRequestHandler):
             return _json(200, ep.changes(**args))
         except BadArgument as exc:
             return _json(400, {"error": str(exc)})
+
+
+    def _document(self, params: dict[str, list[str]]) -> _Answer:
+        from syncd.documents import AmbiguousDocument
+
+        ep = self.endpoints
+        assert ep.document is not None
+        doc_id, uri, connector = (params.get(name, [None])[0] for name in ("doc_id", "uri", "connector"))
+        if (doc_id is None) == (uri is None):
+            return _json(400, {"error": "give either doc_id or uri"})
+        if connector is not None and ep.connectors is not None and connector not in ep.connectors():
+            return _json(400, {"error": f"no connector named {connector!r}"})
+        try:
+            found = ep.document(doc_id=doc_id, uri=uri, connector=connector)
+        except AmbiguousDocument as exc:
+            return _json(400, {"error": str(exc)})
+        if found is None:
+            return _json(404, {"error": "no such document in the index"})
+        return _json(200, found)
+
+
+# The MCP endpoint is stateless: no server-to-client stream to open (GET) and no session to end (DELETE).
+_MCP_NO_STREAM = _Answer(405, b'{"error":"the MCP endpoint takes POST only (stateless, no stream)"}',
+                         headers={"Allow": "POST"})
 
 
 class _Pending:

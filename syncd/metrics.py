@@ -1,9 +1,38 @@
 """Prometheus metrics (names per INTERFACE.md). Each engine gets its own registry so tests and
-several engines in one process never collide."""
+several engines in one process never collide.
+
+Written for alerting: every labelled family has its samples from the start (each connector's are made when
+the connector is added, with zeros), so ``rate()`` and ``absent()`` work before the first event; the
+exposition leaves out the ``_created`` series (``exposition``); the histograms of work done for one
+connector (freshness, embedding, commit) carry its name."""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import math
+import platform
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator
+from importlib import metadata
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client.metrics_core import Metric
+
+from syncd import __version__
+
+SEARCH_OUTCOMES = ("ok", "bad_request", "error")
+"""``syncd_search_requests_total{outcome}``: answered, refused as malformed (400), failed (500)."""
+SYNC_ACTIONS = ("added", "changed", "deleted", "renamed")
+POLL_TRIGGERS = ("schedule", "catch-up", "hook", "check")
+DRIFT_KINDS = ("missing", "stale", "orphaned", "duplicated")
+MAINTENANCE_OUTCOMES = ("ok", "failed")
+QUERY_VECTOR_SOURCES = ("model", "cache")
+
+RECENT_FRESHNESS_S = 900.0
+"""The window of the status page's freshness p50/p95 (the histogram itself counts since start)."""
+_RECENT_MAX = 2048
 
 
 class Metrics:
@@ -30,10 +59,12 @@ class Metrics:
                                   "Unix time of the connector's last successful cycle.", ["connector"], registry=r)
         self.backlog = Gauge("syncd_backlog", "Changes seen but not yet committed.", ["connector"], registry=r)
         self.commits = Counter("syncd_store_commits", "LanceDB commits made.", registry=r)
-        self.commit_seconds = Histogram("syncd_commit_seconds", "Time of one LanceDB commit.", registry=r)
+        self.commit_seconds = Histogram("syncd_commit_seconds", "Time of one LanceDB commit, by connector.",
+                                        ["connector"], registry=r)
+        self.embed_seconds = Histogram("syncd_embed_seconds", "Time of one embedding call, by connector.",
+                                       ["connector"], registry=r)
         self.commit_retries = Counter("syncd_commit_retries", "Commits replayed because another writer of the store "
                                       "committed first.", registry=r)
-        self.embed_seconds = Histogram("syncd_embed_seconds", "Time of one embedding call.", registry=r)
         self.drift = Gauge("syncd_verify_drift", "Entries found out of sync by the last verify, by kind.", ["kind"],
                            registry=r)
         self.skipped_runs = Counter("syncd_scheduler_skipped_runs", "Scheduled runs skipped (still running).",
@@ -82,6 +113,64 @@ class Metrics:
             "syncd_embedding_backend", "1 for the embedding backend in use (torch, onnx, onnx-int8), with the "
             "config's setting (auto or the backend it names).", ["backend", "configured"], registry=r)
 
+        self.search_requests = Counter("syncd_search_requests", "/search requests, by outcome (ok, bad_request: "
+                                       "answered 400, error: answered 500).", ["outcome"], registry=r)
+        self.connector_docs = Gauge("syncd_connector_docs", "Documents of the connector in the index.",
+                                    ["connector"], registry=r)
+        self.connector_chunks = Gauge("syncd_connector_chunks", "Chunks of the connector in the index.",
+                                      ["connector"], registry=r)
+        self.build_info = Info("syncd_build", "The running syncd: its version and those of Python and LanceDB.",
+                               registry=r)
+        self.build_info.info({"version": __version__, "python": platform.python_version(),
+                              "lancedb": _version_of("lancedb")})
+        for family, labels in ((self.search_requests, SEARCH_OUTCOMES), (self.drift, DRIFT_KINDS),
+                               (self.maintenance_runs, MAINTENANCE_OUTCOMES),
+                               (self.query_vectors, QUERY_VECTOR_SOURCES)):
+            for value in labels:
+                family.labels(value)
+        from syncd.search import STAGES
+
+        for stage in STAGES:
+            self.search_seconds.labels(stage=stage)
+        # Hooks are counted by sender at their first arrival; the series of unknown targets exists from the start.
+        self.hooks.labels(connector="", sender="", outcome="unknown")
+        self._recent: dict[str, deque[tuple[float, float]]] = {}
+        self._recent_lock = threading.Lock()
+
+    def _per_connector(self) -> list[Any]:
+        return [self.docs_synced, self.sync_errors, self.freshness, self.last_success, self.backlog,
+                self.commit_seconds, self.embed_seconds, self.watcher_restarts, self.consecutive_failures,
+                self.docs_deferred, self.docs_abandoned, self.stalls, self.failed_docs, self.held_deletes,
+                self.connector_docs, self.connector_chunks, self.polls]
+
+    def add_connector(self, name: str) -> None:
+        """Every per-connector sample of ``name``, at zero (a last-success time of 0 means never)."""
+        for family in self._per_connector():
+            if family is self.docs_synced:
+                for action in SYNC_ACTIONS:
+                    family.labels(connector=name, action=action)
+            elif family is self.polls:
+                for trigger in POLL_TRIGGERS:
+                    family.labels(connector=name, trigger=trigger)
+            else:
+                family.labels(connector=name)
+
+    def remove_connector(self, name: str) -> None:
+        """A connector removed from the config takes its samples with it."""
+        for family in self._per_connector():
+            if family is self.docs_synced:
+                for action in SYNC_ACTIONS:
+                    _remove(family, name, action)
+            elif family is self.polls:
+                for trigger in POLL_TRIGGERS:
+                    _remove(family, name, trigger)
+            else:
+                _remove(family, name)
+        with self._recent_lock:
+            self._recent.pop(name, None)
+
+    def add_job(self, job: str) -> None:
+        self.skipped_runs.labels(job=job)
     def observe_search(self, seconds: dict[str, float]) -> None:
         """One search's seconds by stage (``syncd.search.STAGES``)."""
         for stage, value in seconds.items():
@@ -89,3 +178,62 @@ class Metrics:
 
     def count_query_vector(self, hit: bool) -> None:
         self.query_vectors.labels(source="cache" if hit else "model").inc()
+
+    def observe_freshness(self, connector: str, seconds: float) -> None:
+        self.freshness.labels(connector=connector).observe(seconds)
+        with self._recent_lock:
+            self._recent.setdefault(connector, deque(maxlen=_RECENT_MAX)).append((time.time(), seconds))
+
+    def recent_freshness(self, connector: str | None = None, window_s: float = RECENT_FRESHNESS_S) -> dict[str, Any]:
+        """p50/p95 of the freshness of the commits in the last ``window_s`` seconds (of one connector, or all);
+        None where nothing was committed in the window."""
+        since = time.time() - window_s
+        with self._recent_lock:
+            series = [self._recent.get(connector, ())] if connector is not None else list(self._recent.values())
+            values = sorted(s for d in series for at, s in d if at >= since)
+        return {"window_s": window_s, "count": len(values), "p50_s": _quantile(values, 0.5),
+                "p95_s": _quantile(values, 0.95)}
+
+
+def _quantile(values: list[float], q: float) -> float | None:
+    """The nearest-rank quantile of sorted ``values``."""
+    if not values:
+        return None
+    rank = max(1, math.ceil(len(values) * q))
+    return round(values[rank - 1], 4)
+
+
+def _remove(family: Any, *labels: str) -> None:
+    try:
+        family.remove(*labels)
+    except KeyError:
+        pass
+
+
+def _version_of(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+class _WithoutCreated:
+    """A registry's metrics without their ``_created`` samples (a timestamp per series that no alert uses)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._registry = registry
+
+    def collect(self) -> Iterator[Metric]:
+        for family in self._registry.collect():
+            kept = [s for s in family.samples if not s.name.endswith("_created")]
+            if len(kept) != len(family.samples):
+                family.samples = kept
+            yield family
+
+
+def exposition(registry: CollectorRegistry) -> bytes:
+    """The Prometheus text format of ``registry``, without ``_created`` series."""
+    from prometheus_client import generate_latest
+
+    return bytes(generate_latest(_WithoutCreated(registry)))
+

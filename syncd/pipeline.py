@@ -557,7 +557,7 @@ class Engine:
                 self._batch_failed(name, list(planned) + gone, exc, summary)
                 return
             self.metrics.commits.inc()
-            self.metrics.commit_seconds.observe(time.monotonic() - commit_start)
+            self.metrics.commit_seconds.labels(connector=name).observe(time.monotonic() - commit_start)
         committed_at = time.time()
 
         # The commit returned: now the view of the index and the state may advance.
@@ -651,7 +651,7 @@ class Engine:
         for doc_id in list(planned) + gone:
             first_seen = seen.get(doc_id)
             if first_seen:
-                self.metrics.freshness.labels(connector=name).observe(max(0.0, committed_at - first_seen))
+                self.metrics.observe_freshness(name, max(0.0, committed_at - first_seen))
         if planned or gone:
             log.info("sync.batch_committed", connector=name, upserts=len(planned), deletes=len(gone),
                      embedded=len(to_embed), version=self.store.table.version if replace else None)
@@ -745,7 +745,7 @@ class Engine:
         for start in range(0, len(queue), EMBED_SLICE):
             part = {h: texts[h] for h in queue[start:start + EMBED_SLICE] if owners.get(h)}
             if part:
-                vecs, fails = self._embed(part, planned)
+                vecs, fails = self._embed(part, planned, connector=name)
                 out.update(vecs)
                 failed.update(fails)
             if self.superseded is not None and start + EMBED_SLICE < len(queue):
@@ -761,13 +761,14 @@ class Engine:
         """The reusable vectors read on the lookup thread (a method of its own so probes can time the wait)."""
         return future.result()
 
-    def _embed(self, texts: dict[str, str], planned: dict[str, _Planned]) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    def _embed(self, texts: dict[str, str], planned: dict[str, _Planned], *,
+               connector: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
         """Embed ``texts`` (hash -> text); on failure, isolate the documents whose chunks fail."""
         hashes = list(texts)
         started = time.monotonic()
         try:
             matrix = self.embedder.encode([texts[h] for h in hashes])
-            self.metrics.embed_seconds.observe(time.monotonic() - started)
+            self.metrics.embed_seconds.labels(connector=connector).observe(time.monotonic() - started)
             good = np.isfinite(matrix).all(axis=1)
             if good.all():
                 return dict(zip(hashes, matrix, strict=True)), {}
@@ -923,7 +924,7 @@ class Engine:
         for plan in planned.values():
             for c in plan.chunks:
                 texts.setdefault(c.content_hash, _embed_text(c))
-        vectors, failed = self._embed(texts, planned) if texts else ({}, {})
+        vectors, failed = self._embed(texts, planned, connector=name) if texts else ({}, {})
         summary.chunks_embedded += len(vectors)
         self.metrics.chunks_embedded.inc(len(vectors))
         now = dt.datetime.now(dt.UTC)

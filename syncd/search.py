@@ -484,3 +484,42 @@ def search(store: Legs, vector: np.ndarray | Callable[[], np.ndarray], text: str
         pinned = now
     seconds["total"] = time.perf_counter() - started
     return Answer(results=[result(c, seen) for c in kept], table_version=seen, seconds=seconds)
+
+
+def options_from_kwargs(*, k: int = 10, connector: str | None = None, path: str | None = None,
+                        updated_since: dt.datetime | str | None = None, metadata: Mapping[str, str] | None = None,
+                        min_relevance: float | None = None, dedup: bool = True,
+                        as_of: float | str | dt.datetime | None = None) -> SearchOptions:
+    """SearchOptions from the Python API's keyword arguments (an ISO 8601 string is parsed); the same for
+    the in-process index and the one answered by the daemon."""
+    since = parse_time(updated_since) if isinstance(updated_since, str) else updated_since
+    return check_options(SearchOptions(
+        k=k, connector=connector, path=path, updated_since=since, metadata=dict(metadata or {}),
+        min_relevance=min_relevance, dedup=dedup, as_of=_when(as_of) if as_of is not None else None))
+
+
+def _when(value: float | str | dt.datetime) -> float:
+    if isinstance(value, dt.datetime):
+        return (value if value.tzinfo else value.replace(tzinfo=dt.UTC)).timestamp()
+    if isinstance(value, str):
+        return parse_as_of(value)
+    return float(value)
+
+
+def options_to_params(options: SearchOptions) -> list[tuple[str, str]]:
+    """``/search``'s query parameters for ``options`` (the inverse of ``options_from_params``), without ``q``."""
+    params = [("k", str(options.k))]
+    if options.connector is not None:
+        params.append(("connector", options.connector))
+    if options.path is not None:
+        params.append(("path", options.path))
+    if options.updated_since is not None:
+        params.append(("updated_since", options.updated_since.isoformat()))
+    params += [("meta", f"{key}={value}") for key, value in options.metadata.items()]
+    if options.min_relevance is not None:
+        params.append(("min_relevance", repr(float(options.min_relevance))))
+    if not options.dedup:
+        params.append(("dedup", "false"))
+    if options.as_of is not None:
+        params.append(("as_of", dt.datetime.fromtimestamp(options.as_of, dt.UTC).isoformat()))
+    return params

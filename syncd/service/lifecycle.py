@@ -14,8 +14,8 @@ from typing import Any
 
 import structlog
 
-from syncd.config import Config
 from syncd import search as search_mod
+from syncd.config import Config
 from syncd.coordination import store_kwargs
 from syncd.embedding import CrossEncoderReranker, QueryVectors, reranker_from_config
 from syncd.errors import ConfigError, SyncdError
@@ -70,6 +70,7 @@ class Service:
         self.query_vectors: QueryVectors | None = None
         self.reranker: CrossEncoderReranker | None = None
         self.http: HttpServer | None = None
+        self.mcp: Any = None
         self.scheduler: Any = None
         self.watches: dict[str, Any] = {}
         self.last_verify: dict[str, Any] | None = None
@@ -97,18 +98,23 @@ class Service:
         rt = self.runtime
         rt.engine.embedder = StoppableEmbedder(rt.engine.embedder, self.stopping, cfg.embedding.batch_size)
         needs_rebuild = rt.open()
+        for name in rt.connectors:
+            self.metrics.add_connector(name)
+        self.update_index_gauges()
         notify("STATUS=loading the embedding model")
         self._load_models()
         self.reader = Store(cfg.store_uri, cfg.state_dir, base_table=cfg.store.table, dim=rt.embedder.dim,
                             signature=rt.signature, read_consistency_interval=cfg.store.read_consistency_interval,
                             **store_kwargs(cfg, rt.shared))
+        self.mcp = self._start_mcp()
         self.http = HttpServer(cfg.http.host, cfg.http.port, Endpoints(
             healthy=self.healthy, ready=self.ready, status=self.status, metrics=self.metrics_text,
             search=self.search, page=self.page, token=token,
             problems=lambda: status_mod.health_problems(self),
-            connectors=lambda: self.runtime.engine.connectors if self.runtime is not None else (),
+            connectors=self._connector_names,
             ready_problems=lambda: status_mod.ready_problems(self), hook=self.hook,
-            changes=self.changes))
+            changes=self.changes, document=self.document, mcp=self.mcp.handle,
+            count_search=lambda outcome: self.metrics.search_requests.labels(outcome=outcome).inc()))
         self.http.start()
         write_json_atomic(cfg.state_dir / "daemon.json", {"pid": os.getpid(), "url": self.http.url,
                                                           "started_at": self.started_at})
@@ -145,6 +151,18 @@ class Service:
                               f"({cfg.http.bind}) is not a loopback address", key="http.token_env")
         return resolve_secret(cfg.http.token_env, key="http.token_file" if cfg.http.token_file else "http.token_env",
                               file=cfg.http.token_file, base_dir=cfg.base_dir)
+
+    def _connector_names(self) -> Any:
+        return self.runtime.engine.connectors if self.runtime is not None else ()
+
+    def _start_mcp(self) -> Any:
+        """The MCP tools on this service's read side, served at /mcp (``syncd.mcp_server``)."""
+        from syncd.mcp_server import AsgiBridge, build_server
+
+        bridge = AsgiBridge(build_server(_ServiceIndex(self), connectors=self._connector_names),
+                            loopback=self.config.http.is_loopback)
+        bridge.start()
+        return bridge
 
     def _load_models(self) -> None:
         """The writer and /search each get their own model instance on one intra-op thread: an edit's
@@ -201,6 +219,8 @@ class Service:
         def skipped(event: Any) -> None:
             self.metrics.skipped_runs.labels(job=event.job_id).inc()
 
+        for job in sched.get_jobs():
+            self.metrics.add_job(job.id)
         sched.add_listener(skipped, EVENT_JOB_MAX_INSTANCES)
         sched.start()
         self.scheduler = sched
@@ -214,6 +234,7 @@ class Service:
 
             sched.add_job(poll_job, "interval", seconds=interval, id=f"poll:{name}", max_instances=1,
                           coalesce=True, misfire_grace_time=max(1, math.ceil(interval)))
+            self.metrics.add_job(f"poll:{name}")
         check = connector.check_interval if interval else None
         if check:
             def check_job() -> None:
@@ -230,6 +251,7 @@ class Service:
 
             sched.add_job(check_job, "interval", seconds=check, id=f"check:{name}", max_instances=1,
                           coalesce=True, misfire_grace_time=max(1, math.ceil(check)))
+            self.metrics.add_job(f"check:{name}")
         recon = connector.reconcile_interval
         if recon:
             def reconcile_job() -> None:
@@ -238,6 +260,7 @@ class Service:
 
             sched.add_job(reconcile_job, "interval", seconds=recon, id=f"reconcile:{name}", max_instances=1,
                           coalesce=True, misfire_grace_time=max(1, math.ceil(recon)))
+            self.metrics.add_job(f"reconcile:{name}")
 
     # -- the main loop ---------------------------------------------------------------------------------
     def run_forever(self) -> int:
@@ -268,8 +291,19 @@ class Service:
         signal.signal(signal.SIGHUP, lambda *_: self._reload_requested.set())
 
     def status_line(self) -> None:
-        """STATUS= for `systemctl status` (writer thread, after each batch)."""
+        """STATUS= for `systemctl status` and the per-connector index gauges (writer thread, after each batch)."""
         self._status_line = status_mod.status_line(self, self._status_line)
+        self.update_index_gauges()
+
+    def update_index_gauges(self) -> None:
+        """``syncd_connector_docs`` and ``syncd_connector_chunks`` from the engine's view of the index (the
+        writer's thread, or before it starts)."""
+        assert self.runtime is not None
+        engine = self.runtime.engine
+        for name in list(engine.connectors):
+            docs = engine.docs(name)
+            self.metrics.connector_docs.labels(connector=name).set(len(docs))
+            self.metrics.connector_chunks.labels(connector=name).set(sum(d.chunks for d in docs.values()))
 
     def _verify(self) -> None:
         from syncd.verify import verify
@@ -346,6 +380,8 @@ class Service:
         self.writer.stop()
         if self.http is not None:
             self.http.stop()
+        if self.mcp is not None:
+            self.mcp.stop()
         # Only this daemon's own address: a process refused by the writer lock never wrote one, and the
         # file it would remove belongs to the daemon that holds the lock.
         if self._wrote_daemon_json:
@@ -394,6 +430,7 @@ class Service:
                         # A connector removed from the config takes its documents out of the index.
                         deleted = rt.engine.drop_connector(name)
                         rt.drop_connector_lease(name)
+                        self.metrics.remove_connector(name)
                         log.info("connector.removed", connector=name, docs_deleted=deleted)
                     else:
                         rt.engine.remove_connector(name)
@@ -413,6 +450,7 @@ class Service:
                 connector = build_connector(new, cc, rt.state)
                 rt.connectors[name] = connector
                 rt.engine.add_connector(connector)
+                self.metrics.add_connector(name)
                 self.writer.initial_pending.add(name)
                 self._start_watch(name, connector)  # before its catch-up starts (see start())
                 self.queue.push(Change(connector=name, kind="rescan", doc_id=""))
@@ -434,9 +472,9 @@ class Service:
         return self.healthy() and not self.writer.initial_pending and not self.stalls.since
 
     def metrics_text(self) -> bytes:
-        from prometheus_client import generate_latest
+        from syncd.metrics import exposition
 
-        return bytes(generate_latest(self.metrics.registry))
+        return exposition(self.metrics.registry)
 
     def search(self, q: str, options: SearchOptions) -> dict[str, Any]:
         assert self.reader is not None and self.query_vectors is not None
@@ -483,6 +521,14 @@ class Service:
         self.metrics.hooks.labels(connector=name, sender=verdict.sender, outcome=poll).inc()
         log.info("hook.accepted", connector=name, sender=verdict.sender, poll=poll)
         return 202, {"connector": name, "poll": poll}
+    def document(self, *, doc_id: str | None = None, uri: str | None = None,
+                 connector: str | None = None) -> dict[str, Any] | None:
+        """/document: a document's current indexed text (``syncd.documents.read_document``)."""
+        from syncd.documents import read_document
+
+        assert self.reader is not None
+        self.reader.refresh()
+        return read_document(self.reader, doc_id=doc_id, uri=uri, connector=connector)
 
     def changes(self, **params: Any) -> dict[str, Any]:
         """/changes: a page of the change journal (``syncd.audit.changes_page``), read through the reader."""
@@ -505,3 +551,21 @@ class Service:
 
     def page(self) -> str:
         return status_mod.render_page(self.status())
+
+
+class _ServiceIndex:
+    """The service's read side as the MCP tools see an index (``syncd.api.Index``'s interface)."""
+
+    def __init__(self, service: Service) -> None:
+        self.service = service
+
+    def query(self, text: str, k: int = 10, connector: str | None = None, **filters: Any) -> dict[str, Any]:
+        return self.service.search(text, search_mod.options_from_kwargs(k=k, connector=connector, **filters))
+
+    def document(self, **kwargs: Any) -> dict[str, Any] | None:
+        return self.service.document(**kwargs)
+
+    def sources(self) -> list[dict[str, Any]]:
+        from syncd.remote import source_entry
+
+        return [source_entry(c) for c in self.service.status()["connectors"]]
