@@ -83,9 +83,15 @@ async def exercise(client: Any) -> dict[str, Any]:
             "filtered": filtered.structured_content, "bad_time": (bad_time.is_error, bad_time.content[0].text)}
 
 
+def unversioned(result: dict[str, Any]) -> dict[str, Any]:
+    """A search answer without the table version it came from: a maintenance commit between two searches
+    moves the version, not the results."""
+    return {**result, "results": [{k: v for k, v in r.items() if k != "table_version"} for r in result["results"]]}
+
+
 def check(seen: dict[str, Any], expected_search: dict[str, Any]) -> None:
     assert seen["tools"] == TOOLS
-    assert seen["search"] == expected_search  # the same answer as /search, citations and all
+    assert unversioned(seen["search"]) == unversioned(expected_search)  # the answer of /search, citations and all
     top = seen["search"]["results"][0]
     assert top["doc_id"] == "elephants.md" and all(key in top for key in CITATION)
     assert top["heading_path"] == ["Zoo", "Elephants"] and top["start_line"] == 7
