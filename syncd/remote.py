@@ -36,11 +36,12 @@ class DaemonIndex:
         self._local: Any = None
 
     def _call(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        """``self._NAME_daemon(...)``; once the daemon is gone for good, ``self._NAME_local(...)``."""
         for _ in range(2):
             if self._local is not None:
                 break
             try:
-                return getattr(self, "_" + name)(*args, **kwargs)
+                return getattr(self, f"_{name}_daemon")(*args, **kwargs)
             except DaemonUnavailable:
                 found = Daemon.find(self.config)
                 if found is not None and found.url != self.daemon.url:
@@ -50,7 +51,7 @@ class DaemonIndex:
 
                 self._local = Index(self.config)
                 self.via = "local"
-        return getattr(self._local, name)(*args, **kwargs)
+        return getattr(self, f"_{name}_local")(*args, **kwargs)
 
     def search(self, text: str, k: int = 10, connector: str | None = None, **filters: Any) -> list[dict[str, Any]]:
         """Hybrid search by the daemon; the options are those of ``syncd.api.Index.search``."""
@@ -63,8 +64,12 @@ class DaemonIndex:
         found: dict[str, Any] = self._call("query", text, options)
         return found
 
-    def _query(self, text: str, options: search_mod.SearchOptions) -> dict[str, Any]:
+    def _query_daemon(self, text: str, options: search_mod.SearchOptions) -> dict[str, Any]:
         return self.daemon.search(text, options)
+
+    def _query_local(self, text: str, options: search_mod.SearchOptions) -> dict[str, Any]:
+        found = self._local.answer(text, options)
+        return {"query": text, "table_version": found.table_version, "results": found.results}
 
     def document(self, *, doc_id: str | None = None, uri: str | None = None,
                  connector: str | None = None) -> dict[str, Any] | None:
@@ -72,16 +77,24 @@ class DaemonIndex:
         found: dict[str, Any] | None = self._call("document", doc_id=doc_id, uri=uri, connector=connector)
         return found
 
-    def _document(self, **kwargs: Any) -> dict[str, Any] | None:
+    def _document_daemon(self, **kwargs: Any) -> dict[str, Any] | None:
         return self.daemon.document(**kwargs)
+
+    def _document_local(self, **kwargs: Any) -> dict[str, Any] | None:
+        found: dict[str, Any] | None = self._local.document(**kwargs)
+        return found
 
     def sources(self) -> list[dict[str, Any]]:
         """The connectors with their state, lag, backlog and counts (the daemon's `/status`)."""
         found: list[dict[str, Any]] = self._call("sources")
         return found
 
-    def _sources(self) -> list[dict[str, Any]]:
+    def _sources_daemon(self) -> list[dict[str, Any]]:
         return [source_entry(c) for c in self.daemon.status()["connectors"]]
+
+    def _sources_local(self) -> list[dict[str, Any]]:
+        found: list[dict[str, Any]] = self._local.sources()
+        return found
 
 
 def open_config(config: Config, via: Literal["auto", "daemon", "local"] = "auto") -> Index | DaemonIndex:

@@ -75,7 +75,8 @@ async def exercise(client: Any) -> dict[str, Any]:
     sources = await client.call_tool("list_sources", {})
     unknown = await client.call_tool("search", {"query": "x", "connector": "nope"})
     missing = await client.call_tool("get_document", {"doc_id": "no-such.md"})
-    filtered = await client.call_tool("search", {"query": "purple elephants", "path": "fail*", "dedup": False})
+    filtered = await client.call_tool("search", {"query": "purple elephants", "path": "fail*", "dedup": False,
+                                                 "min_relevance": 0})
     bad_time = await client.call_tool("search", {"query": "x", "updated_since": "yesterday"})
     return {"tools": tools, "search": search.structured_content, "by_id": by_id.structured_content,
             "by_uri": by_uri.structured_content, "sources": sources.structured_content,
@@ -86,7 +87,8 @@ async def exercise(client: Any) -> dict[str, Any]:
 def unversioned(result: dict[str, Any]) -> dict[str, Any]:
     """A search answer without the table version it came from: a maintenance commit between two searches
     moves the version, not the results."""
-    return {**result, "results": [{k: v for k, v in r.items() if k != "table_version"} for r in result["results"]]}
+    return {**{k: v for k, v in result.items() if k != "table_version"},
+            "results": [{k: v for k, v in r.items() if k != "table_version"} for r in result["results"]]}
 
 
 def check(seen: dict[str, Any], expected_search: dict[str, Any]) -> None:
@@ -105,7 +107,8 @@ def check(seen: dict[str, Any], expected_search: dict[str, Any]) -> None:
     assert "lag_s" in source and "last_success_at" in source
     assert seen["unknown"][0] and "no connector named 'nope'" in seen["unknown"][1]
     assert seen["missing"][0] and "no-such.md" in seen["missing"][1]
-    # The search options pass through: a path glob keeps only the other document; a bad time is named.
+    # The search options pass through: a path glob (with no relevance floor) keeps only the other document;
+    # a bad time is named.
     assert {r["doc_id"] for r in seen["filtered"]["results"]} == {"failover.md"}
     assert seen["bad_time"][0] and "updated_since" in seen["bad_time"][1] and "yesterday" in seen["bad_time"][1]
 
@@ -127,7 +130,7 @@ def test_mcp_over_http_on_loopback(tmp_path: Path, docs: Path) -> None:
 
         seen = asyncio.run(run())
         check(seen, expected)
-        assert query_vectors(svc) == before + 1  # the one search tool call (the unknown connector never ran)
+        assert query_vectors(svc) == before + 2  # the two searches that ran (not the refused ones)
 
 
 def test_mcp_over_http_off_loopback_needs_the_token(tmp_path: Path, docs: Path, monkeypatch: Any) -> None:
@@ -204,7 +207,7 @@ def test_syncd_mcp_over_stdio_answers_through_the_running_daemon(tmp_path: Path,
 
         seen = asyncio.run(run())
         check(seen, expected)
-        assert query_vectors(svc) == before + 1
+        assert query_vectors(svc) == before + 2  # the two searches that ran (not the refused ones)
 
 
 @pytest.mark.e2e
