@@ -195,6 +195,64 @@ def run_setup(label: str, root: Path, store: dict[str, Any], env: dict[str, str]
             d.stop()
 
 
+def stress_child(uri: str, options: str, name: str, commits: int, rows: int) -> None:
+    """One writer of the stress phase: ``commits`` merges of ``rows`` chunks of its own connector through
+    ``Store.apply`` (the daemon's commit path, with its replays), as fast as it can; prints its figures."""
+    import numpy as np
+
+    from syncd.coordination import SharedFacts, SharedStore
+    from syncd.store import Store, chunk_id, doc_key
+
+    opts = json.loads(options)
+    shared = SharedStore(uri, opts)
+    store = Store(uri, Path(tempfile.mkdtemp()), base_table="chunks", dim=384, signature="stress",
+                  storage_options=opts, facts=SharedFacts(shared))
+    store.open()
+    rng = np.random.default_rng(abs(hash(name)) % 2**32)
+    latencies = []
+    failed = 0
+    for i in range(commits):
+        doc = f"doc-{i % 20}"
+        records = []
+        for j in range(rows):
+            vec = rng.standard_normal(384).astype(np.float32)
+            records.append({"chunk_id": chunk_id(name, doc, j), "doc_key": doc_key(name, doc), "doc_id": doc,
+                            "connector": name, "text": f"{name} {doc} {i} {j}", "vector": vec / np.linalg.norm(vec),
+                            "uri": doc, "title": doc, "revision": str(i), "chunk_index": j, "heading_path": [],
+                            "start_line": 1, "end_line": 1, "content_hash": uuid.uuid4().hex, "updated_at": None,
+                            "doc_identity": str(i), "modified_at": None, "metadata": "{}"})
+        started = time.monotonic()
+        try:
+            store.apply(store.make_rows(records), [doc_key(name, doc)])
+        except Exception:  # noqa: BLE001 - counted: a commit that failed after every replay
+            failed += 1
+            continue
+        latencies.append(time.monotonic() - started)
+    print(json.dumps({"latencies": latencies, "retries": store.commit_retries, "failed": failed}))
+
+
+def run_stress(root: Path, server: Any, writers: int, commits: int, rows: int) -> dict[str, Any]:
+    """``writers`` processes committing back to back into one S3 table: the contention a fleet's steady
+    state never reaches, to see where replays start."""
+    uri = server.uri(f"stress-{writers}")
+    env = {**os.environ, **server.env}
+    options = json.dumps(server.storage_options)
+    procs = [subprocess.Popen([sys.executable, "-m", "benchmarks.multi_daemon", "--stress-child", uri, options,
+                               f"w{i}", str(commits), str(rows)], stdout=subprocess.PIPE, env=env, cwd=REPO)
+             for i in range(writers)]
+    started = time.monotonic()
+    outs = [json.loads(p.communicate()[0].decode().strip().splitlines()[-1]) for p in procs]
+    wall = time.monotonic() - started
+    lat = sorted(x for o in outs for x in o["latencies"])
+    done = len(lat)
+    retries = sum(o["retries"] for o in outs)
+    return {"writers": writers, "commits": done, "failed": sum(o["failed"] for o in outs), "retries": retries,
+            "retry_rate": round(retries / max(done, 1), 3),
+            "p50_ms": _ms(statistics.median(lat)) if lat else None,
+            "p95_ms": _ms(lat[int(0.95 * (len(lat) - 1))]) if lat else None,
+            "commits_per_s": round(done / wall, 1)}
+
+
 def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds * 1000, 1)
 
@@ -212,6 +270,14 @@ def report(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         lines.append(f"| {r['setup']} | {r['daemons']} | {r['edits']} | {r['commit_p50_ms']} / {r['commit_p95_ms']} / "
                      f"{r['commit_mean_ms']} | {r['freshness_p50_s']} / {r['freshness_p95_s']} | {r['commits']} | "
                      f"{r['retries']} ({r['retry_rate']}) | {r['not_found']} |")
+    if meta.get("stress"):
+        lines += ["", f"Stress: writer processes committing {meta['stress_commits']} merges of {meta['stress_rows']} "
+                  "chunks each back to back through `Store.apply` (no model), one table:", "",
+                  "| writers | commits | p50 / p95 (ms) | commits/s (all writers) | replays (rate) | failed |",
+                  "|---|---|---|---|---|---|"]
+        for r in meta["stress"]:
+            lines.append(f"| {r['writers']} | {r['commits']} | {r['p50_ms']} / {r['p95_ms']} | {r['commits_per_s']} | "
+                         f"{r['retries']} ({r['retry_rate']}) | {r['failed']} |")
     lines += ["", "Commit percentiles are interpolated in the `syncd_commit_seconds` histogram's buckets "
               "(0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1 s...), so read them as ranges; the mean is exact.",
               "", END]
@@ -225,7 +291,15 @@ def main() -> None:
     parser.add_argument("--fleet", default="1,2,4", help="daemon counts on S3")
     parser.add_argument("--out", help="write the results as JSON here")
     parser.add_argument("--readme", action="store_true", help="replace the section in benchmarks/README.md")
+    parser.add_argument("--stress", default="1,2,4,8", help="writer counts of the stress phase (empty: none)")
+    parser.add_argument("--stress-commits", type=int, default=30, help="commits per stress writer")
+    parser.add_argument("--stress-rows", type=int, default=10, help="chunks per stress commit")
+    parser.add_argument("--stress-child", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.stress_child:
+        uri, options, name, commits, rows = args.stress_child
+        stress_child(uri, options, name, int(commits), int(rows))
+        return
     root = Path(tempfile.mkdtemp(prefix="syncd-multi-daemon-"))
     os.environ.setdefault("SYNCD_MODEL_CACHE", str(root / "model-cache"))
     prep = root / "prepare"
@@ -236,6 +310,7 @@ def main() -> None:
     (root / "weed").mkdir()
     server, proc = start_seaweedfs(root / "weed")
     results = []
+    stress: list[dict[str, Any]] = []
     try:
         results.append(run_setup("local folder", root, {"uri": str(root / "local-index")}, {}, 1, args.edits,
                                  args.docs))
@@ -243,12 +318,17 @@ def main() -> None:
             store = {"uri": server.uri(f"bench-{n}"), "storage_options": server.storage_options}
             results.append(run_setup(f"S3 ({n})", root, store, server.env, n, args.edits, args.docs))
             print(json.dumps(results[-1]), flush=True)
+        for n in (int(x) for x in args.stress.split(",") if x):
+            stress.append(run_stress(root, server, n, args.stress_commits, args.stress_rows))
+            print(json.dumps(stress[-1]), flush=True)
     finally:
         stop_seaweedfs(proc)
     weed = subprocess.run([str(Path(sys.executable).parent / "weed"), "version"], capture_output=True,
-                          text=True).stdout.split()
+                          text=True).stdout
+    found = re.search(r"\b(\d+\.\d+(?:\.\d+)?)\b", weed)
     meta = {"edits": args.edits, "docs": args.docs, "date": time.strftime("%Y-%m-%d"), "cpus": os.cpu_count(),
-            "weed": next((w for w in weed if w[:1].isdigit()), "?")}
+            "weed": found.group(1) if found else "?", "stress": stress, "stress_commits": args.stress_commits,
+            "stress_rows": args.stress_rows}
     text = report(results, meta)
     print(text)
     if args.out:

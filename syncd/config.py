@@ -204,6 +204,11 @@ class StoreConfig(Section):
                 out[key.removesuffix("_env")] = secret
             else:
                 out[key] = value
+        if self.uri.startswith(("s3://", "s3a://")) and not any(
+                k in out for k in ("aws_access_key_id", "access_key_id")) and "AWS_ACCESS_KEY_ID" not in os.environ:
+            for key, secret in aws_credentials_file().items():
+                register_secret(secret)
+                out.setdefault(key, secret)
         return out
 
     @field_validator("table")
@@ -533,6 +538,27 @@ def _check_folder(path: Path, *, key: str, write: bool, source: str) -> None:
         reason = "a read-only filesystem" if exc.errno == errno.EROFS else exc.strerror or str(exc)
         where = f"{path} is not writable" if existing == path else f"cannot create {path}: {existing} is not writable"
         raise ConfigError(f"{source}: {key}: {where} ({reason})", key=key) from None
+
+
+def aws_credentials_file() -> dict[str, str]:
+    """The keys of the AWS credentials file (``$AWS_SHARED_CREDENTIALS_FILE``, else ``~/.aws/credentials``),
+    profile ``$AWS_PROFILE`` or ``default``, as storage options; empty when there is none. The AWS SDKs read
+    this file by themselves; syncd's own store client does not, so it is read here."""
+    import configparser
+
+    path = Path(os.environ.get("AWS_SHARED_CREDENTIALS_FILE") or "~/.aws/credentials").expanduser()
+    parser = configparser.ConfigParser()
+    try:
+        parser.read_string(path.read_text(encoding="utf-8"))
+    except (OSError, configparser.Error):
+        return {}
+    profile = os.environ.get("AWS_PROFILE") or "default"
+    if not parser.has_section(profile):
+        return {}
+    section = parser[profile]
+    out = {key: section[key] for key in ("aws_access_key_id", "aws_secret_access_key", "aws_session_token")
+           if section.get(key)}
+    return out if "aws_access_key_id" in out and "aws_secret_access_key" in out else {}
 
 
 def resolve_secret(env_name: str | None, *, key: str, file: str | None = None,

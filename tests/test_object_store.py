@@ -178,3 +178,22 @@ def test_syncd_status_shows_the_daemons_sharing_the_store(tmp_path, s3_store, ma
     text = subprocess.run([sys.executable, "-m", "syncd", "--config", str(viewer), "status"],
                           capture_output=True, text=True, env=env, timeout=300).stdout
     assert "1 daemon(s) share this store" in text and f"{rt.leases.daemon_id} on" in text and "docs, maintenance" in text
+
+
+def test_credentials_come_from_the_aws_credentials_file_when_the_environment_has_none(
+        tmp_path, s3_store, monkeypatch, make_runtime):
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    creds = tmp_path / "credentials"
+    creds.write_text(f"[other]\naws_access_key_id = nope\naws_secret_access_key = nope\n\n[team]\n"
+                     f"aws_access_key_id = {s3_store.server.access_key}\n"
+                     f"aws_secret_access_key = {s3_store.server.secret_key}\n")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(creds))
+    monkeypatch.setenv("AWS_PROFILE", "team")
+    docs = tmp_path / "docs"
+    _docs(docs, 1)
+    path = write_config(tmp_path, [{"name": "docs", "type": "filesystem", "path": str(docs)}],
+                        store=s3_store.store_section())
+    rt = make_runtime(path)
+    assert rt.engine.reconcile("docs").docs_added == 1
+    assert rt.daemons()[0]["connectors"] == ["docs"]  # the leases too were written with the file's keys
