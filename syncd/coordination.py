@@ -295,6 +295,12 @@ class SharedFacts:
     def delete(self) -> None:
         self.shared.delete(self.KEY)
 
+    def claim(self, doc: dict[str, Any]) -> bool:
+        """Of several daemons starting on an empty store, exactly one creates its table: the one whose
+        conditional create of the pointer wins (two table creations would end in an Overwrite, which drops
+        whatever the first creator committed meanwhile)."""
+        return self.shared.create("created.json", doc) is not None
+
 
 def shared_store(config: Config, **kwargs: Any) -> SharedStore | None:
     """The ``_syncd/`` folder of the config's object store (None for a local folder)."""

@@ -143,6 +143,11 @@ class PointerFile:
     def delete(self) -> None:
         self.path.unlink(missing_ok=True)
 
+    def claim(self, doc: dict[str, Any]) -> bool:
+        """Whether this process creates the store's first table (one process per local folder: always)."""
+        return True
+
+
 
 CITATION_FIELDS = (
     pa.field("connector", pa.string()),
@@ -499,7 +504,10 @@ class Store:
             if name in names and not (legacy := self._legacy_pointer()):
                 self._table = db.open_table(name)
             elif create:
-                self._table = self._create(name, shared=True)
+                if self.facts.claim({"table": name, "claimed_at": time.time()}):
+                    self._table = self._create(name, shared=True)
+                else:
+                    self._table = self._wait_for_table(name)
             elif legacy and legacy.get("table") in names:
                 # An install not migrated yet (no writer has started since the upgrade): read where it points.
                 self._table = db.open_table(legacy["table"])
@@ -515,6 +523,19 @@ class Store:
         self.hash_filter = None
         if create and "chunk_id" in self._table.schema.names:
             self.ensure_primary_key()
+
+    def _wait_for_table(self, name: str, timeout: float = 60.0) -> Any:
+        """Another daemon claimed the creation of the store's table: open it once it is there (or create it
+        after ``timeout``, should that daemon have died between its claim and the table)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                # Listed before its first version is readable: opening is the test, not the listing.
+                return self._connect().open_table(name)
+            except Exception:  # noqa: BLE001 - not there yet (whatever class this version raises)
+                time.sleep(0.2)
+        log.warning("store.creation_claim_stale", table=name, action="creating it here")
+        return self._create(name, shared=True)
 
     @translated("marking chunk_id as the primary key")
     def ensure_primary_key(self) -> bool:
@@ -1312,6 +1333,22 @@ class Store:
                 continue
             tx = dataset.read_transaction(version)
             out.append((version, type(tx.operation).__name__ if tx is not None else "Unknown"))
+        return out
+
+    @translated("reading the table's transactions")
+    def replacements(self, first: int, last: int) -> list[int]:
+        """Versions ``first``..``last`` still kept that are syncd's own content replacements (a reindex's
+        ``replace_contents``, whatever Lance operation carried it)."""
+        dataset = self._dataset()
+        kept = {v for v, _ in self.versions()}
+        out = []
+        for version in range(first, last + 1):
+            if version not in kept:
+                continue
+            tx = dataset.read_transaction(version)
+            properties = dict(getattr(tx, "transaction_properties", None) or {}) if tx is not None else {}
+            if properties.get(REPLACE_PROPERTY) == "replace_contents":
+                out.append(version)
         return out
 
     @translated("reading a table version")

@@ -197,3 +197,45 @@ def test_credentials_come_from_the_aws_credentials_file_when_the_environment_has
     rt = make_runtime(path)
     assert rt.engine.reconcile("docs").docs_added == 1
     assert rt.daemons()[0]["connectors"] == ["docs"]  # the leases too were written with the file's keys
+
+
+def test_daemons_starting_together_on_an_empty_store_create_its_table_once(tmp_path, s3_store):
+    """Two creations would make the second an Overwrite, dropping what the first committed: the conditional
+    create of the store's pointer elects one creator; the other opens its table."""
+    import threading
+
+    runtimes, errors = [], []
+    barrier = threading.Barrier(3)
+
+    def start(i):
+        folder = tmp_path / f"d{i}"
+        folder.mkdir()
+        docs = folder / "docs"
+        _docs(docs, 2)
+        path = write_config(folder, [{"name": f"c{i}", "type": "filesystem", "path": str(docs)}],
+                            store=s3_store.store_section())
+        rt = Runtime(config_mod.load(path), embedder=HashEmbedder())
+        runtimes.append(rt)
+        barrier.wait()
+        try:
+            rt.open()
+            rt.engine.reconcile(f"c{i}")
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=start, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    try:
+        assert not errors, errors
+        rt = runtimes[0]
+        ops = rt.store.version_ops(1, int(rt.store.table.version))
+        assert [v for v, op in ops if op == "Overwrite"] == [1], ops  # the creation only
+        data = rt.store.scan(["connector", "doc_id"]).to_pylist()
+        assert sorted({(r["connector"], r["doc_id"]) for r in data}) == [
+            (f"c{i}", f"d{j}.md") for i in range(3) for j in range(2)]
+    finally:
+        for rt in runtimes:
+            rt.close()

@@ -327,6 +327,7 @@ class Service:
         self._next_overwrite_check = now + max(0.5, self.config.store.lease_ttl / 3)
         reader = self.reader
         try:
+            reader.refresh()
             reader.table.checkout_latest()
             version = int(reader.table.version)
             last = self._seen_version
@@ -337,13 +338,18 @@ class Service:
         except SyncdError as exc:
             log.warning("store.version_check_failed", error=str(exc))
             return
-        overwrites = [v for v, op in ops if op == "Overwrite"]
+        overwrites = [v for v, op in ops if op == "Overwrite"] + reader.replacements(last + 1, version)
         if not overwrites:
             return
-        self.overwrites_seen += 1
-        rt = self.runtime
         log.warning("store.overwritten", versions=overwrites,
                     action="reading the table again and re-listing this daemon's connectors")
+        self._reconcile_all()
+
+    def _reconcile_all(self) -> None:
+        """Queue (for the writer) a fresh read of the live table, then a full listing of every connector."""
+        assert self.runtime is not None
+        rt = self.runtime
+        self.overwrites_seen += 1
 
         def reconcile_all() -> None:
             rt.store.table.checkout_latest()
