@@ -3,6 +3,7 @@ stalls, health and readiness problems, the systemd status line, and the status p
 
 from __future__ import annotations
 
+import calendar
 import html
 import time
 from typing import TYPE_CHECKING, Any
@@ -151,6 +152,7 @@ def build_status(runtime: Runtime, service: Service | None = None) -> dict[str, 
             "failures": [{"doc_id": d, "reason": r} for d, r in list(cstate.failures.items())[:100]],
             "mass_delete_blocked": st.mass_delete_blocked,
             "recent": st.recent[-20:],
+            "freshness": service.metrics.recent_freshness(name) if service is not None else None,
             "consecutive_failures": backoff.failures if backoff else 0,
             "retry_at": _iso(backoff.retry_at) if backoff and backoff.failures else None,
             "backoff_s": round(backoff.delay_s, 3) if backoff else 0.0,
@@ -179,6 +181,8 @@ def build_status(runtime: Runtime, service: Service | None = None) -> dict[str, 
         "embedding": {"model": runtime.config.embedding.model, "dim": runtime.embedder.dim, **runtime.embedding_info},
         "audit": audit_status(runtime, service),
         "connectors": connectors,
+        # p50/p95 of change seen -> searchable over the last 15 minutes (the histogram counts since start).
+        "freshness": service.metrics.recent_freshness() if service is not None else None,
         "last_reconcile_at": _iso(writer.last_reconcile_at) if writer else None,
         "verify": service.last_verify if service else None,
         "writer_error": writer.error if writer else None,
@@ -284,20 +288,27 @@ def _iso(ts: float | None) -> str | None:
 
 
 def render_page(status: dict[str, Any]) -> str:
-    """A small read-only status page; refreshes itself every 5 seconds."""
+    """The status page an operator keeps open: per connector its state, lag, backlog, last success, last
+    error, recent freshness (p50/p95) and recent changes with their times; links to /status and /metrics; a
+    search box whose results (from /search) show their citations. Its live part refreshes itself every 5
+    seconds without touching the search (a plain reload every 5 seconds without JavaScript)."""
+    now = time.time()
     rows = []
     for c in status["connectors"]:
         recent = "".join(
-            f"<li>{html.escape(r['action'])} {html.escape(r['doc_id'])}"
-            f"{(' — ' + html.escape(r['reason'])) if r.get('reason') else ''}</li>" for r in reversed(c["recent"][-8:])
-        )
+            f"<li><time datetime='{_iso(r['at'])}'>{_clock(r['at'], now)}</time> {html.escape(r['action'])} "
+            f"{html.escape(r['doc_id'])}{(' — ' + html.escape(r['reason'])) if r.get('reason') else ''}</li>"
+            for r in reversed(c["recent"][-8:]))
         rows.append(
             f"<tr><td>{html.escape(c['name'])}</td><td>{html.escape(c['type'])}</td>"
             f"<td class='state {html.escape(c['state'])}'>{html.escape(c['state'])}</td>"
-            f"<td>{c['lag_s']}</td><td>{c['backlog']}</td><td>{c['docs']}</td><td>{c['chunks']}</td>"
-            f"<td>{c['failed_docs']}</td><td>{html.escape(c['last_error'] or '')}"
+            f"<td class='num'>{_seconds(c['lag_s'])}</td><td class='num'>{c['backlog']}</td>"
+            f"<td class='num'>{c['docs']}</td><td class='num'>{c['chunks']}</td>"
+            f"<td>{_when(c.get('last_success_at'), now)}</td>"
+            f"<td class='num'>{_quantiles(c.get('freshness'))}</td>"
+            f"<td class='num'>{c['failed_docs']}</td><td>{html.escape(c['last_error'] or '')}"
             f"{('<br><small>' + html.escape(c['state_reason']) + '</small>') if c.get('state_reason') else ''}"
-            f"{_retry_note(c)}</td><td><ul>{recent}</ul></td></tr>"
+            f"{_retry_note(c)}</td><td><ul class='recent'>{recent}</ul></td></tr>"
         )
     store = status["store"]
     problems = "".join(f"<li>{html.escape(p)}</li>" for p in status.get("problems") or [])
@@ -307,23 +318,146 @@ def render_page(status: dict[str, Any]) -> str:
     if waiting:
         health += ("<p class='failing'>Not ready:</p><ul class='failing'>"
                    + "".join(f"<li>{html.escape(p)}</li>" for p in waiting) + "</ul>")
+    fresh = status.get("freshness")
+    freshness = ""
+    if fresh is not None:
+        window = f"{fresh['window_s'] / 60:.0f} min"
+        freshness = (f"<p id='freshness'>Freshness (change seen → searchable) over the last {window}: "
+                     + (f"p50 <b>{_seconds(fresh['p50_s'])} s</b>, p95 <b>{_seconds(fresh['p95_s'])} s</b> "
+                        f"({fresh['count']} documents committed)." if fresh["count"] else "nothing committed.")
+                     + "</p>")
     return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><meta http-equiv="refresh" content="5">
+<html lang="en"><head><meta charset="utf-8"><noscript><meta http-equiv="refresh" content="5"></noscript>
 <title>syncd status</title>
 <style>
-body {{ font: 14px/1.4 system-ui, sans-serif; margin: 2em; color: #222; }}
-table {{ border-collapse: collapse; width: 100%; }} th, td {{ border: 1px solid #ccc; padding: 4px 8px; text-align: left;
-vertical-align: top; }} th {{ background: #f3f3f3; }} .idle {{ color: #197a19; }} .failing, .unavailable, .blocked, .stalled,
-.degraded {{ color: #b00020; font-weight: bold; }} ul {{ margin: 0; padding-left: 1.2em; }}
+body {{ font: 14px/1.4 system-ui, sans-serif; margin: 1.5em 2em; color: #222; }}
+header {{ display: flex; align-items: baseline; gap: 1.5em; flex-wrap: wrap; }} h1 {{ margin: 0 0 .3em; font-size: 1.6em; }}
+nav a {{ margin-right: 1em; }} table {{ border-collapse: collapse; width: 100%; }}
+th, td {{ border: 1px solid #ccc; padding: 4px 8px; text-align: left; vertical-align: top; }} th {{ background: #f3f3f3; }}
+td.num {{ text-align: right; white-space: nowrap; }} .idle {{ color: #197a19; }}
+.failing, .unavailable, .blocked, .stalled, .degraded {{ color: #b00020; font-weight: bold; }}
+ul {{ margin: 0; padding-left: 1.2em; }} ul.recent {{ list-style: none; padding: 0; }}
+time {{ color: #666; font-size: .9em; }} #search {{ margin: 1em 0 .5em; display: flex; gap: .5em; }}
+#search input[type=search] {{ flex: 1; max-width: 40em; padding: 4px; }}
+#results ol {{ padding-left: 1.5em; }} #results li {{ margin-bottom: .6em; }} .cite {{ color: #555; font-size: .9em; }}
+.snippet {{ margin: .15em 0 0; }} .error {{ color: #b00020; }}
 </style></head><body>
-<h1>syncd {html.escape(status['version'])}</h1>
+<header><h1>syncd {html.escape(status['version'])}</h1>
+<nav><a href="/status">/status</a><a href="/metrics">/metrics</a><a href="/readyz">/readyz</a></nav></header>
+<form id="search" action="/search" method="get" role="search">
+<input type="search" name="q" placeholder="Search the index (hybrid: meaning and words)" aria-label="query">
+<select name="k" aria-label="results"><option>5</option><option selected>10</option><option>20</option></select>
+<button type="submit">Search</button></form>
+<div id="results" aria-live="polite"></div>
+<div id="live">
 <p>Store <code>{html.escape(str(store['uri']))}</code>, table <code>{html.escape(str(store['table']))}</code>
 version {store['table_version']}: {store['docs']} documents, {store['chunks']} chunks,
 {store.get('fragments')} fragments, {store.get('unindexed_rows')} unindexed rows, {_size(store.get('bytes'))} on disk.
 Last reconcile {store.get('last_reconcile_at') or 'never'}, last maintenance {store.get('last_maintenance_at') or 'never'}.
 Model {html.escape(status['embedding']['model'])} ({status['embedding']['dim']}-d). Up {status['uptime_s']:.0f} s.</p>
 {health}
+{freshness}
 <table><tr><th>connector</th><th>type</th><th>state</th><th>lag (s)</th><th>backlog</th><th>docs</th><th>chunks</th>
-<th>failed</th><th>last error</th><th>recent changes</th></tr>
+<th>last success</th><th>freshness p50 / p95 (s)</th><th>failed</th><th>last error</th><th>recent changes</th></tr>
 {''.join(rows)}
-</table></body></html>"""
+</table>
+<p><small>Page rendered {_iso(now)}; times are UTC.</small></p>
+</div>
+<script>{_PAGE_SCRIPT}</script>
+</body></html>"""
+
+
+# The live part reloads itself; the search asks /search and shows each result with its citation. Text from the
+# index is put in with textContent, never as HTML.
+_PAGE_SCRIPT = """
+const live = document.getElementById('live'), form = document.getElementById('search'),
+      out = document.getElementById('results');
+setInterval(async () => {
+  try {
+    const page = await fetch(location.pathname, {cache: 'no-store'});
+    if (!page.ok) return;
+    const fresh = new DOMParser().parseFromString(await page.text(), 'text/html').getElementById('live');
+    if (fresh) live.innerHTML = fresh.innerHTML;
+  } catch (e) { /* the daemon is restarting: try again at the next tick */ }
+}, 5000);
+function el(tag, cls, text) {
+  const e = document.createElement(tag);
+  if (cls) e.className = cls;
+  if (text !== undefined) e.textContent = text;
+  return e;
+}
+async function search(q, k) {
+  out.replaceChildren(el('p', '', 'Searching…'));
+  let answer;
+  try {
+    const r = await fetch('/search?' + new URLSearchParams({q: q, k: k}), {cache: 'no-store'});
+    answer = await r.json();
+    if (!r.ok) throw new Error(answer.error || ('HTTP ' + r.status));
+  } catch (e) { out.replaceChildren(el('p', 'error', 'Search failed: ' + e.message)); return; }
+  if (!answer.results.length) { out.replaceChildren(el('p', '', 'No results for “' + q + '”.')); return; }
+  const list = el('ol');
+  for (const r of answer.results) {
+    const li = el('li', 'result');
+    const head = el('div');
+    head.append(el('b', '', r.title || r.doc_id), ' ', el('span', 'cite',
+      r.connector + ':' + r.doc_id + ' lines ' + r.start_line + '–' + r.end_line +
+      (r.heading_path.length ? ' (' + r.heading_path.join(' › ') + ')' : '') +
+      ' @ ' + String(r.revision).slice(0, 12) + ' · score ' + r.score.toFixed(4)));
+    const uri = /^https?:/.test(r.uri) ? Object.assign(el('a', 'cite uri', r.uri), {href: r.uri})
+                                       : el('div', 'cite uri', r.uri);
+    const text = r.text.replace(/\\s+/g, ' ');
+    li.append(head, uri, el('p', 'snippet', text.length > 300 ? text.slice(0, 300) + '…' : text));
+    list.append(li);
+  }
+  out.replaceChildren(list);
+}
+form.addEventListener('submit', (ev) => {
+  ev.preventDefault();
+  const q = form.q.value.trim();
+  if (!q) return;
+  history.replaceState(null, '', '?' + new URLSearchParams({q: q}));
+  search(q, form.k.value);
+});
+const initial = new URLSearchParams(location.search).get('q');
+if (initial) { form.q.value = initial; search(initial, form.k.value); }
+"""
+
+
+def _clock(ts: float, now: float) -> str:
+    """A change's time: the UTC clock time, with how long ago."""
+    return f"{time.strftime('%H:%M:%S', time.gmtime(ts))} ({_ago(now - ts)})"
+
+
+def _ago(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 90:
+        return f"{seconds:.0f} s ago"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min ago"
+    if seconds < 172800:
+        return f"{seconds / 3600:.0f} h ago"
+    return f"{seconds / 86400:.0f} d ago"
+
+
+def _when(iso: str | None, now: float) -> str:
+    if not iso:
+        return "never"
+    try:
+        ts = calendar.timegm(time.strptime(iso, "%Y-%m-%dT%H:%M:%SZ"))
+    except ValueError:
+        return html.escape(iso)
+    return (f"<time datetime='{html.escape(iso)}'>{html.escape(iso.replace('T', ' '))}</time>"
+            f"<br><small>{_ago(now - ts)}</small>")
+
+
+def _seconds(value: float | None) -> str:
+    if value is None:
+        return "–"
+    return f"{value:.3g}" if value < 10 else f"{value:.0f}"
+
+
+def _quantiles(fresh: dict[str, Any] | None) -> str:
+    if not fresh or not fresh.get("count"):
+        return "–"
+    return (f"{_seconds(fresh['p50_s'])} / {_seconds(fresh['p95_s'])}"
+            f"<br><small>{fresh['count']} in {fresh['window_s'] / 60:.0f} min</small>")
