@@ -885,7 +885,7 @@ class Engine:
                 # A reindex is not a change set of its own: the journal records, at the new table's version,
                 # the documents whose content differs from the table it replaced (re-embedding alone is no
                 # change), and marks it.
-                self.store.journal.catch_up()
+                self.store.journal.catch_up(reason="reindexed")
             except StoreError as exc:
                 log.error("journal.catch_up_failed", error=str(exc), action="retried at the next start")
         self.state.save(only_dirty=False)

@@ -1794,7 +1794,7 @@ class Journal:
 
     # -- the repair ------------------------------------------------------------------------------------
     @translated("bringing the change journal up to date")
-    def catch_up(self, *, until: int | None = None) -> list[dict[str, Any]]:
+    def catch_up(self, *, until: int | None = None, reason: str = "repaired") -> list[dict[str, Any]]:
         """Describe every version of the live table the journal has not described yet (a crash between a
         commit and its journal append; a reindex): each data commit after the journal's last mark or change
         is compared with the version before it, and its document changes are appended, marked ``repaired``.
@@ -1844,11 +1844,11 @@ class Journal:
                 continue
             committed = store.version_time(live, version) or now
             entries = diff_states(previous, current, table=live, version=version, committed_at=committed,
-                                  repaired=True)
+                                  repaired=reason == "repaired")
             previous = current
             appended.extend(entries)
-        self.append([*appended, _mark("repaired", live, latest, now)])
-        if appended:
+        self.append([*appended, _mark(reason, live, latest, now)])
+        if appended and reason == "repaired":
             log.warning("journal.repaired", entries=len(appended), versions=data,
                         reason="commits the journal had not recorded (a crash between a commit and its journal entry)")
         return appended

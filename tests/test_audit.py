@@ -414,4 +414,5 @@ def test_a_reindex_journals_only_documents_whose_content_differs_and_history_sur
     assert new[0]["previous_revision"] == content_rev(doc_text("yankee"))
     assert new[0]["revision"] == content_rev(doc_text("zulu"))
     assert new[0]["table_version"] == rt.store.table.version
+    assert new[0]["repaired"] is False  # a reindex's own record, not a crash repair
     assert verify(rt).ok
