@@ -132,6 +132,8 @@ def test_the_langchain_retriever_returns_syncds_hybrid_results_with_citations(kb
     assert retriever.invoke("pg_ctl")[0].metadata["doc_id"] == "runbooks/failover.md"
     # Search options pass through to syncd's search.
     assert SyncdRetriever(index=index, k=3, search_options={"connector": "elsewhere"}).invoke(QUESTION) == []
+    only = SyncdRetriever(index=index, k=3, search_options={"path": "*.txt"}).invoke("meal allowance per day")
+    assert [d.metadata["doc_id"] for d in only] == ["expenses.txt"]
 
 
 def test_the_llamaindex_retriever_returns_syncds_hybrid_results_with_citations(kb, docs, real_embedder):
@@ -150,6 +152,8 @@ def test_the_llamaindex_retriever_returns_syncds_hybrid_results_with_citations(k
     assert_cites_the_failover_steps(top.metadata, top.get_content(), docs)
     assert top.ref_doc_id == "runbooks/failover.md"
     assert SyncdRetriever(index, k=3, connector="elsewhere").retrieve(QUESTION) == []
+    only = SyncdRetriever(index, k=3, path="runbooks/*").retrieve(QUESTION)
+    assert {n.node.metadata["doc_id"] for n in only} == {"runbooks/failover.md"}
 
 
 def test_the_retrievers_open_the_index_from_a_config_file(kb, docs):
@@ -162,3 +166,35 @@ def test_the_retrievers_open_the_index_from_a_config_file(kb, docs):
     assert lc.invoke(QUESTION)[0].metadata["doc_id"] == "runbooks/failover.md"
     li = LlamaIndexRetriever.from_config(cfg, k=2)
     assert li.retrieve(QUESTION)[0].node.metadata["doc_id"] == "runbooks/failover.md"
+
+
+def test_the_readme_examples_run_as_written(tmp_path: Path) -> None:
+    """The README's LangChain, LlamaIndex and retriever examples, run as they are in a folder holding a
+    `syncd.toml` like config.example.toml's (index in `.syncd/index`, a connector named `handbook`)."""
+    import os
+    import re
+    import subprocess
+    import sys
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme[readme.index("## Using the index from LangChain and LlamaIndex"):readme.index("## How it works")]
+    blocks = re.findall(r"```python\n(.*?)```", section, re.S)
+    assert len(blocks) == 3
+    handbook = tmp_path / "handbook"
+    (handbook / "runbooks").mkdir(parents=True)
+    (handbook / "runbooks" / "failover.md").write_text(
+        "# Database failover\n\n## Steps\n\nPromote the replica, then repoint the pooler at it.\n")
+    (handbook / "expenses.txt").write_text("Meals are reimbursed up to sixty euros per day.\n")
+    (tmp_path / "syncd.toml").write_text(
+        '[store]\nuri = "./.syncd/index"\n\n[state]\ndir = "./.syncd/state"\n\n[http]\nbind = "127.0.0.1:0"\n\n'
+        '[[connectors]]\nname = "handbook"\ntype = "filesystem"\npath = "./handbook"\n')
+    env = {**os.environ, "SYNCD_CONFIG": str(tmp_path / "syncd.toml")}
+    out = subprocess.run([sys.executable, "-m", "syncd", "sync", "--json"], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    for block in blocks:
+        run = subprocess.run([sys.executable, "-c", block], cwd=tmp_path, env=env, capture_output=True, text=True,
+                             timeout=600)
+        assert run.returncode == 0, run.stderr
+        if "print(" in block:
+            assert "runbooks/failover.md" in run.stdout or str(handbook / "runbooks" / "failover.md") in run.stdout

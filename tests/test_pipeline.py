@@ -631,3 +631,23 @@ def test_a_reindex_replaces_nothing_when_the_live_table_changed_during_the_build
     texts = {r["chunk_id"]: r["text"] for r in rows(rt)}
     assert texts[written[0]] == "written meanwhile"
     assert rt.store._table_names() == ["chunks", "chunks_changes"]  # the scratch table is gone
+
+
+def test_a_reindex_of_one_connector_keeps_the_other_connectors_rows_as_they_were(tmp_path, docs, make_runtime):
+    other = tmp_path / "other"
+    other.mkdir()
+    (docs / "a.md").write_text(markdown_doc(1))
+    (other / "b.md").write_text(markdown_doc(2))
+    cfg = write_config(tmp_path, [{"name": "docs", "type": "filesystem", "path": str(docs)},
+                                  {"name": "other", "type": "filesystem", "path": str(other)}])
+    rt = make_runtime(cfg)
+    rt.engine.reconcile("docs")
+    rt.engine.reconcile("other")
+    kept = rt.store.scan(["chunk_id", "text", "vector", "updated_at"], "connector = 'other'").to_pylist()
+    (docs / "a.md").write_text("# Only here\n\nthe reindexed connector's new words\n")
+    summary = rt.engine.rebuild(only="docs")
+    assert summary.docs_added == 1
+    assert rt.store.scan(["chunk_id", "text", "vector", "updated_at"], "connector = 'other'").to_pylist() == kept
+    texts = [r["text"] for r in rt.store.scan(["text"], "connector = 'docs'").to_pylist()]
+    assert texts and all("Only here" in t or "new words" in t for t in texts)
+    assert rt.store.table_name == "chunks"
