@@ -227,7 +227,7 @@ def test_the_cli_takes_the_same_filters(tmp_path: Path, docs: Path) -> None:
 
     def query(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "syncd", "--config", str(tmp_path / "syncd.toml"), "query",
-                               "replica", "--json", *args], capture_output=True, text=True, env=env, timeout=300)
+                               "replica", "--json", *args], capture_output=True, text=True, env=env, timeout=900)
 
     out = query("--path", "a/*", "--min-relevance", "0")
     assert out.returncode == 0, out.stderr
