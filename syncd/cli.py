@@ -39,6 +39,9 @@ def _parser() -> argparse.ArgumentParser:
     r = sub.add_parser("reindex", help="full rebuild from the sources, built aside and swapped in atomically")
     r.add_argument("--connector", help="only this connector (the others are copied over)")
     r.add_argument("--json", action="store_true")
+    r.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                   help="spread the rebuild over a Ray cluster (ADDRESS: its head HOST:PORT; default "
+                        "[reindex] address)")
     q = sub.add_parser("query", help="hybrid search with citations")
     q.add_argument("text", help="the query; - reads one query per line from stdin")
     q.add_argument("-k", type=int, default=10, help="results to return (default 10)")
@@ -327,6 +330,8 @@ def _repair_in_daemon(cfg: Any, args: argparse.Namespace) -> int:
 
 
 def cmd_reindex(cfg: Any, args: argparse.Namespace) -> int:
+    if getattr(args, "ray", None) is not None or cfg.reindex.engine == "ray":
+        return _reindex_on_cluster(cfg, args)
     rt = _runtime(cfg)
     try:
         rt.open(load_index=False)  # the rebuild writes a new table; this process exits after it
@@ -336,6 +341,30 @@ def cmd_reindex(cfg: Any, args: argparse.Namespace) -> int:
     finally:
         rt.close()
     _report(summary, args.json)
+    return _exit_code(summary)
+
+
+def _reindex_on_cluster(cfg: Any, args: argparse.Namespace) -> int:
+    """``reindex --ray``: the cluster reads, chunks, embeds and writes; this process lists and commits once."""
+    from syncd import cluster
+
+    address = getattr(args, "ray", None) or cfg.reindex.address
+    cluster.check_reachable(address)  # before the model and the store are opened: exit 2 at once
+    rt = _runtime(cfg)
+    try:
+        rt.open(load_index=False)
+        summary, figures = cluster.reindex(rt, address=address, only=args.connector,
+                                           progress=sys.stderr.isatty() and not args.json)
+    finally:
+        rt.close()
+    if args.json:
+        _emit({**summary.as_dict(), **figures})
+    else:
+        _report(summary, False)
+        for node in figures["nodes"]:
+            print(f"  node {node['host']} {node['node'][:12]}: {node['docs_read']} documents read, "
+                  f"{node['chunks_embedded']} chunks embedded by {node['actors']} actors, "
+                  f"peak {node['peak_rss_mb']:.0f} MiB")
     return _exit_code(summary)
 
 

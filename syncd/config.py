@@ -349,6 +349,29 @@ class AuditConfig(Section):
     oldest time available. 0 = off (versions go after [sync] version_retention). At least 1d."""
 
 
+class ReindexConfig(Section):
+    """``syncd reindex``: where a full rebuild runs. ``engine = "ray"`` (or ``--ray``) spreads it over a Ray
+    cluster; the single-process rebuild is the default and is unchanged by this section."""
+
+    engine: Literal["local", "ray"] = "local"
+    """local: this process reads, chunks, embeds and writes; ray: a Ray cluster does (``--ray`` picks it too)."""
+    address: str = "auto"
+    """The Ray cluster to join: HOST:PORT of its head, or auto (``$RAY_ADDRESS``, else a cluster started on
+    this machine with ``ray start``). ``--ray ADDRESS`` wins."""
+    actors: int = Field(default=2, ge=1, le=10_000)
+    """Embedding actors, each holding one copy of the model."""
+    cpus_per_actor: float = Field(default=1.0, gt=0)
+    """CPUs Ray reserves for each actor; the model runs that many threads."""
+    gpus_per_actor: float = Field(default=0.0, ge=0)
+    """GPUs Ray reserves for each actor (with ``[embedding] device = "cuda"``); 0 = CPU actors."""
+    batch_docs: int = Field(default=256, ge=1, le=100_000)
+    """Documents per cluster batch: one read-and-chunk task, one embedding call and one written fragment."""
+    read_cpus: float = Field(default=0.5, gt=0)
+    """CPUs Ray reserves for each read-and-chunk task."""
+    in_flight: int = Field(default=0, ge=0)
+    """Batches under way at once (0 = three per actor): bounds the driver's and the object store's memory."""
+
+
 class LoggingConfig(Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "json", "console"] = "auto"
@@ -394,6 +417,7 @@ class Config(Section):
     limits: LimitsConfig = LimitsConfig()
     sync: SyncConfig = SyncConfig()
     audit: AuditConfig = AuditConfig()
+    reindex: ReindexConfig = ReindexConfig()
     logging: LoggingConfig = LoggingConfig()
     search: SearchConfig = SearchConfig()
     connectors: tuple[ConnectorConfig, ...] = ()

@@ -764,32 +764,9 @@ class Engine:
     def _embed(self, texts: dict[str, str], planned: dict[str, _Planned], *,
                connector: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
         """Embed ``texts`` (hash -> text); on failure, isolate the documents whose chunks fail."""
-        hashes = list(texts)
         started = time.monotonic()
-        try:
-            matrix = self.embedder.encode([texts[h] for h in hashes])
-            self.metrics.embed_seconds.labels(connector=connector).observe(time.monotonic() - started)
-            good = np.isfinite(matrix).all(axis=1)
-            if good.all():
-                return dict(zip(hashes, matrix, strict=True)), {}
-        except Exception as exc:  # noqa: BLE001 - the model may raise anything; isolate per document below
-            log.warning("embed.batch_failed", error=str(exc), texts=len(hashes))
-        # Retry document by document so one bad document cannot fail the others.
-        out: dict[str, np.ndarray] = {}
-        failed: dict[str, str] = {}
-        for doc_id, plan in planned.items():
-            wanted = [c.content_hash for c in plan.chunks if c.content_hash in texts and c.content_hash not in out]
-            if not wanted:
-                continue
-            try:
-                matrix = self.embedder.encode([texts[h] for h in wanted])
-            except Exception as exc:  # noqa: BLE001
-                failed[doc_id] = f"embedding-failed: {type(exc).__name__}: {exc}"
-                continue
-            if not np.isfinite(matrix).all():
-                failed[doc_id] = "embedding-failed: the model returned non-finite values"
-                continue
-            out.update(zip(wanted, matrix, strict=True))
+        out, failed = embed_isolated(self.embedder, texts, planned)
+        self.metrics.embed_seconds.labels(connector=connector).observe(time.monotonic() - started)
         return out, failed
 
     def _batch_failed(self, name: str, doc_ids: Iterable[str], exc: Exception, summary: SyncSummary) -> None:
@@ -895,56 +872,120 @@ class Engine:
         return summary
 
     def _rebuild_batch(self, name: str, doc_ids: list[str], table: Any, summary: SyncSummary) -> None:
-        connector = self.connectors[name]
-        cstate = self.state.connector(name)
-        planned: dict[str, _Planned] = {}
-        for doc_id in doc_ids:
-            summary.docs_seen += 1
-            try:
-                doc = connector.read(doc_id)
-                extracted = extract(doc.content, doc.media_type, size_limit=getattr(self.limits, doc.media_type, None))
-                chunks = self.chunker.chunk(extracted.blocks)
-            except DocumentGone:
-                continue
-            except DocumentSkipped as exc:
-                cstate.failures[doc_id] = exc.describe()
-                summary.docs_skipped += 1
-                summary.failures.append(Failure(connector=name, doc_id=doc_id, reason=exc.describe(), skipped=True))
-                continue
-            except (DocumentError, Exception) as exc:  # noqa: BLE001 - one bad document must not fail a reindex
-                reason = exc.describe() if isinstance(exc, DocumentError) else f"extract-failed: {type(exc).__name__}"
-                cstate.failures[doc_id] = reason
-                summary.docs_failed += 1
-                summary.failures.append(Failure(connector=name, doc_id=doc_id, reason=reason))
-                continue
-            title = doc.title if doc.title and doc.media_type not in ("markdown", "html", "rst") else (
-                extracted.title or doc.title)
-            planned[doc_id] = _Planned(doc=doc, chunks=chunks, title=title, previous=None)
-        texts: dict[str, str] = {}
-        for plan in planned.values():
-            for c in plan.chunks:
-                texts.setdefault(c.content_hash, _embed_text(c))
-        vectors, failed = self._embed(texts, planned, connector=name) if texts else ({}, {})
-        summary.chunks_embedded += len(vectors)
+        batch = prepare_batch(self.connectors[name].read, doc_ids, self.chunker, self.limits)
+        vectors, failed = self._embed(batch.texts, batch.planned, connector=name) if batch.texts else ({}, {})
         self.metrics.chunks_embedded.inc(len(vectors))
-        now = dt.datetime.now(dt.UTC)
-        records = []
-        for doc_id, plan in planned.items():
-            if doc_id in failed:
-                continue
-            for c in plan.chunks:
-                records.append(_record(name, doc_id, plan, c, vectors[c.content_hash], now))
+        records = batch_records(name, batch.planned, vectors, failed, dt.datetime.now(dt.UTC))
         if records:
             table.add(self.store.make_rows(records))
-        for doc_id, plan in planned.items():
-            if doc_id in failed:
-                cstate.failures[doc_id] = failed[doc_id]
-                summary.docs_failed += 1
-                summary.failures.append(Failure(connector=name, doc_id=doc_id, reason=failed[doc_id]))
-                continue
-            summary.docs_added += 1
-            cstate.set_fingerprint(doc_id, plan.doc.fingerprint, plan.doc.identity)
-        cstate.dirty = True
+        account_rebuilt(self.state.connector(name), summary, name, seen=len(doc_ids), problems=batch.problems,
+                        failed=failed, added=batch.fingerprints(failed), chunks_embedded=len(vectors))
+
+
+# -- the stages of a full rebuild, shared by ``Engine.rebuild`` and the cluster reindex (syncd/cluster.py) ---
+@dataclass(kw_only=True)
+class PreparedBatch:
+    """A rebuild batch read, extracted and chunked: what is left to embed, and what could not be indexed."""
+
+    planned: dict[str, _Planned]
+    problems: dict[str, tuple[str, bool]]
+    """Documents that cannot be indexed, in the order met: doc id -> (reason, skipped with a reason)."""
+    texts: dict[str, str]
+    """Content hash -> the text the model embeds, once per distinct chunk text."""
+
+    def fingerprints(self, failed: Mapping[str, str]) -> dict[str, tuple[str, str]]:
+        """Documents written, with their fingerprint-cache entry (fingerprint, identity)."""
+        return {d: (p.doc.fingerprint, p.doc.identity) for d, p in self.planned.items() if d not in failed}
+
+
+def prepare_document(read: Callable[[str], SourceDocument], doc_id: str, chunker: Chunker, limits: Any) -> _Planned:
+    """Read, extract and chunk one document for a rebuild. Raises what ``read`` and the extractor raise."""
+    doc = read(doc_id)
+    extracted = extract(doc.content, doc.media_type, size_limit=getattr(limits, doc.media_type, None))
+    chunks = chunker.chunk(extracted.blocks)
+    title = doc.title if doc.title and doc.media_type not in ("markdown", "html", "rst") else (
+        extracted.title or doc.title)
+    return _Planned(doc=doc, chunks=chunks, title=title, previous=None)
+
+
+def prepare_batch(read: Callable[[str], SourceDocument], doc_ids: Iterable[str], chunker: Chunker,
+                  limits: Any) -> PreparedBatch:
+    """``prepare_document`` for each document: one that is gone is left out, one that cannot be indexed is
+    recorded with its reason, and one bad document never fails the others."""
+    planned: dict[str, _Planned] = {}
+    problems: dict[str, tuple[str, bool]] = {}
+    for doc_id in doc_ids:
+        try:
+            planned[doc_id] = prepare_document(read, doc_id, chunker, limits)
+        except DocumentGone:
+            continue
+        except DocumentSkipped as exc:
+            problems[doc_id] = (exc.describe(), True)
+        except (DocumentError, Exception) as exc:  # noqa: BLE001 - one bad document must not fail a reindex
+            problems[doc_id] = (exc.describe() if isinstance(exc, DocumentError)
+                                else f"extract-failed: {type(exc).__name__}", False)
+    texts: dict[str, str] = {}
+    for plan in planned.values():
+        for c in plan.chunks:
+            texts.setdefault(c.content_hash, _embed_text(c))
+    return PreparedBatch(planned=planned, problems=problems, texts=texts)
+
+
+def embed_isolated(embedder: Any, texts: dict[str, str],
+                   planned: Mapping[str, _Planned]) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Embed ``texts`` (hash -> text) in one call; on failure, document by document, so the documents whose
+    chunks the model refuses fail alone. Returns (vectors by hash, failed documents with their reason)."""
+    hashes = list(texts)
+    try:
+        matrix = embedder.encode([texts[h] for h in hashes])
+        good = np.isfinite(matrix).all(axis=1)
+        if good.all():
+            return dict(zip(hashes, matrix, strict=True)), {}
+    except Exception as exc:  # noqa: BLE001 - the model may raise anything; isolate per document below
+        log.warning("embed.batch_failed", error=str(exc), texts=len(hashes))
+    # Retry document by document so one bad document cannot fail the others.
+    out: dict[str, np.ndarray] = {}
+    failed: dict[str, str] = {}
+    for doc_id, plan in planned.items():
+        wanted = [c.content_hash for c in plan.chunks if c.content_hash in texts and c.content_hash not in out]
+        if not wanted:
+            continue
+        try:
+            matrix = embedder.encode([texts[h] for h in wanted])
+        except Exception as exc:  # noqa: BLE001
+            failed[doc_id] = f"embedding-failed: {type(exc).__name__}: {exc}"
+            continue
+        if not np.isfinite(matrix).all():
+            failed[doc_id] = "embedding-failed: the model returned non-finite values"
+            continue
+        out.update(zip(wanted, matrix, strict=True))
+    return out, failed
+
+
+def batch_records(name: str, planned: Mapping[str, _Planned], vectors: Mapping[str, np.ndarray],
+                  failed: Mapping[str, str], now: dt.datetime) -> list[dict[str, Any]]:
+    """The rows of every planned document that did not fail, in the store's record shape."""
+    return [_record(name, doc_id, plan, c, vectors[c.content_hash], now)
+            for doc_id, plan in planned.items() if doc_id not in failed for c in plan.chunks]
+
+
+def account_rebuilt(cstate: Any, summary: SyncSummary, name: str, *, seen: int,
+                    problems: Mapping[str, tuple[str, bool]], failed: Mapping[str, str],
+                    added: Mapping[str, tuple[str, str]], chunks_embedded: int) -> None:
+    """A rebuilt batch in the summary and the connector's state (failures, fingerprint cache)."""
+    summary.docs_seen += seen
+    summary.chunks_embedded += chunks_embedded
+    for doc_id, (reason, skipped) in [*problems.items(), *((d, (r, False)) for d, r in failed.items())]:
+        cstate.failures[doc_id] = reason
+        if skipped:
+            summary.docs_skipped += 1
+        else:
+            summary.docs_failed += 1
+        summary.failures.append(Failure(connector=name, doc_id=doc_id, reason=reason, skipped=skipped))
+    for doc_id, (fingerprint, identity) in added.items():
+        summary.docs_added += 1
+        cstate.set_fingerprint(doc_id, fingerprint, identity)
+    cstate.dirty = True
 
 
 def _under(doc_id: str, prefix: str) -> bool:

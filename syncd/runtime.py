@@ -52,6 +52,13 @@ def build_embedder(config: Config, *, backend: str | None = None) -> Any:
     return from_config(config, backend=backend or choose_backend(config).backend)
 
 
+def make_chunker(config: Config, embedder: Any) -> Chunker:
+    """The chunker for ``config``, measuring with ``embedder``'s own tokenizer (the cluster reindex's read
+    tasks build theirs with it too, so chunk boundaries and hashes are the same everywhere)."""
+    return Chunker(embedder.token_counter(), max_tokens=config.chunking.max_tokens,
+                   overlap_tokens=config.chunking.overlap_tokens, model_id=embedder.model_id)
+
+
 @dataclass(frozen=True, kw_only=True)
 class BackendChoice:
     """The embedding backend a store runs on and why (``/status`` → ``embedding``, ``syncd status``)."""
@@ -276,8 +283,7 @@ class Runtime:
                                dim=self.embedder.dim, signature=self.signature, **store_kwargs(config, self.shared))
             if metrics is not None:
                 self.store.on_commit_retry = metrics.commit_retries.inc
-            self.chunker = Chunker(self.embedder.token_counter(), max_tokens=config.chunking.max_tokens,
-                                   overlap_tokens=config.chunking.overlap_tokens, model_id=self.embedder.model_id)
+            self.chunker = make_chunker(config, self.embedder)
             self.connectors = {cc.name: build_connector(config, cc, self.state) for cc in config.connectors}
             self.engine = Engine(store=self.store, embedder=self.embedder, chunker=self.chunker,
                                  connectors=self.connectors, state=self.state, limits=config.limits,

@@ -287,6 +287,28 @@ def _with_vector_type(sch: pa.Schema, vector_type: pa.DataType) -> pa.Schema:
     return sch.set(i, pa.field("vector", vector_type))
 
 
+def make_rows(records: list[dict[str, Any]], dim: int, signature: str | None = None) -> pa.Table:
+    """Records as an Arrow table in the store's schema (``vector`` values may be numpy arrays); ``id`` and the
+    citation struct ``metadata`` are derived from the record's own fields. The cluster reindex's workers build
+    their fragments with it too."""
+    sch = schema(dim, signature)
+    if not records:
+        return sch.empty_table()
+    matrix = np.stack([np.asarray(r["vector"], dtype=np.float32) for r in records])
+    columns: dict[str, Any] = {}
+    for f in sch:
+        if f.name == "vector":
+            columns[f.name] = pa.FixedSizeListArray.from_arrays(pa.array(matrix.reshape(-1)), dim)
+        elif f.name == "id":
+            columns[f.name] = pa.array([r["chunk_id"] for r in records], type=f.type)
+        elif f.name == "metadata":
+            columns[f.name] = citation_struct({c.name: [r[c.name] for r in records] for c in CITATION_FIELDS},
+                                              len(records))
+        else:
+            columns[f.name] = pa.array([r.get(f.name) for r in records], type=f.type)
+    return pa.Table.from_pydict(columns, schema=sch)
+
+
 @dataclass(frozen=True, slots=True)
 class IndexedDoc:
     """What the store holds of one document."""
@@ -804,22 +826,7 @@ class Store:
     def make_rows(self, records: list[dict[str, Any]]) -> pa.Table:
         """An Arrow table in the store's schema; ``vector`` values may be numpy arrays. ``id`` and the
         citation struct ``metadata`` are derived from the record's own fields."""
-        sch = schema(self.dim, self.signature)
-        if not records:
-            return sch.empty_table()
-        matrix = np.stack([np.asarray(r["vector"], dtype=np.float32) for r in records])
-        columns: dict[str, Any] = {}
-        for f in sch:
-            if f.name == "vector":
-                columns[f.name] = pa.FixedSizeListArray.from_arrays(pa.array(matrix.reshape(-1)), self.dim)
-            elif f.name == "id":
-                columns[f.name] = pa.array([r["chunk_id"] for r in records], type=f.type)
-            elif f.name == "metadata":
-                columns[f.name] = citation_struct({c.name: [r[c.name] for r in records] for c in CITATION_FIELDS},
-                                                  len(records))
-            else:
-                columns[f.name] = pa.array([r.get(f.name) for r in records], type=f.type)
-        return pa.Table.from_pydict(columns, schema=sch)
+        return make_rows(records, self.dim, self.signature)
 
     # -- rebuilding ------------------------------------------------------------------------------------
     def create_scratch(self) -> Any:

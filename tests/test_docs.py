@@ -14,7 +14,8 @@ REPO = Path(__file__).resolve().parent.parent
 SECTIONS = {"store": config_mod.StoreConfig, "embedding": config_mod.EmbeddingConfig,
             "chunking": config_mod.ChunkingConfig, "http": config_mod.HttpConfig, "state": config_mod.StateConfig,
             "limits": config_mod.LimitsConfig, "sync": config_mod.SyncConfig, "audit": config_mod.AuditConfig,
-            "logging": config_mod.LoggingConfig, "search": config_mod.SearchConfig}
+            "logging": config_mod.LoggingConfig, "search": config_mod.SearchConfig,
+            "reindex": config_mod.ReindexConfig}
 
 
 def tuning_keys() -> set[str]:
