@@ -279,9 +279,10 @@ class ClusterReindex:
         store = self.rt.store
         options = dict(getattr(self.config.store, "storage_options", None) or {})
         uri = store_build.dataset_uri(store)
-        self._sweep_previous(uri, options)
+        previous = self._sweep_previous(uri, options)
         read_version = int(store_build._dataset(uri, options).version)
-        record = store_build.begin_build(self.config.state_dir, dataset=uri, read_version=read_version)
+        record = store_build.begin_build(self.config.state_dir, dataset=uri, read_version=read_version,
+                                         previous=previous)
         job = _Job(build_id=f"{socket.gethostname()}-{os.getpid()}-{record['started_at']}", config=self.config, backend=self.rt.backend.backend, dataset=uri, storage_options=options,
                    dim=store.dim, threads=max(1, int(self.rc.cpus_per_actor)))
         names = [n for n in self.rt.connectors if self.only is None or n == self.only]
@@ -330,6 +331,9 @@ class ClusterReindex:
         finally:
             for actor in actors:
                 ray.kill(actor, no_restart=True)
+        # What a killed earlier build, or a retried call of this one, wrote and no version names.
+        store_build.sweep_orphans(uri, since=float(record["sweep_since"]), until=time.time(),
+                                  since_version=int(record["sweep_version"]), storage_options=options)
         store_build.end_build(self.config.state_dir)
         self.rt.state.save(only_dirty=False)
         self.extra = {"engine": "ray", "address": self.address or "auto", "actors": self.rc.actors,
@@ -401,17 +405,19 @@ class ClusterReindex:
         stream = pa.RecordBatchReader.from_batches(schema, itertools.chain([first], batches))
         self.fragments.extend(store_build.write_fragments(stream, uri, storage_options=options))
 
-    def _sweep_previous(self, uri: str, options: Mapping[str, str]) -> None:
-        """A build that never committed (its driver was killed) left data files: remove them now."""
+    def _sweep_previous(self, uri: str, options: Mapping[str, str]) -> dict[str, Any] | None:
+        """A build that never committed (its driver was killed) left data files: remove them now (those
+        younger than the grace are removed at the end of this build). Returns its record."""
         from syncd import store_build
 
         previous = store_build.pending_build(self.config.state_dir)
         if previous is None or previous.get("dataset") != uri:
-            return
-        removed = store_build.sweep_orphans(uri, since=float(previous["started_at"]) - 1.0, until=time.time(),
-                                            since_version=int(previous["read_version"]), storage_options=options)
+            return None
+        removed = store_build.sweep_orphans(uri, since=float(previous["sweep_since"]), until=time.time(),
+                                            since_version=int(previous["sweep_version"]), storage_options=options)
         log.warning("reindex.previous_build_swept", files=len(removed), started_at=previous["started_at"],
                     pid=previous.get("pid"))
+        return previous
 
     def _abandon(self, ray: Any, inflight: Mapping[Any, int], actors: list[Any], uri: str,
                  options: Mapping[str, str], record: Mapping[str, Any], exc: BaseException) -> None:

@@ -216,10 +216,16 @@ def marker_path(state_dir: Path) -> Path:
     return state_dir / "reindex-build.json"
 
 
-def begin_build(state_dir: Path, *, dataset: str, read_version: int) -> dict[str, Any]:
-    """Record a build under way (read by the next build's sweep if this one never commits)."""
-    record = {"dataset": dataset, "read_version": read_version, "started_at": time.time(), "pid": os.getpid(),
-              "host": socket.gethostname()}
+def begin_build(state_dir: Path, *, dataset: str, read_version: int,
+                previous: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Record a build under way (read by the next build's sweep if this one never commits). The window to
+    sweep reaches back to an earlier build that never committed (``previous``), until one build ends."""
+    now = time.time()
+    record = {"dataset": dataset, "read_version": read_version, "started_at": now, "pid": os.getpid(),
+              "host": socket.gethostname(), "sweep_since": now - 1.0, "sweep_version": read_version}
+    if previous is not None:
+        record["sweep_since"] = min(now - 1.0, float(previous.get("sweep_since", now)))
+        record["sweep_version"] = min(read_version, int(previous.get("sweep_version", read_version)))
     write_json_atomic(marker_path(state_dir), record)
     return record
 
