@@ -277,7 +277,7 @@ class ClusterReindex:
         ray = connect(self.address)
         check_resources(ray.cluster_resources(), self.rc)
         store = self.rt.store
-        options = dict(getattr(self.config.store, "storage_options", None) or {})
+        options = dict(store.storage_options)
         uri = store_build.dataset_uri(store)
         previous = self._sweep_previous(uri, options)
         read_version = int(store_build._dataset(uri, options).version)
