@@ -226,7 +226,10 @@ def connect(address: str) -> Any:
     except ImportError:
         raise ClusterUnavailable("reindex --ray needs Ray: pip install 'syncd[ray]'", key="reindex.engine") from None
     check_reachable(address)
-    env = {k: v for k, v in os.environ.items() if k.startswith("SYNCD_") and k != "SYNCD_CONFIG"}
+    # The job's workers write to the store as the driver does: its SYNCD_* settings and its object-store
+    # credentials (the standard AWS_* variables) travel with the job, so the nodes need none of their own.
+    env = {k: v for k, v in os.environ.items()
+           if (k.startswith("SYNCD_") and k != "SYNCD_CONFIG") or k.startswith("AWS_")}
     env.update({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
                 "MALLOC_ARENA_MAX": os.environ.get("MALLOC_ARENA_MAX", "2")})
     try:
@@ -331,6 +334,13 @@ class ClusterReindex:
         finally:
             for actor in actors:
                 ray.kill(actor, no_restart=True)
+        if getattr(self.rt.engine, "journal_enabled", False):
+            try:
+                # As after the single-process reindex: the change journal records, at the new version, the
+                # documents whose content differs from what the table held before.
+                store.journal.catch_up()
+            except SyncdError as exc:
+                log.error("journal.catch_up_failed", error=str(exc), action="retried at the next start")
         # What a killed earlier build, or a retried call of this one, wrote and no version names.
         store_build.sweep_orphans(uri, since=float(record["sweep_since"]), until=time.time(),
                                   since_version=int(record["sweep_version"]), storage_options=options)

@@ -252,37 +252,57 @@ def referenced_files(uri: str, since_version: int, *, storage_options: Mapping[s
     return names
 
 
+def _data_files(uri: str, storage_options: Mapping[str, str] | None) -> list[tuple[str, float]]:
+    """(name, modification time) of every file in the dataset's ``data`` folder, local or on an object store."""
+    from syncd.coordination import is_object_store, obstore_options
+
+    if not is_object_store(uri):
+        folder = Path(uri.removeprefix("file://")) / "data"
+        try:
+            return [(e.name, e.stat().st_mtime) for e in os.scandir(folder) if e.is_file()]
+        except FileNotFoundError:
+            return []
+    import obstore
+    from obstore.store import from_url
+
+    config, client = obstore_options(uri, dict(storage_options or {}))
+    store = from_url(uri.rstrip("/") + "/data", config=config, client_options=client)  # type: ignore[call-overload]
+    return [(str(meta["path"]).rsplit("/", 1)[-1], meta["last_modified"].timestamp())
+            for page in obstore.list(store) for meta in page]
+
+
+def _delete_data_file(uri: str, name: str, storage_options: Mapping[str, str] | None) -> None:
+    from syncd.coordination import is_object_store, obstore_options
+
+    if not is_object_store(uri):
+        (Path(uri.removeprefix("file://")) / "data" / name).unlink(missing_ok=True)
+        return
+    import obstore
+    from obstore.store import from_url
+
+    config, client = obstore_options(uri, dict(storage_options or {}))
+    obstore.delete(from_url(uri.rstrip("/") + "/data", config=config, client_options=client), name)  # type: ignore[call-overload]
+
+
 def sweep_orphans(uri: str, *, since: float, until: float, since_version: int, delete: Iterable[str] = (),
                   storage_options: Mapping[str, str] | None = None, grace_s: float = ORPHAN_GRACE_S) -> list[str]:
     """Delete the data files of ``uri`` written between ``since`` and ``until`` (a failed build's time) that
     no version from ``since_version`` on names, and are older than ``grace_s``; plus the files in ``delete``
-    (a build's own, known uncommitted) that no version names. Returns the removed paths."""
-    import pyarrow.fs as pafs
-
-    fs, root = pafs.FileSystem.from_uri(uri)
-    data = root.rstrip("/") + "/data"
+    (a build's own, known uncommitted) that no version names. Returns the removed names."""
     referenced = referenced_files(uri, since_version, storage_options=storage_options)
     now = time.time()
-    removed = []
     explicit = set(delete)
-    try:
-        infos = fs.get_file_info(pafs.FileSelector(data, allow_not_found=True))
-    except OSError:
-        return []
-    for info in infos:
-        if info.type != pafs.FileType.File:
-            continue
-        name = info.path.rsplit("/", 1)[-1]
+    removed = []
+    for name, mtime in _data_files(uri, storage_options):
         if name in referenced:
             continue
-        mtime = info.mtime.timestamp() if info.mtime is not None else now
         in_window = since <= mtime <= until and mtime <= now - grace_s
         if name in explicit or in_window:
             try:
-                fs.delete_file(info.path)
+                _delete_data_file(uri, name, storage_options)
                 removed.append(name)
-            except OSError as exc:
-                log.warning("reindex.sweep_failed", file=info.path, error=str(exc))
+            except Exception as exc:  # noqa: BLE001 - the next build sweeps again
+                log.warning("reindex.sweep_failed", file=name, error=str(exc)[:200])
     if removed:
         log.info("reindex.swept", files=len(removed), dataset=uri)
     return removed

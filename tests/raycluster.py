@@ -144,7 +144,7 @@ class RayCluster:
         return self
 
     def _start_node(self, argv: list[str], env: dict[str, str], name: str, nodes: int, timeout: float,
-                    attempts: int = 6) -> None:
+                    attempts: int = 10) -> None:
         """Start one node and wait until the cluster counts ``nodes``. On a loaded machine a node can fail to
         start: its raylet gives the node's Python agents a fixed 15 s to report their ports and aborts when
         they import slower (their imports are then in the page cache, so a second attempt is faster). Such a

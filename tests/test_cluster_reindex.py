@@ -28,7 +28,7 @@ from tests.raycluster import RayCluster, free_ports
 
 pytestmark = pytest.mark.timeout(900)
 
-DOCS = 200
+DOCS = 48
 ACTOR = "ray::_EmbedWriter"
 
 
@@ -53,7 +53,7 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def make_config(folder: Path, docs: Path, **sections: Any) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
-    reindex = {"batch_docs": 16, "actors": 2, **sections.pop("reindex", {})}
+    reindex = {"batch_docs": 8, "actors": 2, **sections.pop("reindex", {})}
     # fp32 ONNX: the same vectors whatever the batch (int8 scales activations per batch).
     return write_config(folder, [{"name": "docs", "type": "filesystem", "path": str(docs)}],
                         embedding={"backend": "onnx"}, reindex=reindex, **sections)
@@ -207,7 +207,7 @@ def test_a_cluster_too_small_for_the_actors_is_a_clear_error(single: Any, ray_cl
 def test_a_worker_killed_mid_build_is_retried(single: Any, ray_cluster: RayCluster, tmp_path: Path,
                                               corpus: Path) -> None:
     single_config, want = single
-    config = copy_store(single_config, tmp_path / "killed-worker", corpus, reindex={"batch_docs": 8})
+    config = copy_store(single_config, tmp_path / "killed-worker", corpus, reindex={"batch_docs": 4})
     live = dataset_path(config)
     before = data_files(live)
     proc = start(config, "reindex", "--json", "--ray", ray_cluster.address, env=ray_cluster.env)
@@ -227,7 +227,7 @@ def test_an_interrupted_or_killed_driver_leaves_the_live_index_untouched(single:
     import lance
 
     single_config, _ = single
-    config = copy_store(single_config, tmp_path / "killed-driver", corpus, reindex={"batch_docs": 8})
+    config = copy_store(single_config, tmp_path / "killed-driver", corpus, reindex={"batch_docs": 4})
     live = dataset_path(config)
     version = lance.dataset(str(live)).version
     state_file = config.parent / "state" / "connectors" / "docs" / "state.json"
@@ -254,7 +254,7 @@ def test_an_interrupted_or_killed_driver_leaves_the_live_index_untouched(single:
 def test_a_daemon_writing_during_the_cluster_reindex_keeps_its_edits(ray_cluster: RayCluster, tmp_path: Path) -> None:
     docs = tmp_path / "docs"
     docs.mkdir()
-    for i in range(40):
+    for i in range(20):
         (docs / f"page-{i:03d}.md").write_text(markdown_doc(1000 + i, sections=2, paras=2))
     store = {"uri": str(tmp_path / "index")}
     # Two state folders on one store: the daemon's, and the reindex's (a build from another machine).
@@ -283,7 +283,7 @@ def test_a_daemon_writing_during_the_cluster_reindex_keeps_its_edits(ray_cluster
         page = [t for d, t in zip(rows.column("doc_id").to_pylist(), rows.column("text").to_pylist(), strict=True)
                 if d == "page-000.md"]
         assert any("quokka" in t for t in page), "the daemon's edit was lost"
-        assert len(set(rows.column("doc_id").to_pylist())) == 40
+        assert len(set(rows.column("doc_id").to_pylist())) == 20
         # The daemon keeps writing to the replaced table.
         (docs / "page-001.md").write_text("# Wombat\n\nThe wombat checklist closes the drill.\n")
         wait_for(lambda: any("wombat" in h["text"] for h in daemon.search("wombat checklist", k=3)),
