@@ -163,7 +163,7 @@ def test_cluster_reindex_equals_the_single_process_reindex(single: Any, clustere
     assert all(n["actors"] >= 1 and n["peak_rss_mb"] > 0 for n in got["nodes"])
     assert got["driver_peak_rss_mb"] > 0
     # The fingerprint cache a daemon starts from is the same too.
-    cache = [json.loads((c.parent / "state" / "connectors" / "docs" / "state.json").read_text())
+    cache = [json.loads((c.parent / "state" / "connectors" / "docs.json").read_text())
              for c in (single_config, cluster_config)]
     assert cache[0]["fingerprints"] == cache[1]["fingerprints"]
     assert cache[0]["failures"] == cache[1]["failures"]
@@ -230,7 +230,7 @@ def test_an_interrupted_or_killed_driver_leaves_the_live_index_untouched(single:
     config = copy_store(single_config, tmp_path / "killed-driver", corpus, reindex={"batch_docs": 4})
     live = dataset_path(config)
     version = lance.dataset(str(live)).version
-    state_file = config.parent / "state" / "connectors" / "docs" / "state.json"
+    state_file = config.parent / "state" / "connectors" / "docs.json"
     state_before = state_file.read_text()
     for sig in (signal.SIGINT, signal.SIGKILL):
         before = data_files(live)
