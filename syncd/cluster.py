@@ -68,6 +68,8 @@ class _Job:
     dataset: str
     storage_options: dict[str, str]
     dim: int
+    signature: str
+    data_storage_version: str | None
     threads: int
 
 
@@ -192,8 +194,9 @@ class _EmbedWriter:
         vectors, failed = embed_isolated(self.embedder, batch.texts, batch.planned) if batch.texts else ({}, {})
         embedded_at = time.monotonic()
         records = batch_records(name, batch.planned, vectors, failed, dt.datetime.now(dt.UTC))
-        fragments = (write_fragments(make_rows(records, self.job.dim), self.job.dataset,
-                                     storage_options=self.job.storage_options) if records else [])
+        fragments = (write_fragments(make_rows(records, self.job.dim, self.job.signature), self.job.dataset,
+                                     storage_options=self.job.storage_options,
+                                     data_storage_version=self.job.data_storage_version) if records else [])
         load, self.load_seconds = self.load_seconds, 0.0  # counted once, with the actor's first batch
         return {"name": name, "fragments": fragments, "problems": batch.problems, "failed": failed,
                 "added": batch.fingerprints(failed), "seen": prepared["seen"], "chunks_embedded": len(vectors),
@@ -287,7 +290,8 @@ class ClusterReindex:
         record = store_build.begin_build(self.config.state_dir, dataset=uri, read_version=read_version,
                                          previous=previous)
         job = _Job(build_id=f"{socket.gethostname()}-{os.getpid()}-{record['started_at']}", config=self.config, backend=self.rt.backend.backend, dataset=uri, storage_options=options,
-                   dim=store.dim, threads=max(1, int(self.rc.cpus_per_actor)))
+                   dim=store.dim, signature=store.signature, threads=max(1, int(self.rc.cpus_per_actor)),
+                   data_storage_version=getattr(store_build._dataset(uri, options), "data_storage_version", None))
         names = [n for n in self.rt.connectors if self.only is None or n == self.only]
         inflight: dict[Any, Any] = {}
         actors: list[Any] = []
@@ -413,7 +417,8 @@ class ClusterReindex:
         import itertools
 
         stream = pa.RecordBatchReader.from_batches(schema, itertools.chain([first], batches))
-        self.fragments.extend(store_build.write_fragments(stream, uri, storage_options=options))
+        self.fragments.extend(store_build.write_fragments(stream, uri, storage_options=options,
+                                                          data_storage_version=ds.data_storage_version))
 
     def _sweep_previous(self, uri: str, options: Mapping[str, str]) -> dict[str, Any] | None:
         """A build that never committed (its driver was killed) left data files: remove them now (those

@@ -28,7 +28,7 @@ import pyarrow as pa
 import structlog
 
 from syncd.state import read_json, write_json_atomic
-from syncd.store import Store, sql_string
+from syncd.store import REPLACE_PROPERTY, Store, sql_string
 
 log = structlog.get_logger("syncd.store_build")
 
@@ -42,14 +42,16 @@ DIFF_KEYS_PER_QUERY = 512
 DIFF_COLUMNS = ("doc_key", "chunk_id", "content_hash", "revision", "doc_identity")
 
 
-def write_fragments(rows: pa.Table | pa.RecordBatchReader, dataset_uri: str, *, storage_options: Mapping[str, str] | None = None,
-                    max_rows_per_file: int = 1 << 20) -> list[str]:
+def write_fragments(rows: pa.Table | pa.RecordBatchReader, dataset_uri: str, *,
+                    storage_options: Mapping[str, str] | None = None, max_rows_per_file: int = 1 << 20,
+                    data_storage_version: str | None = None) -> list[str]:
     """Write ``rows`` as data files of the dataset at ``dataset_uri`` without committing them; returns the
     fragments' metadata as JSON (small, and plain text across processes)."""
     import lance
 
     fragments = lance.fragment.write_fragments(rows, dataset_uri, schema=rows.schema, mode="append",
                                                max_rows_per_file=max_rows_per_file,
+                                               data_storage_version=data_storage_version,
                                                storage_options=dict(storage_options or {}) or None)
     return [json.dumps(f.to_json()) for f in fragments]
 
@@ -151,7 +153,7 @@ def replace_content(store: Store, fragments: Sequence[str], *, read_version: int
     while True:
         latest = _dataset(uri, storage_options)
         base = latest.version
-        same_schema = latest.schema == new_schema(store)
+        same_schema = latest.schema.equals(new_schema(store), check_metadata=True)
         operation: Any
         if same_schema:
             operation = lance.LanceOperation.Update(
@@ -160,8 +162,10 @@ def replace_content(store: Store, fragments: Sequence[str], *, read_version: int
         else:
             operation = lance.LanceOperation.Overwrite(new_schema(store), new_fragments)
         try:
-            committed = lance.LanceDataset.commit(uri, operation, read_version=base,
-                                                  storage_options=dict(storage_options or {}) or None)
+            # Marked as syncd's own content replacement, as ``Store.replace_contents`` marks its commits.
+            committed = lance.LanceDataset.commit(uri, lance.Transaction(
+                read_version=base, operation=operation, transaction_properties={REPLACE_PROPERTY: "replace_contents"}),
+                storage_options=dict(storage_options or {}) or None)
         except OSError as exc:
             # Another writer committed between our look at the latest version and the commit, in a way
             # Lance cannot rebase onto (it touched fragments we remove): look again and retry.
@@ -176,7 +180,7 @@ def replace_content(store: Store, fragments: Sequence[str], *, read_version: int
         break
     if not same_schema:
         store.table.checkout_latest()
-        store.table.create_fts_index("text", replace=True)
+        store._rebuild_indexes(store.table)
     replayed = _replay(store, uri, read_version=read_version, replaced=committed.version - 1,
                        storage_options=storage_options)
     final = _dataset(uri, storage_options).version
@@ -203,7 +207,7 @@ def _replay(store: Store, uri: str, *, read_version: int, replaced: int,
 def new_schema(store: Store) -> pa.Schema:
     from syncd.store import schema
 
-    return schema(store.dim)
+    return schema(store.dim, store.signature)
 
 
 def dataset_uri(store: Store) -> str:
