@@ -26,7 +26,7 @@ from tests.conftest import DaemonProcess, wait_for, write_config
 from tests.corpus import markdown_doc
 from tests.raycluster import RayCluster, free_ports
 
-pytestmark = pytest.mark.timeout(900)
+pytestmark = pytest.mark.timeout(2400)  # the session cluster and the model export are set up inside the first test
 
 DOCS = 48
 ACTOR = "ray::_EmbedWriter"
