@@ -30,6 +30,7 @@ from connectors.base import (
     matches_globs,
     name_candidates,
 )
+from connectors.posix_permissions import Inode, PermissionsUnknown, Resolver, inode_of
 from syncd.config import ConnectorConfig, Duration
 from syncd.errors import ConnectorError, DocumentGone, DocumentSkipped, DocumentUnavailable, RootUnavailable
 from syncd.extract import media_type_for
@@ -96,6 +97,40 @@ class FilesystemConnector(Connector):
         if not root.is_absolute():
             root = context.base_dir / root
         self.root = Path(os.path.abspath(root))
+        self.permissions = Resolver()
+        # With a configured ``acl`` the captured permissions would be replaced anyway: not read at all.
+        self.capture_permissions = config.acl is None
+
+    # -- permissions -----------------------------------------------------------------------------------
+    def _folders(self, folder: str) -> tuple[Inode, ...] | None:
+        """The inodes of the folders from the root down to ``folder`` (absolute, under the root); None when
+        one of them cannot be read."""
+        root = str(self.root)
+        rel = os.path.relpath(folder, root)
+        paths = [root] + ([os.path.join(root, *rel.split(os.sep)[:i + 1]) for i in range(len(rel.split(os.sep)))]
+                          if rel != "." else [])
+        try:
+            return tuple(inode_of(p, os.stat(p)) for p in paths)
+        except (OSError, PermissionsUnknown):
+            return None
+
+    def _acl(self, folders: tuple[Inode, ...] | None, path: str | int, st: os.stat_result) -> tuple[str, ...] | str:
+        """The file's ACL, or why it cannot be known."""
+        if folders is None:
+            return "the permissions of a folder above it cannot be read"
+        try:
+            return self.permissions.acl(folders, inode_of(path, st))
+        except PermissionsUnknown as exc:
+            return str(exc)
+
+    def _fingerprint(self, st: os.stat_result, acl: tuple[str, ...] | str | None) -> str:
+        base = f"{st.st_mtime_ns}:{st.st_size}:{st.st_ino}"
+        if acl is None:
+            return base
+        # Who may read it is part of the fingerprint: a chmod or setfacl (here or on a folder above) makes a
+        # scan read the file again, and the engine then rewrites its ACL without embedding anything.
+        text = "\n".join(acl) if isinstance(acl, tuple) else "?"
+        return f"{base}:{hashlib.blake2b(text.encode(), digest_size=4).hexdigest()}"
 
     # -- paths -----------------------------------------------------------------------------------------
     def doc_id_for(self, path: str | os.PathLike[str]) -> str | None:
@@ -202,10 +237,12 @@ class FilesystemConnector(Connector):
                 return  # a symlinked folder, or one inside it: the full listing does not enter it either
             start_rel = under + "/"
         # Folders as (absolute path, doc id prefix) strings: doc ids are built by concatenation, not with a
-        # Path per file (half the CPU of a no-change pass over 10k files went to pathlib).
-        stack = [(start, start_rel)]
+        # Path per file (half the CPU of a no-change pass over 10k files went to pathlib). Each carries the
+        # inodes of the folders above it, for the permissions of its files.
+        capture = self.capture_permissions
+        stack = [(start, start_rel, self._folders(start) if capture else None)]
         while stack:
-            folder, rel_prefix = stack.pop()
+            folder, rel_prefix, chain = stack.pop()
             try:
                 entries = list(os.scandir(folder))
             except FileNotFoundError:
@@ -237,7 +274,13 @@ class FilesystemConnector(Connector):
                     continue
                 try:
                     if entry.is_dir(follow_symlinks=False):
-                        stack.append((entry.path, rel + "/"))
+                        sub = None
+                        if capture and chain is not None:
+                            try:
+                                sub = (*chain, inode_of(entry.path, entry.stat(follow_symlinks=False)))
+                            except PermissionsUnknown:
+                                sub = None
+                        stack.append((entry.path, rel + "/", sub))
                         continue
                     # Each part of ``rel`` already passed the hidden-name test above.
                     if not self._wanted(rel):
@@ -250,7 +293,8 @@ class FilesystemConnector(Connector):
                 if not stat.S_ISREG(st.st_mode):
                     yield DocumentRef(doc_id=rel, fingerprint=f"special:{stat.S_IFMT(st.st_mode)}")
                     continue
-                yield DocumentRef(doc_id=rel, fingerprint=f"{st.st_mtime_ns}:{st.st_size}:{st.st_ino}")
+                acl = self._acl(chain, entry.path, st) if capture else None
+                yield DocumentRef(doc_id=rel, fingerprint=self._fingerprint(st, acl))
 
     # -- reading ---------------------------------------------------------------------------------------
     def read(self, doc_id: str) -> SourceDocument:
@@ -294,8 +338,11 @@ class FilesystemConnector(Connector):
             if exc.errno in _NAMES_NOTHING:
                 raise DocumentGone("not-a-path", doc_id=doc_id, connector=self.name, detail=exc.strerror or "") from None
             raise DocumentUnavailable("unreadable", doc_id=doc_id, connector=self.name, detail=exc.strerror or "") from None
+        acl: tuple[str, ...] | str | None = None
         try:
             st = os.fstat(fd)
+            if self.capture_permissions:
+                acl = self._acl(self._folders(os.path.dirname(path)), fd, st)
             if not stat.S_ISREG(st.st_mode):
                 raise DocumentSkipped("not-a-regular-file", doc_id=doc_id, connector=self.name,
                                       detail="FIFO, socket or device")
@@ -322,7 +369,7 @@ class FilesystemConnector(Connector):
             pass
         return SourceDocument(
             doc_id=doc_id,
-            fingerprint=f"{st.st_mtime_ns}:{st.st_size}:{st.st_ino}",
+            fingerprint=self._fingerprint(st, acl),
             revision=digest,
             uri=os.path.join(str(self.root), doc_id),
             title=Path(doc_id).stem,
@@ -331,6 +378,8 @@ class FilesystemConnector(Connector):
             modified_at=dt.datetime.fromtimestamp(st.st_mtime, tz=dt.UTC),
             metadata={"owner": owner, "mode": oct(stat.S_IMODE(st.st_mode)), "mtime_ns": str(st.st_mtime_ns),
                       "size": str(st.st_size)},
+            acl=acl if isinstance(acl, tuple) else None,
+            acl_note=acl if isinstance(acl, str) else "",
         )
 
     # -- watching --------------------------------------------------------------------------------------
@@ -432,6 +481,12 @@ class FolderWatch(Watch):
         src = os.fsdecode(event.src_path)
         dest = os.fsdecode(getattr(event, "dest_path", "") or "")
         if event.is_directory:
+            if etype == "attrib" and self.connector.capture_permissions:
+                # chmod, chown or setfacl on a folder: who may enter it decides who may read what is under it.
+                rel = self.connector.doc_id_for(src)
+                if rel is not None or os.path.abspath(src) == str(self.connector.root):
+                    self._emit(Change(connector=name, kind="rescan", doc_id=rel or "", seen_at=now))
+                return
             if etype in ("moved", "deleted", "created"):
                 for path in (src, dest):
                     rel = self.connector.doc_id_for(path) if path else None

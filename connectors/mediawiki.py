@@ -53,7 +53,13 @@ _MALFORMED = (KeyError, IndexError, TypeError, ValueError, AttributeError)
 _NOT_IN_TITLES = frozenset("|") | frozenset(map(chr, [*range(32), 127]))
 """Characters no title holds: "|" would split a multi-title request, control characters are never legal."""
 _UPSERT_LOGS = {("delete", "restore"), ("delete", "revision"), ("import", "upload"), ("import", "interwiki"),
-                ("merge", "merge"), ("contentmodel", "change"), ("contentmodel", "new")}
+                ("merge", "merge"), ("contentmodel", "change"), ("contentmodel", "new"),
+                # Who may read a page: its ACL is read again (nothing is embedded when only that changed).
+                ("protect", "protect"), ("protect", "modify"), ("protect", "unprotect")}
+_SITE_ACL_TTL = 300.0
+"""Seconds the wiki's group rights are kept between two reads (a full listing always reads them again)."""
+_LEGACY_LEVELS = {"sysop": "editprotected", "autoconfirmed": "editsemiprotected"}
+"""Protection levels named after a group in old wikis, and the right each stands for."""
 
 
 class MediaWikiConfig(PushConfig):
@@ -180,6 +186,7 @@ class MediaWikiConnector(Connector):
         self._single: set[str] = set()
         self._down_until = 0.0
         self._failed: set[str] = set()
+        self._rights: tuple[dict[str, list[str]], float] | None = None  # group -> rights, and when read
         self._pending: dict[str, Any] | None = None
         self.cursor_path = context.state_dir / "cursor.json"
         self._polled: tuple[int | None, float] | None = None
@@ -282,18 +289,57 @@ class MediaWikiConnector(Connector):
         except (RemoteUnavailable, ConnectorError) as exc:
             raise RootUnavailable(f"wiki at {self.cfg.api_url} is not answering: {exc}", connector=self.name) from None
 
+    # -- permissions -----------------------------------------------------------------------------------
+    def _group_rights(self, *, fresh: bool = False) -> dict[str, list[str]] | None:
+        """The wiki's groups and their rights (``meta=siteinfo&siprop=usergroups``: $wgGroupPermissions as the
+        API reports it), or None when the wiki does not say."""
+        if not fresh and self._rights is not None and time.monotonic() - self._rights[1] < _SITE_ACL_TTL:
+            return self._rights[0]
+        try:
+            answer = self._api({"action": "query", "meta": "siteinfo", "siprop": "usergroups"})
+            rights = {str(g["name"]): [str(r) for r in g.get("rights", [])] for g in answer["query"]["usergroups"]}
+        except (RemoteUnavailable, ConnectorError, *_MALFORMED):
+            return None
+        self._rights = (rights, time.monotonic())
+        return rights
+
+    def _acl(self, page: dict[str, Any] | None) -> tuple[tuple[str, ...] | None, str]:
+        """Who may read a page: the groups with the ``read`` right (``*``, anyone, is ``everyone``; ``user``,
+        any logged-in user, is ``group:user``), narrowed by a read protection of the page where the wiki has
+        one (an extension's; core protects editing and moving only). (None, why) when the wiki does not say."""
+        rights = self._group_rights()
+        if rights is None:
+            return None, "the wiki did not report its group rights (meta=siteinfo&siprop=usergroups)"
+        readers = [g for g, r in rights.items() if "read" in r]
+        for protection in (page or {}).get("protection", []):
+            if protection.get("type") != "read":
+                continue
+            level = str(protection.get("level", ""))
+            right = _LEGACY_LEVELS.get(level, level)
+            readers = [g for g in readers if right in rights.get(g, [])]
+        return tuple(sorted("everyone" if g == "*" else f"group:{g}" for g in readers)), ""
+
+    @staticmethod
+    def _fingerprint(revid: object, acl: tuple[str, ...] | None) -> str:
+        # Who may read a page is part of its fingerprint: a change of the wiki's rights or of a page's
+        # protection makes a listing read the page again (its ACL is then rewritten, nothing embedded).
+        text = "\n".join(acl) if acl is not None else "?"
+        return f"{revid}:{hashlib.blake2b(text.encode(), digest_size=4).hexdigest()}"
+
     # -- listing ---------------------------------------------------------------------------------------
     def list_documents(self) -> Iterator[DocumentRef]:
         refs: list[DocumentRef] = []
+        self._group_rights(fresh=True)
         try:
             for ns in self.cfg.namespaces:
                 for query in self._query_all({"action": "query", "generator": "allpages", "gapnamespace": ns,
                                               "gapfilterredir": "nonredirects", "gaplimit": "max",
-                                              "prop": "info"}):
+                                              "prop": "info", "inprop": "protection"}):
                     for page in query.get("pages", []):
                         if page.get("missing") or page.get("redirect"):
                             continue
-                        refs.append(DocumentRef(doc_id=page["title"], fingerprint=str(page["lastrevid"])))
+                        acl, _ = self._acl(page)
+                        refs.append(DocumentRef(doc_id=page["title"], fingerprint=self._fingerprint(page["lastrevid"], acl)))
         except (RemoteUnavailable, ConnectorError) as exc:
             raise self._unavailable(exc, "listing pages") from None
         except _MALFORMED as exc:
@@ -316,7 +362,7 @@ class MediaWikiConnector(Connector):
         epoch = self._ahead.epoch
         renamed: dict[str, str] = {}
         found: dict[str, _Page] = {}
-        params = {"action": "query", "titles": "|".join(titles), "prop": "revisions|info", "inprop": "url",
+        params = {"action": "query", "titles": "|".join(titles), "prop": "revisions|info", "inprop": "url|protection",
                   "rvprop": "ids|sha1|timestamp|content|contentmodel", "rvslots": "main"}
         for query in self._query_all(params, post=len(titles) > 1):
             for step in query.get("normalized", []) + query.get("converted", []):
@@ -422,8 +468,9 @@ class MediaWikiConnector(Connector):
         sha1 = rev.get("sha1") if not rev.get("sha1hidden") else None
         content_id = f"sha1:{sha1}" if sha1 else "blake2b:" + hashlib.blake2b(content, digest_size=16).hexdigest()
         revid = str(rev["revid"])
+        acl, acl_note = self._acl(data)
         return SourceDocument(
-            doc_id=doc_id, fingerprint=revid, revision=revid,
+            doc_id=doc_id, fingerprint=self._fingerprint(revid, acl), revision=revid, acl=acl, acl_note=acl_note,
             uri=data.get("canonicalurl") or data.get("fullurl") or "",
             title=data.get("title", doc_id), content=content,
             media_type="wikitext" if model == "wikitext" else "text",

@@ -8,6 +8,7 @@ need_apt=()
 command -v git >/dev/null || need_apt+=(git)
 command -v systemd-analyze >/dev/null || need_apt+=(systemd)
 command -v chromium >/dev/null || need_apt+=(chromium)
+command -v setfacl >/dev/null || need_apt+=(acl)  # POSIX ACLs in the permission tests
 command -v php >/dev/null || need_apt+=(php-cli)
 [ -f /usr/share/mediawiki/maintenance/install.php ] || need_apt+=(mediawiki)
 php -m 2>/dev/null | grep -qi '^pdo_sqlite$' || need_apt+=(php-sqlite3)

@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from syncd import config as config_mod
@@ -55,16 +55,21 @@ class Index:
     def search(self, text: str, k: int = 10, connector: str | None = None, *, path: str | None = None,
                updated_since: dt.datetime | str | None = None, metadata: Mapping[str, str] | None = None,
                min_relevance: float | None = None, dedup: bool = True,
-               as_of: float | str | dt.datetime | None = None) -> list[dict[str, Any]]:
+               as_of: float | str | dt.datetime | None = None,
+               principals: Sequence[str] | None = None) -> list[dict[str, Any]]:
         """Hybrid (vector + full-text) search; each result carries its citation (uri, revision, lines), its
         ``relevance`` (0-1), the ``table_version`` it came from and, with ``dedup``, the other places its text
         occurs (``also_in``). Filters: ``connector``, ``path`` (a glob over doc ids), ``updated_since`` (a
         datetime or ISO 8601), ``metadata`` (source metadata key = value); ``min_relevance`` overrides
         ``[search] min_relevance``. ``as_of`` (unix time, ISO 8601 or a datetime) searches the index as it was
-        then (``AsOfUnavailable`` names the oldest time available when that is not kept)."""
+        then (``AsOfUnavailable`` names the oldest time available when that is not kept).
+
+        Only documents a caller holding ``principals`` may read are searched (``["user:alice",
+        "group:eng"]``; none: ``everyone`` documents only); a string that is not ``user:NAME``,
+        ``group:NAME`` or ``everyone`` raises ``SearchOptionError`` (a ValueError)."""
         return self.answer(text, options(k=k, connector=connector, path=path, updated_since=updated_since,
                                          metadata=metadata, min_relevance=min_relevance, dedup=dedup,
-                                         as_of=as_of)).results
+                                         as_of=as_of, principals=principals)).results
 
     def query(self, text: str, k: int = 10, connector: str | None = None, **filters: Any) -> dict[str, Any]:
         """The `syncd query --json` document."""

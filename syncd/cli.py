@@ -85,13 +85,22 @@ def _filter_options(p: argparse.ArgumentParser) -> None:
                    help="only documents whose source metadata holds KEY=VALUE (repeatable; all must hold)")
     p.add_argument("--min-relevance", metavar="X",
                    help="leave out results below this relevance, 0-1 (default: [search] min_relevance)")
+    p.add_argument("--as", dest="principals", action="append", default=[], metavar="PRINCIPAL",
+                   help="search as this principal (user:NAME or group:NAME; repeatable); without it, only documents "
+                        "everyone may read")
 
 
 def _search_options(args: argparse.Namespace) -> Any:
     """The command's search options (SearchOptionError names a bad one)."""
     from syncd import search as search_mod
+    from syncd.acl import PrincipalError, check_principal
 
+    try:
+        principals = tuple(check_principal(p) for p in args.principals)
+    except PrincipalError as exc:
+        raise search_mod.SearchOptionError("--as", str(exc)) from None
     return search_mod.check_options(search_mod.SearchOptions(
+        principals=principals,
         k=args.k, connector=args.connector, path=args.path,
         updated_since=search_mod.parse_time(args.updated_since, "--updated-since") if args.updated_since else None,
         metadata=search_mod.parse_metadata(args.meta, "--meta"),

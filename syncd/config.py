@@ -250,6 +250,33 @@ class ChunkingConfig(Section):
     """Tokens repeated between the pieces of a block that is split because it is too long."""
 
 
+class HttpToken(Section):
+    """A bearer token limited to the principals it may act as (a person's, or an application's)."""
+
+    token_env: str | None = None
+    """Environment variable holding the token."""
+    token_file: str | None = None
+    """File holding the token instead."""
+    principals: tuple[str, ...]
+    """The principals a caller with this token may name in ``principal=`` (``everyone`` always)."""
+
+    @field_validator("principals")
+    @classmethod
+    def _principals(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        from syncd.acl import check_principal
+
+        if not value:
+            raise ValueError("must name at least one principal")
+        return tuple(check_principal(v) for v in value)
+
+    @field_validator("token_file")
+    @classmethod
+    def _one_source(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None and info.data.get("token_env") is not None:
+            raise ValueError("give token_env or token_file, not both")
+        return value
+
+
 class HttpConfig(Section):
     bind: str = "127.0.0.1:8765"
     """host:port; port 0 picks a free port (logged, and written to the state folder)."""
@@ -257,6 +284,9 @@ class HttpConfig(Section):
     """Environment variable holding the bearer token; required (or token_file) when bind is not loopback."""
     token_file: str | None = None
     """File holding the bearer token instead (e.g. "$CREDENTIALS_DIRECTORY/http-token" with LoadCredential=)."""
+    tokens: tuple[HttpToken, ...] = ()
+    """Further tokens, each limited to the principals it may act as ([[http.tokens]]). The token above is a
+    trusted backend's: it may act as any principal."""
 
     @field_validator("bind")
     @classmethod
@@ -299,6 +329,8 @@ class SearchConfig(Section):
     candidates: int = Field(default=50, ge=1, le=1000)
     """Rows each leg contributes to the fusion, whatever k is (the first results for a small k are the
     first ones for a larger k)."""
+    require_principals: bool = False
+    """Refuse a /search (400) that names no principal, instead of answering with `everyone` documents only."""
 
 
 class StateConfig(Section):
@@ -377,12 +409,43 @@ class LoggingConfig(Section):
     format: Literal["auto", "json", "console"] = "auto"
 
 
+def _acl_entries(value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+    from syncd.acl import check_entry
+
+    if value is None:
+        return None
+    return tuple(check_entry(v) for v in value)
+
+
+def _principal_map(value: dict[str, str]) -> dict[str, str]:
+    from syncd.acl import check_principal
+
+    for source, principal in value.items():
+        try:
+            check_principal(principal)
+        except ValueError as exc:
+            raise ValueError(f"{source}: {exc}") from None
+    return value
+
+
+AclEntries = Annotated[tuple[str, ...] | None, AfterValidator(_acl_entries)]
+
+
 class ConnectorConfig(Section):
     """Fields every connector has; each connector type extends it with its own."""
 
     name: str
     """Unique name, [a-z0-9_-]+."""
     type: str
+    acl: AclEntries = None
+    """Who may read this connector's documents (``user:NAME``, ``group:NAME``, ``everyone``), instead of
+    what the connector captures from the source. Unset: the captured permissions (a git repository has none:
+    its documents are then readable by nobody until this is set)."""
+    acl_add: Annotated[tuple[str, ...], AfterValidator(_acl_entries)] = ()
+    """Principals added to every document's captured permissions (e.g. an auditors group)."""
+    principal_map: Annotated[dict[str, str], AfterValidator(_principal_map)] = Field(default_factory=dict)
+    """Source identities renamed to principals, e.g. {"group:sysop" = "group:wiki-admins",
+    "user:1001" = "user:alice"}."""
 
     @field_validator("name")
     @classmethod

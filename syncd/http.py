@@ -34,7 +34,8 @@ import selectors
 import socket
 import threading
 import time
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
 from typing import TYPE_CHECKING, Any, cast
@@ -57,12 +58,41 @@ _HOOK_NAME = re.compile(r"[a-z0-9_-]{1,200}")
 _HEAD_END = re.compile(rb"\r?\n\r?\n")
 
 
-class Endpoints:
-    """What the handlers call; the daemon provides it."""
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who is asking: ``may_act_as`` None for the trusted token (any principal), else the principals the
+    caller's token may name (empty for a caller without a token)."""
 
-    def __init__(self, *, healthy: Callable[[], bool], ready: Callable[[], bool], status: Callable[[], dict[str, Any]],
+    authenticated: bool
+    may_act_as: frozenset[str] | None
+
+    def allows(self, principal: str) -> bool:
+        return principal == "everyone" or self.may_act_as is None or principal in self.may_act_as
+
+    @property
+    def viewer(self) -> frozenset[str] | None:
+        """What /status may show this caller: everything (None), or what these principals may read."""
+        return self.may_act_as
+
+
+ANONYMOUS = Caller(authenticated=False, may_act_as=frozenset())
+
+
+class Endpoints:
+    """What the handlers call; the daemon provides it.
+
+    ``token`` is the trusted backend's bearer token (it may act as any principal); ``tokens`` maps further
+    tokens to the principals each may act as. A token is required on every path but /healthz when
+    ``require_token`` is set (by default: when any token is given); without one, a caller is anonymous and
+    searches ``everyone`` documents only. ``search`` is called with the query and its options (principals
+    validated and allowed for the caller); ``status``, ``page`` and ``changes`` with what the caller may
+    see (``Caller.viewer``).
+    """
+
+    def __init__(self, *, healthy: Callable[[], bool], ready: Callable[[], bool],
+                 status: Callable[[frozenset[str] | None], dict[str, Any]],
                  metrics: Callable[[], bytes], search: Callable[[str, SearchOptions], dict[str, Any]],
-                 page: Callable[[], str], token: str | None,
+                 page: Callable[[frozenset[str] | None], str], token: str | None,
                  problems: Callable[[], list[str]] | None = None,
                  connectors: Callable[[], Collection[str]] | None = None,
                  ready_problems: Callable[[], list[str]] | None = None,
@@ -70,7 +100,9 @@ class Endpoints:
                  changes: Callable[..., dict[str, Any]] | None = None,
                  document: Callable[..., dict[str, Any] | None] | None = None,
                  mcp: Callable[..., tuple[int, list[tuple[str, str]], bytes]] | None = None,
-                 count_search: Callable[[str], None] | None = None) -> None:
+                 count_search: Callable[[str], None] | None = None,
+                 tokens: Mapping[str, Sequence[str]] | None = None, require_token: bool | None = None,
+                 require_principals: bool = False) -> None:
         self.healthy = healthy
         self.ready_problems = ready_problems
         self.problems = problems
@@ -80,6 +112,9 @@ class Endpoints:
         self.search = search
         self.page = page
         self.token = token
+        self.tokens = {t: frozenset(p) for t, p in (tokens or {}).items()}
+        self.require_token = (token is not None or bool(self.tokens)) if require_token is None else require_token
+        self.require_principals = require_principals
         # The configured connector names; when given, /search rejects any other name with a 400 as the CLI does.
         self.connectors = connectors
         # POST /hooks/NAME: (connector, headers, body or None when over the size cap) -> (status, JSON body).
@@ -175,12 +210,27 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(answer.body)
 
+    def _caller(self) -> Caller | None:
+        """The caller the request's bearer token names, the anonymous caller when it has none and none is
+        required, or None (401): a token is required, or the one given is not known."""
+        ep = self.endpoints
+        header = self.headers.get("Authorization")
+        if header is None:
+            return None if ep.require_token else ANONYMOUS
+        given = header.encode()
+        found: Caller | None = None
+        # Every token is compared (in constant time each), so the answer's timing says nothing of which matched.
+        if ep.token is not None and hmac.compare_digest(given, f"Bearer {ep.token}".encode()):
+            found = Caller(authenticated=True, may_act_as=None)
+        for token, principals in ep.tokens.items():
+            if hmac.compare_digest(given, f"Bearer {token}".encode()) and found is None:
+                found = Caller(authenticated=True, may_act_as=principals)
+        if found is None and not ep.require_token and ep.token is None and not ep.tokens:
+            return ANONYMOUS  # no token configured at all (loopback): a header means nothing
+        return found
+
     def _authorized(self) -> bool:
-        token = self.endpoints.token
-        if token is None:
-            return True
-        header = self.headers.get("Authorization", "")
-        return hmac.compare_digest(header.encode(), f"Bearer {token}".encode())
+        return self._caller() is not None
 
     def do_GET(self) -> None:  # noqa: N802 - stdlib naming
         url = urlparse(self.path)
@@ -278,10 +328,13 @@ class _Handler(BaseHTTPRequestHandler):
         if path == "/healthz":
             ok = ep.healthy()
             body: dict[str, Any] = {"status": "ok" if ok else "unhealthy"}
-            if not ok and ep.problems is not None and self._authorized():
+            caller = self._caller()
+            if not ok and ep.problems is not None and caller is not None and (
+                    caller.authenticated or not ep.require_token):
                 body["problems"] = ep.problems()
             return _json(200 if ok else 503, body)
-        if not self._authorized():
+        caller = self._caller()
+        if caller is None:
             return _Answer(401, b"", headers={"WWW-Authenticate": "Bearer"})
         if path == "/readyz":
             ok = ep.ready()
@@ -293,32 +346,32 @@ class _Handler(BaseHTTPRequestHandler):
                     ready["status"] = "stalled"
             return _json(200 if ok else 503, ready)
         if path == "/status":
-            return _json(200, ep.status())
+            return _json(200, ep.status(caller.viewer))
         if path == "/metrics":
             return _Answer(200, ep.metrics(), "text/plain; version=0.0.4; charset=utf-8")
         if path == "/search":
             try:
-                answer = self._search(parse_qs(query))
+                answer = self._search(parse_qs(query), caller)
             except Exception:
                 self._count_search("error")
                 raise
             self._count_search("ok" if answer.code == 200 else "bad_request" if answer.code == 400 else "error")
             return answer
         if path == "/changes" and ep.changes is not None:
-            return self._changes(parse_qs(query))
+            return self._changes(parse_qs(query), caller)
         if path == "/document" and ep.document is not None:
             return self._document(parse_qs(query))
         if path == "/mcp" and ep.mcp is not None:
             return _MCP_NO_STREAM
         if path in ("/", "/index.html"):
-            return _Answer(200, ep.page().encode(), "text/html; charset=utf-8")
+            return _Answer(200, ep.page(caller.viewer).encode(), "text/html; charset=utf-8")
         return _json(404, {"error": f"no such path: {path}"})
 
     def _count_search(self, outcome: str) -> None:
         if self.endpoints.count_search is not None:
             self.endpoints.count_search(outcome)
 
-    def _search(self, params: dict[str, list[str]]) -> _Answer:
+    def _search(self, params: dict[str, list[str]], caller: Caller) -> _Answer:
         from syncd.search import SearchOptionError, options_from_params
 
         ep = self.endpoints
@@ -333,6 +386,17 @@ class _Handler(BaseHTTPRequestHandler):
         if connector is not None and ep.connectors is not None and connector not in ep.connectors():
             # The same answer as `syncd query --connector NAME` gives for a name it does not know.
             return _json(400, {"error": f"no connector named {connector!r}", "option": "connector"})
+        if not options.principals and ep.require_principals:
+            return _json(400, {"error": "principal= is required: name whom the search is for "
+                                        "([search] require_principals = true)", "option": "principal"})
+        for p in options.principals:
+            if p == "everyone":
+                continue
+            if not caller.authenticated:
+                return _Answer(401, json.dumps({"error": f"acting as {p} needs a bearer token that may act as it"})
+                               .encode(), headers={"WWW-Authenticate": "Bearer"})
+            if not caller.allows(p):
+                return _json(403, {"error": f"this token may not act as {p}"})
         from syncd.errors import AsOfUnavailable
 
         try:
@@ -342,15 +406,15 @@ class _Handler(BaseHTTPRequestHandler):
 
             return _json(400, {"error": str(exc), "option": "as_of", "oldest_available_at": iso(exc.oldest)})
 
-    def _changes(self, params: dict[str, list[str]]) -> _Answer:
+    def _changes(self, params: dict[str, list[str]], caller: Caller) -> _Answer:
         from syncd.errors import BadArgument
 
         ep = self.endpoints
         assert ep.changes is not None
-        args = {key: params[key][0] for key in ("since", "connector", "doc_id", "limit", "cursor", "order")
-                if key in params}
+        args: dict[str, Any] = {key: params[key][0] for key in ("since", "connector", "doc_id", "limit", "cursor", "order")
+                                if key in params}
         try:
-            return _json(200, ep.changes(**args))
+            return _json(200, ep.changes(viewer=caller.viewer, **args))
         except BadArgument as exc:
             return _json(400, {"error": str(exc)})
 

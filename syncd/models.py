@@ -40,6 +40,12 @@ class SourceDocument:
     uri_template: str = ""
     """A per-chunk citation URI with ``{start_line}`` and ``{end_line}`` fields (a web view's line anchor);
     "" when ``uri`` serves every chunk."""
+    acl: tuple[str, ...] | None = None
+    """Who may read the document at the source (``syncd.acl``: ``user:NAME``, ``group:NAME``, ``everyone``,
+    ``!user:NAME``), as the source names them; None when the connector could not determine it (the document
+    is then readable by nobody unless the connector's ``acl`` is configured)."""
+    acl_note: str = ""
+    """Why ``acl`` is None (shown in /status)."""
 
     @property
     def identity(self) -> str:
@@ -119,6 +125,9 @@ class SyncSummary:
     finished in a later cycle, after smaller documents."""
     docs_abandoned: int = 0
     """Documents changed or deleted again while they were being embedded: their stale work was dropped."""
+    docs_permissions: int = 0
+    """Documents whose content was unchanged but whose permissions changed: their rows' ``acl`` was
+    rewritten, nothing embedded."""
     chunks_embedded: int = 0
     chunks_reused: int = 0
     chunks_deleted: int = 0
@@ -132,7 +141,8 @@ class SyncSummary:
         """Add ``other``'s counts to this one."""
         for name in (
             "docs_seen", "docs_changed", "docs_added", "docs_deleted", "docs_renamed", "docs_unchanged",
-            "docs_failed", "docs_skipped", "docs_deferred", "docs_abandoned", "chunks_embedded", "chunks_reused",
+            "docs_failed", "docs_skipped", "docs_deferred", "docs_abandoned", "docs_permissions", "chunks_embedded",
+            "chunks_reused",
             "chunks_deleted",
         ):
             setattr(self, name, getattr(self, name) + getattr(other, name))
@@ -157,6 +167,7 @@ class SyncSummary:
             "docs_skipped": self.docs_skipped,
             "docs_deferred": self.docs_deferred,
             "docs_abandoned": self.docs_abandoned,
+            "docs_permissions": self.docs_permissions,
             "chunks_embedded": self.chunks_embedded,
             "chunks_reused": self.chunks_reused,
             "chunks_deleted": self.chunks_deleted,

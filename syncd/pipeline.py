@@ -21,9 +21,11 @@ from itertools import islice
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import structlog
 
 from connectors.base import Connector, doc_id_from_name, is_valid_doc_id
+from syncd import acl as acl_mod
 from syncd.chunking import Chunker
 from syncd.errors import (
     ConnectorError,
@@ -68,6 +70,7 @@ class _Planned:
     chunks: list[Chunk]
     title: str
     previous: IndexedDoc | None
+    acl: tuple[str, ...] | None = ()
 
 
 EMBED_SLICE = 128
@@ -123,6 +126,41 @@ class Engine:
         """A store shared with other daemons: the index view holds this engine's connectors only."""
         self.write_guard: Callable[[str], None] | None = None
         """Called before each commit for a connector; raises (``LeaseLost``) when this engine may not write it."""
+        self.acl_unknown: dict[str, dict[str, str]] = {}
+        """Documents whose permissions could not be determined (stored readable by nobody), by connector,
+        with the reason: shown in /status until the source or the connector's ``acl`` says who may read."""
+        self._acls: dict[tuple[str, ...], tuple[str, ...]] = {}
+        self.failure_acl: dict[str, dict[str, tuple[str, ...]]] = {}
+        """The ACL of documents that failed or were skipped after they were read: /status shows their doc ids
+        to callers who may read them."""
+
+    # -- permissions -----------------------------------------------------------------------------------
+    def acl_policy(self, name: str) -> str:
+        """The hash of connector ``name``'s ACL settings (``acl``, ``acl_add``, ``principal_map``)."""
+        cfg = self.connectors[name].config
+        return acl_mod.policy_key(cfg.acl, cfg.acl_add, cfg.principal_map)
+
+    def _acl_for(self, name: str, doc: SourceDocument) -> tuple[str, ...]:
+        """The ACL ``doc`` is stored with: the connector's configured ``acl``, else what it captured (renamed
+        through ``principal_map``, extended with ``acl_add``); empty, readable by nobody, when neither says."""
+        cfg = self.connectors[name].config
+        captured: Sequence[str] | None = doc.acl
+        note = ""
+        if captured is not None:
+            try:
+                captured = [acl_mod.check_entry(e) for e in captured]
+            except acl_mod.PrincipalError as exc:
+                captured, note = None, f"the source named an invalid principal: {exc}"
+        else:
+            note = doc.acl_note or "the source gives no permissions for it: set acl = [...] in the connector's config"
+        found = acl_mod.effective(captured, override=cfg.acl, extra=cfg.acl_add, mapping=cfg.principal_map)
+        unknown = self.acl_unknown.setdefault(name, {})
+        if found is None:
+            unknown[doc.doc_id] = note
+            found = ()
+        else:
+            unknown.pop(doc.doc_id, None)
+        return self._acls.setdefault(found, found)
 
     # -- index view ------------------------------------------------------------------------------------
     def load_index(self) -> None:
@@ -199,12 +237,17 @@ class Engine:
         listed = {ref.doc_id for ref in refs}
         candidates: list[str] = []
         fingerprints: dict[str, str] = {}
+        # ACL settings changed since the last full pass: every document's ACL is computed again (read, never
+        # embedded); so is that of a document whose rows carry none yet (an index from before permissions).
+        policy = self.acl_policy(name)
+        policy_same = cstate.acl_policy == policy
         for ref in refs:
             summary.docs_seen += 1
             cached = cstate.fingerprints.get(ref.doc_id)
             have = indexed.get(ref.doc_id)
             if cached and cached[0] == ref.fingerprint and (
-                    (have and cached[1] == have.identity and ref.doc_id not in cstate.failures)
+                    (have and cached[1] == have.identity and ref.doc_id not in cstate.failures
+                     and policy_same and have.acl is not None)
                     # Skipped as not indexable (empty, binary, too large...) and not touched since.
                     or (have is None and cached[1] == SKIPPED and ref.doc_id in cstate.failures)):
                 summary.docs_unchanged += 1
@@ -234,6 +277,9 @@ class Engine:
                                fingerprints=fingerprints)
         finally:
             self._between = None
+        if not prefixes and not policy_same and not any(f.holds_cursor for f in summary.failures):
+            cstate.acl_policy = policy
+            cstate.dirty = True
         self._finish_cycle(name, summary)
         summary.seconds = time.monotonic() - started
         return summary
@@ -377,6 +423,8 @@ class Engine:
         gone: list[str] = []
         skipped: dict[str, str] = {}
         unchanged_fp: dict[str, tuple[str, str]] = {}
+        acl_changed: dict[str, tuple[SourceDocument, tuple[str, ...]]] = {}
+        read_acl: dict[str, tuple[str, ...]] = {}  # of every document read: who may see its failure in /status
         skipped_fp: dict[str, str | None] = {}
         failed: dict[str, str] = {}
         invalid: dict[str, str] = {}
@@ -416,7 +464,12 @@ class Engine:
                 bound.warning("document.failed", reason=exc.describe())
                 continue
             previous = indexed.get(doc_id)
+            acl = read_acl[doc_id] = self._acl_for(name, doc)
             if previous is not None and previous.identity == doc.identity:
+                if previous.acl != acl:
+                    # Only who may read it changed: its rows are rewritten with the new ACL, nothing embedded.
+                    acl_changed[doc_id] = (doc, acl)
+                    continue
                 unchanged_fp[doc_id] = (doc.fingerprint, doc.identity)
                 summary.docs_unchanged += 1
                 continue
@@ -435,7 +488,7 @@ class Engine:
                 continue
             title = doc.title if doc.title and doc.media_type not in ("markdown", "html", "rst") else (
                 extracted.title or doc.title)
-            planned[doc_id] = _Planned(doc=doc, chunks=chunks, title=title, previous=previous)
+            planned[doc_id] = _Planned(doc=doc, chunks=chunks, title=title, previous=previous, acl=acl)
 
         if gone and not allow_mass_delete:
             # Deletions are held and judged all together (``_flush_deletes``): a burst arrives over many
@@ -541,8 +594,15 @@ class Engine:
         # One commit for the whole batch.
         now = dt.datetime.now(dt.UTC)
         rows = self._rows(name, planned, vectors, now, failed, renamed)
+        if acl_changed:
+            try:
+                acl_rows = self.store.rows_with_acl({doc_key(name, d): acl for d, (_, acl) in acl_changed.items()})
+            except StoreError as exc:
+                self._batch_failed(name, list(planned) + gone + list(acl_changed), exc, summary)
+                return
+            rows = pa.concat_tables([rows, acl_rows]) if rows.num_rows else acl_rows
         dropped = [s for s in skipped if s in indexed]
-        replace = [doc_key(name, d) for d in [*planned, *gone, *dropped]]
+        replace = [doc_key(name, d) for d in [*planned, *gone, *dropped, *acl_changed]]
         # Every old row is overwritten when no document is removed and none got fewer chunks: the cheap upsert.
         covers = not gone and not dropped and all(
             p.previous is None or p.previous.chunks <= len(p.chunks) for p in planned.values())
@@ -554,7 +614,7 @@ class Engine:
                     self.write_guard(name)
                 version = self.store.apply(rows, replace, covers_all_rows=covers)
             except StoreError as exc:
-                self._batch_failed(name, list(planned) + gone, exc, summary)
+                self._batch_failed(name, list(planned) + gone + list(acl_changed), exc, summary)
                 return
             self.metrics.commits.inc()
             self.metrics.commit_seconds.labels(connector=name).observe(time.monotonic() - commit_start)
@@ -590,10 +650,21 @@ class Engine:
                                   dropped_rows, len(plan.chunks), table_name, version,
                                   seen.get(doc_id) or read_at.get(doc_id), committed_at,
                                   old_doc_id=rename_of.get(doc_id) if action == "renamed" else None))
-            indexed[doc_id] = IndexedDoc(revision=plan.doc.revision, chunks=len(plan.chunks), identity=plan.doc.identity)
+            indexed[doc_id] = IndexedDoc(revision=plan.doc.revision, chunks=len(plan.chunks), identity=plan.doc.identity,
+                                         acl=plan.acl)
             cstate.fingerprints[doc_id] = [plan.doc.fingerprint, plan.doc.identity]
             cstate.failures.pop(doc_id, None)
-            _remember(status, action, doc_id, committed_at)
+            _remember(status, action, doc_id, committed_at, acl=plan.acl)
+        for doc_id, (doc, acl) in acl_changed.items():
+            info = indexed[doc_id]
+            indexed[doc_id] = IndexedDoc(revision=info.revision, chunks=info.chunks, identity=info.identity, acl=acl)
+            cstate.fingerprints[doc_id] = [doc.fingerprint, doc.identity]
+            cstate.failures.pop(doc_id, None)
+            summary.docs_permissions += 1
+            entries.append(_entry(name, doc_id, "permissions", doc, info, 0, 0, 0, info.chunks, table_name, version,
+                                  seen.get(doc_id) or read_at.get(doc_id), committed_at))
+            self.metrics.docs_synced.labels(connector=name, action="permissions").inc()
+            _remember(status, "permissions", doc_id, committed_at, acl=acl)
         deleted_now = sum(1 for d in gone if d not in renamed_from)
         if deleted_now:
             self._deletes.setdefault(name, deque()).append((committed_at, deleted_now))
@@ -604,11 +675,12 @@ class Engine:
             if doc_id not in paired:
                 entries.append(_entry(name, doc_id, "deleted", None, info, 0, 0, info.chunks, 0, table_name, version,
                                       seen.get(doc_id) or read_at.get(doc_id), committed_at))
+            self.acl_unknown.get(name, {}).pop(doc_id, None)
             if doc_id not in renamed_from:
                 summary.docs_deleted += 1
                 summary.chunks_deleted += info.chunks
                 self.metrics.docs_synced.labels(connector=name, action="deleted").inc()
-                _remember(status, "deleted", doc_id, committed_at)
+                _remember(status, "deleted", doc_id, committed_at, acl=info.acl)
         for doc_id, pair in unchanged_fp.items():
             cstate.fingerprints[doc_id] = list(pair)
             cstate.failures.pop(doc_id, None)
@@ -631,12 +703,12 @@ class Engine:
             summary.docs_failed += crashed
             summary.docs_skipped += not crashed
             summary.failures.append(Failure(connector=name, doc_id=doc_id, reason=reason, skipped=not crashed))
-            _remember(status, "failed" if crashed else "skipped", doc_id, committed_at, reason)
+            _remember(status, "failed" if crashed else "skipped", doc_id, committed_at, reason, acl=read_acl.get(doc_id))
         for doc_id in [*planned, *gone, *skipped]:
             for h in self._pending_owner.pop((name, doc_id), ()):
                 self._pending_vectors.pop(h, None)
         attempts = self.attempts.setdefault(name, {})
-        for doc_id in [*planned, *gone, *skipped, *unchanged_fp]:
+        for doc_id in [*planned, *gone, *skipped, *unchanged_fp, *acl_changed]:
             attempts.pop(doc_id, None)
         for doc_id, reason in failed.items():
             attempts[doc_id] = attempts.get(doc_id, 0) + 1
@@ -644,7 +716,15 @@ class Engine:
             summary.docs_failed += 1
             summary.failures.append(Failure(connector=name, doc_id=doc_id, reason=reason))
             self.metrics.sync_errors.labels(connector=name).inc()
-            _remember(status, "failed", doc_id, committed_at, reason)
+            _remember(status, "failed", doc_id, committed_at, reason, acl=read_acl.get(doc_id))
+        failure_acl = self.failure_acl.setdefault(name, {})
+        for doc_id in [*planned, *gone, *unchanged_fp, *acl_changed]:
+            failure_acl.pop(doc_id, None)
+        for doc_id in [*skipped, *failed]:
+            if doc_id in read_acl:
+                failure_acl[doc_id] = read_acl[doc_id]
+            else:
+                failure_acl.pop(doc_id, None)
         cstate.dirty = True
         if replace:
             self._journal(entries, version)
@@ -841,6 +921,7 @@ class Engine:
                 else:
                     cstate.spill_fingerprints()
                 cstate.failures.clear()
+                cstate.acl_policy = self.acl_policy(name)
                 refs = iter(connector.list_documents())
                 while batch := [r.doc_id for r in islice(refs, self.max_batch_docs)]:
                     self._rebuild_batch(name, batch, table, summary)
@@ -872,7 +953,8 @@ class Engine:
         return summary
 
     def _rebuild_batch(self, name: str, doc_ids: list[str], table: Any, summary: SyncSummary) -> None:
-        batch = prepare_batch(self.connectors[name].read, doc_ids, self.chunker, self.limits)
+        batch = prepare_batch(self.connectors[name].read, doc_ids, self.chunker, self.limits,
+                              acl_for=lambda doc: self._acl_for(name, doc))
         vectors, failed = self._embed(batch.texts, batch.planned, connector=name) if batch.texts else ({}, {})
         self.metrics.chunks_embedded.inc(len(vectors))
         records = batch_records(name, batch.planned, vectors, failed, dt.datetime.now(dt.UTC))
@@ -909,14 +991,18 @@ def prepare_document(read: Callable[[str], SourceDocument], doc_id: str, chunker
 
 
 def prepare_batch(read: Callable[[str], SourceDocument], doc_ids: Iterable[str], chunker: Chunker,
-                  limits: Any) -> PreparedBatch:
+                  limits: Any, acl_for: Callable[[SourceDocument], tuple[str, ...]] | None = None) -> PreparedBatch:
     """``prepare_document`` for each document: one that is gone is left out, one that cannot be indexed is
     recorded with its reason, and one bad document never fails the others."""
     planned: dict[str, _Planned] = {}
     problems: dict[str, tuple[str, bool]] = {}
     for doc_id in doc_ids:
         try:
-            planned[doc_id] = prepare_document(read, doc_id, chunker, limits)
+            plan = prepare_document(read, doc_id, chunker, limits)
+            # Without the engine (a cluster worker) the ACL is left null: readable by nobody until the next
+            # pass computes it, without embedding.
+            plan.acl = acl_for(plan.doc) if acl_for is not None else None
+            planned[doc_id] = plan
         except DocumentGone:
             continue
         except DocumentSkipped as exc:
@@ -1013,6 +1099,7 @@ def _record(connector: str, doc_id: str, plan: _Planned, c: Chunk, vector: np.nd
         "content_hash": c.content_hash, "updated_at": now, "doc_identity": plan.doc.identity,
         "modified_at": plan.doc.modified_at,
         "source_metadata": json.dumps(dict(plan.doc.metadata), sort_keys=True, ensure_ascii=False),
+        "acl": list(plan.acl) if plan.acl is not None else None,
     }
 
 
@@ -1029,10 +1116,14 @@ def _entry(connector: str, doc_id: str, action: str, doc: SourceDocument | None,
             "live_table": table, "table_version": version, "seen_at": seen_at, "committed_at": committed_at}
 
 
-def _remember(status: ConnectorStatus, action: str, doc_id: str, at: float, reason: str | None = None) -> None:
+def _remember(status: ConnectorStatus, action: str, doc_id: str, at: float, reason: str | None = None, *,
+              acl: Sequence[str] | None = None) -> None:
     entry: dict[str, Any] = {"action": action, "doc_id": doc_id, "at": at}
     if reason:
         entry["reason"] = reason
+    # Who may see this entry in /status (its doc id may say what a restricted document is about); an entry
+    # without one (a failure, a skip) is shown to trusted callers only.
+    entry["acl"] = tuple(acl) if acl is not None else ()
     status.recent.append(entry)
     del status.recent[:-50]
 

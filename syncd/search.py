@@ -70,6 +70,9 @@ class SearchOptions:
     """Collapse results with the same text (content hash) into one, with the other places in ``also_in``."""
     as_of: float | None = None
     """Search the index as it was at this unix time (a kept table version that holds exactly that state)."""
+    principals: tuple[str, ...] = ()
+    """Whom the search is for (``user:NAME``, ``group:NAME``): only chunks they may read are searched; none
+    means ``everyone`` documents only (``syncd.acl``)."""
 
 
 # -- parsing the options as HTTP and the CLI receive them ---------------------------------------------
@@ -149,7 +152,8 @@ def options_from_params(params: Mapping[str, Sequence[str]]) -> SearchOptions:
         metadata=parse_metadata(params.get("meta", [])),
         min_relevance=parse_relevance(floor) if floor is not None else None,
         dedup=parse_bool(dedup, "dedup") if dedup is not None else True,
-        as_of=parse_as_of(as_of) if as_of is not None else None))
+        as_of=parse_as_of(as_of) if as_of is not None else None,
+        principals=tuple(params.get("principal", []))))
 
 
 def check_options(options: SearchOptions) -> SearchOptions:
@@ -165,12 +169,22 @@ def check_options(options: SearchOptions) -> SearchOptions:
         if not isinstance(options.updated_since, dt.datetime):
             raise SearchOptionError("updated_since", "must be a datetime (or an ISO 8601 string)")
         if options.updated_since.tzinfo is None:
-            return replace(options, updated_since=options.updated_since.replace(tzinfo=dt.UTC))
+            options = replace(options, updated_since=options.updated_since.replace(tzinfo=dt.UTC))
     if options.as_of is not None and (isinstance(options.as_of, bool) or not isinstance(options.as_of, int | float)):
         raise SearchOptionError("as_of", "must be a unix time (or an ISO 8601 string through the interfaces)")
     for key, value in options.metadata.items():
         if not isinstance(key, str) or not isinstance(value, str) or "\x00" in key + value:
             raise SearchOptionError("metadata", f"keys and values must be strings without NUL: {key!r}")
+    from syncd.acl import PrincipalError, check_principal
+
+    if isinstance(options.principals, str):
+        raise SearchOptionError("principal", "expected a list of principals, got one string")
+    try:
+        principals = tuple(check_principal(p) for p in options.principals or ())
+    except PrincipalError as exc:
+        raise SearchOptionError("principal", str(exc)) from None
+    if principals != options.principals:
+        return replace(options, principals=principals)
     return options
 
 
@@ -257,9 +271,11 @@ def timestamp_literal(when: dt.datetime) -> str:
 
 def filter_conditions(options: SearchOptions) -> list[str]:
     """The SQL conditions of the options' filters, from escaped values only."""
+    from syncd.acl import search_filter
     from syncd.store import metadata_condition, sql_string
 
-    conditions: list[str] = []
+    # Who may read a chunk comes first: it is never left out, and the label-list index serves it.
+    conditions: list[str] = [search_filter(options.principals)]
     if options.connector is not None:
         conditions.append(f"connector = {sql_string(options.connector)}")
     if options.path is not None:
@@ -489,13 +505,15 @@ def search(store: Legs, vector: np.ndarray | Callable[[], np.ndarray], text: str
 def options_from_kwargs(*, k: int = 10, connector: str | None = None, path: str | None = None,
                         updated_since: dt.datetime | str | None = None, metadata: Mapping[str, str] | None = None,
                         min_relevance: float | None = None, dedup: bool = True,
-                        as_of: float | str | dt.datetime | None = None) -> SearchOptions:
+                        as_of: float | str | dt.datetime | None = None,
+                        principals: Sequence[str] | None = None) -> SearchOptions:
     """SearchOptions from the Python API's keyword arguments (an ISO 8601 string is parsed); the same for
     the in-process index and the one answered by the daemon."""
     since = parse_time(updated_since) if isinstance(updated_since, str) else updated_since
     return check_options(SearchOptions(
         k=k, connector=connector, path=path, updated_since=since, metadata=dict(metadata or {}),
-        min_relevance=min_relevance, dedup=dedup, as_of=_when(as_of) if as_of is not None else None))
+        min_relevance=min_relevance, dedup=dedup, as_of=_when(as_of) if as_of is not None else None,
+        principals=tuple(principals or ())))
 
 
 def _when(value: float | str | dt.datetime) -> float:
@@ -522,4 +540,5 @@ def options_to_params(options: SearchOptions) -> list[tuple[str, str]]:
         params.append(("dedup", "false"))
     if options.as_of is not None:
         params.append(("as_of", dt.datetime.fromtimestamp(options.as_of, dt.UTC).isoformat()))
+    params.extend(("principal", p) for p in options.principals)
     return params

@@ -96,6 +96,8 @@ class ConnectorState:
         # doc_id -> [fingerprint, revision]
         self._fingerprints: dict[str, list[str]] | None = data.get("fingerprints", {})
         self.failures: dict[str, str] = data.get("failures", {})
+        self.acl_policy: str = data.get("acl_policy", "")
+        """The hash of the connector's ACL settings at the last full pass (``Engine.acl_policy``)."""
         self.dirty = False
         self._spill: TextIO | None = None
 
@@ -138,14 +140,14 @@ class ConnectorState:
 
         if self._spill is None:  # one call into the C encoder: the daemon saves after every batch
             fh.write(dump({"state_version": STATE_VERSION, "fingerprints": self.fingerprints,
-                           "failures": self.failures}))
+                           "failures": self.failures, "acl_policy": self.acl_policy}))
             return
         fh.write('{"state_version":' + dump(STATE_VERSION) + ',"fingerprints":{')
         self._spill.close()
         entries = _chain_spill(self.spill_path, iter(self.fingerprints.items()))
         for i, (doc_id, value) in enumerate(entries):
             fh.write(("," if i else "") + dump(doc_id) + ":" + dump(value))
-        fh.write('},"failures":' + dump(self.failures) + "}")
+        fh.write('},"failures":' + dump(self.failures) + ',"acl_policy":' + dump(self.acl_policy) + "}")
 
     def save(self) -> None:
         write_atomic(self.path, self._write)

@@ -38,6 +38,7 @@ import numpy as np
 import pyarrow as pa
 import structlog
 
+from syncd.acl import sql_string as sql_string
 from syncd.errors import AsOfUnavailable, StoreError, SyncdError
 from syncd.lazy_imports import import_lancedb
 from syncd.redact import redact
@@ -73,13 +74,6 @@ def metadata_condition(key: str, value: str) -> str:
     like = pair.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     patterns = ["{" + like + "}", "{" + like + ", %", "%, " + like + ", %", "%, " + like + "}"]
     return " OR ".join(f"source_metadata LIKE {sql_string(p)} ESCAPE '\\'" for p in patterns)
-
-
-def sql_string(value: str) -> str:
-    """A SQL string literal for a LanceDB filter: single quotes doubled, NUL rejected."""
-    if "\x00" in value:
-        raise ValueError("NUL cannot appear in a filter value")
-    return "'" + value.replace("'", "''") + "'"
 
 
 _F = TypeVar("_F", bound=Callable[..., Any])
@@ -191,6 +185,7 @@ def schema(dim: int, signature: str | None = None) -> pa.Schema:
         pa.field("modified_at", pa.timestamp("us", tz="UTC")),  # source's own modification time, when known
         pa.field("metadata", pa.struct(list(CITATION_FIELDS))),  # the citation, for LangChain / LlamaIndex
         pa.field("source_metadata", pa.string()),  # JSON object of source metadata: owner, mode, size, blob sha...
+        ACL_FIELD,  # who may read the document (syncd.acl); null = never computed, readable by nobody
     ], metadata=meta)
 
 
@@ -309,6 +304,9 @@ def make_rows(records: list[dict[str, Any]], dim: int, signature: str | None = N
     return pa.Table.from_pydict(columns, schema=sch)
 
 
+ACL_FIELD = pa.field("acl", pa.list_(pa.string()))
+
+
 @dataclass(frozen=True, slots=True)
 class IndexedDoc:
     """What the store holds of one document."""
@@ -316,6 +314,8 @@ class IndexedDoc:
     revision: str
     chunks: int
     identity: str = ""
+    acl: tuple[str, ...] | None = None
+    """The ACL its rows carry; None when the rows have none yet (an index from before permissions)."""
 
 
 _QUERY_POOL: Any = None
@@ -525,6 +525,8 @@ class Store:
             names = self._table_names()
             if name in names and not (legacy := self._legacy_pointer()):
                 self._table = db.open_table(name)
+                if create and ACL_FIELD.name not in self._table.schema.names:
+                    self._add_acl_column(self._table)
             elif create:
                 if self.facts.claim({"table": name, "claimed_at": time.time()}):
                     self._table = self._create(name, shared=True)
@@ -580,6 +582,17 @@ class Store:
         current = self.table.schema
         return [f.name for f in schema(self.dim) if f.name not in current.names or (
             f.name != "vector" and not current.field(f.name).type.equals(f.type))]
+
+    @staticmethod
+    def _add_acl_column(table: Any) -> None:
+        """An index built before permissions gains an ``acl`` column, null in every row: readable by nobody
+        until the engine's first pass computes each document's ACL (without re-embedding anything)."""
+        log.info("store.adding_acl_column", table=table.name)
+        table.add_columns(ACL_FIELD)
+
+    def has_acl(self) -> bool:
+        """Whether the live table has the ``acl`` column (a reader of an index no writer upgraded yet)."""
+        return ACL_FIELD.name in self.table.schema.names
 
     def _migrate(self) -> None:
         """Bring an index of an earlier version to this one, keeping every row and vector (nothing is embedded):
@@ -680,7 +693,9 @@ class Store:
         import pyarrow.compute as pc
 
         columns = ["connector", "doc_id", "revision", "doc_identity"]
-        reader = self.table.search().select([*columns, "content_hash"]).limit(None).to_batches(batch_size=65_536)
+        with_acl = self.has_acl()
+        reader = self.table.search().select([*columns, "content_hash", *(["acl"] if with_acl else [])]).limit(
+            None).to_batches(batch_size=65_536)
         parts: list[pa.Table] = []
         keys: list[np.ndarray] = []
         for batch in reader:
@@ -688,8 +703,13 @@ class Store:
                 continue
             keys.append(_hash_keys(batch.column("content_hash")))
             part = pa.Table.from_batches([batch]).select(columns)
+            # A document's rows all carry its ACL: one string per row ("\n" never appears in an entry) that
+            # the aggregation can take the max of; null where the rows have none yet.
+            acl_text = (pc.binary_join(batch.column("acl"), "\n") if with_acl
+                        else pa.nulls(batch.num_rows, pa.string()))
+            part = part.append_column("acl_text", acl_text)
             parts.append(part.group_by(["connector", "doc_id"], use_threads=False).aggregate(
-                [("revision", "max"), ("doc_identity", "max"), ([], "count_all")]))
+                [("revision", "max"), ("doc_identity", "max"), ("acl_text", "max"), ([], "count_all")]))
         filter_keys = np.concatenate(keys) if keys else np.zeros(0, dtype=np.uint64)
         self.hash_filter = HashFilter(pa.array(filter_keys, type=pa.uint64()))
         out: dict[tuple[str, str], IndexedDoc] = {}
@@ -698,17 +718,22 @@ class Store:
         merged = pa.concat_tables(parts)
         if len(parts) > 1:  # a document whose rows span two batches
             regrouped = merged.group_by(["connector", "doc_id"], use_threads=False).aggregate(
-                [("revision_max", "max"), ("doc_identity_max", "max"), ("count_all", "sum")])
+                [("revision_max", "max"), ("doc_identity_max", "max"), ("acl_text_max", "max"), ("count_all", "sum")])
             merged = pa.table({"connector": regrouped["connector"], "doc_id": regrouped["doc_id"],
                                "revision_max": regrouped["revision_max_max"],
                                "doc_identity_max": regrouped["doc_identity_max_max"],
+                               "acl_text_max": regrouped["acl_text_max_max"],
                                "count_all": regrouped["count_all_sum"]})
         identity = pc.if_else(pc.is_null(merged["doc_identity_max"]), merged["revision_max"], merged["doc_identity_max"])
-        for connector, doc_id, revision, ident, count in zip(
+        acls: dict[str | None, tuple[str, ...] | None] = {None: None}  # one tuple per distinct ACL
+        for connector, doc_id, revision, ident, acl_text, count in zip(
             merged["connector"].to_pylist(), merged["doc_id"].to_pylist(), merged["revision_max"].to_pylist(),
-            identity.to_pylist(), merged["count_all"].to_pylist(), strict=True
+            identity.to_pylist(), merged["acl_text_max"].to_pylist(), merged["count_all"].to_pylist(), strict=True
         ):
-            out[(connector, doc_id)] = IndexedDoc(revision=revision, chunks=int(count), identity=ident or revision)
+            if acl_text not in acls:
+                acls[acl_text] = tuple(acl_text.split("\n")) if acl_text else ()
+            out[(connector, doc_id)] = IndexedDoc(revision=revision, chunks=int(count), identity=ident or revision,
+                                                  acl=acls[acl_text])
         return out
 
     @translated("reading stored vectors")
@@ -726,6 +751,22 @@ class Store:
             for h, vec in zip(data["content_hash"].to_pylist(), vectors, strict=True):
                 found.setdefault(h, vec)
         return found
+
+    @translated("reading rows to update their ACL")
+    def rows_with_acl(self, acls: dict[str, tuple[str, ...]]) -> pa.Table:
+        """Every stored row of the documents in ``acls`` (by ``doc_key``) with ``acl`` replaced by that
+        document's new ACL: a permission change is written like a content change, in the same commit as
+        the rest of the batch, with every vector kept."""
+        if not acls:
+            return schema(self.dim).empty_table()
+        keys = sorted(acls)
+        parts = []
+        for start in range(0, len(keys), 500):
+            part = keys[start:start + 500]
+            parts.append(self.scan(schema(self.dim).names, "doc_key IN (" + ", ".join(sql_string(k) for k in part) + ")"))
+        rows = pa.concat_tables(parts).select(schema(self.dim).names).cast(schema(self.dim))
+        acl = pa.array([list(acls[k]) for k in rows["doc_key"].to_pylist()], type=ACL_FIELD.type)
+        return rows.set_column(rows.schema.get_field_index("acl"), ACL_FIELD, acl)
 
     @translated("counting rows")
     def count_rows(self) -> int:
@@ -1061,6 +1102,10 @@ class Store:
         columns = ["chunk_id", "content_hash", "vector", *RESULT_COLUMNS]
         table = self.table if version is None else self.table_at(version)
         seconds: dict[str, float] = {}
+        if ACL_FIELD.name not in table.schema.names:
+            # An index (or a version) from before permissions: nothing in it is readable by anyone.
+            query_vector = np.asarray(vector() if callable(vector) else vector, dtype=np.float32)
+            return LegRows(vector_rows=[], text_rows=[], query_vector=query_vector, seconds=seconds)
 
         def fts() -> list[dict[str, Any]]:
             t0 = time.perf_counter()
@@ -1139,7 +1184,7 @@ class Store:
     @translated("listing indexes")
     def index_names(self) -> list[str]:
         """The table's indexes, cheapest to bring up to date first (the full-text index, a rewrite, last)."""
-        order = {"BTree": 0, "IvfPq": 1, "FTS": 2}
+        order = {"BTree": 0, "LabelList": 1, "IvfPq": 2, "FTS": 3}
         found = [(order.get(str(idx.index_type), 1), idx.name) for idx in self.table.list_indices()]
         return [name for _, name in sorted(found)]
 
@@ -1236,7 +1281,7 @@ class Store:
         index-only search, so rows not yet in the ANN index are still found by a flat scan.
         """
         with self.maintenance_lock:  # never next to a fold (see fold_step)
-            from lancedb.index import FTS, BTree, IvfPq
+            from lancedb.index import FTS, BTree, IvfPq, LabelList
 
             table = self.table
             # Never 0 while readers exist, and never delete_unverified: a reader may still hold an old version.
@@ -1256,6 +1301,10 @@ class Store:
                     for column in SCALAR_INDEX_COLUMNS:
                         if column not in existing:
                             table.create_index(column, config=BTree())
+                            created.append(column)
+                    for column in LABEL_LIST_COLUMNS:
+                        if column not in existing:
+                            table.create_index(column, config=LabelList())
                             created.append(column)
                     if "text" not in existing:
                         table.create_index("text", config=FTS(), replace=True)
@@ -1509,6 +1558,8 @@ PINNED_HANDLES = 4
 
 
 SCALAR_INDEX_COLUMNS = ("doc_key", "doc_id", "chunk_id", "content_hash")
+LABEL_LIST_COLUMNS = ("acl",)
+"""Label-list indexed: every search prefilters on ``array_has_any(acl, ...)``."""
 """BTree-indexed: merges match on chunk_id, deletes and scoped merges filter on doc_key, lookups on doc_id,
 vector reuse on content_hash."""
 MAX_VECTOR_DELTAS = 4

@@ -41,10 +41,10 @@ class FakeService:
 
     def endpoints(self, token: str | None = None) -> Endpoints:
         return Endpoints(healthy=lambda: self.is_healthy, ready=lambda: self.is_ready, status=self.status,
-                         metrics=lambda: b"syncd_up 1\n", search=self.search, page=lambda: "<html>page</html>",
+                         metrics=lambda: b"syncd_up 1\n", search=self.search, page=lambda viewer=None: "<html>page</html>",
                          token=token, problems=lambda: ["the writer thread is not running"])
 
-    def status(self) -> dict[str, Any]:
+    def status(self, viewer=None) -> dict[str, Any]:
         if self.fail_status:
             raise RuntimeError("status exploded")
         return {"version": "x", "connectors": []}

@@ -73,13 +73,13 @@ class Service:
 
     def endpoints(self, connectors: list[str] | None = None) -> Endpoints:
         return Endpoints(healthy=lambda: True, ready=lambda: True, status=self.status,
-                         metrics=lambda: self.metrics_body, search=self.search, page=lambda: "<html></html>",
+                         metrics=lambda: self.metrics_body, search=self.search, page=lambda viewer=None: "<html></html>",
                          token=None, connectors=(lambda: connectors) if connectors is not None else None)
 
-    def status(self) -> dict[str, Any]:
+    def status(self, viewer=None) -> dict[str, Any]:
         raise RuntimeError("status exploded")
 
-    def search(self, q: str, k: int, connector: str | None) -> dict[str, Any]:
+    def search(self, q: str, k: int, connector: str | None, principals=()) -> dict[str, Any]:
         self.searches.append((q, k, connector))
         self.search_entered.set()
         if q == "hold":

@@ -94,6 +94,7 @@ class Service:
         token = self._token()
         self.hook_secrets = hook_secrets(cfg)
         self.reranker = reranker_from_config(cfg)  # a missing or broken model fails the start, named
+        tokens = self._tokens()
         self.runtime = Runtime(cfg, embedder=self._embedder, metrics=self.metrics)
         rt = self.runtime
         rt.engine.embedder = StoppableEmbedder(rt.engine.embedder, self.stopping, cfg.embedding.batch_size)
@@ -109,7 +110,8 @@ class Service:
         self.mcp = self._start_mcp()
         self.http = HttpServer(cfg.http.host, cfg.http.port, Endpoints(
             healthy=self.healthy, ready=self.ready, status=self.status, metrics=self.metrics_text,
-            search=self.search, page=self.page, token=token,
+            search=self.search, page=self.page, token=token, tokens=tokens,
+            require_token=not cfg.http.is_loopback, require_principals=cfg.search.require_principals,
             problems=lambda: status_mod.health_problems(self),
             connectors=self._connector_names,
             ready_problems=lambda: status_mod.ready_problems(self), hook=self.hook,
@@ -141,10 +143,16 @@ class Service:
         notify(f"STATUS=catching up: 0/{len(rt.connectors)} connector(s) done")
 
     def _token(self) -> str | None:
+        """The trusted token. On loopback it is optional (a caller without one is anonymous), and needed to
+        act as a principal; off loopback every caller needs a token."""
         cfg = self.config
-        if cfg.http.is_loopback:
-            return None
         from syncd.config import resolve_secret
+
+        if cfg.http.is_loopback:
+            if not cfg.http.token_env and not cfg.http.token_file:
+                return None
+            return resolve_secret(cfg.http.token_env, key="http.token_file" if cfg.http.token_file else "http.token_env",
+                                  file=cfg.http.token_file, base_dir=cfg.base_dir)
 
         if not cfg.http.token_env and not cfg.http.token_file:
             raise ConfigError(f"{cfg.source}: http.token_env: required (or http.token_file) when http.bind "
@@ -163,6 +171,21 @@ class Service:
                             loopback=self.config.http.is_loopback)
         bridge.start()
         return bridge
+
+    def _tokens(self) -> dict[str, tuple[str, ...]]:
+        """The limited tokens ([[http.tokens]]), each with the principals it may act as."""
+        from syncd.config import resolve_secret
+
+        out: dict[str, tuple[str, ...]] = {}
+        for i, t in enumerate(self.config.http.tokens):
+            key = f"http.tokens[{i}].token_file" if t.token_file else f"http.tokens[{i}].token_env"
+            if not t.token_env and not t.token_file:
+                raise ConfigError(f"{self.config.source}: http.tokens[{i}]: token_env or token_file is required",
+                                  key=f"http.tokens[{i}]")
+            value = resolve_secret(t.token_env, key=key, file=t.token_file, base_dir=self.config.base_dir)
+            assert value is not None
+            out[value] = t.principals
+        return out
 
     def _load_models(self) -> None:
         """The writer and /search each get their own model instance on one intra-op thread: an edit's
@@ -532,31 +555,52 @@ class Service:
         """/document: a document's current indexed text (``syncd.documents.read_document``)."""
         from syncd.documents import read_document
 
-        assert self.reader is not None
-        self.reader.refresh()
-        return read_document(self.reader, doc_id=doc_id, uri=uri, connector=connector)
+        from syncd.acl import readable
 
-    def changes(self, **params: Any) -> dict[str, Any]:
-        """/changes: a page of the change journal (``syncd.audit.changes_page``), read through the reader."""
+        assert self.reader is not None and self.runtime is not None
+        self.reader.refresh()
+        found = read_document(self.reader, doc_id=doc_id, uri=uri, connector=connector)
+        if found is None:
+            return None
+        # Whole documents are served only when everyone may read them (the endpoint names no principals).
+        info = self.runtime.engine.docs(str(found.get("connector", ""))).get(str(found.get("doc_id", "")))
+        return found if info is not None and readable(info.acl, ()) else None
+
+    def changes(self, *, viewer: frozenset[str] | None = None, **params: Any) -> dict[str, Any]:
+        """/changes: a page of the change journal (``syncd.audit.changes_page``), read through the reader. A
+        caller that is not trusted sees the doc ids of documents it may read now; the others' entries keep
+        their action, counts and times only."""
+        from syncd.acl import readable
         from syncd.audit import changes_page
 
-        assert self.reader is not None
-        return changes_page(self.reader.journal, **params)
+        assert self.reader is not None and self.runtime is not None
+        page = changes_page(self.reader.journal, **params)
+        if viewer is None:
+            return page
+        engine = self.runtime.engine
+        shown = []
+        for entry in page.get("changes", []):
+            info = engine.docs(entry.get("connector", "")).get(entry.get("doc_id", ""))
+            if info is not None and readable(info.acl, viewer):
+                shown.append(entry)
+            else:
+                shown.append({**entry, "doc_id": None, "old_doc_id": None, "restricted": True})
+        return {**page, "changes": shown}
 
-    def status(self) -> dict[str, Any]:
+    def status(self, viewer: frozenset[str] | None = None) -> dict[str, Any]:
         assert self.runtime is not None
         # The writer mutates the engine's dictionaries while this reads them: a read that races a
         # resize is simply taken again.
         for _ in range(4):
             try:
-                return status_mod.build_status(self.runtime, self)
+                return status_mod.build_status(self.runtime, self, viewer)
             except RuntimeError as exc:
                 if "changed size during iteration" not in str(exc):
                     raise
-        return status_mod.build_status(self.runtime, self)
+        return status_mod.build_status(self.runtime, self, viewer)
 
-    def page(self) -> str:
-        return status_mod.render_page(self.status())
+    def page(self, viewer: frozenset[str] | None = None) -> str:
+        return status_mod.render_page(self.status(viewer))
 
 
 class _ServiceIndex:
@@ -574,4 +618,4 @@ class _ServiceIndex:
     def sources(self) -> list[dict[str, Any]]:
         from syncd.remote import source_entry
 
-        return [source_entry(c) for c in self.service.status()["connectors"]]
+        return [source_entry(c) for c in self.service.status(frozenset())["connectors"]]

@@ -102,8 +102,33 @@ def status_line(service: Service, last: str) -> str:
     return line
 
 
-def build_status(runtime: Runtime, service: Service | None = None) -> dict[str, Any]:
-    """The /status document (also what `syncd status` prints when no daemon runs)."""
+RESTRICTED = "(restricted)"
+
+
+def _recent(entries: list[dict[str, Any]], viewer: frozenset[str] | None) -> list[dict[str, Any]]:
+    """Recent changes as ``viewer`` may see them: a document it may not read keeps its action and time, not
+    its doc id (a path or a title can say what a restricted document is about)."""
+    from syncd.acl import readable
+
+    out = []
+    for entry in entries:
+        acl = entry.get("acl", ())
+        if viewer is None:
+            out.append({**entry, "acl": list(acl)})
+        elif readable(acl, viewer):
+            out.append({k: v for k, v in entry.items() if k != "acl"})
+        else:
+            out.append({"action": entry["action"], "doc_id": None, "at": entry["at"], "restricted": True})
+    return out
+
+
+def build_status(runtime: Runtime, service: Service | None = None, viewer: frozenset[str] | None = None
+                 ) -> dict[str, Any]:
+    """The /status document (also what `syncd status` prints when no daemon runs). ``viewer``: what the
+    caller may read (None: everything, the trusted token and local commands); doc ids of documents it may
+    not read are left out (counts stay)."""
+    from syncd.acl import readable
+
     engine = runtime.engine
     writer = service.writer if service is not None else None
     store_stats: dict[str, Any] = {}
@@ -141,7 +166,9 @@ def build_status(runtime: Runtime, service: Service | None = None) -> dict[str, 
         if reason and not last_error:
             last_error = reason
         if worst is not None and worst[1] >= RETRY_BUDGET and not last_error:
-            last_error = f"{worst[0]}: {cstate.failures.get(worst[0], 'failed')}"
+            last_error = (f"{worst[0]}: {cstate.failures.get(worst[0], 'failed')}" if viewer is None
+                          else f"a document failed {worst[1]} times in a row")
+        unknown = engine.acl_unknown.get(name, {})
         entry = {
             "name": name, "type": connector.type_name, "state": state,
             "last_sync_at": _iso(st.last_sync_at), "last_success_at": _iso(st.last_success_at),
@@ -149,9 +176,17 @@ def build_status(runtime: Runtime, service: Service | None = None) -> dict[str, 
             "chunks": sum(d.chunks for d in docs.values()), "failed_docs": len(cstate.failures),
             "last_error": last_error,
             "state_reason": reason,
-            "failures": [{"doc_id": d, "reason": r} for d, r in list(cstate.failures.items())[:100]],
+            # A document not in the index has no ACL to judge it by: only trusted callers see which it is.
+            "failures": [{"doc_id": d, "reason": r} for d, r in list(cstate.failures.items())
+                         if viewer is None or readable(engine.failure_acl.get(name, {}).get(d), viewer)][:100],
             "mass_delete_blocked": st.mass_delete_blocked,
-            "recent": st.recent[-20:],
+            "recent": _recent(st.recent[-20:], viewer),
+            "permissions": {
+                "unreadable_docs": sum(1 for d in docs.values() if not d.acl),
+                "undetermined_docs": len(unknown),
+                "undetermined": [{"doc_id": d, "reason": r} for d, r in list(unknown.items())[:100]]
+                if viewer is None else [],
+            },
             "freshness": service.metrics.recent_freshness(name) if service is not None else None,
             "consecutive_failures": backoff.failures if backoff else 0,
             "retry_at": _iso(backoff.retry_at) if backoff and backoff.failures else None,
@@ -184,7 +219,7 @@ def build_status(runtime: Runtime, service: Service | None = None) -> dict[str, 
         # p50/p95 of change seen -> searchable over the last 15 minutes (the histogram counts since start).
         "freshness": service.metrics.recent_freshness() if service is not None else None,
         "last_reconcile_at": _iso(writer.last_reconcile_at) if writer else None,
-        "verify": service.last_verify if service else None,
+        "verify": _verify_view(service.last_verify if service else None, viewer),
         "writer_error": writer.error if writer else None,
         "healthy": service.healthy() if service else None,
         "problems": health_problems(service) if service else [],
@@ -233,6 +268,13 @@ def _iso_precise(ts: float | None) -> str | None:
     from syncd.audit import iso
 
     return iso(ts)
+
+
+def _verify_view(report: dict[str, Any] | None, viewer: frozenset[str] | None) -> dict[str, Any] | None:
+    """The last verify report; for a caller that is not trusted, its document lists become counts."""
+    if report is None or viewer is None:
+        return report
+    return {k: (len(v) if isinstance(v, list) else v) for k, v in report.items()}
 
 
 RETRY_BUDGET = 3
@@ -297,7 +339,7 @@ def render_page(status: dict[str, Any]) -> str:
     for c in status["connectors"]:
         recent = "".join(
             f"<li><time datetime='{_iso(r['at'])}'>{_clock(r['at'], now)}</time> {html.escape(r['action'])} "
-            f"{html.escape(r['doc_id'])}{(' — ' + html.escape(r['reason'])) if r.get('reason') else ''}</li>"
+            f"{html.escape(r['doc_id'] or RESTRICTED)}{(' — ' + html.escape(r['reason'])) if r.get('reason') else ''}</li>"
             for r in reversed(c["recent"][-8:]))
         rows.append(
             f"<tr><td>{html.escape(c['name'])}</td><td>{html.escape(c['type'])}</td>"

@@ -629,7 +629,7 @@ def test_cli_sync_and_verify_with_the_real_model(tmp_path, repo, make_runtime):
     repo.write("expenses.txt", "Meals are reimbursed up to sixty euros per day while travelling.\n")
     head = repo.commit("docs")
     repo.push()
-    cfg = git_config(tmp_path, repo)
+    cfg = git_config(tmp_path, repo, acl=["everyone"])  # a repository has no permissions of its own
     # Expected texts from a chunker with the same settings (the hash embedder shares the real tokenizer).
     probe_dir = tmp_path / "probe"
     probe_dir.mkdir()

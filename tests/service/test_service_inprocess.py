@@ -308,6 +308,7 @@ def test_indexes_are_brought_up_to_date_past_a_row_count_and_ann_past_the_row_th
         for column in ("doc_key", "doc_id", "chunk_id", "content_hash"):
             assert indexes.get(column) == "BTree", indexes
         assert indexes.get("text") == "FTS"
+        assert indexes.get("acl") == "LabelList", indexes  # every search prefilters on it
         assert "vector" in indexes, indexes  # rows >= ann_min_rows at the last maintenance
         # Folded one at a time between batches: the BTree indexes first, the full-text rewrite last.
         names = service.runtime.store.index_names()
