@@ -54,7 +54,8 @@ def test_git_push_through_the_post_receive_hook_is_searchable_long_before_the_po
     secret_file.write_text(os.urandom(16).hex() + "\n")
     secret_file.chmod(0o600)
     cfg = write_config(tmp_path, [{"name": "docs", "type": "git", "url": repo.url, "branch": "main",
-                                   "poll_interval": "1h", "webhook_secret_file": str(secret_file)}])
+                                   "poll_interval": "1h", "webhook_secret_file": str(secret_file),
+                                   "acl": ["everyone"]}])  # a repository has no permissions of its own
     d = daemon_factory(cfg).start()
     install_hook(repo, url=d.url, connector="docs", secret_file=secret_file)
     assert [r["doc_id"] for r in d.search("guide basics", k=1)] == ["guide/intro.md"]

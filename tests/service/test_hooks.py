@@ -177,7 +177,8 @@ def repo(tmp_path: Path) -> GitRepo:
 def git_config(tmp_path: Path, repo: GitRepo, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("SYNCD_TEST_WEBHOOK_SECRET", SECRET)
     return write_config(tmp_path, [{"name": "docs", "type": "git", "url": repo.url, "branch": "main",
-                                    "poll_interval": "1h", "webhook_secret_env": "SYNCD_TEST_WEBHOOK_SECRET"}])
+                                    "poll_interval": "1h", "webhook_secret_env": "SYNCD_TEST_WEBHOOK_SECRET",
+                                    "acl": ["everyone"]}])
 
 
 def settled(service: Any) -> bool:
@@ -291,7 +292,7 @@ def test_hooks_work_off_loopback_with_their_own_secret_and_every_other_path_keep
     monkeypatch.setenv("SYNCD_TEST_HTTP_TOKEN", token)
     monkeypatch.setenv("SYNCD_TEST_WEBHOOK_SECRET", SECRET)
     cfg = write_config(tmp_path, [{"name": "docs", "type": "git", "url": repo.url, "poll_interval": "1h",
-                                   "webhook_secret_env": "SYNCD_TEST_WEBHOOK_SECRET"}],
+                                   "webhook_secret_env": "SYNCD_TEST_WEBHOOK_SECRET", "acl": ["everyone"]}],
                        http={"bind": "0.0.0.0:0", "token_env": "SYNCD_TEST_HTTP_TOKEN"})
     with running(cfg) as service:
         url = service.http.url.replace("0.0.0.0", "127.0.0.1")
