@@ -11,8 +11,8 @@ The result is an ACL in ``syncd.acl``'s terms:
 
 * ``everyone`` when a caller with no local identity ("other") may read it;
 * ``group:NAME`` for each group whose members may read it by their membership alone;
-* then, for every local user (the password database, root left out: its override of permissions is not
-  mirrored), the decision above with that user's groups is compared with what those entries grant a
+* then, for every local user (the password database; root is judged by the permission bits like any user:
+  its override of them is not mirrored), the decision above with that user's groups is compared with what those entries grant a
   caller holding ``user:NAME`` and the user's ``group:`` principals; where they differ, ``user:NAME`` or a
   deny entry ``!user:NAME`` makes the ACL exact for that user (an owner without the read bit on a file
   others may read, a folder only a group may enter, ...).
@@ -137,8 +137,6 @@ def _load_identities() -> Identities:
     user_names: dict[int, str] = {}
     for p in pwd.getpwall():
         user_names.setdefault(p.pw_uid, p.pw_name)
-        if p.pw_uid == 0:
-            continue
         users.append((p.pw_name, p.pw_uid, frozenset({p.pw_gid, *members.get(p.pw_name, ())})))
     return Identities(users=tuple(users), user_names=user_names, group_names=group_names)
 
