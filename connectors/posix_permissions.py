@@ -12,9 +12,9 @@ The result is an ACL in ``syncd.acl``'s terms:
 * ``everyone`` when a caller with no local identity ("other") may read it;
 * ``group:NAME`` for each group whose members may read it by their membership alone;
 * then, for every local user (the password database; root is judged by the permission bits like any user:
-  its override of them is not mirrored), the decision above with that user's groups is compared with what those entries grant a
-  caller holding ``user:NAME`` and the user's ``group:`` principals; where they differ, ``user:NAME`` or a
-  deny entry ``!user:NAME`` makes the ACL exact for that user (an owner without the read bit on a file
+  its override of them is not mirrored), the decision above with that user's groups is compared with what
+  those entries grant a caller holding ``user:NAME`` and the user's ``group:`` principals; where they differ,
+  ``user:NAME`` or a deny entry ``!user:NAME`` makes the ACL exact for that user (an owner without the read bit on a file
   others may read, a folder only a group may enter, ...).
 """
 
