@@ -553,9 +553,8 @@ class Service:
     def document(self, *, doc_id: str | None = None, uri: str | None = None,
                  connector: str | None = None) -> dict[str, Any] | None:
         """/document: a document's current indexed text (``syncd.documents.read_document``)."""
-        from syncd.documents import read_document
-
         from syncd.acl import readable
+        from syncd.documents import read_document
 
         assert self.reader is not None and self.runtime is not None
         self.reader.refresh()
