@@ -21,6 +21,10 @@ class Exploding:
 
         return fail
 
+    @property
+    def schema(self) -> Any:  # a property of the real table: it fails on access
+        raise RuntimeError("lance: schema failed")
+
 
 def test_every_library_error_of_the_store_comes_out_as_store_error(tmp_path: Path, docs: Path,
                                                                    make_runtime: Any) -> None:

@@ -134,9 +134,9 @@ def test_an_existing_pytorch_index_keeps_pytorch_without_re_embedding(tmp_path: 
     out = _cli(cfg, "sync", "--json", cache=shared_cache)
     summary = json.loads(out.stdout)
     assert summary["docs_changed"] == 1 and summary["docs_unchanged"] == 5, out.stderr
-    from syncd.store import read_signature
+    from syncd.runtime import _stored_signature
 
-    assert read_signature(str(tmp_path / "index"), "chunks", tmp_path / "state") == built_with
+    assert _stored_signature(config_mod.load(cfg)) == built_with
 
 
 def test_an_explicit_backend_wins(tmp_path: Path, docs: Path, shared_cache: Path,

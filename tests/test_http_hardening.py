@@ -20,6 +20,7 @@ import structlog
 from structlog.testing import capture_logs
 
 from syncd.http import Endpoints, HttpServer
+from syncd.search import SearchOptions
 from tests.conftest import wait_for
 
 
@@ -79,8 +80,8 @@ class Service:
     def status(self, viewer=None) -> dict[str, Any]:
         raise RuntimeError("status exploded")
 
-    def search(self, q: str, k: int, connector: str | None, principals=()) -> dict[str, Any]:
-        self.searches.append((q, k, connector))
+    def search(self, q: str, options: SearchOptions) -> dict[str, Any]:
+        self.searches.append((q, options.k, options.connector))
         self.search_entered.set()
         if q == "hold":
             self.hold.wait(timeout=60)
@@ -288,7 +289,7 @@ def test_an_unknown_connector_is_a_400_naming_it_and_a_known_one_is_passed_throu
     srv.start()
     try:
         code, body = _get(srv.url + "/search?q=x&connector=nope")
-        assert code == 400 and json.loads(body) == {"error": "no connector named 'nope'"}
+        assert code == 400 and json.loads(body) == {"error": "no connector named 'nope'", "option": "connector"}
         assert service.searches == []
         code, body = _get(srv.url + "/search?q=x&k=3&connector=wiki")
         assert code == 200 and json.loads(body) == {"query": "x", "results": []}

@@ -21,7 +21,7 @@ def test_a_version_1_state_file_is_upgraded_in_order_keeping_its_cache_and_failu
     state.save()
     saved = json.loads(path.read_text())
     assert saved == {"state_version": STATE_VERSION, "fingerprints": {"a.md": ["1:2:3", "rev"]},
-                     "failures": {"b.md": "binary: NUL byte"}}
+                     "failures": {"b.md": "binary: NUL byte"}, "acl_policy": ""}
 
 
 def test_every_version_below_the_current_one_has_a_migration_step(tmp_path: Path) -> None:

@@ -293,7 +293,7 @@ def test_a_writer_that_makes_no_progress_shows_stalled_in_status_readyz_page_and
         wait_for(service.ready, what="ready")
         # An unknown connector is a 400, as in the CLI; a known one answers.
         code, body = get(service, "/search?q=x&connector=nope")
-        assert (code, body) == (400, {"error": "no connector named 'nope'"})
+        assert (code, body) == (400, {"error": "no connector named 'nope'", "option": "connector"})
         assert get(service, "/search?q=x&connector=docs")[0] == 200
         embedder.gate.clear()  # the model hangs
         (docs / "a.md").write_text("some words\n")
