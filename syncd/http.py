@@ -65,6 +65,9 @@ class Caller:
 
     authenticated: bool
     may_act_as: frozenset[str] | None
+    operator: bool = False
+    """A caller of a daemon with no token at all (it then listens on loopback only): the operator on this
+    machine, who sees /status whole; its searches are still an anonymous caller's (``everyone``)."""
 
     def allows(self, principal: str) -> bool:
         return principal == "everyone" or self.may_act_as is None or principal in self.may_act_as
@@ -72,10 +75,11 @@ class Caller:
     @property
     def viewer(self) -> frozenset[str] | None:
         """What /status may show this caller: everything (None), or what these principals may read."""
-        return self.may_act_as
+        return None if self.operator else self.may_act_as
 
 
 ANONYMOUS = Caller(authenticated=False, may_act_as=frozenset())
+LOCAL_OPERATOR = Caller(authenticated=False, may_act_as=frozenset(), operator=True)
 
 
 class Endpoints:
@@ -215,8 +219,9 @@ class _Handler(BaseHTTPRequestHandler):
         required, or None (401): a token is required, or the one given is not known."""
         ep = self.endpoints
         header = self.headers.get("Authorization")
+        unsecured = not ep.require_token and ep.token is None and not ep.tokens
         if header is None:
-            return None if ep.require_token else ANONYMOUS
+            return LOCAL_OPERATOR if unsecured else None if ep.require_token else ANONYMOUS
         given = header.encode()
         found: Caller | None = None
         # Every token is compared (in constant time each), so the answer's timing says nothing of which matched.
@@ -225,8 +230,8 @@ class _Handler(BaseHTTPRequestHandler):
         for token, principals in ep.tokens.items():
             if hmac.compare_digest(given, f"Bearer {token}".encode()) and found is None:
                 found = Caller(authenticated=True, may_act_as=principals)
-        if found is None and not ep.require_token and ep.token is None and not ep.tokens:
-            return ANONYMOUS  # no token configured at all (loopback): a header means nothing
+        if found is None and unsecured:
+            return LOCAL_OPERATOR  # no token configured at all (loopback): a header means nothing
         return found
 
     def _authorized(self) -> bool:

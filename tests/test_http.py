@@ -38,13 +38,15 @@ class FakeService:
         self.fail_status = False
         self.searches: list[tuple[str, int, str | None]] = []
         self.options: list[SearchOptions] = []
+        self.viewers: list[frozenset[str] | None] = []
 
-    def endpoints(self, token: str | None = None) -> Endpoints:
+    def endpoints(self, token: str | None = None, **more: Any) -> Endpoints:
         return Endpoints(healthy=lambda: self.is_healthy, ready=lambda: self.is_ready, status=self.status,
                          metrics=lambda: b"syncd_up 1\n", search=self.search, page=lambda viewer=None: "<html>page</html>",
-                         token=token, problems=lambda: ["the writer thread is not running"])
+                         token=token, problems=lambda: ["the writer thread is not running"], **more)
 
     def status(self, viewer=None) -> dict[str, Any]:
+        self.viewers.append(viewer)
         if self.fail_status:
             raise RuntimeError("status exploded")
         return {"version": "x", "connectors": []}
@@ -141,6 +143,33 @@ def test_a_slow_request_does_not_block_other_requests(server: HttpServer, fake: 
 def test_status_page_is_html(server: HttpServer) -> None:
     code, headers, body = _get(server.url + "/")
     assert code == 200 and headers["Content-Type"].startswith("text/html") and body == b"<html>page</html>"
+
+
+def test_status_is_whole_for_the_operator_of_a_daemon_without_tokens_and_filtered_for_anonymous_callers(
+        fake: FakeService) -> None:
+    """No token at all (the daemon then listens on loopback only): the caller is the operator and sees every
+    failing document; once tokens exist, a caller without one sees only what ``everyone`` may read, a
+    principal's token what its principals may read, the trusted token everything. Searches of a tokenless
+    caller stay ``everyone``'s either way."""
+    open_srv = HttpServer("127.0.0.1", 0, fake.endpoints())
+    open_srv.start()
+    try:
+        assert _get(open_srv.url + "/status")[0] == 200
+        assert _get(open_srv.url + "/status", {"Authorization": "Bearer anything"})[0] == 200
+        assert fake.viewers == [None, None]
+        assert _get(open_srv.url + "/search?q=x")[0] == 200 and fake.options[-1].principals == ()
+    finally:
+        open_srv.stop()
+    fake.viewers.clear()
+    secured = HttpServer("127.0.0.1", 0, fake.endpoints(token="trusted", tokens={"team": frozenset({"group:eng"})},
+                                                         require_token=False))
+    secured.start()
+    try:
+        for headers in ({}, {"Authorization": "Bearer team"}, {"Authorization": "Bearer trusted"}):
+            assert _get(secured.url + "/status", headers)[0] == 200
+        assert fake.viewers == [frozenset(), frozenset({"group:eng"}), None]
+    finally:
+        secured.stop()
 
 
 def test_bearer_token_guards_every_path_but_healthz(fake: FakeService) -> None:
