@@ -177,7 +177,8 @@ def test_the_readme_examples_run_as_written(tmp_path: Path) -> None:
     import sys
 
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    section = readme[readme.index("## Using the index from LangChain and LlamaIndex"):readme.index("## How it works")]
+    start = readme.index("## Using the index from LangChain and LlamaIndex")
+    section = readme[start:readme.index("\n## ", start + 1)]
     blocks = re.findall(r"```python\n(.*?)```", section, re.S)
     assert len(blocks) == 3
     handbook = tmp_path / "handbook"
