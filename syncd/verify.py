@@ -10,6 +10,7 @@ not write.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -128,7 +129,8 @@ def verify(runtime: Any, *, connector: str | None = None) -> VerifyReport:
     for (conn_name, doc_id) in sorted(indexed):
         if conn_name not in configured and connector is None:
             report.orphaned.append({"connector": conn_name, "doc_id": doc_id})
-    report.journal = check_journal(store, indexed, connector=connector)
+    # On a shared store, the journal's entries of the other daemons' connectors are theirs to check.
+    report.journal = check_journal(store, indexed, connector=connector, only=configured if shared else None)
     return report
 
 
@@ -151,12 +153,15 @@ def journal_view(store: Any, connector: str | None = None) -> dict[tuple[str, st
         cursor = int(rows[-1]["seq"])
 
 
-def check_journal(store: Any, indexed: dict[tuple[str, str], set[str]], *,
-                  connector: str | None = None) -> list[dict[str, str]]:
-    """Documents on which the change journal and the index disagree. Read only: a journal a crash left behind
-    is brought up to date by the next writer's start (``Journal.catch_up``), and until then shows here."""
+def check_journal(store: Any, indexed: dict[tuple[str, str], set[str]], *, connector: str | None = None,
+                  only: Collection[str] | None = None) -> list[dict[str, str]]:
+    """Documents on which the change journal and the index disagree (of the connectors in ``only`` when
+    given). Read only: a journal a crash left behind is brought up to date by the next writer's start
+    (``Journal.catch_up``), and until then shows here."""
     out: list[dict[str, str]] = []
     for key, identity in sorted(journal_view(store, connector).items(), key=lambda kv: kv[0]):
+        if only is not None and key[0] not in only:
+            continue
         have = indexed.get(key)
         if identity is None and have:
             out.append({"connector": key[0], "doc_id": key[1], "reason": "indexed, but the journal says it was deleted"})

@@ -140,7 +140,7 @@ def test_two_daemons_with_disjoint_connectors_churning_make_the_union_without_du
     assert set(indexed) == {"alpha", "beta"} and dups == 0 and rows > 0
     for config in (ca, cb):
         report = _verify(config, s3_store.env)
-        assert report["ok"] is True, report
+        assert report["ok"] is True, json.dumps(report)
     # Both daemons see each other in /status, each holding its own connector; one maintains.
     code, status = a.get("/status")
     assert code == 200
@@ -189,7 +189,7 @@ def test_kill_9_of_either_daemon_at_random_moments_converges(tmp_path: Path, s3_
     assert kills == 6 and dups == 0 and rows > 0
     for config in configs.values():
         report = _verify(config, s3_store.env)
-        assert report["ok"] is True, report
+        assert report["ok"] is True, json.dumps(report)
 
 
 @pytest.mark.slow
