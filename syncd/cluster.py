@@ -21,12 +21,14 @@ the rest by the next build's sweep).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import logging
 import os
 import resource
 import socket
+import sys
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -147,13 +149,16 @@ def _peak_rss_mb() -> float:
 def _prepare(job: _Job, name: str, doc_ids: list[str], shipped: dict[str, SourceDocument] | None,
              problems: dict[str, tuple[str, bool]]) -> dict[str, Any]:
     """A read task: read (or take the shipped bytes of), extract and chunk one batch."""
-    from syncd.pipeline import prepare_batch
+    from syncd.pipeline import document_acl, prepare_batch
 
     started = time.monotonic()
     ctx = _context(job)
     read = ctx.connector(name).read if shipped is None else shipped.__getitem__
     wanted = [d for d in doc_ids if d not in problems and (shipped is None or d in shipped)]
-    batch = prepare_batch(read, wanted, ctx.chunker, job.config.limits)
+    cfg = job.config.connector(name)
+    # The ACL as the single-process build stores it (empty, readable by nobody, when nothing says who may).
+    batch = prepare_batch(read, wanted, ctx.chunker, job.config.limits,
+                          acl_for=lambda doc: document_acl(cfg, doc)[0] or ())
     # The content has been chunked: the actor needs only the citation fields.
     for plan in batch.planned.values():
         plan.doc = dataclasses.replace(plan.doc, content=b"")
@@ -312,6 +317,7 @@ class ClusterReindex:
                 cstate = self.rt.state.connector(name)
                 cstate.spill_fingerprints()
                 cstate.failures.clear()
+                cstate.acl_policy = self.rt.engine.acl_policy(name)
                 connector = self.rt.connectors[name]
                 on_workers = connector.type_name in WORKER_READABLE
                 refs: Iterator[Any] = iter(connector.list_documents())
@@ -494,5 +500,13 @@ def reindex(runtime: Any, *, address: str, only: str | None = None,
             progress: bool = False) -> tuple[SyncSummary, dict[str, Any]]:
     """Run a cluster reindex; returns the summary and the cluster's figures for the JSON summary."""
     build = ClusterReindex(runtime, address=address, only=only, progress=progress)
-    summary = build.run()
+    # Ray's driver prints the cluster's error messages (a killed worker's task being retried) to stdout from
+    # a thread of its own: they go to stderr, so stdout holds only what syncd prints (the --json summary).
+    with contextlib.redirect_stdout(sys.stderr):
+        try:
+            summary = build.run()
+        finally:
+            ray = sys.modules.get("ray")  # absent when Ray is not installed (a clear error already)
+            if ray is not None and ray.is_initialized():
+                ray.shutdown()
     return summary, build.extra

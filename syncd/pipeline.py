@@ -141,19 +141,9 @@ class Engine:
         return acl_mod.policy_key(cfg.acl, cfg.acl_add, cfg.principal_map)
 
     def _acl_for(self, name: str, doc: SourceDocument) -> tuple[str, ...]:
-        """The ACL ``doc`` is stored with: the connector's configured ``acl``, else what it captured (renamed
-        through ``principal_map``, extended with ``acl_add``); empty, readable by nobody, when neither says."""
-        cfg = self.connectors[name].config
-        captured: Sequence[str] | None = doc.acl
-        note = ""
-        if captured is not None:
-            try:
-                captured = [acl_mod.check_entry(e) for e in captured]
-            except acl_mod.PrincipalError as exc:
-                captured, note = None, f"the source named an invalid principal: {exc}"
-        else:
-            note = doc.acl_note or "the source gives no permissions for it: set acl = [...] in the connector's config"
-        found = acl_mod.effective(captured, override=cfg.acl, extra=cfg.acl_add, mapping=cfg.principal_map)
+        """The ACL ``doc`` is stored with (``document_acl``); a document no setting says anything of is
+        recorded in ``acl_unknown`` with the reason."""
+        found, note = document_acl(self.connectors[name].config, doc)
         unknown = self.acl_unknown.setdefault(name, {})
         if found is None:
             unknown[doc.doc_id] = note
@@ -990,6 +980,22 @@ def prepare_document(read: Callable[[str], SourceDocument], doc_id: str, chunker
     return _Planned(doc=doc, chunks=chunks, title=title, previous=None)
 
 
+def document_acl(cfg: Any, doc: SourceDocument) -> tuple[tuple[str, ...] | None, str]:
+    """The ACL ``doc`` is stored with, by connector config ``cfg``: its configured ``acl``, else what the
+    connector captured (renamed through ``principal_map``, extended with ``acl_add``). None, with the reason,
+    when neither says anything: the document is then stored readable by nobody."""
+    captured: Sequence[str] | None = doc.acl
+    note = ""
+    if captured is not None:
+        try:
+            captured = [acl_mod.check_entry(e) for e in captured]
+        except acl_mod.PrincipalError as exc:
+            captured, note = None, f"the source named an invalid principal: {exc}"
+    else:
+        note = doc.acl_note or "the source gives no permissions for it: set acl = [...] in the connector's config"
+    return acl_mod.effective(captured, override=cfg.acl, extra=cfg.acl_add, mapping=cfg.principal_map), note
+
+
 def prepare_batch(read: Callable[[str], SourceDocument], doc_ids: Iterable[str], chunker: Chunker,
                   limits: Any, acl_for: Callable[[SourceDocument], tuple[str, ...]] | None = None) -> PreparedBatch:
     """``prepare_document`` for each document: one that is gone is left out, one that cannot be indexed is
@@ -999,8 +1005,8 @@ def prepare_batch(read: Callable[[str], SourceDocument], doc_ids: Iterable[str],
     for doc_id in doc_ids:
         try:
             plan = prepare_document(read, doc_id, chunker, limits)
-            # Without the engine (a cluster worker) the ACL is left null: readable by nobody until the next
-            # pass computes it, without embedding.
+            # Without ``acl_for`` the ACL is left null: readable by nobody until the next pass computes it,
+            # without embedding.
             plan.acl = acl_for(plan.doc) if acl_for is not None else None
             planned[doc_id] = plan
         except DocumentGone:

@@ -127,12 +127,18 @@ class ConnectorState:
         self.dirty = True
 
     def drop_spill(self) -> None:
-        """A reindex that failed: its spilled fingerprints are not the cache (the state file is unchanged)."""
+        """A reindex that failed: its spilled fingerprints are not the cache, nor are the failures and ACL
+        settings it recorded; all are read back from the state file, which is unchanged."""
         if self._spill is not None:
             self._spill.close()
             self._spill = None
             self._fingerprints = None
             self.spill_path.unlink(missing_ok=True)
+            data = read_json(self.path)
+            data = migrate(data, self.path) if isinstance(data, dict) else {}
+            self.failures = data.get("failures", {})
+            self.acl_policy = data.get("acl_policy", "")
+            self.dirty = False
 
     def _write(self, fh: TextIO) -> None:
         def dump(value: object) -> str:

@@ -251,23 +251,36 @@ def test_an_interrupted_or_killed_driver_leaves_the_live_index_untouched(single:
     assert not (config.parent / "state" / "reindex-build.json").exists()
 
 
-def test_a_daemon_writing_during_the_cluster_reindex_keeps_its_edits(ray_cluster: RayCluster, tmp_path: Path) -> None:
+def test_a_daemon_writing_during_the_cluster_reindex_keeps_its_edits(ray_cluster: RayCluster, tmp_path: Path,
+                                                                     s3_store: Any) -> None:
+    """A daemon and a cluster build from another state folder (as from another machine) on one S3 store
+    (SeaweedFS): what the daemon commits while the build runs survives the build's commit, and the daemon
+    keeps writing to the rebuilt table."""
+    import lance
+
+    from syncd.store_build import _data_files
+
     docs = tmp_path / "docs"
     docs.mkdir()
     for i in range(20):
         (docs / f"page-{i:03d}.md").write_text(markdown_doc(1000 + i, sections=2, paras=2))
-    store = {"uri": str(tmp_path / "index")}
-    # Two state folders on one store: the daemon's, and the reindex's (a build from another machine).
+    store = s3_store.store_section()
     daemon_config = make_config(tmp_path / "daemon", docs, store=store)
     build_config = make_config(tmp_path / "build", docs, store=store, reindex={"batch_docs": 2, "in_flight": 1})
+    live = s3_store.uri.rstrip("/") + "/chunks.lance"
+
+    def files() -> set[str]:
+        return {name for name, _ in _data_files(live, s3_store.storage_options)}
+
     daemon = DaemonProcess(daemon_config).start()
     try:
         wait_for(lambda: _state(daemon) == "idle", timeout=300,
                  what="the daemon's first sync")
-        live = tmp_path / "index" / "chunks.lance"
-        before = data_files(live)
+        before = files()
         proc = start(build_config, "reindex", "--json", "--ray", ray_cluster.address, env=ray_cluster.env)
-        wait_for_new_files(live, before, proc, count=1)
+        wait_for(lambda: len(files() - before) >= 1 or proc.poll() is not None, timeout=300, interval=0.2,
+                 what="the build's first fragments")
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
         # The build read page-000 in its first batch; the daemon now writes a newer version of it.
         edited = docs / "page-000.md"
         edited.write_text(edited.read_text() + "\n\nThe quokka protocol governs every failover drill.\n")
@@ -278,12 +291,13 @@ def test_a_daemon_writing_during_the_cluster_reindex_keeps_its_edits(ray_cluster
         assert proc.returncode == 0, err[-4000:]
         got = json.loads(out.strip().splitlines()[-1])
         assert got["replayed_docs"] >= 1
-        rows = table_of(daemon_config, store=live)
+        rows = lance.dataset(live, storage_options=s3_store.storage_options).to_table()
         assert len(set(rows.column("chunk_id").to_pylist())) == rows.num_rows
         page = [t for d, t in zip(rows.column("doc_id").to_pylist(), rows.column("text").to_pylist(), strict=True)
                 if d == "page-000.md"]
         assert any("quokka" in t for t in page), "the daemon's edit was lost"
         assert len(set(rows.column("doc_id").to_pylist())) == 20
+        assert all(acl for acl in rows.column("acl").to_pylist())
         # The daemon keeps writing to the replaced table.
         (docs / "page-001.md").write_text("# Wombat\n\nThe wombat checklist closes the drill.\n")
         wait_for(lambda: any("wombat" in h["text"] for h in daemon.search("wombat checklist", k=3)),

@@ -37,3 +37,25 @@ def test_a_state_file_from_a_newer_syncd_is_refused_naming_the_state_folder(tmp_
         ConnectorState(path)
     assert caught.value.key == "state.dir" and "newer" in str(caught.value)
     assert json.loads(path.read_text())["fingerprints"] == {"a.md": ["x", "y"]}  # untouched
+
+
+def test_a_failed_reindex_leaves_the_cache_failures_and_acl_settings_as_the_state_file_has_them(
+        tmp_path: Path) -> None:
+    path = tmp_path / "docs.json"
+    state = ConnectorState(path)
+    state.set_fingerprint("a.md", "1:2:3", "rev")
+    state.failures["empty.md"] = "empty: no content"
+    state.acl_policy = "before"
+    state.save()
+    saved = path.read_text()
+    # What a reindex does before its first batch, then records while it builds.
+    state.spill_fingerprints()
+    state.failures.clear()
+    state.acl_policy = "after"
+    state.set_fingerprint("b.md", "4:5:6", "rev2")
+    state.failures["c.md"] = "corrupt: x"
+    state.drop_spill()
+    assert state.fingerprints == {"a.md": ["1:2:3", "rev"]}
+    assert state.failures == {"empty.md": "empty: no content"} and state.acl_policy == "before"
+    state.save()
+    assert json.loads(path.read_text()) == json.loads(saved)

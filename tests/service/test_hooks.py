@@ -331,8 +331,24 @@ def test_a_flood_of_a_thousand_hooks_in_a_second_makes_one_or_two_polls(
     monkeypatch.setattr(writer, "REQUEST_MAX_WAIT_S", 60.0)
     with running(git_config) as service:
         wait_for(lambda: settled(service), what="first sync")
+        # Warm-up: a first flood of the same size allocates what any flood needs once (worker threads, their
+        # malloc arenas, the poll and search paths), so the figure below is what a second thousand hooks add.
+        repo.write("warm-up.md", "# Warm-up\n\nA first push: tangerine sextant.\n")
+        repo.commit("warm-up")
+        repo.push()
+        warm = json.dumps(github_push("refs/heads/main", ZERO, repo.remote_head())).encode()
+        warm_headers = signed("github", warm)
+        with ThreadPoolExecutor(max_workers=32) as pool:
+            list(pool.map(lambda _: hook(service, warm, warm_headers), range(1000)))
+        for _ in range(10):
+            request(service.http.url + "/search?q=handbook&k=1")
+        wait_for(lambda: "warm-up.md" in search_docs(service, "tangerine sextant") and settled(service)
+                 and not service.writer.polling("docs"), what="the warm-up's push searchable")
         connector = service.runtime.connectors["docs"]
         polls = PollCounter(connector)
+        polls_before = metric(service, "syncd_polls_total", connector="docs", trigger="hook")
+        accepted_before = metric(service, "syncd_hooks_total", connector="docs", outcome="started") + metric(
+            service, "syncd_hooks_total", connector="docs", outcome="queued")
         repo.write("handbook.md", "# Handbook\n\nFlooded: periwinkle astrolabe.\n")
         repo.commit("flood")
         repo.push()
@@ -364,18 +380,18 @@ def test_a_flood_of_a_thousand_hooks_in_a_second_makes_one_or_two_polls(
         prober.join(timeout=30)
         time.sleep(0.5)
         print(f"flood: {len(codes)} hooks in {flood_s:.2f} s, {codes.count(202)} accepted, "
-              f"{polls.count} poll(s), {len(probes)} probes answered")
+              f"{polls.count} poll(s), {len(probes)} probes answered, RSS +{(_rss_kib() - rss_before) // 1024} MiB")
         # Every hook was answered: accepted, or (past the server's waiting room) asked to retry.
         assert len(codes) == 1000 and set(codes) <= {202, 503} and codes.count(202) >= 1
         assert 1 <= polls.count <= 2, polls.count
-        assert metric(service, "syncd_polls_total", connector="docs", trigger="hook") == polls.count
+        assert metric(service, "syncd_polls_total", connector="docs", trigger="hook") - polls_before == polls.count
         accepted = metric(service, "syncd_hooks_total", connector="docs", outcome="started") + metric(
             service, "syncd_hooks_total", connector="docs", outcome="queued")
-        assert accepted == codes.count(202)
+        assert accepted - accepted_before == codes.count(202)
         assert probes and set(probes) == {200}
         # Bounded: no thread per hook, and memory does not follow the number of hooks.
         assert peak_threads - threads_before <= 32 + 2
-        assert _rss_kib() - rss_before < 64 * 1024
+        assert _rss_kib() - rss_before < 32 * 1024
         # What the hooks were allowed to do left no residue: nothing queued, no poll in flight.
         assert not service.writer.polling("docs")
 
