@@ -311,8 +311,7 @@ class ClusterReindex:
             limit = self.rc.in_flight or 3 * len(actors)
             total = sum(sum(1 for _ in self.rt.connectors[n].list_documents()) for n in names) if self.progress else 0
             self._bar = _progress_bar(total, self.progress)
-            if self.only is not None:
-                self._carry_other_connectors(uri, options, read_version)
+            self._carry_other_connectors(uri, options, read_version)
             for name in names:
                 cstate = self.rt.state.connector(name)
                 cstate.spill_fingerprints()
@@ -404,14 +403,17 @@ class ClusterReindex:
         return self.nodes[node]
 
     def _carry_other_connectors(self, uri: str, options: Mapping[str, str], read_version: int) -> None:
-        """With ``--connector``, the other connectors' rows are carried over unchanged (as fragments of the
-        same commit), as the single-process rebuild copies them."""
+        """The rows this build does not rebuild (``carry_filter``: the other connectors' with ``--connector``,
+        other daemons' on a shared store) are carried over unchanged, as fragments of the same commit, as the
+        single-process rebuild copies them."""
         from syncd import store_build
-        from syncd.store import sql_string
+        from syncd.pipeline import carry_filter
 
-        assert self.only is not None
+        carried = carry_filter(self.rt.store, list(self.rt.connectors), self.only)
+        if carried is None:
+            return
         ds = store_build._dataset(uri, options, read_version)
-        scanner = ds.scanner(filter=f"connector != {sql_string(self.only)}", batch_size=8192)
+        scanner = ds.scanner(filter=carried, batch_size=8192)
         reader = scanner.to_reader()
         import pyarrow as pa
 

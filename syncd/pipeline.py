@@ -894,8 +894,9 @@ class Engine:
         name_new = self.store.scratch_name
         batches = 0
         try:
-            if only is not None:
-                keep = self.store.scan(self.store.table.schema.names, f"connector != {sql_string(only)}")
+            carried = carry_filter(self.store, list(self.connectors), only)
+            if carried is not None:
+                keep = self.store.scan(self.store.table.schema.names, carried)
                 if keep.num_rows:
                     table.add(keep)
             for name, connector in self.connectors.items():
@@ -978,6 +979,22 @@ def prepare_document(read: Callable[[str], SourceDocument], doc_id: str, chunker
     title = doc.title if doc.title and doc.media_type not in ("markdown", "html", "rst") else (
         extracted.title or doc.title)
     return _Planned(doc=doc, chunks=chunks, title=title, previous=None)
+
+
+def carry_filter(store: Any, configured: Sequence[str], only: str | None) -> str | None:
+    """The rows a rebuild copies over unchanged, as a filter (None: none). With ``only``, every other
+    connector's; on a store shared by several daemons, also those of connectors this config does not name
+    (other daemons' connectors: theirs to write, never dropped by this rebuild). On a local folder, a
+    connector no longer configured is not carried: its rows go, as verify would report them orphaned."""
+    from syncd.coordination import SharedFacts
+
+    shared = isinstance(getattr(store, "facts", None), SharedFacts)
+    rebuilt = [only] if only is not None else list(configured)
+    if only is None and not shared:
+        return None
+    if not rebuilt:
+        return "true"
+    return "connector NOT IN (" + ", ".join(sql_string(n) for n in rebuilt) + ")"
 
 
 def document_acl(cfg: Any, doc: SourceDocument) -> tuple[tuple[str, ...] | None, str]:

@@ -183,13 +183,15 @@ class RayCluster:
         return False
 
     def _wait_nodes(self, count: int, timeout: float, proc: subprocess.Popen[bytes], since: float = 0.0) -> bool:
-        """Whether the cluster reports ``count`` live nodes before ``proc`` exits or ``timeout`` passes (asked
-        by one probe process, a driver of its own, which polls)."""
+        """Whether the cluster reports ``count`` live nodes, and their CPUs in its resources (a syncd driver
+        checks them at once), before ``proc`` exits or ``timeout`` passes (asked by one probe process, a
+        driver of its own, which polls)."""
         code = ("import ray,sys,time; ray.init(address=sys.argv[1], logging_level='ERROR', log_to_driver=False)\n"
                 "deadline = time.monotonic() + float(sys.argv[3])\n"
                 "while time.monotonic() < deadline:\n"
                 "    n = sum(1 for n in ray.nodes() if n['Alive'])\n"
-                "    if n >= int(sys.argv[2]): print(n); break\n"
+                "    cpus = ray.cluster_resources().get('CPU', 0)\n"
+                "    if n >= int(sys.argv[2]) and cpus >= float(sys.argv[4]): print(n); break\n"
                 "    time.sleep(0.5)\n")
         deadline = time.monotonic() + timeout
         probe: subprocess.Popen[bytes] | None = None
@@ -198,7 +200,8 @@ class RayCluster:
                 if proc.poll() is not None or self._raylet_aborted(since):
                     return False
                 if probe is None:
-                    probe = subprocess.Popen([sys.executable, "-c", code, self.address, str(count), str(timeout)],
+                    probe = subprocess.Popen([sys.executable, "-c", code, self.address, str(count), str(timeout),
+                                              str(self.head_cpus + (self.worker_cpus if count > 1 else 0))],
                                              env={**os.environ, **self.env}, stdout=subprocess.PIPE,
                                              stderr=subprocess.DEVNULL)
                 elif probe.poll() is not None:  # answered, or could not join yet (the head still starting)

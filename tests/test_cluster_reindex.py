@@ -253,64 +253,72 @@ def test_an_interrupted_or_killed_driver_leaves_the_live_index_untouched(single:
 
 def test_a_daemon_writing_during_the_cluster_reindex_keeps_its_edits(ray_cluster: RayCluster, tmp_path: Path,
                                                                      s3_store: Any) -> None:
-    """A daemon and a cluster build from another state folder (as from another machine) on one S3 store
-    (SeaweedFS): what the daemon commits while the build runs survives the build's commit, and the daemon
-    keeps writing to the rebuilt table."""
+    """One S3 store (SeaweedFS), two configs as on two machines: a daemon owning connector `notes` keeps
+    writing while a cluster build of connector `docs` runs from another state folder. The daemon's rows from
+    before the build are carried over, what it commits during the build is replayed onto the new content,
+    and it keeps writing to the rebuilt table afterwards."""
     import lance
 
     from syncd.store_build import _data_files
 
-    docs = tmp_path / "docs"
+    docs, notes = tmp_path / "docs", tmp_path / "notes"
     docs.mkdir()
+    notes.mkdir()
     for i in range(20):
         (docs / f"page-{i:03d}.md").write_text(markdown_doc(1000 + i, sections=2, paras=2))
+    for i in range(3):
+        (notes / f"note-{i}.md").write_text(markdown_doc(2000 + i, sections=1, paras=2))
     store = s3_store.store_section()
-    daemon_config = make_config(tmp_path / "daemon", docs, store=store)
+    (tmp_path / "daemon").mkdir()
+    daemon_config = write_config(tmp_path / "daemon", [{"name": "notes", "type": "filesystem", "path": str(notes)}],
+                                 embedding={"backend": "onnx"}, store=store)
     build_config = make_config(tmp_path / "build", docs, store=store, reindex={"batch_docs": 2, "in_flight": 1})
     live = s3_store.uri.rstrip("/") + "/chunks.lance"
 
     def files() -> set[str]:
         return {name for name, _ in _data_files(live, s3_store.storage_options)}
 
+    def rows() -> pa.Table:
+        return lance.dataset(live, storage_options=s3_store.storage_options).to_table()
+
     daemon = DaemonProcess(daemon_config).start()
     try:
-        wait_for(lambda: _state(daemon) == "idle", timeout=300,
-                 what="the daemon's first sync")
+        wait_for(lambda: _state(daemon, "notes") == "idle", timeout=300, what="the daemon's first sync")
         before = files()
         proc = start(build_config, "reindex", "--json", "--ray", ray_cluster.address, env=ray_cluster.env)
         wait_for(lambda: len(files() - before) >= 1 or proc.poll() is not None, timeout=300, interval=0.2,
                  what="the build's first fragments")
         assert proc.poll() is None, proc.communicate()[1][-3000:]
-        # The build read page-000 in its first batch; the daemon now writes a newer version of it.
-        edited = docs / "page-000.md"
-        edited.write_text(edited.read_text() + "\n\nThe quokka protocol governs every failover drill.\n")
+        (notes / "note-0.md").write_text("# Quokka\n\nThe quokka protocol governs every failover drill.\n")
         wait_for(lambda: any("quokka" in h["text"] for h in daemon.search("quokka protocol failover drill", k=3)),
                  timeout=120, what="the daemon's edit")
         assert proc.poll() is None, "the build ended before the daemon's edit: the test proves nothing"
         out, err = proc.communicate(timeout=600)
         assert proc.returncode == 0, err[-4000:]
         got = json.loads(out.strip().splitlines()[-1])
-        assert got["replayed_docs"] >= 1
-        rows = lance.dataset(live, storage_options=s3_store.storage_options).to_table()
-        assert len(set(rows.column("chunk_id").to_pylist())) == rows.num_rows
-        page = [t for d, t in zip(rows.column("doc_id").to_pylist(), rows.column("text").to_pylist(), strict=True)
-                if d == "page-000.md"]
-        assert any("quokka" in t for t in page), "the daemon's edit was lost"
-        assert len(set(rows.column("doc_id").to_pylist())) == 20
-        assert all(acl for acl in rows.column("acl").to_pylist())
+        assert got["replayed_docs"] >= 1 and got["docs_added"] == 20
+        table = rows()
+        assert len(set(table.column("chunk_id").to_pylist())) == table.num_rows, "duplicate chunk ids"
+        by_doc: dict[tuple[str, str], list[str]] = {}
+        for c, d, t in zip(*(table.column(k).to_pylist() for k in ("connector", "doc_id", "text")), strict=True):
+            by_doc.setdefault((c, d), []).append(t)
+        assert {d for c, d in by_doc if c == "docs"} == {f"page-{i:03d}.md" for i in range(20)}
+        assert {d for c, d in by_doc if c == "notes"} == {f"note-{i}.md" for i in range(3)}, "the daemon's rows"
+        assert any("quokka" in t for t in by_doc[("notes", "note-0.md")]), "the daemon's edit was lost"
+        assert all(table.column("acl").to_pylist())
         # The daemon keeps writing to the replaced table.
-        (docs / "page-001.md").write_text("# Wombat\n\nThe wombat checklist closes the drill.\n")
+        (notes / "note-1.md").write_text("# Wombat\n\nThe wombat checklist closes the drill.\n")
         wait_for(lambda: any("wombat" in h["text"] for h in daemon.search("wombat checklist", k=3)),
                  timeout=120, what="the daemon's edit after the reindex")
     finally:
         daemon.stop()
 
 
-def _state(daemon: DaemonProcess) -> str | None:
+def _state(daemon: DaemonProcess, connector: str = "docs") -> str | None:
     code, status = daemon.get("/status")
     if code != 200:
         return None
-    return next((c["state"] for c in status["connectors"] if c["name"] == "docs"), None)
+    return next((c["state"] for c in status["connectors"] if c["name"] == connector), None)
 
 
 def _cmdline(pid: int) -> str:
