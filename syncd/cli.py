@@ -168,7 +168,8 @@ def _check_local_paths(cfg: Any, args: argparse.Namespace) -> None:
 
     writes = args.command in _WRITERS or (args.command == "verify" and args.repair)
     config_mod.check_local_paths(cfg, write=writes)
-    if args.command != "status":  # status asks the daemon first; without one, the model is resolved then
+    # status and query ask the daemon first (its model is loaded); without one, the model is resolved then.
+    if args.command not in ("status", "query"):
         from syncd.embedding import resolve_model_path
 
         resolve_model_path(cfg.embedding.model, base_dir=cfg.base_dir)
@@ -411,7 +412,9 @@ def cmd_query(cfg: Any, args: argparse.Namespace) -> int:
         if result is None:
             if index is None:
                 from syncd.api import Index
+                from syncd.embedding import resolve_model_path
 
+                resolve_model_path(cfg.embedding.model, base_dir=cfg.base_dir)  # a missing model: ConfigError
                 index = Index(cfg)
             found = index.answer(text, args.options)
             result = {"query": text, "table_version": found.table_version, "results": found.results}
