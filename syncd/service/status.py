@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import calendar
 import html
+import threading
 import time
-from typing import TYPE_CHECKING, Any
+import weakref
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
 
@@ -20,6 +23,52 @@ if TYPE_CHECKING:
     from syncd.service.lifecycle import Service
 
 log = structlog.get_logger("syncd.status")
+
+T = TypeVar("T")
+
+STORE_WAIT_S = 1.5
+"""How long /status waits for each of its reads of the store. A store that does not answer (an object store
+that went away, whose client retries for minutes) must not hold /status: the figure is then shown as an
+error, and the read goes on in its thread for the next request to pick up."""
+
+
+class _Read:
+    """One read of the store for /status at a time, in a thread of its own."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.thread: threading.Thread | None = None
+        self.value: Any = None
+        self.error: BaseException | None = None
+
+
+_READS: weakref.WeakKeyDictionary[Any, dict[str, _Read]] = weakref.WeakKeyDictionary()
+
+
+def bounded_read(owner: Any, name: str, read: Callable[[], T], wait: float = STORE_WAIT_S) -> T:
+    """``read()`` run in a thread, waited for ``wait`` seconds; StoreError when it has not answered by then
+    (a read still under way from an earlier request is waited for instead of starting another)."""
+    entry = _READS.setdefault(owner, {}).setdefault(name, _Read())
+    with entry.lock:
+        if entry.thread is None or not entry.thread.is_alive():
+            def run() -> None:
+                try:
+                    value, error = read(), None
+                except BaseException as exc:  # noqa: BLE001 - handed to the caller below
+                    value, error = None, exc
+                with entry.lock:
+                    entry.value, entry.error = value, error
+
+            entry.thread = threading.Thread(target=run, name=f"status-{name}", daemon=True)
+            entry.thread.start()
+        thread = entry.thread
+    thread.join(wait)
+    if thread.is_alive():
+        raise StoreError(f"the store did not answer within {wait:g} s ({name})")
+    with entry.lock:
+        if entry.error is not None:
+            raise entry.error
+        return entry.value  # type: ignore[no-any-return]
 
 
 def health_problems(service: Service) -> list[str]:
@@ -133,7 +182,7 @@ def build_status(runtime: Runtime, service: Service | None = None, viewer: froze
     writer = service.writer if service is not None else None
     store_stats: dict[str, Any] = {}
     try:
-        store_stats = runtime.store.stats()
+        store_stats = bounded_read(runtime, "stats", runtime.store.stats)
     except StoreError as exc:  # status must answer even when the store is unwell
         store_stats = {"error": str(exc)}
     total_chunks = sum(d.chunks for docs in engine.index.values() for d in docs.values())
@@ -238,7 +287,7 @@ def _shared_store(runtime: Any) -> dict[str, Any]:
                            "maintainer": leases.maintainer if leases else None,
                            "commit_retries": runtime.store.commit_retries}
     try:
-        out["daemons"] = runtime.daemons()
+        out["daemons"] = bounded_read(runtime, "daemons", runtime.daemons)
     except SyncdError as exc:
         out["daemons"] = None
         out["daemons_error"] = str(exc)
@@ -250,7 +299,7 @@ def audit_status(runtime: Runtime, service: Service | None = None) -> dict[str, 
     store = service.reader if service is not None and service.reader is not None else runtime.store
     keep = runtime.config.audit.keep_versions_for
     try:
-        figures = store.audit_retention(keep)
+        figures = bounded_read(runtime, "audit", lambda: store.audit_retention(keep))
     except StoreError as exc:
         return {"keep_versions_for": format_duration(keep) if keep else "0", "error": str(exc)}
     journal = figures.get("journal") or {}
