@@ -294,7 +294,8 @@ class ClusterReindex:
         read_version = int(store_build._dataset(uri, options).version)
         record = store_build.begin_build(self.config.state_dir, dataset=uri, read_version=read_version,
                                          previous=previous)
-        job = _Job(build_id=f"{socket.gethostname()}-{os.getpid()}-{record['started_at']}", config=self.config, backend=self.rt.backend.backend, dataset=uri, storage_options=options,
+        job = _Job(build_id=f"{socket.gethostname()}-{os.getpid()}-{record['started_at']}", config=self.config,
+                   backend=self.rt.backend.backend, dataset=uri, storage_options=options,
                    dim=store.dim, signature=store.signature, threads=max(1, int(self.rc.cpus_per_actor)),
                    data_storage_version=getattr(store_build._dataset(uri, options), "data_storage_version", None))
         names = [n for n in self.rt.connectors if self.only is None or n == self.only]

@@ -459,9 +459,10 @@ def search(store: Legs, vector: np.ndarray | Callable[[], np.ndarray], text: str
            default_min_relevance: float = DEFAULT_MIN_RELEVANCE, reranker: Reranker | None = None,
            candidates: int = CANDIDATES, extra_conditions: Sequence[str] = (), version: int | None = None) -> Answer:
     """Hybrid search with every stage above; ``extra_conditions`` are further SQL conditions (escaped) that
-    every row must meet. ``version`` (or ``options.as_of``) searches the table as that version held it. Otherwise the live table's
-    version is read before and after the reads: when a commit landed in between, the reads are repeated on
-    the version they ended at, so ``table_version`` always names the one version the answer came from."""
+    every row must meet. ``version`` (or ``options.as_of``) searches the table as that version held it.
+    Otherwise the live table's version is read before and after the reads: when a commit landed in between,
+    the reads are repeated on the version they ended at, so ``table_version`` always names the one version
+    the answer came from."""
     options = check_options(options)
     where = where_clause([*filter_conditions(options), *extra_conditions])
     floor = default_min_relevance if options.min_relevance is None else options.min_relevance

@@ -117,14 +117,16 @@ class RayCluster:
         head_workers = free_port_range(40)
         node_workers = free_port_range(40)
         common = ["--disable-usage-stats", "--block", "--log-style=record"]
-        head = [sys.executable, "-c", _RAY_START, "start", "--head", f"--port={head_port}", f"--num-cpus={self.head_cpus}", "--num-gpus=0",
+        head = [sys.executable, "-c", _RAY_START, "start", "--head", f"--port={head_port}",
+                f"--num-cpus={self.head_cpus}", "--num-gpus=0",
                 f"--temp-dir={self.root / 'tmp'}", f"--node-manager-port={ports[1]}",
                 f"--object-manager-port={ports[2]}", "--include-dashboard=false", f"--dashboard-port={ports[3]}",
                 f"--dashboard-agent-listen-port={ports[4]}", f"--dashboard-agent-grpc-port={ports[5]}",
                 f"--metrics-export-port={ports[6]}", f"--runtime-env-agent-port={ports[7]}",
                 f"--min-worker-port={head_workers[0]}", f"--max-worker-port={head_workers[1]}",
                 "--object-store-memory=120000000", *common]
-        worker = [sys.executable, "-c", _RAY_START, "start", f"--address={self.address}", f"--num-cpus={self.worker_cpus}", "--num-gpus=0",
+        worker = [sys.executable, "-c", _RAY_START, "start", f"--address={self.address}",
+                  f"--num-cpus={self.worker_cpus}", "--num-gpus=0",
                   f"--node-manager-port={ports[8]}", f"--object-manager-port={ports[9]}",
                   f"--dashboard-agent-listen-port={ports[10]}", f"--dashboard-agent-grpc-port={ports[11]}",
                   f"--metrics-export-port={ports[12]}", f"--runtime-env-agent-port={ports[13]}",

@@ -72,7 +72,7 @@ def test_three_edits_a_delete_and_a_restore_are_five_entries_and_as_of_answers_e
     versions = [e["table_version"] for e in got]
     assert versions == sorted(versions) and len(set(versions)) == 5
     # Each entry's version is the table version its commit made, and the table held that text then.
-    for entry, (action, text, _) in zip(got, steps, strict=True):
+    for entry, (_action, text, _) in zip(got, steps, strict=True):
         assert entry["connector"] == "docs" and entry["old_doc_id"] is None
         assert entry["committed_at"] >= entry["seen_at"] > 0
         held = rt.store.table_at(entry["table_version"]).search().select(["text"]).limit(None).to_arrow()

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import threading
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import quote
 
 import pytest
-
-import datetime as dt
-from urllib.parse import quote
 
 from syncd.http import Endpoints, HttpServer
 from syncd.search import SearchOptions
