@@ -381,3 +381,16 @@ class LoadSampler:
 
     def __exit__(self, *exc: Any) -> None:
         self._stop.set()
+
+
+def update_readme_section(begin: str, end: str, md: str, *, heading: str, intro: str) -> None:
+    """Put ``md`` between the ``begin`` and ``end`` markers of benchmarks/README.md; the first time, append
+    the section (``heading``, ``intro``) with the markers."""
+    path = HERE / "README.md"
+    text = path.read_text()
+    section = f"{begin}\n{md}{end}"
+    if begin in text and end in text:
+        text = text[:text.index(begin)] + section + text[text.index(end) + len(end):]
+    else:
+        text = text.rstrip("\n") + f"\n\n## {heading}\n\n{intro}\n\n" + section + "\n"
+    path.write_text(text)

@@ -34,7 +34,7 @@ from typing import Any
 
 import tomli_w
 
-from benchmarks.common import HERE, REPO, Daemon, LoadSampler, log, machine, summarize, wait_for
+from benchmarks.common import HERE, REPO, Daemon, LoadSampler, log, machine, summarize, update_readme_section, wait_for
 
 HOOK = REPO / "deploy" / "hooks" / "post-receive"
 GIT_ENV = {**os.environ, "GIT_AUTHOR_NAME": "Bench", "GIT_AUTHOR_EMAIL": "bench@example.com",
@@ -228,16 +228,9 @@ def markdown(results: dict[str, Any]) -> str:
 
 
 def update_readme(md: str) -> None:
-    path = HERE / "README.md"
-    text = path.read_text()
-    section = f"{BEGIN}\n{md}{END}"
-    if BEGIN in text and END in text:
-        text = text[:text.index(BEGIN)] + section + text[text.index(END) + len(END):]
-    else:
-        text = text.rstrip("\n") + "\n\n## Push\n\n" + (
-            "`python -m benchmarks.push` (`benchmarks/push.py`): a push or an edit until `/search` returns it, "
-            "through the daemon with the real model.\n\n") + section + "\n"
-    path.write_text(text)
+    update_readme_section(BEGIN, END, md, heading='Push',
+                          intro='`python -m benchmarks.push` (`benchmarks/push.py`)'
+                                ': a push or an edit until `/search` returns it, through the daemon with the real model.')
 
 
 def main(argv: list[str] | None = None) -> int:

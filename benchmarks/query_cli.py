@@ -31,7 +31,7 @@ from typing import Any
 
 import tomli_w
 
-from benchmarks.common import HERE, REPO, Daemon, LoadSampler, log, machine, summarize
+from benchmarks.common import HERE, REPO, Daemon, LoadSampler, log, machine, summarize, update_readme_section
 
 PY = sys.executable
 BEGIN, END = "<!-- query-cli:begin -->", "<!-- query-cli:end -->"
@@ -161,16 +161,9 @@ def markdown(results: dict[str, Any]) -> str:
 
 
 def update_readme(md: str) -> None:
-    path = HERE / "README.md"
-    text = path.read_text()
-    section = f"{BEGIN}\n{md}{END}"
-    if BEGIN in text and END in text:
-        text = text[:text.index(BEGIN)] + section + text[text.index(END) + len(END):]
-    else:
-        text = text.rstrip("\n") + "\n\n## `syncd query` with and without a running daemon\n\n" + (
-            "`python -m benchmarks.query_cli` (`benchmarks/query_cli.py`): the whole `syncd query` process, from "
-            "its start to its exit.\n\n") + section + "\n"
-    path.write_text(text)
+    update_readme_section(BEGIN, END, md, heading='`syncd query` with and without a running daemon',
+                          intro='`python -m benchmarks.query_cli` (`benchmarks/query_cli.py`)'
+                                ': the whole `syncd query` process, from its start to its exit.')
 
 
 def main(argv: list[str] | None = None) -> int:
