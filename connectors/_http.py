@@ -15,10 +15,11 @@ from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
 import httpx
-import structlog
 import tenacity
 
-log = structlog.get_logger("syncd.http_client")
+from syncd.logs import get_logger
+
+log = get_logger("syncd.http_client")
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 

@@ -29,7 +29,6 @@ from collections.abc import Iterator
 from typing import Any, Literal
 
 import httpx
-import structlog
 from pydantic import SecretStr, field_validator
 
 from connectors._http import PoliteClient, ReadAhead, RemoteUnavailable, Retryable
@@ -37,10 +36,11 @@ from connectors.base import Connector, ConnectorContext
 from syncd import __version__
 from syncd.config import Duration, PushConfig, resolve_secret
 from syncd.errors import ConnectorError, DocumentGone, DocumentUnavailable, RootUnavailable
+from syncd.logs import get_logger
 from syncd.models import Change, DocumentRef, SourceDocument
 from syncd.state import read_json, write_json_atomic
 
-log = structlog.get_logger("syncd.confluence")
+log = get_logger("syncd.confluence")
 
 CURSOR_VERSION = 1
 _CACHE_TTL = 120.0

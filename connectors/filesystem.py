@@ -19,8 +19,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Literal
 
-import structlog
-
 from connectors.base import (
     Connector,
     ConnectorContext,
@@ -34,9 +32,10 @@ from connectors.posix_permissions import Inode, PermissionsUnknown, Resolver, in
 from syncd.config import ConnectorConfig, Duration
 from syncd.errors import ConnectorError, DocumentGone, DocumentSkipped, DocumentUnavailable, RootUnavailable
 from syncd.extract import media_type_for
+from syncd.logs import get_logger
 from syncd.models import Change, DocumentRef, SourceDocument
 
-log = structlog.get_logger("syncd.filesystem")
+log = get_logger("syncd.filesystem")
 
 NETWORK_FS = {"nfs", "nfs4", "cifs", "smb3", "smbfs", "fuse.sshfs", "sshfs", "9p", "fuse.rclone", "afs",
               "ceph", "glusterfs", "fuse.glusterfs", "davfs", "fuse.davfs2"}

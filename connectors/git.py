@@ -34,7 +34,6 @@ from pathlib import Path, PurePosixPath
 from typing import IO, Any, Literal
 from urllib.parse import quote, urlsplit
 
-import structlog
 from pydantic import field_validator
 
 from connectors.base import Connector, ConnectorContext, doc_id_from_bytes, matches_globs, name_candidates
@@ -47,10 +46,11 @@ from syncd.errors import (
     RootUnavailable,
 )
 from syncd.extract import media_type_for
+from syncd.logs import get_logger
 from syncd.models import Change, DocumentRef, SourceDocument
 from syncd.state import read_json, write_json_atomic
 
-log = structlog.get_logger("syncd.git")
+log = get_logger("syncd.git")
 
 CURSOR_VERSION = 1
 SYNCED_REF = "refs/syncd/synced"

@@ -28,7 +28,6 @@ from collections.abc import Iterator
 from typing import Any, Literal
 
 import httpx
-import structlog
 from pydantic import SecretStr, field_validator, model_validator
 
 from connectors._http import PoliteClient, ReadAhead, RemoteUnavailable, Retryable, parse_retry_after
@@ -36,10 +35,11 @@ from connectors.base import Connector, ConnectorContext, is_valid_doc_id
 from syncd import __version__
 from syncd.config import Duration, PushConfig, resolve_secret
 from syncd.errors import ConnectorError, DocumentGone, DocumentSkipped, DocumentUnavailable, RootUnavailable
+from syncd.logs import get_logger
 from syncd.models import Change, DocumentRef, SourceDocument
 from syncd.state import read_json, write_json_atomic
 
-log = structlog.get_logger("syncd.mediawiki")
+log = get_logger("syncd.mediawiki")
 
 CURSOR_VERSION = 1
 _CACHE_TTL = 120.0

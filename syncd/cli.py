@@ -124,6 +124,12 @@ def _emit(obj: Any) -> None:
     sys.stdout.flush()
 
 
+def _configure_logging(cfg: Any) -> None:
+    from syncd.logs import configure
+
+    configure(cfg.logging.level, cfg.logging.format)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command != "run":
@@ -131,7 +137,6 @@ def main(argv: list[str] | None = None) -> int:
 
         limit_malloc_arenas()  # batch commands, before LanceDB's and torch's thread pools start
     from syncd import config as config_mod
-    from syncd.logs import configure
 
     try:
         cfg = config_mod.load(args.config)
@@ -144,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, SearchOptionError) as exc:
         sys.stderr.write(f"syncd: {exc}\n")
         return EXIT_USAGE
-    configure(cfg.logging.level, cfg.logging.format)
+    if args.command != "query":  # query asks the daemon first: structlog is set up only if it searches here
+        _configure_logging(cfg)
     try:
         _check_local_paths(cfg, args)
         return int(_COMMANDS[args.command](cfg, args))
@@ -411,6 +417,7 @@ def cmd_query(cfg: Any, args: argparse.Namespace) -> int:
                 daemon = None
         if result is None:
             if index is None:
+                _configure_logging(cfg)
                 from syncd.api import Index
                 from syncd.embedding import resolve_model_path
 

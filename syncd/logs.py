@@ -4,13 +4,38 @@ from __future__ import annotations
 
 import logging
 import sys
-
-import structlog
+from typing import Any
 
 from syncd.redact import redact_event
 
 
+class _Deferred:
+    """A module's logger that imports structlog at its first use. Modules that log only on some paths (the
+    connectors, whose config classes every command reads) then do not make `syncd query`, which asks the
+    daemon and logs nothing, import structlog and its console renderer."""
+
+    __slots__ = ("_name", "_logger")
+
+    def __init__(self, name: str | None) -> None:
+        self._name = name
+        self._logger: Any = None
+
+    def __getattr__(self, attr: str) -> Any:
+        if self._logger is None:
+            import structlog
+
+            self._logger = structlog.get_logger(self._name)
+        return getattr(self._logger, attr)
+
+
+def get_logger(name: str | None = None) -> Any:
+    """``structlog.get_logger(name)``, imported when the logger is first used."""
+    return _Deferred(name)
+
+
 def configure(level: str = "info", fmt: str = "auto") -> None:
+    import structlog
+
     numeric = getattr(logging, level.upper(), logging.INFO)
     use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
     renderer: structlog.types.Processor = (
