@@ -10,12 +10,21 @@ model's fixed start cost, part of ``seconds``). The one-time export (``syncd mod
 cache) is timed once.
 
     python -m benchmarks.oneshot --docs 5000 --repeat 3     # the table in benchmarks/README.md
+    python -m benchmarks.oneshot --python /path/to/venv/bin/python   # the processes run by another install
     python -m benchmarks.oneshot --report benchmarks/results/oneshot-<timestamp>   # render a run again
 
 The indexes are built once (cached in ``benchmarks/.cache/oneshot-*``) with the stand-in embedder
 (``benchmarks/probe.py``: the packaged model's ids and tokenizer, vectors from a hash of the text) under each
 backend's model id, so the real model opens them without a rebuild; every timed run embeds with the real
 model. Results go to ``benchmarks/results/oneshot-<timestamp>/`` and the table into the README.
+
+In the same run, on the default config: the daemon's freshness (``benchmarks/freshness.py``: idle, and
+20 writes a second) on the default column's folder, and the retrieval quality of both backends on the
+labelled queries (``benchmarks/onnx_backend.py``). ``--python`` names the interpreter of every measured
+process (syncd's commands, its daemon, the import timings): an install made as the README's quick start
+makes it has syncd's dependencies only, where a development venv with the test extra also has pandas,
+which pyarrow imports with LanceDB whenever it is installed. The report names the interpreter and whether
+it has pandas.
 """
 
 from __future__ import annotations
@@ -33,6 +42,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import benchmarks.common
 from benchmarks.common import CACHE, PY, REPO, corpus_key, log, machine, maintain, workspace, write_config
 from benchmarks.corpus import write_corpus
 from benchmarks.incremental import _edit_paragraph, apply_change_set
@@ -88,6 +98,10 @@ _LAUNCHER = ("import resource, subprocess, sys, time; t = time.monotonic(); r = 
              "{resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}\\n'); sys.exit(r.returncode)")
 
 
+PYTHON = PY
+"""The interpreter of the measured processes (``--python``)."""
+
+
 def run(cmd: list[str], env: dict[str, str], *, check: bool = True) -> dict[str, Any]:
     """One whole process: wall time, peak RSS and its JSON output (the last JSON line on stdout)."""
     proc = subprocess.run([PY, "-c", _LAUNCHER, *cmd], capture_output=True, text=True, env=env, cwd=REPO,
@@ -101,7 +115,7 @@ def run(cmd: list[str], env: dict[str, str], *, check: bool = True) -> dict[str,
 
 
 def syncd(config: Path, *args: str) -> list[str]:
-    return [PY, "-m", "syncd", "--config", str(config), *args]
+    return [PYTHON, "-m", "syncd", "--config", str(config), *args]
 
 
 def daemon_start(config: Path, env: dict[str, str]) -> dict[str, Any]:
@@ -154,6 +168,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeat", type=int, default=3, help="timed runs of each command (default 3)")
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--no-readme", action="store_true", help="do not write the table into benchmarks/README.md")
+    p.add_argument("--python", default=PY, help="the interpreter of the measured processes (default: this one)")
+    p.add_argument("--processes-only", action="store_true",
+                   help="skip the daemon's freshness and the retrieval quality of both backends")
     p.add_argument("--report", metavar="DIR", help="only render an earlier run's results.json (its folder) into "
                    "report.md and the README")
     args = p.parse_args(argv)
@@ -166,6 +183,11 @@ def main(argv: list[str] | None = None) -> int:
             write_readme(table)
         return 0
 
+    global PYTHON
+    PYTHON = benchmarks.common.PY = args.python  # syncd() and the daemon harness (benchmarks.common.Daemon)
+    has_pandas = subprocess.run([PYTHON, "-c", "import importlib.util, sys; "
+                                 "sys.exit(importlib.util.find_spec('pandas') is None)"], check=False).returncode == 0
+    python = {"path": PYTHON, "pandas": has_pandas}
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out_dir = HERE / "results" / f"oneshot-{stamp}"
     out_dir.mkdir(parents=True)
@@ -204,9 +226,12 @@ def main(argv: list[str] | None = None) -> int:
             rows.setdefault("help", []).append(run(syncd(config, "--help"), env))
             rows.setdefault("run", []).append(daemon_start(config, env))
             for name, modules in IMPORTS.items():  # what the fixed start cost is made of
-                rows.setdefault(name, []).append(run([PY, "-c", f"import {modules}"], env))
+                rows.setdefault(name, []).append(run([PYTHON, "-c", f"import {modules}"], env))
     data = {"docs": args.docs, "repeat": args.repeat, "seed": args.seed, "machine": info, "load_avg": loads,
-            "export": export, "results": results}
+            "export": export, "results": results, "python": python}
+    (out_dir / "results.json").write_text(json.dumps(data, indent=1))  # kept if a daemon phase fails
+    if not args.processes_only:
+        data["freshness"], data["quality"] = daemon_phases(args, out_dir, env)
     (out_dir / "results.json").write_text(json.dumps(data, indent=1))
     table = report(data, stamp)
     (out_dir / "report.md").write_text(table)
@@ -214,6 +239,20 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_readme:
         write_readme(table)
     return 0
+
+
+def daemon_phases(args: argparse.Namespace, out_dir: Path, env: dict[str, str]) -> tuple[Any, Any]:
+    """The daemon's freshness on the default config (idle, then 20 writes a second) on the default column's
+    folder, and nDCG@10 of both backends on the labelled queries."""
+    from benchmarks import freshness, onnx_backend
+
+    os.environ["SYNCD_MODEL_CACHE"] = env["SYNCD_MODEL_CACHE"]  # the daemon shares the install's export
+    log("freshness of the daemon on the default config")
+    fresh = freshness.run(built(args.seed, args.docs, "default"), out_dir / "freshness", quick=False,
+                          backend="auto")
+    log("retrieval quality of both backends on the labelled queries")
+    quality = onnx_backend.run(docs=150, queries=100, repeat=1, seed=args.seed, out=out_dir / "quality")
+    return fresh, quality
 
 
 def write_readme(table: str) -> None:
@@ -285,6 +324,36 @@ def report(data: dict[str, Any], stamp: str) -> str:
         f"{data['export']['wall_s']:.1f} s wall, peak RSS {data['export']['peak_rss_mib']:.0f} MiB.",
         "",
     ]
+    python = data.get("python")
+    if python:
+        lines[0] += (f" The processes ran on `{python['path']}`, "
+                     + ("which has pandas (the test extra's; pyarrow then imports it with LanceDB)." if python["pandas"]
+                        else "an install with syncd's own dependencies only (no pandas), as the quick start makes it."))
+    fresh, quality = data.get("freshness"), data.get("quality")
+    if fresh:
+        def ms(phase: str, key: str) -> str:
+            return f"{1000 * fresh[phase]['latency_s'][key]:.0f} ms"
+
+        lines += [
+            f"The daemon on the default config, same run ({fresh['docs']:,} documents; a write → `/search` "
+            "returns it, `benchmarks/freshness.py`):",
+            "",
+            "| phase | p50 | p95 | writes | lost |",
+            "|---|---|---|---|---|",
+            *(f"| {name} | {ms(phase, 'median')} | {ms(phase, 'p95')} | {fresh[phase]['writes']} | "
+              f"{fresh[phase]['lost']} |" for phase, name in (("idle", "idle, a write every 300 ms"),
+                                                              ("load", "20 writes a second")) if phase in fresh),
+            "",
+        ]
+    if quality:
+        lines += [
+            f"Retrieval quality, same run: nDCG@10 on {quality['queries']} labelled queries over "
+            f"{quality['chunks']:,} chunks, PyTorch {quality['ndcg10_torch']:.4f}, ONNX int8 "
+            f"{quality['ndcg10_onnx_int8']:.4f} (mean cosine to PyTorch's vectors {quality['cosine_mean']:.4f}); "
+            f"embedding rate {quality['torch_chunks_per_s']:.1f} vs {quality['onnx_int8_chunks_per_s']:.1f} "
+            f"chunks/s ({quality['ratio']:.2f}×).",
+            "",
+        ]
     return "\n".join(lines)
 
 

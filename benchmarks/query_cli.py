@@ -1,6 +1,6 @@
 """`syncd query` wall time with and without a running daemon.
 
-`python -m benchmarks.query_cli [--docs 200] [--repeat 10] [--no-readme]`
+`python -m benchmarks.query_cli [--docs 200] [--repeat 10] [--python PATH] [--no-readme]`
 
 One small corpus, synced once with the default config (the default backend). Then, each ``--repeat`` times,
 the whole `syncd query QUESTION -k 5 --json` process is timed from its start to its exit, with its peak
@@ -10,6 +10,9 @@ memory (the process's own maximum resident set, from ``wait4``):
 2. **daemon running**: the CLI finds the daemon through the state folder and asks its ``/search`` (the
    daemon's search counter must grow by one per call, or the run fails);
 3. ``/search`` alone, from this process (what the daemon's answer costs without a new Python process).
+
+``--python`` names the interpreter of the measured processes (the CLI and the daemon): an install made
+as the README's quick start makes it, rather than a development venv with the test extra.
 
 Writes ``benchmarks/results/query-cli-<timestamp>/`` and the "`syncd query`" section of
 ``benchmarks/README.md``.
@@ -31,6 +34,7 @@ from typing import Any
 
 import tomli_w
 
+import benchmarks.common
 from benchmarks.common import HERE, REPO, Daemon, LoadSampler, log, machine, summarize, update_readme_section
 
 PY = sys.executable
@@ -144,7 +148,7 @@ def markdown(results: dict[str, Any]) -> str:
     lines = [f"Run `{results['command']}` at {results['started']} (git {m['git_commit']}), {m['cpus_usable']} CPUs, "
              f"1-minute load average {results['load']['mean']:.1f} mean / {results['load']['max']:.1f} max (above the "
              f"CPU count the machine was shared). {r['docs']} documents ({r['chunks']} chunks), default backend, "
-             f"{r['repeat']} calls each.", "",
+             f"{r['repeat']} calls each; the processes ran on `{results.get('python', PY)}`.", "",
              "| `syncd query … -k 5 --json`, whole process | median | p95 | min | max | peak RSS (median) |",
              "|---|---|---|---|---|---|"]
     for key, label in (("no_daemon", "no daemon: loads the index and the model itself"),
@@ -167,13 +171,17 @@ def update_readme(md: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    global PY
     p = argparse.ArgumentParser(prog="python -m benchmarks.query_cli")
     p.add_argument("--docs", type=int, default=200)
     p.add_argument("--repeat", type=int, default=10)
     p.add_argument("--no-readme", action="store_true")
+    p.add_argument("--python", default=PY, help="the interpreter of the measured processes (default: this one)")
     args = p.parse_args(argv)
+    PY = benchmarks.common.PY = args.python  # timed_query() and the daemon harness (benchmarks.common.Daemon)
     results: dict[str, Any] = {"command": "python -m benchmarks.query_cli " + " ".join(argv or sys.argv[1:]),
-                               "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": machine()}
+                               "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": machine(),
+                               "python": PY}
     out = HERE / "results" / time.strftime("query-cli-%Y%m%d-%H%M%S")
     out.mkdir(parents=True)
     with LoadSampler() as load, tempfile.TemporaryDirectory(prefix="syncd-query-cli-") as tmp:
