@@ -303,8 +303,9 @@ class Daemon:
         except ValueError:
             return code, body.decode(errors="replace")
 
-    def search(self, q: str, k: int = 10) -> list[dict[str, Any]]:
-        code, data = self.get(f"/search?q={urllib.parse.quote(q)}&k={k}")
+    def search(self, q: str, k: int = 10, min_relevance: float | None = None) -> list[dict[str, Any]]:
+        floor = "" if min_relevance is None else f"&min_relevance={min_relevance}"
+        code, data = self.get(f"/search?q={urllib.parse.quote(q)}&k={k}{floor}")
         if code != 200:
             raise RuntimeError(f"/search answered {code}: {data}")
         return list(data["results"])

@@ -61,7 +61,9 @@ class Poller:
             q = " ".join(w.marker for w in batch)
             started = time.monotonic()
             try:
-                results = self.daemon.search(q, k=max(10, 3 * len(batch)))
+                # Any relevance: the question is when the text is visible, and a query of random markers is
+                # far from every chunk in meaning (the default floor would hide the page that holds them).
+                results = self.daemon.search(q, k=max(10, 3 * len(batch)), min_relevance=0.0)
             except RuntimeError:
                 self.errors += 1
                 time.sleep(0.05)

@@ -88,8 +88,12 @@ class Daemon:
             return 0, b""
 
     def found(self, marker: str) -> bool:
-        code, body = self.get(f"/search?q={urllib.parse.quote(marker)}&k=5")
-        return code == 200 and marker in body.decode(errors="replace")
+        # A result's text, not the answer's body (which repeats the query), and at any relevance: a lone
+        # marker word is far in meaning from every chunk, and the question is only whether it is visible.
+        code, body = self.get(f"/search?q={urllib.parse.quote(marker)}&k=5&min_relevance=0")
+        if code != 200:
+            return False
+        return any(marker in r["text"] for r in json.loads(body)["results"])
 
     def metrics(self) -> str:
         return self.get("/metrics")[1].decode()

@@ -173,7 +173,18 @@ def main(argv: list[str] | None = None) -> int:
                    help="skip the daemon's freshness and the retrieval quality of both backends")
     p.add_argument("--report", metavar="DIR", help="only render an earlier run's results.json (its folder) into "
                    "report.md and the README")
+    p.add_argument("--resume", metavar="DIR", help="run only the daemon phases for an earlier run whose process "
+                   "timings are in DIR/results.json (a run stopped in them), then render it")
     args = p.parse_args(argv)
+    global PYTHON
+    if args.resume:
+        folder = Path(args.resume)
+        data = json.loads((folder / "results.json").read_text())
+        PYTHON = benchmarks.common.PY = data.get("python", {}).get("path", args.python)
+        shutil.rmtree(folder / "freshness", ignore_errors=True)
+        data["freshness"], data["quality"] = daemon_phases(args, folder, {"SYNCD_MODEL_CACHE": str(CACHE / "models")})
+        (folder / "results.json").write_text(json.dumps(data, indent=1))
+        args.report = str(folder)
     if args.report:
         folder = Path(args.report)
         table = report(json.loads((folder / "results.json").read_text()), folder.name.removeprefix("oneshot-"))
@@ -183,7 +194,6 @@ def main(argv: list[str] | None = None) -> int:
             write_readme(table)
         return 0
 
-    global PYTHON
     PYTHON = benchmarks.common.PY = args.python  # syncd() and the daemon harness (benchmarks.common.Daemon)
     has_pandas = subprocess.run([PYTHON, "-c", "import importlib.util, sys; "
                                  "sys.exit(importlib.util.find_spec('pandas') is None)"], check=False).returncode == 0
