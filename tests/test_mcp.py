@@ -230,3 +230,61 @@ def test_syncd_mcp_over_stdio_without_a_daemon_uses_the_real_model(tmp_path: Pat
             return await exercise(client)
 
     check(asyncio.run(run()), json.loads(query.stdout))
+
+
+def test_mcp_tools_answer_for_the_callers_token_and_a_token_cannot_act_as_someone_else(
+        tmp_path: Path, monkeypatch: Any) -> None:
+    """Over /mcp the tools search and read for the bearer token's principals, exactly as /search filters: a
+    document readable by group:hr is found and served to the hr token, never to alice's token (not even when
+    it names group:hr: refused as /search refuses it), and to the trusted backend only when it names group:hr."""
+    import httpx2
+    from mcp import Client
+
+    for name, text in (("public", "The purple elephants dance at noon."),
+                       ("hr", "The purple elephants salary bands are confidential.")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / f"{name}.md").write_text(f"# {name}\n\n{text}\n")
+    monkeypatch.setenv("SYNCD_TEST_MCP_TRUSTED", "trusted-token")
+    monkeypatch.setenv("SYNCD_TEST_MCP_ALICE", "alice-token")
+    monkeypatch.setenv("SYNCD_TEST_MCP_HR", "hr-token")
+    cfg = write_config(tmp_path, [{"name": "public", "type": "filesystem", "path": str(tmp_path / "public"),
+                                   "acl": ["everyone"]},
+                                  {"name": "hr", "type": "filesystem", "path": str(tmp_path / "hr"),
+                                   "acl": ["group:hr"]}],
+                       http={"token_env": "SYNCD_TEST_MCP_TRUSTED",
+                             "tokens": [{"token_env": "SYNCD_TEST_MCP_ALICE", "principals": ["user:alice"]},
+                                        {"token_env": "SYNCD_TEST_MCP_HR", "principals": ["user:hana", "group:hr"]}]})
+
+    async def as_token(url: str, token: str, principals: list[str] | None = None) -> dict[str, Any]:
+        extra = {} if principals is None else {"principals": principals}
+        async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=30) as http, Client(
+                _transport(url, http)) as client:
+            found = await client.call_tool("search", {"query": "purple elephants", "k": 5, **extra})
+            doc = await client.call_tool("get_document", {"doc_id": "hr.md", "connector": "hr", **extra})
+        return {"search": (found.is_error, found.structured_content if not found.is_error else found.content[0].text),
+                "doc": (doc.is_error, doc.structured_content if not doc.is_error else doc.content[0].text)}
+
+    def connectors(seen: dict[str, Any]) -> set[str]:
+        assert not seen["search"][0], seen["search"]
+        return {r["connector"] for r in seen["search"][1]["results"]}
+
+    with service(cfg) as svc:
+        url = svc.http.url + "/mcp"
+        hr = asyncio.run(as_token(url, "hr-token"))
+        assert connectors(hr) == {"public", "hr"}
+        assert not hr["doc"][0] and "salary bands" in hr["doc"][1]["text"]
+
+        alice = asyncio.run(as_token(url, "alice-token"))
+        assert connectors(alice) == {"public"}
+        assert alice["doc"][0] and "hr.md" in alice["doc"][1]  # answered as absent
+
+        posing = asyncio.run(as_token(url, "alice-token", ["group:hr"]))
+        for refused in (posing["search"], posing["doc"]):
+            assert refused[0] and refused[1].endswith(": this token may not act as group:hr"), refused
+
+        assert connectors(asyncio.run(as_token(url, "trusted-token"))) == {"public"}
+        backend = asyncio.run(as_token(url, "trusted-token", ["user:hana", "group:hr"]))
+        assert connectors(backend) == {"public", "hr"} and not backend["doc"][0]
+
+        bad = asyncio.run(as_token(url, "trusted-token", ["hr"]))
+        assert bad["search"][0] and "'hr'" in bad["search"][1]
