@@ -183,10 +183,10 @@ def test_mcp_get_and_delete_are_refused_as_stateless(tmp_path: Path, docs: Path)
             assert answer.status_code == 405 and answer.headers["allow"] == "POST"
 
 
-def _stdio(cfg: Path) -> Any:
+def _stdio(cfg: Path, *extra: str) -> Any:
     from mcp.client.stdio import StdioServerParameters
 
-    return StdioServerParameters(command=sys.executable, args=["-m", "syncd", "mcp", "--config", str(cfg)],
+    return StdioServerParameters(command=sys.executable, args=["-m", "syncd", "mcp", "--config", str(cfg), *extra],
                                  env=dict(os.environ), cwd=str(cfg.parent))
 
 
@@ -288,3 +288,35 @@ def test_mcp_tools_answer_for_the_callers_token_and_a_token_cannot_act_as_someon
 
         bad = asyncio.run(as_token(url, "trusted-token", ["hr"]))
         assert bad["search"][0] and "'hr'" in bad["search"][1]
+
+
+def test_syncd_mcp_over_stdio_answers_for_whom_the_operator_names(tmp_path: Path, monkeypatch: Any) -> None:
+    """Over stdio there is no token: the operator, who runs `syncd mcp` with the config, says whom the tools
+    answer for. `--as group:hr` finds the document only group:hr may read (through the running daemon); without
+    it only everyone's documents; a call's own principals replace the default."""
+    from mcp import Client
+
+    for name, text in (("public", "The purple elephants dance at noon."),
+                       ("hr", "The purple elephants salary bands are confidential.")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / f"{name}.md").write_text(f"# {name}\n\n{text}\n")
+    monkeypatch.setenv(TOKEN_ENV, "stdio-trusted-token")
+    cfg = write_config(tmp_path, [{"name": n, "type": "filesystem", "path": str(tmp_path / n), "acl": a}
+                                  for n, a in (("public", ["everyone"]), ("hr", ["group:hr"]))],
+                       http={"token_env": TOKEN_ENV})
+
+    async def connectors(*extra: str, principals: list[str] | None = None) -> set[str]:
+        args = {"query": "purple elephants", "k": 5, **({"principals": principals} if principals else {})}
+        async with Client(_stdio(cfg, *extra)) as client:
+            found = await client.call_tool("search", args)
+        assert not found.is_error, found.content
+        return {r["connector"] for r in found.structured_content["results"]}
+
+    bad = subprocess.run([sys.executable, "-m", "syncd", "mcp", "--config", str(cfg), "--as", "hr"],
+                         capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert bad.returncode == 2 and "'hr'" in bad.stderr, bad.stderr
+    with service(cfg):
+        assert asyncio.run(connectors("--as", "group:hr")) == {"public", "hr"}
+        assert asyncio.run(connectors()) == {"public"}
+        assert asyncio.run(connectors("--as", "group:hr", principals=["user:someone"])) == {"public"}
+        assert asyncio.run(connectors(principals=["group:hr"])) == {"public", "hr"}
