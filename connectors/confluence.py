@@ -295,12 +295,18 @@ class ConfluenceConnector(Connector):
     def _group_members(self, group: str) -> frozenset[str]:
         """The users of ``group`` (none when Confluence does not list them: users are then left out)."""
         if group not in self._members:
-            try:
-                self._members[group] = perms.names(self._pages(
-                    f"/rest/api/group/{urllib.parse.quote(group, safe='')}/member", {"limit": 200}))
-            except (RemoteUnavailable, ConnectorError, *_MALFORMED):
+            found: frozenset[str] = frozenset()
+            # Data Center and Server name the group in the path; Cloud's current form takes it as a parameter.
+            for path, params in ((f"/rest/api/group/{urllib.parse.quote(group, safe='')}/member", {"limit": 200}),
+                                 ("/rest/api/group/member", {"name": group, "limit": 200})):
+                try:
+                    found = perms.names(self._pages(path, params))
+                    break
+                except (RemoteUnavailable, ConnectorError, *_MALFORMED):
+                    continue
+            else:
                 log.warning("confluence.group_members_unknown", connector=self.name, group=group)
-                self._members[group] = frozenset()
+            self._members[group] = found
         return self._members[group]
 
     def _remember_restriction(self, content: dict[str, Any]) -> None:

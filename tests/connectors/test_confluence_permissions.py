@@ -123,8 +123,16 @@ class PermissionedConfluence(FakeConfluence):
             if not self.data_center:
                 return answer({"statusCode": 404, "message": "null for uri"}, 404)
             return answer(self._dc_space_permissions(m.group(1)))
+        # Members of a group: Data Center names it in the path, Cloud (whose path form is gone) in a parameter.
+        group = None
         if ok and (m := re.fullmatch(r"/rest/api/group/([^/]+)/member", api)):
-            users = [self._user(u) for u in self.members.get(urllib.parse.unquote(m.group(1)), [])]
+            if not self.data_center:
+                return answer({"statusCode": 404, "message": "null for uri"}, 404)
+            group = urllib.parse.unquote(m.group(1))
+        elif ok and api == "/rest/api/group/member" and not self.data_center:
+            group = request.args.get("name", "")
+        if group is not None:
+            users = [self._user(u) for u in self.members.get(group, [])]
             return answer({**self._array(users), "_links": {"base": self.base}})
         return super().handle(request)
 
