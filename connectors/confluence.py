@@ -15,6 +15,13 @@
   ``reconcile_interval`` a poll answers with a full id listing, which the engine compares with the index
   (behind its mass-deletion guard).
 * A 429 or 503 is retried after its ``Retry-After``; the cursor never passes a page that failed to read.
+* Who may read a page (``connectors.confluence_permissions``): the space's view permission intersected with
+  the read restrictions of the page and of its ancestors. Restrictions and space permissions change no page
+  version and CQL cannot search for them, so every poll lists the spaces' pages with their restrictions and
+  ancestors (one listing per space, ``expand=restrictions.read...,ancestors``) and reads the space
+  permissions; a page whose readers changed is read again (its rows get the new ACL, nothing is embedded).
+  The readers are part of the fingerprint too, so the reconcile listing catches what a poll missed. Not
+  capturing at all when the connector's ``acl`` is configured.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ from typing import Any, Literal
 import httpx
 from pydantic import SecretStr, field_validator
 
+from connectors import confluence_permissions as perms
 from connectors._http import PoliteClient, ReadAhead, RemoteUnavailable, Retryable
 from connectors.base import Connector, ConnectorContext
 from syncd import __version__
@@ -44,9 +52,15 @@ log = get_logger("syncd.confluence")
 
 CURSOR_VERSION = 1
 _CACHE_TTL = 120.0
+_MALFORMED = (KeyError, IndexError, TypeError, ValueError, AttributeError)
+"""What reading an answer of valid JSON but unexpected shape raises."""
 _PAGE_ID = re.compile(r"[1-9][0-9]{0,18}")
 """A page id as the listing yields it: ASCII digits without a leading zero. Any other spelling (a query, a
 fragment, a path, leading zeros) would reach the same page under a second id."""
+
+
+_RESTRICTIONS = "restrictions.read.restrictions.user,restrictions.read.restrictions.group"
+_READ_EXPAND = f"body.storage,version,space,ancestors,{_RESTRICTIONS}"
 
 
 def is_page_id(doc_id: str) -> bool:
@@ -181,13 +195,24 @@ class ConfluenceConnector(Connector):
         self._listed: dict[str, float] = {}
         """id:version -> modified time of the pages the last full listing saw (handled by that reconcile)."""
         self.cursor_path = context.state_dir / "cursor.json"
+        self._capture = config.acl is None
+        """Whether permissions are read from Confluence (a configured ``acl`` replaces them)."""
+        self._spaces_readers: dict[str, perms.Readers | str] = {}
+        """Space key -> who may view it, or why that is unknown; read again by every listing and poll."""
+        self._restriction: dict[str, perms.Readers | None] = {}
+        """Content id -> its read restriction (None: unrestricted), as the last listing or a read found it."""
+        self._members: dict[str, frozenset[str]] = {}
+        self._acls: dict[str, str] = {}
+        """Page id -> readers' hash, as the last listing or poll computed them (kept in the cursor)."""
 
     # -- the API ---------------------------------------------------------------------------------------
-    def _get(self, url: str, params: dict[str, Any] | None = None) -> httpx.Response:
+    def _get(self, url: str, params: dict[str, Any] | None = None, *, refusal_ok: bool = False) -> httpx.Response:
+        """GET an API path; a 401 or 403 is the token refused (ConnectorError) unless ``refusal_ok``: an
+        answer about permissions the token's user may not see is that page's problem, not the source's."""
         if not url.startswith(("http://", "https://")):
             url = self.cfg.base_url + url
         response = self.http.request("GET", url, params=params, check=_json_answer)
-        if response.status_code in (401, 403):
+        if response.status_code in (401, 403) and not (refusal_ok and response.status_code == 403):
             raise ConnectorError(f"Confluence refused the token (HTTP {response.status_code})", connector=self.name)
         return response
 
@@ -224,20 +249,134 @@ class ConfluenceConnector(Connector):
         if response.status_code != 200:
             raise RootUnavailable(f"Confluence answered HTTP {response.status_code}", connector=self.name)
 
+    # -- permissions -----------------------------------------------------------------------------------
+    def _forget_permissions(self) -> None:
+        """A listing or a poll starts: space permissions, restrictions and group members are read afresh."""
+        self._spaces_readers.clear()
+        self._restriction.clear()
+        self._members.clear()
+
+    def _space_readers(self, space: str) -> perms.Readers | str:
+        """Who may view ``space``, or why that cannot be told."""
+        if space in self._spaces_readers:
+            return self._spaces_readers[space]
+        key = urllib.parse.quote(space, safe="")
+        found: perms.Readers | str
+        try:
+            response = self._get(f"/rest/api/space/{key}", {"expand": "permissions"}, refusal_ok=True)
+            if response.status_code == 200 and "permissions" in response.json():
+                found = perms.parse_space_permissions(response.json())
+            else:
+                # Data Center answers the space without permissions: its own endpoint lists them.
+                response = self._get(f"/rest/api/space/{key}/permissions", refusal_ok=True)
+                if response.status_code != 200:
+                    raise perms.Undetermined(f"/rest/api/space/{key}/permissions answered HTTP {response.status_code}")
+                found = perms.parse_dc_space_permissions(response.json())
+        except (RemoteUnavailable, ConnectorError, perms.Undetermined) as exc:
+            found = f"who may view space {space} is unknown: {exc}"
+        self._spaces_readers[space] = found
+        return found
+
+    def _restriction_of(self, content_id: str) -> perms.Readers | None:
+        """The read restriction of a page (None: unrestricted); Undetermined when Confluence does not say."""
+        if content_id in self._restriction:
+            return self._restriction[content_id]
+        path = f"/rest/api/content/{urllib.parse.quote(content_id, safe='')}/restriction/byOperation/read"
+        try:
+            response = self._get(path, {"expand": "restrictions.user,restrictions.group"}, refusal_ok=True)
+        except (RemoteUnavailable, ConnectorError) as exc:
+            raise perms.Undetermined(f"{path}: {exc}") from None
+        if response.status_code != 200:
+            raise perms.Undetermined(f"{path} answered HTTP {response.status_code}")
+        found = perms.parse_restriction(response.json())
+        self._restriction[content_id] = found
+        return found
+
+    def _group_members(self, group: str) -> frozenset[str]:
+        """The users of ``group`` (none when Confluence does not list them: users are then left out)."""
+        if group not in self._members:
+            found: frozenset[str] = frozenset()
+            # Data Center and Server name the group in the path; Cloud's current form takes it as a parameter.
+            for path, params in ((f"/rest/api/group/{urllib.parse.quote(group, safe='')}/member", {"limit": 200}),
+                                 ("/rest/api/group/member", {"name": group, "limit": 200})):
+                try:
+                    found = perms.names(self._pages(path, params))
+                    break
+                except (RemoteUnavailable, ConnectorError, *_MALFORMED):
+                    continue
+            else:
+                log.warning("confluence.group_members_unknown", connector=self.name, group=group)
+            self._members[group] = found
+        return self._members[group]
+
+    def _remember_restriction(self, content: dict[str, Any]) -> None:
+        """Keep the read restriction a content answer carries (expanded), if it carries a readable one."""
+        read = ((content.get("restrictions") or {}).get("read")) if isinstance(content, dict) else None
+        if read is None:
+            return
+        try:
+            self._restriction[str(content["id"])] = perms.parse_restriction(read)
+        except perms.Undetermined:
+            pass  # asked again from the restriction endpoint when the page's readers are computed
+
+    def _page_acl(self, space: str, chain: list[str]) -> tuple[tuple[str, ...] | None, str]:
+        """Who may read the page whose ancestors and itself are ``chain`` (root first), or (None, why)."""
+        if not self._capture:
+            return None, ""
+        viewers = self._space_readers(space)
+        if isinstance(viewers, str):
+            return None, viewers
+        try:
+            restrictions = [self._restriction_of(cid) for cid in chain]
+        except (perms.Undetermined, *_MALFORMED) as exc:
+            return None, f"the read restrictions of page {chain[-1]} or an ancestor are unknown: {exc}"
+        return perms.page_acl(viewers, restrictions, self._group_members), ""
+
+    @staticmethod
+    def _acl_hash(acl: tuple[str, ...] | None) -> str:
+        text = "\n".join(acl) if acl is not None else "?"
+        return hashlib.blake2b(text.encode(), digest_size=4).hexdigest()
+
+    def _fingerprint(self, number: object, acl: tuple[str, ...] | None) -> str:
+        # Who may read a page is part of its fingerprint: the reconcile listing then reads a page whose
+        # readers changed again (its rows get the new ACL, nothing is embedded).
+        return f"{number}:{self._acl_hash(acl)}" if self._capture else str(number)
+
+    def _sweep(self) -> list[tuple[dict[str, Any], str]]:
+        """Every current page of the configured spaces with its version, ancestors and read restriction
+        (remembered), and its space key."""
+        self._forget_permissions()
+        expand = f"version,ancestors,{_RESTRICTIONS}" if self._capture else "version"
+        out: list[tuple[dict[str, Any], str]] = []
+        for space in self.cfg.spaces:
+            for page in self._pages("/rest/api/content", {"spaceKey": space, "type": "page", "status": "current",
+                                                          "expand": expand, "limit": self.cfg.page_size}):
+                out.append((page, space))
+                self._remember_restriction(page)
+        return out
+
+    def _chain(self, page: dict[str, Any]) -> list[str]:
+        return [str(a["id"]) for a in page.get("ancestors") or [] if isinstance(a, dict) and "id" in a] + [str(page["id"])]
+
+    def _swept_acls(self, pages: list[tuple[dict[str, Any], str]]) -> dict[str, tuple[str, ...] | None]:
+        return {str(page["id"]): self._page_acl(space, self._chain(page))[0] for page, space in pages}
+
     # -- listing ---------------------------------------------------------------------------------------
     def list_documents(self) -> Iterator[DocumentRef]:
         refs: list[DocumentRef] = []
         self._listed = {}
         try:
-            for space in self.cfg.spaces:
-                for page in self._pages("/rest/api/content", {"spaceKey": space, "type": "page", "status": "current",
-                                                              "expand": "version", "limit": self.cfg.page_size}):
-                    refs.append(DocumentRef(doc_id=str(page["id"]), fingerprint=str(page["version"]["number"])))
-                    when = page["version"].get("when")
-                    if when:
-                        self._listed[f"{page['id']}:{page['version']['number']}"] = _parse_when(when)
+            pages = self._sweep()
+            acls = self._swept_acls(pages)
         except (RemoteUnavailable, ConnectorError) as exc:
             raise self._failure(exc, "listing pages") from None
+        self._acls = {pid: self._acl_hash(acl) for pid, acl in acls.items()}
+        for page, _ in pages:
+            pid = str(page["id"])
+            refs.append(DocumentRef(doc_id=pid, fingerprint=self._fingerprint(page["version"]["number"], acls[pid])))
+            when = page["version"].get("when")
+            if when:
+                self._listed[f"{pid}:{page['version']['number']}"] = _parse_when(when)
         self._ahead.forget()
         self._plan([r.doc_id for r in refs])
         return iter(refs)
@@ -254,11 +393,11 @@ class ConfluenceConnector(Connector):
     def _fetch_batch(self, ids: list[str]) -> dict[str, dict[str, Any]]:
         cql = f"type=page AND id in ({','.join(ids)})"
         return {str(p["id"]): p for p in self._pages("/rest/api/content/search", {
-            "cql": cql, "expand": "body.storage,version,space", "limit": len(ids)})}
+            "cql": cql, "expand": _READ_EXPAND, "limit": len(ids)})}
 
     def _fetch_one(self, doc_id: str) -> dict[str, Any] | None:
         response = self._get(f"/rest/api/content/{urllib.parse.quote(doc_id, safe='')}",
-                             {"expand": "body.storage,version,space"})
+                             {"expand": _READ_EXPAND})
         if response.status_code == 404:
             return None
         if response.status_code != 200:
@@ -325,8 +464,11 @@ class ConfluenceConnector(Connector):
         number = str(version.get("number", ""))
         # Title and body: a renamed page keeps its vectors (chunks are reused) but its rows get the new title.
         content_id = "sha256:" + hashlib.sha256(title.encode() + b"\0" + storage.encode()).hexdigest()
+        self._remember_restriction(page)
+        acl, acl_note = self._page_acl(str(space), self._chain(page))
         return SourceDocument(
-            doc_id=doc_id, fingerprint=number, revision=number, uri=uri, title=title, content=content,
+            doc_id=doc_id, fingerprint=self._fingerprint(number, acl), revision=number, acl=acl, acl_note=acl_note,
+            uri=uri, title=title, content=content,
             media_type="html", content_id=content_id,
             modified_at=dt.datetime.fromtimestamp(_parse_when(version["when"]), tz=dt.UTC) if version.get("when") else None,
             metadata={"space": str(space), "page_id": doc_id},
@@ -362,7 +504,7 @@ class ConfluenceConnector(Connector):
         if cursor is None or now - float(cursor.get("reconciled_at", 0)) >= self.cfg.reconcile_interval:
             # The id reconciliation: a full listing, compared with the index by the engine. Changes made
             # while it runs are caught by the next search (the cursor starts an overlap before now).
-            self._pending = {"kind": "rescan", "ts": now, "seen": {}, "reconciled_at": now}
+            self._pending = {"kind": "rescan", "ts": now, "seen": {}, "reconciled_at": now, "acls": None}
             return iter([Change(connector=self.name, kind="rescan", doc_id="", seen_at=now)])
         base_ts = float(cursor["ts"])
         seen_before: dict[str, float] = dict(cursor.get("seen", {}))
@@ -370,6 +512,16 @@ class ConfluenceConnector(Connector):
             results = self._search_since(base_ts - self.cfg.overlap)
         except (RemoteUnavailable, ConnectorError) as exc:
             raise self._failure(exc, "searching for changes") from None
+        regranted: list[str] = []
+        acls: dict[str, str] = dict(cursor.get("acls", {}))
+        if self._capture:
+            try:
+                swept = self._sweep()
+                fresh = {pid: self._acl_hash(acl) for pid, acl in self._swept_acls(swept).items()}
+            except (RemoteUnavailable, ConnectorError) as exc:
+                raise self._failure(exc, "reading page restrictions") from None
+            regranted = [pid for pid, h in fresh.items() if acls.get(pid) != h]
+            acls = fresh
         rows: list[tuple[str, float, str]] = []
         for page in results:
             pid = str(page["id"])
@@ -381,8 +533,10 @@ class ConfluenceConnector(Connector):
             rows.append((key, ts, pid))
         rows.sort(key=lambda r: r[1])
         self._pending = {"kind": "incremental", "ts": base_ts, "seen": seen_before, "rows": rows,
-                         "reconciled_at": cursor.get("reconciled_at", 0)}
-        ids = list(dict.fromkeys(pid for _, _, pid in rows))
+                         "reconciled_at": cursor.get("reconciled_at", 0), "acls": acls,
+                         "acls_before": dict(cursor.get("acls", {}))}
+        # Pages whose readers changed (a restriction, a space permission): read again for their new ACL.
+        ids = list(dict.fromkeys([*(pid for _, _, pid in rows), *regranted]))
         self._ahead.forget()
         self._plan(ids)
         return iter([Change(connector=self.name, kind="upsert", doc_id=pid, seen_at=now) for pid in ids])
@@ -400,7 +554,15 @@ class ConfluenceConnector(Connector):
                 return
             # Search from an overlap before the listing started, skipping the versions the listing saw.
             seen.update(self._listed)
+            acls = dict(self._acls)
         else:
+            # A page that failed to read keeps its old readers' hash, so the next poll tries it again.
+            acls, before = dict(pending["acls"]), pending["acls_before"]
+            for pid in failed:
+                if pid in before:
+                    acls[pid] = before[pid]
+                else:
+                    acls.pop(pid, None)
             blocked = False
             for key, ts, pid in pending["rows"]:
                 if pid in failed:
@@ -412,7 +574,7 @@ class ConfluenceConnector(Connector):
         seen = {k: v for k, v in seen.items() if v >= high - self.cfg.overlap}
         write_json_atomic(self.cursor_path, {
             "state_version": CURSOR_VERSION, "base_url": self.cfg.base_url, "spaces": list(self.cfg.spaces),
-            "ts": high, "seen": seen, "reconciled_at": pending["reconciled_at"]})
+            "ts": high, "seen": seen, "reconciled_at": pending["reconciled_at"], "acls": acls})
 
     def close(self) -> None:
         self.http.close()

@@ -86,13 +86,14 @@ class Index:
         return history(self.store, doc_id, connector=connector)
 
 
-    def document(self, *, doc_id: str | None = None, uri: str | None = None,
-                 connector: str | None = None) -> dict[str, Any] | None:
-        """A document's current indexed text by doc id or uri (see ``syncd.documents.read_document``)."""
+    def document(self, *, doc_id: str | None = None, uri: str | None = None, connector: str | None = None,
+                 principals: Sequence[str] | None = None) -> dict[str, Any] | None:
+        """A document's current indexed text by doc id or uri (see ``syncd.documents.read_document``), when a
+        caller holding ``principals`` may read it (none: ``everyone`` documents only); else None."""
         from syncd.documents import read_document
 
         self.store.refresh()
-        return read_document(self.store, doc_id=doc_id, uri=uri, connector=connector)
+        return read_document(self.store, doc_id=doc_id, uri=uri, connector=connector, principals=principals)
 
     def sources(self) -> list[dict[str, Any]]:
         """The configured connectors with what the index holds of each. Without a daemon nothing syncs, so

@@ -73,8 +73,11 @@ def _parser() -> argparse.ArgumentParser:
     mp = msub.add_parser("prepare", help="export and cache what the embedding backend needs (the ONNX model), "
                          "then exit; the first start does it otherwise")
     mp.add_argument("--json", action="store_true", help="one JSON line on stdout")
-    sub.add_parser("mcp", help="the MCP server on stdin/stdout (tools search, get_document, list_sources), "
-                   "for desktop agents; answered by the running daemon when there is one")
+    mc = sub.add_parser("mcp", help="the MCP server on stdin/stdout (tools search, get_document, list_sources), "
+                        "for desktop agents; answered by the running daemon when there is one")
+    mc.add_argument("--as", dest="principals", action="append", default=[], metavar="PRINCIPAL",
+                    help="search and read as this principal when a tool call names none (repeatable); without "
+                         "it, only documents everyone may read")
     return p
 
 
@@ -463,9 +466,15 @@ def cmd_eval(cfg: Any, args: argparse.Namespace) -> int:
 
 def cmd_mcp(cfg: Any, args: argparse.Namespace) -> int:
     """`syncd mcp`: the MCP server over stdio, answered through ``open_index`` (the daemon when one runs)."""
+    from syncd.acl import PrincipalError, check_principal
     from syncd.mcp_server import serve_stdio
 
-    serve_stdio(cfg)
+    try:
+        principals = tuple(check_principal(p) for p in args.principals)
+    except PrincipalError as exc:
+        print(f"syncd mcp: --as: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    serve_stdio(cfg, principals)
     return EXIT_OK
 
 

@@ -9,6 +9,7 @@ imports neither (only httpx), which is what keeps `syncd query` well under a sec
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -118,11 +119,13 @@ class Daemon:
         answer: dict[str, Any] = self.get("/status")
         return answer
 
-    def document(self, *, doc_id: str | None = None, uri: str | None = None,
-                 connector: str | None = None) -> dict[str, Any] | None:
-        """The daemon's `/document` answer, or None when no such document is in the index."""
+    def document(self, *, doc_id: str | None = None, uri: str | None = None, connector: str | None = None,
+                 principals: Sequence[str] | None = None) -> dict[str, Any] | None:
+        """The daemon's `/document` answer, or None when the index holds no such document that a caller holding
+        ``principals`` may read."""
         params = [(name, value) for name, value in (("doc_id", doc_id), ("uri", uri), ("connector", connector))
                   if value is not None]
+        params.extend(("principal", p) for p in principals or ())
         answer: dict[str, Any] = self.get("/document", params)
         return None if "error" in answer else answer
 

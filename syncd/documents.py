@@ -5,8 +5,10 @@ text the citation points into, at the same table version or a later one."""
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from typing import Any
 
+from syncd.acl import search_filter
 from syncd.errors import SyncdError
 from syncd.store import Store, doc_key, sql_string
 
@@ -19,10 +21,12 @@ class AmbiguousDocument(SyncdError, ValueError):
 
 
 def read_document(store: Store, *, doc_id: str | None = None, uri: str | None = None,
-                  connector: str | None = None) -> dict[str, Any] | None:
+                  connector: str | None = None, principals: Sequence[str] | None = None) -> dict[str, Any] | None:
     """The document named by ``doc_id`` (with ``connector`` when several connectors hold that id) or by
     ``uri``, as ``{connector, doc_id, uri, title, revision, updated_at, text, chunks}``; None when the index
-    holds no such document. ``text`` is the chunks in order, each heading the chunks enter on a line of its
+    holds no such document that a caller holding ``principals`` may read (none: ``everyone`` documents only;
+    the same filter as search, so a document the caller may not read is answered as absent, never named).
+    ``text`` is the chunks in order, each heading the chunks enter on a line of its
     own and the overlap of two windows of one long paragraph written once; ``chunks`` gives each chunk's line
     span and headings."""
     if (doc_id is None) == (uri is None):
@@ -34,7 +38,7 @@ def read_document(store: Store, *, doc_id: str | None = None, uri: str | None = 
     else:
         assert uri is not None
         where = f"uri = {sql_string(uri)}" + (f" AND connector = {sql_string(connector)}" if connector else "")
-    rows = store.scan(_COLUMNS, where=where).to_pylist()
+    rows = store.scan(_COLUMNS, where=f"({where}) AND {search_filter(principals)}").to_pylist()
     if not rows:
         return None
     owners = sorted({(r["connector"], r["doc_id"]) for r in rows})

@@ -34,7 +34,7 @@ import selectors
 import socket
 import threading
 import time
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
@@ -76,6 +76,20 @@ class Caller:
     def viewer(self) -> frozenset[str] | None:
         """What /status may show this caller: everything (None), or what these principals may read."""
         return None if self.operator else self.may_act_as
+
+
+def acting_as_problem(principals: Iterable[str], caller: Caller) -> tuple[int, str] | None:
+    """Why ``caller`` may not act as ``principals`` (valid principal strings), as an HTTP status and a
+    message: 401 without a token, 403 for a token limited to others; None when it may (``/search``,
+    ``/document`` and the MCP tools decide alike)."""
+    for p in principals:
+        if p == "everyone":
+            continue
+        if not caller.authenticated:
+            return 401, f"acting as {p} needs a bearer token that may act as it"
+        if not caller.allows(p):
+            return 403, f"this token may not act as {p}"
+    return None
 
 
 ANONYMOUS = Caller(authenticated=False, may_act_as=frozenset())
@@ -323,7 +337,8 @@ class _Handler(BaseHTTPRequestHandler):
         body = self.rfile.read(length)
         host, port = getattr(self.server, "address", ("", 0))
         code, headers, data = mcp("POST", path, query, list(self.headers.items()), body,
-                                  (str(self.client_address[0]), int(self.client_address[1])), (host, port))
+                                  (str(self.client_address[0]), int(self.client_address[1])), (host, port),
+                                  caller=self._caller())
         kept = {k: v for k, v in headers if k.lower() not in ("content-type", "content-length")}
         content_type = next((v for k, v in headers if k.lower() == "content-type"), "application/json")
         return _Answer(code, data, content_type, kept)
@@ -365,7 +380,7 @@ class _Handler(BaseHTTPRequestHandler):
         if path == "/changes" and ep.changes is not None:
             return self._changes(parse_qs(query), caller)
         if path == "/document" and ep.document is not None:
-            return self._document(parse_qs(query))
+            return self._document(parse_qs(query), caller)
         if path == "/mcp" and ep.mcp is not None:
             return _MCP_NO_STREAM
         if path in ("/", "/index.html"):
@@ -391,17 +406,9 @@ class _Handler(BaseHTTPRequestHandler):
         if connector is not None and ep.connectors is not None and connector not in ep.connectors():
             # The same answer as `syncd query --connector NAME` gives for a name it does not know.
             return _json(400, {"error": f"no connector named {connector!r}", "option": "connector"})
-        if not options.principals and ep.require_principals:
-            return _json(400, {"error": "principal= is required: name whom the search is for "
-                                        "([search] require_principals = true)", "option": "principal"})
-        for p in options.principals:
-            if p == "everyone":
-                continue
-            if not caller.authenticated:
-                return _Answer(401, json.dumps({"error": f"acting as {p} needs a bearer token that may act as it"})
-                               .encode(), headers={"WWW-Authenticate": "Bearer"})
-            if not caller.allows(p):
-                return _json(403, {"error": f"this token may not act as {p}"})
+        refused = self._acting_as(options.principals, caller)
+        if refused is not None:
+            return refused
         from syncd.errors import AsOfUnavailable
 
         try:
@@ -410,6 +417,19 @@ class _Handler(BaseHTTPRequestHandler):
             from syncd.audit import iso
 
             return _json(400, {"error": str(exc), "option": "as_of", "oldest_available_at": iso(exc.oldest)})
+
+    def _acting_as(self, principals: Sequence[str], caller: Caller) -> _Answer | None:
+        """The refusal when ``caller`` may not act as ``principals`` (valid principals already), else None."""
+        if not principals and self.endpoints.require_principals:
+            return _json(400, {"error": "principal= is required: name whom the search is for "
+                                        "([search] require_principals = true)", "option": "principal"})
+        problem = acting_as_problem(principals, caller)
+        if problem is None:
+            return None
+        code, message = problem
+        if code == 401:
+            return _Answer(401, json.dumps({"error": message}).encode(), headers={"WWW-Authenticate": "Bearer"})
+        return _json(code, {"error": message})
 
     def _changes(self, params: dict[str, list[str]], caller: Caller) -> _Answer:
         from syncd.errors import BadArgument
@@ -424,7 +444,8 @@ class _Handler(BaseHTTPRequestHandler):
             return _json(400, {"error": str(exc)})
 
 
-    def _document(self, params: dict[str, list[str]]) -> _Answer:
+    def _document(self, params: dict[str, list[str]], caller: Caller) -> _Answer:
+        from syncd.acl import PrincipalError, check_principal
         from syncd.documents import AmbiguousDocument
 
         ep = self.endpoints
@@ -435,10 +456,18 @@ class _Handler(BaseHTTPRequestHandler):
         if connector is not None and ep.connectors is not None and connector not in ep.connectors():
             return _json(400, {"error": f"no connector named {connector!r}"})
         try:
-            found = ep.document(doc_id=doc_id, uri=uri, connector=connector)
+            principals = tuple(check_principal(p) for p in params.get("principal", []))
+        except PrincipalError as exc:
+            return _json(400, {"error": str(exc), "option": "principal"})
+        refused = self._acting_as(principals, caller)
+        if refused is not None:
+            return refused
+        try:
+            found = ep.document(doc_id=doc_id, uri=uri, connector=connector, principals=principals)
         except AmbiguousDocument as exc:
             return _json(400, {"error": str(exc)})
         if found is None:
+            # The same answer for a document the caller may not read: its existence is not revealed either.
             return _json(404, {"error": "no such document in the index"})
         return _json(200, found)
 

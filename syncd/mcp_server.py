@@ -17,8 +17,9 @@ specification allows a server that offers none.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Annotated, Any
 
 import structlog
@@ -29,6 +30,10 @@ from syncd.errors import SyncdError
 
 log = structlog.get_logger("syncd.mcp")
 
+_CALLER: contextvars.ContextVar[Any] = contextvars.ContextVar("syncd_mcp_caller", default=None)
+"""The HTTP caller (``syncd.http.Caller``) of the MCP request being served over ``/mcp``; None over stdio.
+Set by :class:`AsgiBridge` around the request, so the tools answer for the bearer token that asked."""
+
 _INSTRUCTIONS = (
     "syncd keeps a vector index of an organisation's documents (file shares, git repositories, wikis) in sync "
     "with their sources. Use `search` to find passages (hybrid vector + full-text search); every result "
@@ -38,9 +43,16 @@ _INSTRUCTIONS = (
 )
 
 
-def build_server(index: Any, *, connectors: Callable[[], Any] | None = None) -> Any:
+def build_server(index: Any, *, connectors: Callable[[], Any] | None = None, principals: Sequence[str] = (),
+                 require_principals: bool = False) -> Any:
     """An ``MCPServer`` whose tools answer from ``index``; ``connectors()`` gives the configured connector
-    names, so an unknown one is an error naming it rather than an empty answer."""
+    names, so an unknown one is an error naming it rather than an empty answer.
+
+    Whom the tools search for: over ``/mcp``, the bearer token's principals (a ``principals`` argument may
+    name some of them, as ``principal=`` on /search may: same rules, same refusals); the trusted token and a
+    caller without one search ``everyone`` documents unless they name principals. Over stdio the operator
+    runs the server with the config, so the argument is taken as given, and ``principals`` (`syncd mcp
+    --as`) is the default when a call names none."""
     from mcp.server.mcpserver import MCPServer
     from mcp.server.mcpserver.exceptions import ToolError
     from mcp_types import ToolAnnotations
@@ -52,6 +64,29 @@ def build_server(index: Any, *, connectors: Callable[[], Any] | None = None) -> 
     def check_connector(connector: str | None) -> None:
         if connector is not None and connectors is not None and connector not in connectors():
             raise ToolError(f"no connector named {connector!r} (list_sources names them)")
+
+    def acting_as(named: list[str] | None) -> tuple[str, ...]:
+        """The principals a tool call searches for, or ToolError saying why the caller may not name them."""
+        from syncd.acl import PrincipalError, check_principal
+
+        try:
+            asked = tuple(check_principal(p) for p in named or ())
+        except PrincipalError as exc:
+            raise ToolError(str(exc)) from None
+        caller = _CALLER.get()
+        if caller is None:
+            chosen = asked or tuple(principals)
+        else:
+            from syncd.http import acting_as_problem
+
+            problem = acting_as_problem(asked, caller)
+            if problem is not None:
+                raise ToolError(problem[1])
+            chosen = asked or tuple(sorted(caller.may_act_as or ()))
+        if not chosen and require_principals:
+            raise ToolError("principals are required: name whom the search is for "
+                            "([search] require_principals = true)")
+        return chosen
 
     @server.tool(annotations=read_only)
     def search(query: Annotated[str, Field(min_length=1, description="what to look for, in plain words")],
@@ -68,6 +103,9 @@ def build_server(index: Any, *, connectors: Callable[[], Any] | None = None) -> 
                dedup: Annotated[bool, Field(description="collapse identical texts into one result (also_in)")] = True,
                as_of: Annotated[str | None, Field(description="search the index as it was at this ISO 8601 "
                                                               "time")] = None,
+               principals: Annotated[list[str] | None, Field(description="search for these principals (user:NAME, "
+                                                                        "group:NAME); by default those of the "
+                                                                        "caller's token")] = None,
                ) -> dict[str, Any]:
         """Hybrid (vector + full-text) search over the indexed documents. Each result has the chunk's text,
         its relevance (0-1, higher is better) and its citation: connector, doc_id, uri, title, revision,
@@ -78,11 +116,12 @@ def build_server(index: Any, *, connectors: Callable[[], Any] | None = None) -> 
         if not query.strip():
             raise ToolError("query is empty")
         check_connector(connector)
+        who = acting_as(principals)
         filters = {name: value for name, value in (("path", path), ("updated_since", updated_since),
                                                    ("min_relevance", min_relevance), ("metadata", metadata),
                                                    ("as_of", as_of)) if value is not None}
         try:
-            answer: dict[str, Any] = index.query(query, k, connector, dedup=dedup, **filters)
+            answer: dict[str, Any] = index.query(query, k, connector, dedup=dedup, principals=who, **filters)
         except (SearchError, SyncdError, ValueError) as exc:
             raise ToolError(str(exc)) from None
         return answer
@@ -93,16 +132,21 @@ def build_server(index: Any, *, connectors: Callable[[], Any] | None = None) -> 
                      uri: Annotated[str | None, Field(description="the document's uri, as search cites it")] = None,
                      connector: Annotated[str | None, Field(description="the source holding doc_id (needed when "
                                                                         "several hold that id)")] = None,
+                     principals: Annotated[list[str] | None, Field(description="read as these principals "
+                                                                              "(user:NAME, group:NAME); by default "
+                                                                              "those of the caller's token")] = None,
                      ) -> dict[str, Any]:
         """A document's current indexed text, by doc_id or uri: its chunks in order (the text search cites),
-        with the document's uri, title, revision and updated_at, and each chunk's line span and headings."""
+        with the document's uri, title, revision and updated_at, and each chunk's line span and headings. A
+        document the caller may not read is answered as absent."""
         from syncd.documents import AmbiguousDocument
 
         if (doc_id is None) == (uri is None):
             raise ToolError("give either doc_id or uri")
         check_connector(connector)
+        who = acting_as(principals)
         try:
-            found = index.document(doc_id=doc_id, uri=uri, connector=connector)
+            found = index.document(doc_id=doc_id, uri=uri, connector=connector, principals=who)
         except AmbiguousDocument as exc:
             raise ToolError(str(exc)) from None
         if found is None:
@@ -120,9 +164,10 @@ def build_server(index: Any, *, connectors: Callable[[], Any] | None = None) -> 
     return server
 
 
-def serve_stdio(config: Any) -> None:
+def serve_stdio(config: Any, principals: Sequence[str] = ()) -> None:
     """`syncd mcp`: the MCP server on stdin/stdout until the client closes it. Answers through the running
-    daemon when one serves this config's state folder; otherwise the model loads at the first search."""
+    daemon when one serves this config's state folder; otherwise the model loads at the first search. Tool
+    calls that name no principals search for ``principals`` (`--as`; none: ``everyone`` documents only)."""
     import anyio
 
     from syncd.remote import open_config
@@ -137,7 +182,8 @@ def serve_stdio(config: Any) -> None:
                 holder["index"] = open_config(config)
             return getattr(holder["index"], name)
 
-    server = build_server(Lazy(), connectors=lambda: [c.name for c in config.connectors])
+    server = build_server(Lazy(), connectors=lambda: [c.name for c in config.connectors], principals=principals,
+                          require_principals=config.search.require_principals)
     anyio.run(server.run_stdio_async)
 
 
@@ -199,8 +245,10 @@ class AsgiBridge:
             self._thread.join(timeout=5)
 
     def handle(self, method: str, path: str, query: str, headers: list[tuple[str, str]], body: bytes,
-               client: tuple[str, int], server: tuple[str, int]) -> tuple[int, list[tuple[str, str]], bytes]:
-        """Run one request through the app; its status, headers and body."""
+               client: tuple[str, int], server: tuple[str, int], caller: Any = None,
+               ) -> tuple[int, list[tuple[str, str]], bytes]:
+        """Run one request through the app for ``caller`` (whose token the HTTP server checked); its status,
+        headers and body."""
         if not self._thread.is_alive():
             return 503, [("content-type", "application/json")], b'{"error": "the MCP endpoint is not running"}'
         scope = {
@@ -210,14 +258,17 @@ class AsgiBridge:
             "headers": [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers],
             "client": client, "server": server,
         }
-        future = asyncio.run_coroutine_threadsafe(self._call(scope, body), self._loop)
+        future = asyncio.run_coroutine_threadsafe(self._call(scope, body, caller), self._loop)
         try:
             return future.result(timeout=self.timeout)
         except TimeoutError:
             future.cancel()
             return 504, [("content-type", "application/json")], b'{"error": "the MCP request timed out"}'
 
-    async def _call(self, scope: dict[str, Any], body: bytes) -> tuple[int, list[tuple[str, str]], bytes]:
+    async def _call(self, scope: dict[str, Any], body: bytes, caller: Any
+                    ) -> tuple[int, list[tuple[str, str]], bytes]:
+        # The tasks that serve this request are started from this one and inherit its context: the caller.
+        _CALLER.set(caller)
         done = asyncio.Event()
         sent_body = False
         status = 500

@@ -7,6 +7,7 @@ in-process ``Index`` instead, so a handle outlives a daemon restart or stop.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 from syncd import search as search_mod
@@ -71,10 +72,12 @@ class DaemonIndex:
         found = self._local.answer(text, options)
         return {"query": text, "table_version": found.table_version, "results": found.results}
 
-    def document(self, *, doc_id: str | None = None, uri: str | None = None,
-                 connector: str | None = None) -> dict[str, Any] | None:
-        """A document's current indexed text by doc id or uri (the daemon's `/document`)."""
-        found: dict[str, Any] | None = self._call("document", doc_id=doc_id, uri=uri, connector=connector)
+    def document(self, *, doc_id: str | None = None, uri: str | None = None, connector: str | None = None,
+                 principals: Sequence[str] | None = None) -> dict[str, Any] | None:
+        """A document's current indexed text by doc id or uri (the daemon's `/document`), when a caller holding
+        ``principals`` may read it."""
+        found: dict[str, Any] | None = self._call("document", doc_id=doc_id, uri=uri, connector=connector,
+                                                  principals=principals)
         return found
 
     def _document_daemon(self, **kwargs: Any) -> dict[str, Any] | None:

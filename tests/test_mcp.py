@@ -183,10 +183,10 @@ def test_mcp_get_and_delete_are_refused_as_stateless(tmp_path: Path, docs: Path)
             assert answer.status_code == 405 and answer.headers["allow"] == "POST"
 
 
-def _stdio(cfg: Path) -> Any:
+def _stdio(cfg: Path, *extra: str) -> Any:
     from mcp.client.stdio import StdioServerParameters
 
-    return StdioServerParameters(command=sys.executable, args=["-m", "syncd", "mcp", "--config", str(cfg)],
+    return StdioServerParameters(command=sys.executable, args=["-m", "syncd", "mcp", "--config", str(cfg), *extra],
                                  env=dict(os.environ), cwd=str(cfg.parent))
 
 
@@ -230,3 +230,93 @@ def test_syncd_mcp_over_stdio_without_a_daemon_uses_the_real_model(tmp_path: Pat
             return await exercise(client)
 
     check(asyncio.run(run()), json.loads(query.stdout))
+
+
+def test_mcp_tools_answer_for_the_callers_token_and_a_token_cannot_act_as_someone_else(
+        tmp_path: Path, monkeypatch: Any) -> None:
+    """Over /mcp the tools search and read for the bearer token's principals, exactly as /search filters: a
+    document readable by group:hr is found and served to the hr token, never to alice's token (not even when
+    it names group:hr: refused as /search refuses it), and to the trusted backend only when it names group:hr."""
+    import httpx2
+    from mcp import Client
+
+    for name, text in (("public", "The purple elephants dance at noon."),
+                       ("hr", "The purple elephants salary bands are confidential.")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / f"{name}.md").write_text(f"# {name}\n\n{text}\n")
+    monkeypatch.setenv("SYNCD_TEST_MCP_TRUSTED", "trusted-token")
+    monkeypatch.setenv("SYNCD_TEST_MCP_ALICE", "alice-token")
+    monkeypatch.setenv("SYNCD_TEST_MCP_HR", "hr-token")
+    cfg = write_config(tmp_path, [{"name": "public", "type": "filesystem", "path": str(tmp_path / "public"),
+                                   "acl": ["everyone"]},
+                                  {"name": "hr", "type": "filesystem", "path": str(tmp_path / "hr"),
+                                   "acl": ["group:hr"]}],
+                       http={"token_env": "SYNCD_TEST_MCP_TRUSTED",
+                             "tokens": [{"token_env": "SYNCD_TEST_MCP_ALICE", "principals": ["user:alice"]},
+                                        {"token_env": "SYNCD_TEST_MCP_HR", "principals": ["user:hana", "group:hr"]}]})
+
+    async def as_token(url: str, token: str, principals: list[str] | None = None) -> dict[str, Any]:
+        extra = {} if principals is None else {"principals": principals}
+        async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=30) as http, Client(
+                _transport(url, http)) as client:
+            found = await client.call_tool("search", {"query": "purple elephants", "k": 5, **extra})
+            doc = await client.call_tool("get_document", {"doc_id": "hr.md", "connector": "hr", **extra})
+        return {"search": (found.is_error, found.structured_content if not found.is_error else found.content[0].text),
+                "doc": (doc.is_error, doc.structured_content if not doc.is_error else doc.content[0].text)}
+
+    def connectors(seen: dict[str, Any]) -> set[str]:
+        assert not seen["search"][0], seen["search"]
+        return {r["connector"] for r in seen["search"][1]["results"]}
+
+    with service(cfg) as svc:
+        url = svc.http.url + "/mcp"
+        hr = asyncio.run(as_token(url, "hr-token"))
+        assert connectors(hr) == {"public", "hr"}
+        assert not hr["doc"][0] and "salary bands" in hr["doc"][1]["text"]
+
+        alice = asyncio.run(as_token(url, "alice-token"))
+        assert connectors(alice) == {"public"}
+        assert alice["doc"][0] and "hr.md" in alice["doc"][1]  # answered as absent
+
+        posing = asyncio.run(as_token(url, "alice-token", ["group:hr"]))
+        for refused in (posing["search"], posing["doc"]):
+            assert refused[0] and refused[1].endswith(": this token may not act as group:hr"), refused
+
+        assert connectors(asyncio.run(as_token(url, "trusted-token"))) == {"public"}
+        backend = asyncio.run(as_token(url, "trusted-token", ["user:hana", "group:hr"]))
+        assert connectors(backend) == {"public", "hr"} and not backend["doc"][0]
+
+        bad = asyncio.run(as_token(url, "trusted-token", ["hr"]))
+        assert bad["search"][0] and "'hr'" in bad["search"][1]
+
+
+def test_syncd_mcp_over_stdio_answers_for_whom_the_operator_names(tmp_path: Path, monkeypatch: Any) -> None:
+    """Over stdio there is no token: the operator, who runs `syncd mcp` with the config, says whom the tools
+    answer for. `--as group:hr` finds the document only group:hr may read (through the running daemon); without
+    it only everyone's documents; a call's own principals replace the default."""
+    from mcp import Client
+
+    for name, text in (("public", "The purple elephants dance at noon."),
+                       ("hr", "The purple elephants salary bands are confidential.")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / f"{name}.md").write_text(f"# {name}\n\n{text}\n")
+    monkeypatch.setenv(TOKEN_ENV, "stdio-trusted-token")
+    cfg = write_config(tmp_path, [{"name": n, "type": "filesystem", "path": str(tmp_path / n), "acl": a}
+                                  for n, a in (("public", ["everyone"]), ("hr", ["group:hr"]))],
+                       http={"token_env": TOKEN_ENV})
+
+    async def connectors(*extra: str, principals: list[str] | None = None) -> set[str]:
+        args = {"query": "purple elephants", "k": 5, **({"principals": principals} if principals else {})}
+        async with Client(_stdio(cfg, *extra)) as client:
+            found = await client.call_tool("search", args)
+        assert not found.is_error, found.content
+        return {r["connector"] for r in found.structured_content["results"]}
+
+    bad = subprocess.run([sys.executable, "-m", "syncd", "mcp", "--config", str(cfg), "--as", "hr"],
+                         capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert bad.returncode == 2 and "'hr'" in bad.stderr, bad.stderr
+    with service(cfg):
+        assert asyncio.run(connectors("--as", "group:hr")) == {"public", "hr"}
+        assert asyncio.run(connectors()) == {"public"}
+        assert asyncio.run(connectors("--as", "group:hr", principals=["user:someone"])) == {"public"}
+        assert asyncio.run(connectors(principals=["group:hr"])) == {"public", "hr"}

@@ -256,3 +256,29 @@ def test_an_index_from_before_permissions_gains_acl_without_re_embedding(tmp_pat
     assert [r["doc_id"] for r in rt.store.search(vec, "quarterly")] == ["a.md"]
     assert pa.types.is_list(rt.store.table.schema.field("acl").type)
     assert np.asarray(rt.store.scan(["vector"]).column("vector").to_pylist()).shape[0] >= 1
+
+
+def test_document_is_served_only_to_callers_who_may_read_it_and_is_a_404_otherwise(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """/document filters like /search: a restricted document's text reaches a caller holding a principal of
+    its ACL, and everyone else gets the 404 of a document the index does not hold (its existence not told)."""
+    with service_with(tmp_path, monkeypatch) as service:
+        doc = [("doc_id", "alice-notes.md"), ("connector", "alice")]
+        absent = call(service, "/document", [("doc_id", "no-such.md"), ("connector", "alice")], TRUSTED)
+        assert absent[0] == 404
+        for params, token in (([], None), ([], TRUSTED), ([], ALICE_TOKEN), ([("principal", "group:hr")], TRUSTED)):
+            assert call(service, "/document", doc + params, token) == absent
+        code, body = call(service, "/document", [*doc, ("principal", "user:alice")], ALICE_TOKEN)
+        assert code == 200 and "quarterly report figures for alice" in body["text"]
+        code, body = call(service, "/document", [("uri", body["uri"]), ("principal", "user:alice")], TRUSTED)
+        assert code == 200 and body["doc_id"] == "alice-notes.md"
+        # Who may act as whom: the same refusals as /search.
+        code, body = call(service, "/document", [*doc, ("principal", "user:alice")])
+        assert code == 401 and "bearer token" in body["error"]
+        code, body = call(service, "/document", [*doc, ("principal", "user:bob")], ALICE_TOKEN)
+        assert code == 403 and body["error"] == "this token may not act as user:bob"
+        code, body = call(service, "/document", [*doc, ("principal", "bob")], TRUSTED)
+        assert code == 400 and "'bob'" in body["error"]
+        # A document everyone may read needs no principal.
+        code, body = call(service, "/document", [("doc_id", "public-notes.md")])
+        assert code == 200 and body["connector"] == "public"

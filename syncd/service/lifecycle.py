@@ -9,7 +9,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import structlog
@@ -167,7 +167,8 @@ class Service:
         """The MCP tools on this service's read side, served at /mcp (``syncd.mcp_server``)."""
         from syncd.mcp_server import AsgiBridge, build_server
 
-        bridge = AsgiBridge(build_server(_ServiceIndex(self), connectors=self._connector_names),
+        bridge = AsgiBridge(build_server(_ServiceIndex(self), connectors=self._connector_names,
+                                         require_principals=self.config.search.require_principals),
                             loopback=self.config.http.is_loopback)
         bridge.start()
         return bridge
@@ -550,20 +551,15 @@ class Service:
         self.metrics.hooks.labels(connector=name, sender=verdict.sender, outcome=poll).inc()
         log.info("hook.accepted", connector=name, sender=verdict.sender, poll=poll)
         return 202, {"connector": name, "poll": poll}
-    def document(self, *, doc_id: str | None = None, uri: str | None = None,
-                 connector: str | None = None) -> dict[str, Any] | None:
-        """/document: a document's current indexed text (``syncd.documents.read_document``)."""
-        from syncd.acl import readable
+    def document(self, *, doc_id: str | None = None, uri: str | None = None, connector: str | None = None,
+                 principals: Sequence[str] | None = None) -> dict[str, Any] | None:
+        """/document: a document's current indexed text (``syncd.documents.read_document``), when a caller
+        holding ``principals`` may read it (its rows' ``acl``, as search filters them); else None."""
         from syncd.documents import read_document
 
-        assert self.reader is not None and self.runtime is not None
+        assert self.reader is not None
         self.reader.refresh()
-        found = read_document(self.reader, doc_id=doc_id, uri=uri, connector=connector)
-        if found is None:
-            return None
-        # Whole documents are served only when everyone may read them (the endpoint names no principals).
-        info = self.runtime.engine.docs(str(found.get("connector", ""))).get(str(found.get("doc_id", "")))
-        return found if info is not None and readable(info.acl, ()) else None
+        return read_document(self.reader, doc_id=doc_id, uri=uri, connector=connector, principals=principals)
 
     def changes(self, *, viewer: frozenset[str] | None = None, **params: Any) -> dict[str, Any]:
         """/changes: a page of the change journal (``syncd.audit.changes_page``), read through the reader. A
