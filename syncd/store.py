@@ -1796,8 +1796,11 @@ class Journal:
                 top = int(pc.max(seqs).as_py() or 0) if len(seqs) else 0
                 batch = [{**row, "seq": top + 1 + i} for i, row in enumerate(rows)]
                 data = pa.Table.from_pylist(batch, schema=journal_schema())
+                # Not through the BTree index on seq: a merge joined through it records no inserted keys, and
+                # two daemons' merges of the same numbers then both commit (measured: duplicates with it,
+                # none without).
                 result = (dataset.merge_insert("seq").when_not_matched_insert_all().conflict_retries(0)
-                          .execute(data))
+                          .use_index(False).execute(data))
                 inserted = int(result.get("num_inserted_rows", 0))
                 failure: Exception | None = None
             except Exception as exc:  # noqa: BLE001 - the class says nothing; the message says retryable
