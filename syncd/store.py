@@ -1670,6 +1670,7 @@ class Journal:
         self._next_seq: int | None = None
         self.appends = 0
         self.append_retries = 0
+        self._keyed = False
         self.own: frozenset[str] | None = None
         """On a store several daemons share: the connectors this daemon owns. Its repair (``catch_up``)
         describes their changes only; the others' are their daemons' to journal. None: the only writer."""
@@ -1685,7 +1686,11 @@ class Journal:
         return self._table is not None or self.name in self.store._table_names()
 
     def open(self, *, create: bool = True) -> Any:
+        """The journal table; ``create`` (a writer): made if missing, and an earlier schema migrated."""
         if self._table is not None:
+            if create and not self._keyed:
+                self._ensure_key()
+                self._keyed = True
             return self._table
         db = self.store._connect()
         try:
@@ -1693,6 +1698,7 @@ class Journal:
                 self._table = db.open_table(self.name)
                 if create:
                     self._ensure_key()
+                    self._keyed = True
             elif create:
                 self._table = db.create_table(self.name, schema=journal_schema(), mode="create", exist_ok=True)
             else:
