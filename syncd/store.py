@@ -1715,8 +1715,10 @@ class Journal:
         return self.open(create=False)
 
     def reopen(self) -> None:
-        """Forget the handle (the store moved to a new connection)."""
+        """Forget the handle (the store moved to a new connection); a writer's next open looks at the schema
+        again."""
         self._table = None
+        self._keyed = False
 
     def _ensure_key(self) -> None:
         """A journal made before ``seq`` was its primary key gets the mark (one metadata commit), so that two
