@@ -47,8 +47,10 @@ def parse_since(value: str) -> dict[str, Any]:
 
 def public(row: dict[str, Any]) -> dict[str, Any]:
     """A journal row in the documented shape (times ISO 8601), plus ``repaired`` (an entry written at
-    start-up from the table's version history after a crash: ``seen_at`` is then unknown)."""
+    start-up from the table's version history after a crash: ``seen_at`` is then unknown) and ``seq`` (the
+    entry's number: unique in the store, whichever daemon wrote it, and the cursor of ``order=oldest``)."""
     out = {name: row.get(name) for name in PUBLIC_FIELDS}
+    out["seq"] = row.get("seq")
     out["seen_at"] = iso(row.get("seen_at"))
     out["committed_at"] = iso(row.get("committed_at"))
     out["repaired"] = bool(row.get("repaired"))
@@ -61,7 +63,8 @@ def changes_page(journal: Any, *, since: str | None = None, connector: str | Non
     """One /changes page: ``{"changes": [...], "next_cursor": ..., "order": ...}``.
 
     Oldest first by default: the cursor is the last entry's sequence number, and every later page starts
-    after it, so paging while writes continue yields every entry exactly once (new ones come at the end);
+    after it. Numbers follow the journal's commit order without gaps, whichever daemon appended, so paging
+    while writes continue yields every entry exactly once (new ones come at the end);
     ``next_cursor`` is always set, and an empty page means caught up for now. ``order=newest`` pages back in
     time; its ``next_cursor`` is null once the oldest entry was returned."""
     order = (order or "oldest").strip().lower()

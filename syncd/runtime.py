@@ -290,8 +290,10 @@ class Runtime:
                                  max_batch_docs=config.sync.max_batch_docs,
                                  max_delete_fraction=config.sync.max_delete_fraction, metrics=metrics)
             if self.shared is not None:
-                # The table holds other daemons' connectors too: this engine sees and writes only its own.
+                # The table holds other daemons' connectors too: this engine sees and writes only its own,
+                # and the change journal's repair describes only theirs.
                 self.engine.only_own_connectors = True
+                self.store.journal.own = frozenset(self.connectors)
             if self.leases is not None:
                 self.engine.write_guard = self._may_write
         except BaseException:
@@ -333,10 +335,14 @@ class Runtime:
         """A connector added by a reload: owned here first (``ConnectorHeld`` if another daemon has it)."""
         if self.leases is not None:
             self.leases.acquire(f"connector-{name}", stopping=self.stopping)
+        if self.shared is not None:
+            self.store.journal.own = frozenset({*(self.store.journal.own or ()), name})
 
     def drop_connector_lease(self, name: str) -> None:
         if self.leases is not None:
             self.leases.release(f"connector-{name}")
+        if self.shared is not None:
+            self.store.journal.own = frozenset(self.store.journal.own or ()) - {name}
 
     def daemons(self) -> list[dict[str, Any]] | None:
         """The store's live daemons (``store.daemons``); None for a local folder."""

@@ -29,7 +29,7 @@ import json
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -1408,16 +1408,23 @@ class Store:
         return out
 
     @translated("reading a table version")
-    def doc_states(self, name: str, version: int) -> dict[tuple[str, str], DocState] | None:
-        """Every document of table ``name`` at ``version`` (revision, identity, chunk hashes), or None when
-        that table or version is no longer kept."""
-        if name not in self._table_names():
-            return None
-        if version not in {v for v, _ in self.versions(name)}:
+    def doc_states(self, name: str, version: int, *, connectors: Iterable[str] | None = None,
+                   kept: Collection[int] | None = None) -> dict[tuple[str, str], DocState] | None:
+        """Every document of table ``name`` at ``version`` (revision, identity, chunk hashes), of
+        ``connectors`` only when given, or None when that table or version is no longer kept (``kept``: the
+        versions known kept, when the caller listed them)."""
+        if kept is None:
+            if name not in self._table_names():
+                return None
+            kept = {v for v, _ in self.versions(name)}
+        if version not in kept:
             return None
         table = self._connect().open_table(name)
         table.checkout(version)
-        data = table.search().select(["connector", "doc_id", "revision", "doc_identity", "content_hash"]).limit(
+        query = table.search()
+        if connectors is not None:
+            query = query.where("connector IN (" + ", ".join(sql_string(c) for c in sorted(connectors)) + ")")
+        data = query.select(["connector", "doc_id", "revision", "doc_identity", "content_hash"]).limit(
             None).to_arrow()
         grouped: dict[tuple[str, str], list[Any]] = {}
         for conn, doc, rev, ident, h in zip(data["connector"].to_pylist(), data["doc_id"].to_pylist(),
@@ -1578,10 +1585,14 @@ MIN_VERSION_RETENTION_S = 600.0
 # -- the change journal and point-in-time reads --------------------------------------------------------------
 # Every committed change of a document is one row of a second LanceDB table beside the chunks
 # (``<table>_changes``): it travels with the index, and it holds no chunk text, so it may be kept far longer
-# than the table versions it points at. Rows are numbered (``seq``) in commit order by the one writer; that
-# number is the /changes paging cursor. Besides document changes the journal holds marks (``kind="mark"``):
-# where it started, and the table and version each reindex or repair brought it to, so that the next start
-# knows exactly which versions of the chunk table it has not described yet.
+# than the table versions it points at. Rows are numbered (``seq``) in the journal's commit order, with no gap;
+# that number is the /changes paging cursor. On a local folder the one writer numbers them; on an object store
+# several daemons append, and each append is a merge on ``seq`` (the primary key) that Lance refuses whole when
+# another daemon committed one of its numbers first: the daemon renumbers from the new last entry and tries
+# again. So a reader that has seen entry N has seen every entry below N, and every later entry gets a number
+# above it. Besides document changes the journal holds marks (``kind="mark"``): where it started, and the
+# table and version each reindex or repair brought it to (on a shared store, per connector: ``connector`` names
+# it), so that the next start knows exactly which versions of the chunk table it has not described yet.
 
 JOURNAL_SUFFIX = "_changes"
 AUDIT_TAG_PREFIX = "syncd-day-"
@@ -1598,7 +1609,7 @@ ACTIONS = ("added", "changed", "deleted", "renamed", "permissions")
 
 def journal_schema() -> pa.Schema:
     return pa.schema([
-        pa.field("seq", pa.int64(), nullable=False),
+        pa.field("seq", pa.int64(), nullable=False, metadata=PRIMARY_KEY),
         pa.field("kind", pa.string(), nullable=False),  # "change" or "mark"
         pa.field("connector", pa.string()),
         pa.field("doc_id", pa.string()),
@@ -1622,6 +1633,8 @@ def journal_schema() -> pa.Schema:
 
 
 JOURNAL_COLUMNS = [f.name for f in journal_schema()]
+APPEND_TIMEOUT_S = 60.0
+"""How long one append to a shared journal keeps renumbering while other daemons take its numbers."""
 
 
 def _utc(ts: float | None) -> dt.datetime | None:
@@ -1648,7 +1661,7 @@ class DocState:
 
 
 class Journal:
-    """The change journal table of a store (one writer appends; any reader pages through it)."""
+    """The change journal table of a store (its writers append; any reader pages through it)."""
 
     def __init__(self, store: Store) -> None:
         self.store = store
@@ -1656,18 +1669,36 @@ class Journal:
         self._table: Any = None
         self._next_seq: int | None = None
         self.appends = 0
+        self.append_retries = 0
+        self._keyed = False
+        self.own: frozenset[str] | None = None
+        """On a store several daemons share: the connectors this daemon owns. Its repair (``catch_up``)
+        describes their changes only; the others' are their daemons' to journal. None: the only writer."""
+
+    @property
+    def concurrent(self) -> bool:
+        """Whether other daemons may append at the same time (an object store)."""
+        uri = self.store.uri
+        return "://" in uri and not uri.startswith("file://")
 
     # -- opening ---------------------------------------------------------------------------------------
     def exists(self) -> bool:
         return self._table is not None or self.name in self.store._table_names()
 
     def open(self, *, create: bool = True) -> Any:
+        """The journal table; ``create`` (a writer): made if missing, and an earlier schema migrated."""
         if self._table is not None:
+            if create and not self._keyed:
+                self._ensure_key()
+                self._keyed = True
             return self._table
         db = self.store._connect()
         try:
             if self.name in self.store._table_names():
                 self._table = db.open_table(self.name)
+                if create:
+                    self._ensure_key()
+                    self._keyed = True
             elif create:
                 self._table = db.create_table(self.name, schema=journal_schema(), mode="create", exist_ok=True)
             else:
@@ -1684,8 +1715,33 @@ class Journal:
         return self.open(create=False)
 
     def reopen(self) -> None:
-        """Forget the handle (the store moved to a new connection)."""
+        """Forget the handle (the store moved to a new connection); a writer's next open looks at the schema
+        again."""
         self._table = None
+        self._keyed = False
+
+    def _ensure_key(self) -> None:
+        """A journal made before ``seq`` was its primary key gets the mark (one metadata commit), so that two
+        daemons appending the same number conflict instead of both keeping it."""
+        field = self._table.schema.field("seq")
+        if (field.metadata or {}).get(b"lance-schema:unenforced-primary-key") == b"true":
+            return
+        try:
+            self._dataset().update_field_metadata({"seq": {"lance-schema:unenforced-primary-key": "true"}})
+        except Exception as exc:  # noqa: BLE001 - another daemon migrating at the same moment: look again
+            self._table.checkout_latest()
+            if (self._table.schema.field("seq").metadata or {}).get(b"lance-schema:unenforced-primary-key") \
+                    != b"true":
+                raise StoreError(f"cannot mark seq as the key of the change journal {self.name!r}: {exc}") from exc
+            return
+        self._table.checkout_latest()
+        log.info("store.migrated", table=self.name, change="seq marked as the change journal's primary key")
+
+    def _dataset(self) -> Any:
+        """The journal as a Lance dataset at its latest version."""
+        import lance
+
+        return lance.dataset(self.table.to_lance().uri, storage_options=self.store.storage_options or None)
 
     # -- writing ---------------------------------------------------------------------------------------
     def _max_seq(self) -> int:
@@ -1701,21 +1757,24 @@ class Journal:
         if not entries:
             return []
         self.open()
+        rows = []
+        for entry in entries:
+            row = {name: entry.get(name) for name in JOURNAL_COLUMNS}
+            row["kind"] = entry.get("kind", "change")
+            row["seen_at"] = _utc(entry.get("seen_at"))
+            row["committed_at"] = _utc(entry.get("committed_at"))
+            row["repaired"] = bool(entry.get("repaired", False))
+            if row["doc_key"] is None and row["connector"] is not None and row["doc_id"] is not None:
+                row["doc_key"] = doc_key(row["connector"], row["doc_id"])
+            rows.append(row)
+        if self.concurrent:
+            return self._append_shared(rows)
         try:
             if self._next_seq is None:
                 self._next_seq = self._max_seq() + 1
             first = self._next_seq
-            rows = []
-            for i, entry in enumerate(entries):
-                row = {name: entry.get(name) for name in JOURNAL_COLUMNS}
+            for i, row in enumerate(rows):
                 row["seq"] = first + i
-                row["kind"] = entry.get("kind", "change")
-                row["seen_at"] = _utc(entry.get("seen_at"))
-                row["committed_at"] = _utc(entry.get("committed_at"))
-                row["repaired"] = bool(entry.get("repaired", False))
-                if row["doc_key"] is None and row["connector"] is not None and row["doc_id"] is not None:
-                    row["doc_key"] = doc_key(row["connector"], row["doc_id"])
-                rows.append(row)
             self.table.add(pa.Table.from_pylist(rows, schema=journal_schema()))
         except SyncdError:
             raise
@@ -1725,6 +1784,70 @@ class Journal:
         self._next_seq = first + len(rows)
         self.appends += 1
         return list(range(first, first + len(rows)))
+
+    def _append_shared(self, rows: list[dict[str, Any]]) -> list[int]:
+        """Append ``rows`` after the journal's last entry as other daemons append too: numbered from the
+        latest version's last seq and merged on ``seq`` without Lance's own retries, so that a daemon that
+        committed one of these numbers first makes the whole append fail (nothing of it lands); it is then
+        renumbered from the new last entry and tried again, with jittered backoff. The rows land together,
+        in order, under numbers no one else has and above every number visible before."""
+        import random
+
+        import pyarrow.compute as pc
+
+        delay = 0.02
+        deadline = time.monotonic() + APPEND_TIMEOUT_S
+        while True:
+            try:
+                dataset = self._dataset()
+                seqs = dataset.to_table(columns=["seq"])["seq"]
+                top = int(pc.max(seqs).as_py() or 0) if len(seqs) else 0
+                batch = [{**row, "seq": top + 1 + i} for i, row in enumerate(rows)]
+                data = pa.Table.from_pylist(batch, schema=journal_schema())
+                # Not through the BTree index on seq: a merge joined through it records no inserted keys, and
+                # two daemons' merges of the same numbers then both commit (measured: duplicates with it,
+                # none without).
+                result = (dataset.merge_insert("seq").when_not_matched_insert_all().conflict_retries(0)
+                          .use_index(False).execute(data))
+                inserted = int(result.get("num_inserted_rows", 0))
+                failure: Exception | None = None
+            except Exception as exc:  # noqa: BLE001 - the class says nothing; the message says retryable
+                if not retryable(exc):
+                    raise StoreError(f"appending to the change journal ({self.name} in {self.store.uri}) failed: "
+                                     f"{redact(str(exc))}") from exc
+                inserted, failure = -1, exc
+            if inserted == len(batch):
+                break
+            if failure is not None and "unknown" in str(failure).lower() and self._landed(batch):
+                break  # "commit result unknown", and it did land
+            if inserted > 0:
+                raise StoreError(f"appending to the change journal ({self.name} in {self.store.uri}): "
+                                 f"{inserted} of {len(batch)} entries landed")
+            self.append_retries += 1
+            if time.monotonic() > deadline:
+                raise StoreError(f"appending to the change journal ({self.name} in {self.store.uri}): other "
+                                 f"daemons kept taking its next numbers for {APPEND_TIMEOUT_S:.0f} s"
+                                 + (f" ({redact(str(failure))[:200]})" if failure else ""))
+            time.sleep(delay * random.uniform(1.0, 2.0))  # noqa: S311 - jitter, not a secret
+            delay = min(delay * 2, 1.0)
+        if self._table is not None:
+            self._table.checkout_latest()
+        self.appends += 1
+        return [int(r["seq"]) for r in batch]
+
+    def _landed(self, batch: list[dict[str, Any]]) -> bool:
+        """Whether ``batch`` is in the journal under its numbers (an append whose result was unknown)."""
+        lo, hi = batch[0]["seq"], batch[-1]["seq"]
+        self.table.checkout_latest()
+        found = {int(r["seq"]): r for r in self.table.search().where(f"seq >= {lo} AND seq <= {hi}").select(
+            ["seq", "kind", "doc_key", "action", "table_version", "committed_at"]).limit(None).to_list()}
+        for row in batch:
+            have = found.get(int(row["seq"]))
+            if have is None or any(have.get(k) != row.get(k) for k in ("kind", "doc_key", "action", "table_version")):
+                return False
+            if _epoch(have.get("committed_at")) != _epoch(row.get("committed_at")):
+                return False
+        return True
 
     # -- reading ---------------------------------------------------------------------------------------
     def _where(self, clauses: list[str]) -> str:
@@ -1859,6 +1982,8 @@ class Journal:
         Returns what was appended."""
         store = self.store
         self.open()
+        if self.own is not None:
+            return self._catch_up_own(until=until, reason=reason)
         live = store.table_name
         latest = int(store.table.version)
         if until is not None:
@@ -1911,9 +2036,91 @@ class Journal:
                         reason="commits the journal had not recorded (a crash between a commit and its journal entry)")
         return appended
 
+    def _catch_up_own(self, *, until: int | None, reason: str) -> list[dict[str, Any]]:
+        """``catch_up`` on a store several daemons write: only this daemon's connectors (``own``), each from
+        the version its own last entry or mark describes. The versions in between hold the other daemons'
+        commits too; reading only these connectors' rows at each version leaves their changes out, so
+        nothing of theirs is journaled here, and none of their entries is touched. A connector's rows
+        change only through its owner's commits, each journaled right after it: versions where they did not
+        change are passed over by halving (the rows are read at about log2(versions) points per change), so
+        a change undone again before anything was journaled (two lost appends in a row) is not seen: the
+        journal then still agrees with the index."""
+        store = self.store
+        live = store.table_name
+        own = sorted(self.own or ())
+        if not own:
+            return []
+        self.table.checkout_latest()
+        store.table.checkout_latest()
+        latest = int(store.table.version)
+        if until is not None:
+            latest = min(latest, until)
+        now = time.time()
+        condition = (f"live_table = {sql_string(live)} AND (kind = 'mark' OR connector IN ("
+                     + ", ".join(sql_string(c) for c in own) + "))")
+        rows = self.table.search().where(condition).select(["seq", "kind", "connector", "table_version"]).limit(
+            None).to_list()
+        marks = sorted((r for r in rows if r["kind"] == "mark"), key=lambda r: r["seq"])
+        start_of_journal = int(marks[0]["table_version"]) if marks else None
+        described: dict[str, int] = {}
+        for r in rows:
+            if r["connector"] in own and r["table_version"] is not None:
+                described[r["connector"]] = max(described.get(r["connector"], -1), int(r["table_version"]))
+        if start_of_journal is None and not described:
+            self.append([_mark("started", live, latest, now, c) for c in own])
+            return []
+        groups: dict[int, list[str]] = {}
+        for c in own:
+            start = described.get(c, start_of_journal if start_of_journal is not None else min(described.values()))
+            if start < latest:
+                groups.setdefault(start, []).append(c)
+        if not groups:
+            return []
+        kept_versions = store.versions()
+        kept = {v for v, _ in kept_versions}
+        times = dict(kept_versions)
+        appended: list[dict[str, Any]] = []
+        marks_out: list[dict[str, Any]] = []
+        for start, connectors in sorted(groups.items()):
+            before = store.doc_states(live, start, connectors=connectors, kept=kept)
+            if before is None:
+                log.warning("journal.gap", table=live, version=start, connectors=connectors,
+                            reason="the version the journal described last was cleaned up; changes since are unknown")
+                marks_out.extend(_mark("gap", live, latest, now, c) for c in connectors)
+                continue
+            points = [start, *(v for v in sorted(kept) if start < v <= latest)]
+            states: dict[int, dict[tuple[str, str], DocState] | None] = {0: before}
 
-def _mark(action: str, table: str, version: int, at: float) -> dict[str, Any]:
-    return {"kind": "mark", "action": action, "live_table": table, "table_version": version, "committed_at": at}
+            def state(i: int, connectors: list[str] = connectors, points: list[int] = points,
+                      states: dict[int, dict[tuple[str, str], DocState] | None] = states
+                      ) -> dict[tuple[str, str], DocState] | None:
+                if i not in states:
+                    states[i] = store.doc_states(live, points[i], connectors=connectors, kept=kept)
+                return states[i]
+
+            def walk(i: int, j: int, points: list[int] = points, state: Any = state) -> list[dict[str, Any]]:
+                a, b = state(i), state(j)
+                if a is None or b is None or a == b:
+                    return []
+                if j == i + 1:
+                    return diff_states(a, b, table=live, version=points[j], committed_at=times.get(points[j], now),
+                                       repaired=reason == "repaired")
+                m = (i + j) // 2
+                return walk(i, m) + walk(m, j)
+
+            appended.extend(walk(0, len(points) - 1))
+            marks_out.extend(_mark(reason, live, latest, now, c) for c in connectors)
+        self.append([*appended, *marks_out])
+        if appended and reason == "repaired":
+            log.warning("journal.repaired", entries=len(appended), connectors=own,
+                        versions=sorted({e["table_version"] for e in appended}),
+                        reason="commits the journal had not recorded (a crash between a commit and its journal entry)")
+        return appended
+
+
+def _mark(action: str, table: str, version: int, at: float, connector: str | None = None) -> dict[str, Any]:
+    return {"kind": "mark", "action": action, "live_table": table, "table_version": version, "committed_at": at,
+            "connector": connector}
 
 
 def _row_out(row: dict[str, Any]) -> dict[str, Any]:

@@ -416,3 +416,66 @@ def test_a_reindex_journals_only_documents_whose_content_differs_and_history_sur
     assert new[0]["table_version"] == rt.store.table.version
     assert new[0]["repaired"] is False  # a reindex's own record, not a crash repair
     assert verify(rt).ok
+
+
+def test_a_journal_made_before_seq_was_its_key_is_marked_at_the_writers_first_open(fs_config, docs, make_runtime):
+    """The migration: the earlier journal schema (``seq`` without the primary-key mark) gets the mark in one
+    metadata commit when a writer opens it; its rows stay and appends go on numbering after them."""
+    import pyarrow as pa
+
+    from syncd.store import journal_schema
+
+    rt = make_runtime(fs_config)
+    (docs / "a.md").write_text(doc_text("mike"))
+    sync(rt)
+    journal = rt.store.journal
+    old_rows = journal.table.to_arrow()
+    earlier = pa.schema([f.remove_metadata() if f.name == "seq" else f for f in journal_schema()])
+    db = rt.store._connect()
+    db.drop_table(journal.name)
+    db.create_table(journal.name, data=old_rows.cast(earlier), schema=earlier)
+    journal.reopen()
+    assert not (journal.table.schema.field("seq").metadata or {})
+    journal.open()  # as a writer
+    assert journal.table.schema.field("seq").metadata == {b"lance-schema:unenforced-primary-key": b"true"}
+    assert journal.table.count_rows() == old_rows.num_rows
+    (docs / "a.md").write_text(doc_text("november"))
+    sync(rt)
+    seqs = sorted(journal.table.to_arrow()["seq"].to_pylist())
+    assert seqs == list(range(1, len(seqs) + 1)) and len(seqs) > old_rows.num_rows
+
+
+def test_the_repair_of_own_connectors_finds_their_lost_commit_among_another_connectors_and_journals_only_it(
+        tmp_path, docs, make_runtime):
+    """What a daemon on a shared store does at start-up (``Journal.own``): a commit of its connector whose
+    entries were lost, followed by commits of a connector another daemon owns (journaled by that daemon),
+    is repaired from the version history as its own connector's entries only, once."""
+    other = tmp_path / "other"
+    other.mkdir()
+    config = write_config(tmp_path, [{"name": "docs", "type": "filesystem", "path": str(docs)},
+                                     {"name": "other", "type": "filesystem", "path": str(other)}])
+    rt = make_runtime(config)
+    (docs / "mine.md").write_text(doc_text("oscar"))
+    (other / "theirs.md").write_text(doc_text("papa"))
+    rt.engine.reconcile("docs")
+    rt.engine.reconcile("other")
+    known = len(entries(rt))
+    (docs / "mine.md").write_text(doc_text("quebec"))
+    rt.engine.journal_enabled = False  # this daemon's commit lands, its entry does not (a crash there)
+    rt.engine.reconcile("docs")
+    lost = rt.store.table.version
+    rt.engine.journal_enabled = True
+    (other / "theirs.md").write_text(doc_text("romeo"))
+    (other / "more.md").write_text(doc_text("sierra"))
+    rt.engine.reconcile("other")  # the other daemon's commits, journaled by it
+    assert len(entries(rt)) == known + 2
+    rt.store.journal.own = frozenset({"docs"})
+    repaired = rt.store.journal.catch_up()
+    assert [(e["connector"], e["doc_id"], e["action"], e["table_version"]) for e in repaired] == [
+        ("docs", "mine.md", "changed", lost)]
+    new = entries(rt)[known:]
+    assert sorted((e["connector"], e["doc_id"]) for e in new) == [("docs", "mine.md"), ("other", "more.md"),
+                                                                   ("other", "theirs.md")]
+    assert [e["repaired"] for e in new if e["connector"] == "docs"] == [True]
+    assert rt.store.journal.catch_up() == []  # once
+    assert len(entries(rt)) == known + 3
