@@ -109,15 +109,21 @@ class Daemon:
 
 
 def _metric(text: str, name: str) -> float:
-    match = re.search(rf"^{re.escape(name)} ([0-9.e+-]+)$", text, re.M)
-    return float(match.group(1)) if match else 0.0
+    """The sum of every series of ``name`` (a family labelled by connector has one per connector)."""
+    values = re.findall(rf"^{re.escape(name)}(?:{{[^}}]*}})? ([0-9.e+-]+)$", text, re.M)
+    return sum(float(v) for v in values)
 
 
 def _buckets(text: str, name: str) -> list[tuple[float, float]]:
-    out = []
-    for le, value in re.findall(rf'^{re.escape(name)}_bucket{{le="([^"]+)"}} ([0-9.e+-]+)$', text, re.M):
-        out.append((float("inf") if le == "+Inf" else float(le), float(value)))
-    return sorted(out)
+    """Cumulative bucket counts of histogram ``name``, summed over its other labels (the connector)."""
+    out: dict[float, float] = {}
+    for labels, value in re.findall(rf"^{re.escape(name)}_bucket{{([^}}]*)}} ([0-9.e+-]+)$", text, re.M):
+        le = re.search(r'le="([^"]+)"', labels)
+        if le is None:
+            continue
+        bound = float("inf") if le.group(1) == "+Inf" else float(le.group(1))
+        out[bound] = out.get(bound, 0.0) + float(value)
+    return sorted(out.items())
 
 
 def _quantile(buckets: list[tuple[float, float]], q: float) -> float | None:
