@@ -262,6 +262,24 @@ def _produced_by_syncd(row: dict[str, Any]) -> bool:
     return bool(key == doc_key(connector, doc) and cid == chunk_id(connector, doc, int(index)))
 
 
+UNREADABLE_OP = "Unreadable"
+"""The operation name given to a version whose transaction pylance cannot turn into Python objects (it
+raises for some of Lance's own operations, e.g. a compaction that remapped an index a second time)."""
+
+
+def read_transaction(dataset: Any, version: int) -> tuple[str, dict[str, str]] | None:
+    """(operation name, transaction properties) of ``version``, None when Lance kept no transaction for it;
+    ``UNREADABLE_OP`` with no properties when pylance cannot describe it. Every reader of the version history
+    goes through here: one unreadable maintenance commit must not stop a start-up or a check."""
+    try:
+        tx = dataset.read_transaction(version)
+    except (TypeError, ValueError):  # the binding builds the operation's Python object and fails
+        return UNREADABLE_OP, {}
+    if tx is None:
+        return None
+    return type(tx.operation).__name__, dict(getattr(tx, "transaction_properties", None) or {})
+
+
 def _content_commits(dataset: Any, since: int) -> list[tuple[int, str]]:
     """(version, operation) of the commits after ``since`` that change content (index updates, compaction and
     other neutral operations left out)."""
@@ -1387,8 +1405,8 @@ class Store:
         for version in range(first, last + 1):
             if version not in kept:
                 continue
-            tx = dataset.read_transaction(version)
-            out.append((version, type(tx.operation).__name__ if tx is not None else "Unknown"))
+            tx = read_transaction(dataset, version)
+            out.append((version, tx[0] if tx is not None else "Unknown"))
         return out
 
     @translated("reading the table's transactions")
@@ -1401,8 +1419,8 @@ class Store:
         for version in range(first, last + 1):
             if version not in kept:
                 continue
-            tx = dataset.read_transaction(version)
-            properties = dict(getattr(tx, "transaction_properties", None) or {}) if tx is not None else {}
+            tx = read_transaction(dataset, version)
+            properties = tx[1] if tx is not None else {}
             if properties.get(REPLACE_PROPERTY) == "replace_contents":
                 out.append(version)
         return out

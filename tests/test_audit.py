@@ -479,3 +479,43 @@ def test_the_repair_of_own_connectors_finds_their_lost_commit_among_another_conn
     assert [e["repaired"] for e in new if e["connector"] == "docs"] == [True]
     assert rt.store.journal.catch_up() == []  # once
     assert len(entries(rt)) == known + 3
+
+
+
+def test_the_version_history_is_read_past_a_commit_pylance_cannot_describe(tmp_path):
+    """A compaction after an index update, compacting rows that index already remapped once, is a
+    transaction pylance cannot turn into Python objects (TypeError from its RewrittenIndex). Every reader of
+    the version history (the journal's repair, the overwrite check) goes through ``read_transaction``, which
+    names such a version instead of raising: a daemon found one at start-up after maintenance and exited."""
+    import datetime as dt
+
+    import lancedb
+    import numpy as np
+    import pyarrow as pa
+
+    from syncd.store import UNREADABLE_OP, read_transaction
+
+    def rows(n: int, first: int) -> pa.Table:
+        vectors = np.random.default_rng(first).standard_normal((n, 16)).astype("float32")
+        return pa.table({"id": pa.array(range(first, first + n)), "text": [f"t{i}" for i in range(first, first + n)],
+                         "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), 16)})
+
+    table = lancedb.connect(tmp_path / "db").create_table("t", rows(600, 0))
+    table.create_index(metric="cosine", vector_column_name="vector", num_partitions=2, num_sub_vectors=2)
+    table.add(rows(50, 1000))
+    table.add(rows(50, 2000))
+    table.optimize(cleanup_older_than=dt.timedelta(days=1))
+    table.add(rows(50, 3000))
+    table.optimize()
+    dataset = table.to_lance()
+    unreadable = []
+    for version in (int(v["version"]) for v in dataset.versions()):
+        try:
+            dataset.read_transaction(version)
+        except TypeError:
+            unreadable.append(version)
+    assert unreadable, "the scenario no longer makes a transaction pylance cannot describe"
+    for version in (int(v["version"]) for v in dataset.versions()):
+        described = read_transaction(dataset, version)
+        assert described is not None
+        assert (described[0] == UNREADABLE_OP) == (version in unreadable)

@@ -199,3 +199,36 @@ def test_the_readme_examples_run_as_written(tmp_path: Path) -> None:
         assert run.returncode == 0, run.stderr
         if "print(" in block:
             assert "runbooks/failover.md" in run.stdout or str(handbook / "runbooks" / "failover.md") in run.stdout
+
+
+def test_the_retrievers_answer_for_the_principals_they_are_given(tmp_path: Path, make_runtime, real_embedder):
+    """A restricted page reaches a framework only through a retriever made for a principal who may read it:
+    without principals the retrievers return `everyone`'s documents only, as `/search` does."""
+    from syncd.integrations.langchain import SyncdRetriever as LangChainRetriever
+    from syncd.integrations.llamaindex import SyncdRetriever as LlamaIndexRetriever
+
+    (tmp_path / "hr").mkdir()
+    (tmp_path / "hr" / "salaries.md").write_text("# Salary bands\n\nThe salary bands are reviewed every April.\n")
+    (tmp_path / "handbook").mkdir()
+    (tmp_path / "handbook" / "holidays.md").write_text("# Holidays\n\nThe office closes between the holidays.\n")
+    cfg = write_config(tmp_path, [
+        {"name": "hr", "type": "filesystem", "path": str(tmp_path / "hr"), "acl": ["group:hr"]},
+        {"name": "handbook", "type": "filesystem", "path": str(tmp_path / "handbook"), "acl": ["everyone"]}])
+    rt = make_runtime(cfg, embedder=real_embedder)
+    assert rt.engine.reconcile("hr").docs_added == 1 and rt.engine.reconcile("handbook").docs_added == 1
+    index = Index(rt.config, embedder=real_embedder)
+    question = "when are the salary bands reviewed"
+
+    def lc(**options: object) -> set[str]:
+        return {d.metadata["doc_id"] for d in
+                LangChainRetriever(index=index, k=5, search_options={"min_relevance": 0, **options}).invoke(question)}
+
+    def li(**options: object) -> set[str]:
+        return {n.node.metadata["doc_id"] for n in
+                LlamaIndexRetriever(index, k=5, min_relevance=0, **options).retrieve(question)}
+
+    for retrieve in (lc, li):
+        assert retrieve() == {"holidays.md"}
+        assert retrieve(principals=["group:sales"]) == {"holidays.md"}
+        assert retrieve(principals=["group:hr"]) == {"salaries.md", "holidays.md"}
+        assert retrieve(principals=["user:alice", "group:hr"]) == {"salaries.md", "holidays.md"}
