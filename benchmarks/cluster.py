@@ -104,6 +104,7 @@ def main() -> None:
                    help="chunks/s of one GPU actor, measured elsewhere (no GPU here); 0 leaves the GPU row out")
     p.add_argument("--out", help="results folder (default benchmarks/results/cluster-<timestamp>)")
     p.add_argument("--no-readme", action="store_true")
+    p.add_argument("--report", metavar="DIR", help="only render an earlier run's results.json (its folder) again")
     args = p.parse_args()
     sys.path.insert(0, str(REPO))
     from tests.raycluster import RayCluster
@@ -120,6 +121,10 @@ def main() -> None:
         return write_config(folder, docs=str(corpus),
                             reindex={"batch_docs": args.batch_docs, "cpus_per_actor": 1, **reindex})
 
+    if args.report:
+        out = Path(args.report)
+        _render(json.loads((out / "results.json").read_text()), out, readme=not args.no_readme)
+        return
     results: dict[str, Any] = {"docs": args.docs, "machine": machine(), "batch_docs": args.batch_docs}
     log("single-process reindex")
     single, wall, _ = _run(config("single"), "reindex", "--json")
@@ -140,18 +145,22 @@ def main() -> None:
     finally:
         cluster.stop()
     (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    _render(results, out, readme=not args.no_readme)
+
+
+def _render(results: dict[str, Any], out: Path, *, readme: bool) -> None:
     md = report(results, out)
     (out / "report.md").write_text(md)
     print(md)
-    if not args.no_readme:
-        readme = HERE / "README.md"
-        text = readme.read_text()
+    if readme:
+        path = HERE / "README.md"
+        text = path.read_text()
         start, end = "<!-- cluster:start -->", "<!-- cluster:end -->"
         if start in text:
             text = text[:text.index(start)] + start + "\n" + md + end + text[text.index(end) + len(end):]
         else:
             text += f"\n## Reindex on a Ray cluster\n\n{start}\n{md}{end}\n"
-        readme.write_text(text)
+        path.write_text(text)
 
 
 def report(r: dict[str, Any], out: Path) -> str:
@@ -191,7 +200,8 @@ def report(r: dict[str, Any], out: Path) -> str:
         gpu = f" A GPU actor at {r['gpu_rate']:.0f} chunks/s needs {total_chunks / (r['gpu_rate'] * seconds):.0f}."
     return f"""Run `{out.name}` (`python -m benchmarks.cluster --docs {r['docs']}`): {r['docs']} generated documents, \
 {single['chunks_embedded']} chunks; a two-node Ray cluster on this machine (2 logical CPUs per node, started in \
-{r['cluster_start_s']:.0f} s), {m.get('cpus', '?')} cores shared with other work (load {m.get('load', '?')}); \
+{r['cluster_start_s']:.0f} s), {m.get('cpus_usable', '?')} cores shared with other work (load average \
+{m['load_avg_at_start'][0]:.1f} at the start); \
 `[reindex] batch_docs = {r['batch_docs']}`, 1 CPU per actor, backend `auto` (ONNX int8).
 
 | run | chunks | seconds | chunks/s | vs raw model, 1 thread | chunks per actor-second of model time | driver peak RSS | per node: workers' peak RSS |
