@@ -21,6 +21,16 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${need_apt[@]}"
 fi
 
+# A real Azure Blob Storage server for the az:// tests: Azurite, Microsoft's emulator, from the npm registry.
+if [ ! -x .cache/azurite/node_modules/.bin/azurite-blob ]; then
+  if ! command -v npm >/dev/null; then
+    SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+    $SUDO apt-get update -q
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends nodejs npm
+  fi
+  npm install --prefix .cache/azurite --no-audit --no-fund --loglevel=error azurite@3.35.0
+fi
+
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 # torch first, pinned, so nothing pulls the multi-GB CUDA build.

@@ -181,8 +181,8 @@ class StoreConfig(Section):
         for key in value:
             if SECRET_OPTION.search(key) and not key.endswith("_env"):
                 raise ValueError(f"{key}: credentials never sit in the config file; name the environment "
-                                 f"variable that holds it ({key}_env = \"VAR\") or use the standard AWS_* "
-                                 "environment variables")
+                                 f"variable that holds it ({key}_env = \"VAR\") or use the standard "
+                                 "environment variables (AWS_*, AZURE_STORAGE_*, GOOGLE_SERVICE_ACCOUNT*)")
         return value
 
     @property

@@ -53,7 +53,9 @@ _LANCE_ONLY = {"client_max_retries", "client_retry_timeout", "download_retry_cou
                "retry_timeout", "expires_at_millis", "use_opendal", "use_constant_size_upload_parts",
                "new_table_data_storage_version", "new_table_enable_v2_manifest_paths", "aws_s3_express"}
 """Options Lance reads for itself, not the object store's."""
-_PREFIX = {"s3": "aws_", "s3a": "aws_", "gs": "google_", "az": "azure_", "abfs": "azure_", "abfss": "azure_"}
+_PREFIX = {"s3": "aws_", "s3a": "aws_", "gs": "google_"}
+"""Prefixes of the store's config keys (Azure's take Lance's bare spelling as it is: ``account_name``,
+``endpoint``; ``azure_account_name`` is no key of its)."""
 
 
 class StoreSetupError(ConfigError):
@@ -204,7 +206,7 @@ class SharedStore:
             raise self._error(f"listing {prefix}", exc) from None
 
     def _error(self, what: str, exc: Exception) -> StoreError:
-        return StoreError(f"store {self.uri}: {what} failed: {describe(exc, self.endpoint)}")
+        return StoreError(f"store {self.uri}: {what} failed: {describe(exc, self.endpoint, self.uri)}")
 
     # -- start-up checks -------------------------------------------------------------------------------
     def check(self) -> None:
@@ -215,7 +217,7 @@ class SharedStore:
         try:
             next(iter(obstore.list(self._store, None, chunk_size=1)), None)
         except Exception as exc:  # noqa: BLE001
-            raise StoreSetupError(f"store.uri: cannot use {self.uri}: {describe(exc, self.endpoint)}",
+            raise StoreSetupError(f"store.uri: cannot use {self.uri}: {describe(exc, self.endpoint, self.uri)}",
                                   key="store.uri") from None
 
     def check_conditional_writes(self, daemon_id: str) -> None:
@@ -239,20 +241,30 @@ class SharedStore:
                 key="store.uri")
 
 
-def describe(exc: BaseException, endpoint: str) -> str:
+_CREDENTIALS = {"s3": "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY", "s3a": "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY",
+                "gs": "GOOGLE_SERVICE_ACCOUNT / GOOGLE_SERVICE_ACCOUNT_KEY",
+                "az": "AZURE_STORAGE_ACCOUNT_NAME / AZURE_STORAGE_ACCOUNT_KEY"}
+"""The standard variables each scheme's client reads its credentials from, named in errors."""
+
+
+def describe(exc: BaseException, endpoint: str, uri: str = "s3://") -> str:
     """An object-store error as its cause in a few words, then the library's first line (redacted)."""
+    scheme = _scheme(uri)
+    variables = _CREDENTIALS.get("az" if scheme in ("abfs", "abfss") else scheme, _CREDENTIALS["s3"])
     text = redact(str(exc))
     first = text.splitlines()[0] if text else type(exc).__name__
     low = text.lower()
     name = type(exc).__name__
     if "nosuchbucket" in low or ("bucket" in low and "not" in low and "exist" in low):
         cause = "the bucket does not exist"
+    elif "containernotfound" in low or ("container" in low and "not" in low and "exist" in low):
+        cause = "the container does not exist"
     elif name in ("PermissionDeniedError", "UnauthenticatedError") or any(
             s in low for s in ("signaturedoesnotmatch", "invalidaccesskeyid", "accessdenied", "403 forbidden",
                                "401 unauthorized", "expiredtoken")):
-        cause = "the credentials were refused (check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or the *_env keys)"
+        cause = f"the credentials were refused (check {variables} or the *_env keys)"
     elif "missing" in low and ("credential" in low or "access key" in low):
-        cause = "no credentials found (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or the *_env keys)"
+        cause = f"no credentials found (set {variables}, or the *_env keys)"
     elif any(s in low for s in ("error sending request", "connection refused", "dns error", "timed out",
                                 "tcp connect", "connect error", "operation timed out")):
         cause = f"cannot reach the endpoint {endpoint}"

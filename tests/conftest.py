@@ -29,8 +29,16 @@ REPO = Path(__file__).resolve().parent.parent
 # file-locked), instead of one per fresh state folder.
 os.environ.setdefault("SYNCD_MODEL_CACHE", tempfile.mkdtemp(prefix="syncd-model-cache-"))
 
-# The real MediaWiki fixtures (mediawiki, wiki_ns, wiki_client).
-pytest_plugins = ["mediawiki_server", "seaweedfs_server"]
+# The real servers: MediaWiki (mediawiki, wiki_ns, wiki_client), S3 (SeaweedFS: s3_store), Azure Blob
+# Storage (Azurite: az_store).
+pytest_plugins = ["mediawiki_server", "seaweedfs_server", "azurite_server"]
+
+
+@pytest.fixture(params=["s3", "az"])
+def object_store(request: pytest.FixtureRequest) -> Any:
+    """The test once on S3 (SeaweedFS) and once on Azure Blob Storage (Azurite): the same guarantees through
+    either URI scheme."""
+    return request.getfixturevalue("s3_store" if request.param == "s3" else "az_store")
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.02, what: str = "condition") -> Any:

@@ -1,9 +1,11 @@
-"""Several real `syncd run` processes writing one table on a real S3 server (SeaweedFS): disjoint connectors
-churning, kill -9 at random moments, connector leases (refusal, takeover), maintenance in one daemon only,
-credentials that never leak, and the start-up errors of a bad store."""
+"""Several real `syncd run` processes writing one table on a real S3 server (SeaweedFS; the union and the
+lease tests also on a real Azure Blob server, Azurite): disjoint connectors churning, kill -9 at random
+moments, connector leases (refusal, takeover), maintenance in one daemon only, credentials that never leak,
+and the start-up errors of a bad store."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import random
@@ -169,26 +171,26 @@ class _Pager(threading.Thread):
 
 @pytest.mark.slow
 def test_two_daemons_with_disjoint_connectors_churning_make_the_union_without_duplicates(
-        tmp_path: Path, s3_store: Any, daemon_factory: Any) -> None:
+        tmp_path: Path, object_store: Any, daemon_factory: Any) -> None:
     fa, fb = tmp_path / "src-a", tmp_path / "src-b"
     _seed(fa, "alpha", 6)
     _seed(fb, "beta", 6)
-    ca = _config(tmp_path / "a", s3_store, [("alpha", fa)])
-    cb = _config(tmp_path / "b", s3_store, [("beta", fb)])
-    a = _start(daemon_factory, ca, s3_store.env)
-    b = _start(daemon_factory, cb, s3_store.env)
+    ca = _config(tmp_path / "a", object_store, [("alpha", fa)])
+    cb = _config(tmp_path / "b", object_store, [("beta", fb)])
+    a = _start(daemon_factory, ca, object_store.env)
+    b = _start(daemon_factory, cb, object_store.env)
     threads = [threading.Thread(target=_churn, args=(fa, "alpha", random.Random(1), 40)),
                threading.Thread(target=_churn, args=(fb, "beta", random.Random(2), 40))]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    wait_for(lambda: _converged(s3_store, {"alpha": fa, "beta": fb}), timeout=180, interval=0.5,
+    wait_for(lambda: _converged(object_store, {"alpha": fa, "beta": fb}), timeout=180, interval=0.5,
              what="the table to equal both folders")
-    indexed, rows, dups = _indexed(s3_store)
+    indexed, rows, dups = _indexed(object_store)
     assert set(indexed) == {"alpha", "beta"} and dups == 0 and rows > 0
     for config in (ca, cb):
-        report = _verify(config, s3_store.env)
+        report = _verify(config, object_store.env)
         assert report["ok"] is True, json.dumps(report)
     # Both daemons see each other in /status, each holding its own connector; one maintains.
     code, status = a.get("/status")
@@ -345,15 +347,15 @@ def test_kill_9_between_commit_and_journal_append_while_another_daemon_writes_is
 
 @pytest.mark.slow
 def test_a_held_connector_is_refused_and_taken_over_after_its_holder_is_killed(
-        tmp_path: Path, s3_store: Any, daemon_factory: Any) -> None:
+        tmp_path: Path, object_store: Any, daemon_factory: Any) -> None:
     docs = tmp_path / "docs"
     _seed(docs, "doc", 4)
-    ca = _config(tmp_path / "a", s3_store, [("docs", docs)])
-    cb = _config(tmp_path / "b", s3_store, [("docs", docs)])
-    a = _start(daemon_factory, ca, s3_store.env)
+    ca = _config(tmp_path / "a", object_store, [("docs", docs)])
+    cb = _config(tmp_path / "b", object_store, [("docs", docs)])
+    a = _start(daemon_factory, ca, object_store.env)
     holder = a.get("/status")[1]["store"]["daemon_id"]
     refused = subprocess.run([sys.executable, "-m", "syncd", "--config", str(cb), "run"], capture_output=True,
-                             text=True, env={**os.environ, **s3_store.env}, timeout=300)
+                             text=True, env={**os.environ, **object_store.env}, timeout=300)
     assert refused.returncode == 2, refused.stderr[-2000:]
     assert "'docs'" in refused.stderr and holder in refused.stderr
     a.kill()
@@ -361,14 +363,14 @@ def test_a_held_connector_is_refused_and_taken_over_after_its_holder_is_killed(
     (docs / "doc-0.md").write_text("# doc 0\n\nChanged while no daemon ran.\n")
     (docs / "doc-9.md").write_text("# doc 9\n\nAdded while no daemon ran.\n")
     (docs / "doc-1.md").unlink()
-    b = _start(daemon_factory, cb, s3_store.env)
+    b = _start(daemon_factory, cb, object_store.env)
     assert time.monotonic() - killed_at >= 0  # b waited for the lease to expire (its log says so)
     assert "lease.taken_over" in b.log_path.read_text()
-    wait_for(lambda: _converged(s3_store, {"docs": docs}), timeout=120, interval=0.5, what="the takeover to converge")
+    wait_for(lambda: _converged(object_store, {"docs": docs}), timeout=120, interval=0.5, what="the takeover to converge")
     status = b.get("/status")[1]
     assert [d["connectors"] for d in status["store"]["daemons"]] == [["docs"]]
     assert status["store"]["daemon_id"] != holder
-    assert _verify(cb, s3_store.env)["ok"] is True
+    assert _verify(cb, object_store.env)["ok"] is True
 
 
 @pytest.mark.slow
@@ -437,6 +439,24 @@ def test_bad_stores_are_refused_at_start_up_with_the_cause(tmp_path: Path, s3_st
         assert cause in out.stderr, (name, out.stderr[-2000:])
         assert wrong_secret not in out.stderr + out.stdout
         assert s3_store.server.secret_key not in out.stderr + out.stdout
+
+
+def test_bad_azure_stores_are_refused_at_start_up_with_the_cause(tmp_path: Path, az_store: Any) -> None:
+    docs = tmp_path / "docs"
+    _seed(docs, "doc", 1)
+    wrong_key = base64.b64encode(os.urandom(64)).decode()
+    cases = {
+        "container": ({"uri": "az://no-such-container-syncd/x"}, {}, "the container does not exist"),
+        "credentials": ({}, {"AZURE_STORAGE_ACCOUNT_KEY": wrong_key},
+                        "the credentials were refused (check AZURE_STORAGE_ACCOUNT_NAME / AZURE_STORAGE_ACCOUNT_KEY"),
+    }
+    for name, (store, env, cause) in cases.items():
+        config = _config(tmp_path / name, az_store, [("docs", docs)], store=store)
+        out = _run_refused(config, {**az_store.env, **env})
+        assert out.returncode == 2, (name, out.stderr[-2000:])
+        assert cause in out.stderr, (name, out.stderr[-2000:])
+        assert wrong_key not in out.stderr + out.stdout
+        assert az_store.env["AZURE_STORAGE_ACCOUNT_KEY"] not in out.stderr + out.stdout
 
 
 def test_a_store_that_ignores_conditional_writes_is_refused_for_concurrent_use(tmp_path: Path, s3_store: Any) -> None:

@@ -1,4 +1,5 @@
-"""The index on an object store (a real SeaweedFS S3 server on 127.0.0.1): URI and options, credentials
+"""The index on an object store (a real SeaweedFS S3 server and a real Azurite Azure Blob server on 127.0.0.1,
+through ``object_store``): URI and options, credentials
 from the environment only, shared facts in the store, the primary key, commit conflicts replayed, and the
 local folder still one daemon."""
 
@@ -25,11 +26,11 @@ def _docs(folder, n=3):
         (folder / f"d{i}.md").write_text(f"# Doc {i}\n\nThe body of document {i} talks about topic{i}.\n")
 
 
-def test_a_daemon_syncs_into_an_s3_table_with_the_signature_in_the_table(tmp_path, s3_store, make_runtime):
+def test_a_daemon_syncs_into_an_object_store_table_with_the_signature_in_the_table(tmp_path, object_store, make_runtime):
     docs = tmp_path / "docs"
     _docs(docs)
     path = write_config(tmp_path, [{"name": "docs", "type": "filesystem", "path": str(docs)}],
-                        store=s3_store.store_section())
+                        store=object_store.store_section())
     rt = make_runtime(path)
     summary = rt.engine.reconcile("docs")
     assert summary.docs_added == 3 and not summary.failures
@@ -38,17 +39,17 @@ def test_a_daemon_syncs_into_an_s3_table_with_the_signature_in_the_table(tmp_pat
     # The signature is in the table itself (its schema metadata), the same for every daemon: no pointer in the
     # state folder or in the store.
     assert not (tmp_path / "state" / "store.json").exists()
-    shared = SharedStore(s3_store.uri, s3_store.storage_options)
+    shared = SharedStore(object_store.uri, object_store.storage_options)
     assert shared.get("store.json") is None
     # The table itself is in the bucket: LanceDB finds it there with nothing but the URI and options.
-    db = lancedb.connect(s3_store.uri, storage_options=s3_store.storage_options)
+    db = lancedb.connect(object_store.uri, storage_options=object_store.storage_options)
     table = db.open_table("chunks")
     assert table.count_rows() == rt.store.count_rows() > 0
     assert table.schema.metadata[SIGNATURE_KEY].decode() == rt.signature
 
 
-def test_chunk_id_is_a_non_null_primary_key_on_s3(tmp_path, s3_store, make_runtime):
-    path = write_config(tmp_path, [], store=s3_store.store_section())
+def test_chunk_id_is_a_non_null_primary_key_on_an_object_store(tmp_path, object_store, make_runtime):
+    path = write_config(tmp_path, [], store=object_store.store_section())
     rt = make_runtime(path)
     field = rt.store.table.schema.field("chunk_id")
     assert not field.nullable
@@ -122,17 +123,17 @@ def test_two_daemons_on_one_local_folder_with_different_state_folders_are_refuse
     Runtime(config_mod.load(pb), embedder=HashEmbedder()).close()  # free again once the first has stopped
 
 
-def test_a_commit_that_loses_to_another_writer_is_replayed_on_the_latest_version(tmp_path, s3_store, make_runtime):
+def test_a_commit_that_loses_to_another_writer_is_replayed_on_the_latest_version(tmp_path, object_store, make_runtime):
     """Another writer's Overwrite commit makes this handle's next merge incompatible (FACTS.md): the store
     checks out the latest version and replays the batch, and counts the retry."""
     docs = tmp_path / "docs"
     _docs(docs, 2)
     path = write_config(tmp_path, [{"name": "docs", "type": "filesystem", "path": str(docs)}],
-                        store=s3_store.store_section())
+                        store=object_store.store_section())
     rt = make_runtime(path)
     rt.engine.reconcile("docs")
     rt.store.table.version  # noqa: B018 - this handle now reads the current version
-    other = lancedb.connect(s3_store.uri, storage_options=s3_store.storage_options).open_table("chunks")
+    other = lancedb.connect(object_store.uri, storage_options=object_store.storage_options).open_table("chunks")
     other.add(other.to_arrow(), mode="overwrite")
     (docs / "d0.md").write_text("# Doc 0\n\nRewritten while another writer committed.\n")
     summary = rt.engine.reconcile("docs")
@@ -143,11 +144,11 @@ def test_a_commit_that_loses_to_another_writer_is_replayed_on_the_latest_version
     assert sorted({r["doc_id"] for r in rows}) == ["d0.md", "d1.md"]
 
 
-def test_status_of_a_shared_store_names_this_daemon_and_its_connectors(tmp_path, s3_store, make_runtime):
+def test_status_of_a_shared_store_names_this_daemon_and_its_connectors(tmp_path, object_store, make_runtime):
     docs = tmp_path / "docs"
     _docs(docs, 1)
     path = write_config(tmp_path, [{"name": "docs", "type": "filesystem", "path": str(docs)}],
-                        store=s3_store.store_section())
+                        store=object_store.store_section())
     rt = make_runtime(path)
     daemons = rt.daemons()
     assert daemons is not None and len(daemons) == 1
@@ -156,7 +157,7 @@ def test_status_of_a_shared_store_names_this_daemon_and_its_connectors(tmp_path,
     assert json.dumps(daemons)  # plain JSON for /status
 
 
-def test_syncd_status_shows_the_daemons_sharing_the_store(tmp_path, s3_store, make_runtime):
+def test_syncd_status_shows_the_daemons_sharing_the_store(tmp_path, object_store, make_runtime):
     import os
     import subprocess
     import sys
@@ -164,12 +165,12 @@ def test_syncd_status_shows_the_daemons_sharing_the_store(tmp_path, s3_store, ma
     docs = tmp_path / "docs"
     _docs(docs, 1)
     path = write_config(tmp_path, [{"name": "docs", "type": "filesystem", "path": str(docs)}],
-                        store=s3_store.store_section())
+                        store=object_store.store_section())
     rt = make_runtime(path)  # holds the lease of "docs", as a daemon on another machine would
     other = tmp_path / "other"
     other.mkdir()
-    viewer = write_config(other, [], store=s3_store.store_section())
-    env = {**os.environ, **s3_store.env}
+    viewer = write_config(other, [], store=object_store.store_section())
+    env = {**os.environ, **object_store.env}
     out = subprocess.run([sys.executable, "-m", "syncd", "--config", str(viewer), "status", "--json"],
                          capture_output=True, text=True, env=env, timeout=300)
     data = json.loads(out.stdout)
@@ -199,7 +200,7 @@ def test_credentials_come_from_the_aws_credentials_file_when_the_environment_has
     assert rt.daemons()[0]["connectors"] == ["docs"]  # the leases too were written with the file's keys
 
 
-def test_daemons_starting_together_on_an_empty_store_create_its_table_once(tmp_path, s3_store):
+def test_daemons_starting_together_on_an_empty_store_create_its_table_once(tmp_path, object_store):
     """Two creations would make the second an Overwrite, dropping what the first committed: the conditional
     create of the store's pointer elects one creator; the other opens its table."""
     import threading
@@ -213,7 +214,7 @@ def test_daemons_starting_together_on_an_empty_store_create_its_table_once(tmp_p
         docs = folder / "docs"
         _docs(docs, 2)
         path = write_config(folder, [{"name": f"c{i}", "type": "filesystem", "path": str(docs)}],
-                            store=s3_store.store_section())
+                            store=object_store.store_section())
         rt = Runtime(config_mod.load(path), embedder=HashEmbedder())
         runtimes.append(rt)
         barrier.wait()
@@ -240,3 +241,24 @@ def test_daemons_starting_together_on_an_empty_store_create_its_table_once(tmp_p
     finally:
         for rt in runtimes:
             rt.close()
+
+
+def test_an_azure_account_key_comes_from_an_env_key_never_from_the_file(tmp_path, az_store, monkeypatch, make_runtime):
+    from azurite_server import KEY
+
+    (tmp_path / "refused").mkdir()
+    refused = write_config(tmp_path / "refused", [], store={
+        "uri": az_store.uri, "storage_options": {**az_store.storage_options, "account_key": KEY}})
+    with pytest.raises(ConfigError) as err:
+        config_mod.load(refused)
+    assert "account_key" in str(err.value) and KEY not in str(err.value)
+    monkeypatch.delenv("AZURE_STORAGE_ACCOUNT_KEY")
+    monkeypatch.setenv("INDEX_ACCOUNT_KEY", KEY)
+    docs = tmp_path / "docs"
+    _docs(docs, 2)
+    section = az_store.store_section()
+    section["storage_options"]["account_key_env"] = "INDEX_ACCOUNT_KEY"  # type: ignore[index]
+    path = write_config(tmp_path, [{"name": "docs", "type": "filesystem", "path": str(docs)}], store=section)
+    rt = make_runtime(path)
+    assert rt.engine.reconcile("docs").docs_added == 2
+    assert rt.daemons()[0]["connectors"] == ["docs"]  # the leases too were written with that key
