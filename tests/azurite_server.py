@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -20,7 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from seaweedfs_server import _free_ports
+from seaweedfs_server import S3Store, _free_ports
+from seaweedfs_server import stop_seaweedfs as stop
 
 REPO = Path(__file__).resolve().parent.parent
 ACCOUNT = "devstoreaccount1"
@@ -84,16 +84,6 @@ def _create_container(server: Azurite, deadline: float, proc: subprocess.Popen[b
     raise RuntimeError(f"Azurite did not come up: {last}")
 
 
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        os.kill(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-
 @pytest.fixture(scope="session")
 def azurite() -> Iterator[Azurite]:
     binary = azurite_binary()
@@ -124,28 +114,10 @@ def azurite() -> Iterator[Azurite]:
 
 
 @dataclass
-class AzureStore:
-    """One test's own place in the container, shaped as ``seaweedfs_server.S3Store``."""
+class AzureStore(S3Store):
+    """One test's own place in the container (``env``, ``storage_options``, ``store_section`` as on S3)."""
 
-    server: Azurite
-    uri: str
-
-    @property
-    def env(self) -> dict[str, str]:
-        return self.server.env
-
-    @property
-    def storage_options(self) -> dict[str, str]:
-        return self.server.storage_options
-
-    @property
-    def lance_options(self) -> dict[str, str]:
-        """What LanceDB itself is given when a test opens the table (the daemon reads the key from the
-        environment)."""
-        return {**self.storage_options, "account_key": KEY}
-
-    def store_section(self, **extra: object) -> dict[str, object]:
-        return {"uri": self.uri, "storage_options": dict(self.storage_options), **extra}
+    server: Azurite  # type: ignore[assignment]
 
 
 @pytest.fixture

@@ -416,6 +416,19 @@ def _run_refused(config: Path, env: dict[str, str]) -> subprocess.CompletedProce
                           text=True, env={**os.environ, **env}, timeout=300)
 
 
+def _assert_refused(tmp_path: Path, store: Any, docs: Path, cases: dict[str, tuple[dict[str, Any], dict[str, str], str]],
+                    *, secrets: list[str]) -> None:
+    """Each case (its ``[store]`` changes, its environment, the cause the error must name) exits 2 at start-up
+    with that cause, and no secret in its output."""
+    for name, (section, env, cause) in cases.items():
+        config = _config(tmp_path / name, store, [("docs", docs)], store=section)
+        out = _run_refused(config, {**store.env, **env})
+        assert out.returncode == 2, (name, out.stderr[-2000:])
+        assert cause in out.stderr, (name, out.stderr[-2000:])
+        for secret in secrets:
+            assert secret not in out.stderr + out.stdout
+
+
 def test_bad_stores_are_refused_at_start_up_with_the_cause(tmp_path: Path, s3_store: Any) -> None:
     docs = tmp_path / "docs"
     _seed(docs, "doc", 1)
@@ -432,13 +445,7 @@ def test_bad_stores_are_refused_at_start_up_with_the_cause(tmp_path: Path, s3_st
         "bucket": ({"uri": "s3://no-such-bucket-syncd/x"}, {}, "the bucket does not exist"),
         "credentials": ({}, {"AWS_SECRET_ACCESS_KEY": wrong_secret}, "the credentials were refused"),
     }
-    for name, (store, env, cause) in cases.items():
-        config = _config(tmp_path / name, s3_store, [("docs", docs)], store=store)
-        out = _run_refused(config, {**s3_store.env, **env})
-        assert out.returncode == 2, (name, out.stderr[-2000:])
-        assert cause in out.stderr, (name, out.stderr[-2000:])
-        assert wrong_secret not in out.stderr + out.stdout
-        assert s3_store.server.secret_key not in out.stderr + out.stdout
+    _assert_refused(tmp_path, s3_store, docs, cases, secrets=[wrong_secret, s3_store.server.secret_key])
 
 
 def test_bad_azure_stores_are_refused_at_start_up_with_the_cause(tmp_path: Path, az_store: Any) -> None:
@@ -450,13 +457,7 @@ def test_bad_azure_stores_are_refused_at_start_up_with_the_cause(tmp_path: Path,
         "credentials": ({}, {"AZURE_STORAGE_ACCOUNT_KEY": wrong_key},
                         "the credentials were refused (check AZURE_STORAGE_ACCOUNT_NAME / AZURE_STORAGE_ACCOUNT_KEY"),
     }
-    for name, (store, env, cause) in cases.items():
-        config = _config(tmp_path / name, az_store, [("docs", docs)], store=store)
-        out = _run_refused(config, {**az_store.env, **env})
-        assert out.returncode == 2, (name, out.stderr[-2000:])
-        assert cause in out.stderr, (name, out.stderr[-2000:])
-        assert wrong_key not in out.stderr + out.stdout
-        assert az_store.env["AZURE_STORAGE_ACCOUNT_KEY"] not in out.stderr + out.stdout
+    _assert_refused(tmp_path, az_store, docs, cases, secrets=[wrong_key, az_store.env["AZURE_STORAGE_ACCOUNT_KEY"]])
 
 
 def test_a_store_that_ignores_conditional_writes_is_refused_for_concurrent_use(tmp_path: Path, s3_store: Any) -> None:
