@@ -66,9 +66,12 @@ def syncd(config: Path, *args: str, env: dict[str, str] | None = None,
 
 
 def start(config: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    # SIGINT's default action in the child, as in a terminal: a pytest-xdist worker ignores SIGINT, and an
+    # ignored signal stays ignored across exec (Python then installs no KeyboardInterrupt handler).
     return subprocess.Popen([sys.executable, "-m", "syncd", "--config", str(config), *args],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, **(env or {})})
+                            env={**os.environ, **(env or {})},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def summary_of(done: subprocess.CompletedProcess[str]) -> dict[str, Any]:
