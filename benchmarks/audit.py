@@ -115,7 +115,8 @@ def hot_path(root: Path, docs: int, edits: int) -> dict[str, Any]:
             started = time.perf_counter()
             tmp.rename(target)
             while True:
-                with urllib.request.urlopen(f"{url}/search?q={urllib.parse.quote(word)}&k=5&min_relevance=0", timeout=30) as r:
+                query = f"{url}/search?q={urllib.parse.quote(word)}&k=5&min_relevance=0"
+                with urllib.request.urlopen(query, timeout=30) as r:
                     hits = json.loads(r.read())["results"]
                 if any(word in h["text"] for h in hits):
                     break

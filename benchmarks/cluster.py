@@ -204,11 +204,14 @@ def report(r: dict[str, Any], out: Path) -> str:
 {m['load_avg_at_start'][0]:.1f} at the start); \
 `[reindex] batch_docs = {r['batch_docs']}`, 1 CPU per actor, backend `auto` (ONNX int8).
 
-| run | chunks | seconds | chunks/s | vs raw model, 1 thread | chunks per actor-second of model time | driver peak RSS | per node: workers' peak RSS |
+| run | chunks | seconds | chunks/s | vs raw model, 1 thread | chunks per actor-second of model time \
+| driver peak RSS | per node: workers' peak RSS |
 |---|---|---|---|---|---|---|---|
 | raw model, 1 thread (same texts) | {raw1['chunks']} | {raw1['seconds']:.1f} s | {raw1['chunks_per_s']:.1f} | 1.00× | | | |
-| raw model, all threads | {rawn['chunks']} | {rawn['seconds']:.1f} s | {rawn['chunks_per_s']:.1f} | {rawn['chunks_per_s'] / raw1['chunks_per_s']:.2f}× | | | |
-| `syncd reindex` (one process) | {single['chunks_embedded']} | {single['seconds']:.1f} s | {single_rate:.1f} | {single_rate / raw1['chunks_per_s']:.2f}× | | | |
+| raw model, all threads | {rawn['chunks']} | {rawn['seconds']:.1f} s | {rawn['chunks_per_s']:.1f} \
+| {rawn['chunks_per_s'] / raw1['chunks_per_s']:.2f}× | | | |
+| `syncd reindex` (one process) | {single['chunks_embedded']} | {single['seconds']:.1f} s | {single_rate:.1f} \
+| {single_rate / raw1['chunks_per_s']:.2f}× | | | |
 {chr(10).join(rows)}
 
 The `seconds` of a cluster run include joining the cluster, starting the actors and loading one model per

@@ -187,14 +187,16 @@ def main(argv: list[str] | None = None) -> int:
 def markdown(out: dict[str, Any]) -> str:
     k = out["k"]
     lines = [f"Sample handbook, {out['chunks']} chunks, {out['queries']} labelled questions, backend "
-             f"{out['backend']}:", "", f"| variant | nDCG@{k} | recall@{k} | MRR | duplicate results |", "|---|---|---|---|---|"]
+             f"{out['backend']}:", "", f"| variant | nDCG@{k} | recall@{k} | MRR | duplicate results |",
+             "|---|---|---|---|---|"]
     for row in out["fusion"] + out["context"]:
         lines.append(f"| {row['variant']} | {row['ndcg']:.4f} | {row['recall']:.4f} | {row['mrr']:.4f} | "
                      f"{row['duplicate_slots']} |")
     rel = out["relevance"]
     lines += ["", f"Relevance of the first hit: on-topic {rel['on_topic_top1']['min']:.3f}–"
               f"{rel['on_topic_top1']['max']:.3f} (median {rel['on_topic_top1']['median']:.3f}), off-topic "
-              f"({out['off_topic_queries']} questions) {rel['off_topic_top1']['min']:.3f}–{rel['off_topic_top1']['max']:.3f} "
+              f"({out['off_topic_queries']} questions) {rel['off_topic_top1']['min']:.3f}–"
+              f"{rel['off_topic_top1']['max']:.3f} "
               f"(median {rel['off_topic_top1']['median']:.3f}); on-topic below the default floor: "
               f"{rel['on_topic_below_default']}, off-topic at or above it: {rel['off_topic_at_or_above_default']}."]
     return "\n".join(lines)
