@@ -32,6 +32,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--growth-bare-updates", type=int, default=None,
                    help="updates in the growth run without maintenance (default: --growth-updates)")
     r.add_argument("--queries", type=int, default=100, help="queries per latency measurement")
+    r.add_argument("--query-backend", default="onnx-int8", choices=("onnx-int8", "torch"),
+                   help="the embedding backend of the query latency's index and daemon (default: the one "
+                        "`backend = \"auto\"` takes on a CPU)")
     r.add_argument("--no-onnx", dest="onnx", action="store_false",
                    help="skip the freshness phases with the ONNX int8 backend (they build their own cached index)")
     r.add_argument("--out", help="results folder (default benchmarks/results/<timestamp>)")
@@ -190,7 +193,9 @@ def main(argv: list[str] | None = None) -> int:
         for n in sizes:
             if n > 10_000:
                 continue
-            out[size_label(n)] = mod.latency(folders[n], work / "query", seed=args.seed, n_docs=n, queries=queries)
+            index = folders[n] if args.query_backend == "torch" else built_index(args.seed, n, backend=args.query_backend)
+            out[size_label(n)] = mod.latency(index, work / "query", seed=args.seed, n_docs=n, queries=queries)
+            out[size_label(n)]["backend"] = args.query_backend
             shutil.rmtree(work / "query", ignore_errors=True)
         return out
 

@@ -1,5 +1,5 @@
 """(4) Query latency: `/search` p50/p95 for hybrid queries, without and with the ANN index, and while a
-sync is writing, with the time of each stage (embed, vector, full text, fusion, rerank, dedup) from the
+sync is writing, with the time of each stage (embed, vector, full text, fusion, rerank, dedup, read) from the
 service's ``syncd_search_seconds`` histogram; and (6) store growth under single-document updates, with and
 without maintenance."""
 

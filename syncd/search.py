@@ -5,7 +5,8 @@
 is a pure function over candidate rows, in this order:
 
     fuse (RRF over a candidate pool of fixed size) -> relevance (cosine) -> rerank (optional)
-    -> relevance floor -> collapse identical texts -> the first k
+    -> relevance floor -> collapse identical texts -> the first k -> read their rows and where else
+    their texts occur (one query)
 
 The pool does not depend on ``k``: each leg fetches at least ``candidates`` rows and only ranks within
 that pool count in the fusion, so the first three results for ``k=3`` are the first three for ``k=10``.
@@ -31,7 +32,7 @@ DEFAULT_MIN_RELEVANCE = 0.3
 off-topic questions fall on the relevance scale)."""
 ALSO_IN_LIMIT = 100
 """Citations listed in one result's ``also_in`` at most (a footer repeated in every page would list them all)."""
-STAGES = ("embed", "vector", "fulltext", "fusion", "rerank", "dedup", "total")
+STAGES = ("embed", "vector", "fulltext", "fusion", "rerank", "dedup", "read", "total")
 """The stages ``syncd_search_seconds{stage}`` times."""
 CITATION_KEYS = ("connector", "doc_id", "uri", "start_line", "end_line")
 
@@ -430,8 +431,8 @@ class Legs(Protocol):
     def search_legs(self, vector: np.ndarray | Callable[[], np.ndarray], text: str, *, limit: int,
                     where: str | None, version: int | None = None) -> LegRows: ...
 
-    def rows_with_hashes(self, hashes: Sequence[str], where: str | None,
-                         version: int | None = None) -> list[dict[str, Any]]: ...
+    def complete_rows(self, chunk_ids: Sequence[str], hashes: Sequence[str], where: str | None,
+                      version: int | None = None) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]: ...
 
     def table_version(self) -> int: ...
 
@@ -481,6 +482,9 @@ def search(store: Legs, vector: np.ndarray | Callable[[], np.ndarray], text: str
         seconds["fusion"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         if reranker is not None:
+            found = [c for c in found if c.relevance >= floor]
+            pooled = [c for c in found if c.fused > 0]
+            found = complete(store, found, pooled, (), where, pinned)  # the reranker reads their text
             found = rerank(found, text, reranker)
         seconds["rerank"] = time.perf_counter() - t0
         t0 = time.perf_counter()
@@ -488,11 +492,12 @@ def search(store: Legs, vector: np.ndarray | Callable[[], np.ndarray], text: str
         if options.dedup:
             kept = collapse(found)[:options.k]
             hashes = sorted({c.row["content_hash"] for c in kept if c.row.get("content_hash")})
-            if hashes:
-                add_citations(kept, store.rows_with_hashes(hashes, where, version=pinned))
         else:
-            kept = found[:options.k]
+            kept, hashes = found[:options.k], []
         seconds["dedup"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        kept = complete(store, kept, kept, hashes, where, pinned)
+        seconds["read"] = time.perf_counter() - t0
         if pinned is not None:
             break
         now = store.table_version()
@@ -501,6 +506,27 @@ def search(store: Legs, vector: np.ndarray | Callable[[], np.ndarray], text: str
         pinned = now
     seconds["total"] = time.perf_counter() - started
     return Answer(results=[result(c, seen) for c in kept], table_version=seen, seconds=seconds)
+
+
+def complete(store: Legs, candidates: list[Candidate], wanted: Sequence[Candidate], hashes: Sequence[str],
+             where: str | None, version: int | None) -> list[Candidate]:
+    """``candidates`` with the result columns of those in ``wanted`` read (the legs read only what ranking
+    needs), and the other places of ``hashes`` cited. A wanted row the read no longer found is left out:
+    a commit removed it after the legs ran, and the search repeats on the version it ended at."""
+    need = [c for c in wanted if "text" not in c.row]
+    if not need and not hashes:
+        return candidates
+    full, places = store.complete_rows([c.row["chunk_id"] for c in need], hashes, where, version=version)
+    gone: set[str] = set()
+    for cand in need:
+        row = full.get(cand.row["chunk_id"])
+        if row is None:
+            gone.add(cand.row["chunk_id"])
+        else:
+            cand.row = {**row, "vector": cand.row.get("vector")}
+    if places:
+        add_citations([c for c in candidates if c.row["chunk_id"] not in gone], places)
+    return [c for c in candidates if c.row["chunk_id"] not in gone]
 
 
 def options_from_kwargs(*, k: int = 10, connector: str | None = None, path: str | None = None,

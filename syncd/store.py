@@ -351,6 +351,8 @@ def _query_pool() -> Any:
 
 RESULT_COLUMNS = ["text", "doc_id", "connector", "uri", "title", "revision", "chunk_index", "heading_path",
                   "start_line", "end_line", "updated_at"]
+LEG_COLUMNS = ["chunk_id", "content_hash", "vector", "connector", "doc_id", "uri", "start_line", "end_line"]
+"""What a search leg reads of each candidate: the vector (relevance), the hash (collapse) and the citation."""
 
 
 class HashFilter:
@@ -1113,11 +1115,13 @@ class Store:
         """The vector and the full-text leg, ``limit`` rows each, both prefiltered by ``where``, on the live
         table or on it as ``version`` held it. ``vector`` may be a callable that embeds the query: the
         full-text leg then runs on another thread while the model works, so a query costs max(embed, full
-        text) + vector, not the sum. Rows carry their vector (for the relevance) and ``content_hash``;
-        ``seconds`` has the embed, vector and fulltext stages."""
+        text) + vector, not the sum. Rows carry what ranking and collapsing read (``LEG_COLUMNS``: the
+        vector for the relevance, ``content_hash``, the citation); ``complete_rows`` adds the rest to the
+        few that become results, since reading the text and the other columns of 100 candidates cost more
+        than the ANN search. ``seconds`` has the embed, vector and fulltext stages."""
         from syncd.search import LegRows
 
-        columns = ["chunk_id", "content_hash", "vector", *RESULT_COLUMNS]
+        columns = LEG_COLUMNS
         table = self.table if version is None else self.table_at(version)
         seconds: dict[str, float] = {}
         if ACL_FIELD.name not in table.schema.names:
@@ -1131,7 +1135,7 @@ class Store:
             if where:
                 query = query.where(where, prefilter=True)
             try:
-                rows = list(query.select(columns).limit(limit).to_list())
+                rows = self._leg_rows(query.select(columns).limit(limit).to_arrow())
             except ValueError as exc:
                 if "INVERTED index" not in str(exc):
                     raise
@@ -1149,7 +1153,7 @@ class Store:
                 query = table.search(query_vector.tolist(), query_type="vector")
                 if where:
                     query = query.where(where, prefilter=True)
-                vector_rows = query.select(columns).limit(limit).to_list()
+                vector_rows = self._leg_rows(query.select(columns).limit(limit).to_arrow())
                 seconds["vector"] = time.perf_counter() - t0
             finally:
                 fts_rows = fts_future.result()
@@ -1159,18 +1163,45 @@ class Store:
             raise StoreError(f"search failed: {exc}") from exc
         return LegRows(vector_rows=vector_rows, text_rows=fts_rows, query_vector=query_vector, seconds=seconds)
 
-    @translated("looking up where texts occur")
-    def rows_with_hashes(self, hashes: Sequence[str], where: str | None, version: int | None = None
-                         ) -> list[dict[str, Any]]:
-        """The citation columns of every row holding one of ``hashes`` (and meeting ``where``), in the live
-        table or in it as ``version`` held it."""
+    def _leg_rows(self, found: Any) -> list[dict[str, Any]]:
+        """A leg's Arrow result as rows whose ``vector`` is a row of one float32 matrix: converting 50 vectors
+        to Python lists of floats (``to_list``) and back to an array cost more than the rest of the rows."""
+        if found.num_rows == 0:
+            return []
+        vectors = found["vector"].combine_chunks()
+        if vectors.null_count:
+            return list(found.to_pylist())
+        matrix = vectors.flatten().to_numpy(zero_copy_only=False).reshape(found.num_rows, -1)
+        rows: list[dict[str, Any]] = found.drop_columns(["vector"]).to_pylist()
+        for row, vector in zip(rows, matrix, strict=True):
+            row["vector"] = vector
+        return rows
+
+    @translated("reading the results' rows")
+    def complete_rows(self, chunk_ids: Sequence[str], hashes: Sequence[str], where: str | None,
+                      version: int | None = None) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
+        """The result columns of the rows ``chunk_ids`` (by chunk id) and, for ``hashes``, every row holding
+        one of them and meeting ``where`` (where else a result's text occurs), in the live table or in it as
+        ``version`` held it. One query does both when the results' texts are looked up: a result is a row
+        holding its own hash. A row missing from the answer was gone from the table read (a commit landed
+        since the legs ran, which the search's version check repeats)."""
         from syncd.search import ALSO_IN_LIMIT, where_clause
 
-        condition = "content_hash IN (" + ", ".join(sql_string(h) for h in hashes) + ")"
         table = self.table if version is None else self.table_at(version)
-        query = table.search().where(where_clause([condition, where]))
-        query = query.select(["chunk_id", "content_hash", "connector", "doc_id", "uri", "start_line", "end_line"])
-        return list(query.limit(ALSO_IN_LIMIT * len(hashes) + len(hashes)).to_list())
+        columns = ["chunk_id", "content_hash", *RESULT_COLUMNS]
+        found: list[dict[str, Any]] = []
+        if hashes:
+            condition = "content_hash IN (" + ", ".join(sql_string(h) for h in hashes) + ")"
+            query = table.search().where(where_clause([condition, where])).select(columns)
+            found = list(query.limit(ALSO_IN_LIMIT * len(hashes) + len(hashes)).to_list())
+        by_id = {row["chunk_id"]: row for row in found}
+        # A text held by more rows than the lookup's limit may leave a result out of it.
+        missing = [cid for cid in chunk_ids if cid not in by_id]
+        if missing:
+            condition = "chunk_id IN (" + ", ".join(sql_string(c) for c in missing) + ")"
+            query = table.search().where(where_clause([condition, where])).select(columns)
+            by_id.update((row["chunk_id"], row) for row in query.limit(len(missing)).to_list())
+        return {cid: by_id[cid] for cid in chunk_ids if cid in by_id}, found
 
     # -- maintenance -----------------------------------------------------------------------------------
     @translated("reading the table's figures")

@@ -139,6 +139,66 @@ def test_identical_texts_collapse_into_one_result_listing_every_other_place(tmp_
     assert {hit["doc_id"]} | {o["doc_id"] for o in hit["also_in"]} == {"archive/runbook.md", "archive/older.md"}
 
 
+def test_a_result_whose_text_is_held_past_the_lookup_limit_still_comes_back_whole(
+        tmp_path: Path, docs: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The legs read only what ranking needs and one lookup by content hash reads the results' rows and
+    their other places; when a text is held by more rows than the lookup returns, every result is still
+    read whole (by its chunk id), whichever copy it is."""
+    body = "# Failover\n\nPromote the replica with pg_ctl promote when the primary is gone.\n"
+    names = [f"copy{i}.md" for i in range(6)]
+    for name in names:
+        (docs / name).write_text(body)
+    index = synced_index(tmp_path, docs)
+    monkeypatch.setattr(search_mod, "ALSO_IN_LIMIT", 1)  # the lookup returns 2 rows of the 6
+
+    hit, = index.search("promote the replica primary", k=10, min_relevance=0.0)
+    assert hit["text"].endswith("when the primary is gone.") and hit["title"] == "Failover"
+    assert hit["doc_id"] in names and len(hit["also_in"]) == 1
+    assert hit["also_in"][0]["doc_id"] in set(names) - {hit["doc_id"]}
+
+    every = index.search("promote the replica primary", k=10, min_relevance=0.0, dedup=False)
+    full, places = index.store.complete_rows([r["chunk_id"] for r in every], [hit["content_hash"]], None)
+    assert len(places) == 2  # the lookup's limit: most copies are read by their chunk id
+    assert sorted(row["doc_id"] for row in full.values()) == names
+    for r in every:
+        assert full[r["chunk_id"]]["text"] == r["text"] and full[r["chunk_id"]]["doc_id"] == r["doc_id"]
+
+
+@pytest.mark.parametrize("change", ["delete", "edit"])
+def test_a_commit_between_the_legs_and_the_read_is_answered_from_the_version_it_made(
+        tmp_path: Path, docs: Path, monkeypatch: pytest.MonkeyPatch, change: str) -> None:
+    """A commit that lands after the legs ran and before the results' rows are read: the answer comes from
+    one version, the newer one (a deleted page is not in it, an edited one has its new text), never a mix
+    of the legs of one version and rows of another."""
+    (docs / "a.md").write_text("# Alpha\n\nThe replica is promoted with pg_ctl promote.\n")
+    (docs / "b.md").write_text("# Beta\n\nThe replica is watched by the monitoring job.\n")
+    index = synced_index(tmp_path, docs)
+    before = index.store.table_version()
+    real = index.store.complete_rows
+    calls: list[int] = []
+
+    def commit_then_read(*args: Any, **kwargs: Any) -> Any:
+        if not calls:
+            if change == "delete":
+                (docs / "a.md").unlink()
+            else:
+                (docs / "a.md").write_text("# Alpha\n\nThe replica is promoted by the failover script.\n")
+            resync(index)
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(index.store, "complete_rows", commit_then_read)
+    answer = index.answer("replica promoted", SearchOptions(k=10, min_relevance=0.0))
+    assert len(calls) >= 2  # read, then everything again on the version the commit made
+    assert answer.table_version == index.store.table_version() > before
+    assert all(r["table_version"] == answer.table_version for r in answer.results)
+    texts = {r["doc_id"]: r["text"] for r in answer.results}
+    if change == "delete":
+        assert set(texts) == {"b.md"}
+    else:
+        assert "failover script" in texts["a.md"] and "pg_ctl" not in texts["a.md"]
+
+
 # -- filters -------------------------------------------------------------------------------------------
 
 
@@ -401,7 +461,7 @@ def test_search_latency_by_stage_is_a_histogram_in_metrics(tmp_path: Path, docs:
         assert code == 200 and none["results"] == []
         code, text = get(service, "/metrics")
     assert code == 200
-    for stage in ("embed", "vector", "fulltext", "fusion", "rerank", "dedup", "total"):
+    for stage in ("embed", "vector", "fulltext", "fusion", "rerank", "dedup", "read", "total"):
         found = re.search(rf'^syncd_search_seconds_count{{stage="{stage}"}} (\S+)$', text, re.M)
         assert found and float(found.group(1)) == 2.0, stage
     assert re.search(r'^syncd_search_seconds_bucket{le="0.05",stage="total"} ', text, re.M)
