@@ -163,3 +163,40 @@ def test_the_cli_reranks_with_the_configured_model(tmp_path: Path, tiny_model: P
     results = json.loads(out.stdout)["results"]
     assert results and all("fusion_score" in r for r in results)
     assert [r["score"] for r in results] == sorted((r["score"] for r in results), reverse=True)
+
+
+def test_a_reload_loads_the_reranker_the_config_names_and_refuses_one_that_does_not_load(
+        tmp_path: Path, tiny_model: Path, corpus: tuple[Path, Path]) -> None:
+    """SIGHUP: a reranker added, changed or removed in ``[search]`` takes effect for the next query; one that
+    does not load rejects the reload, and the running reranker keeps answering (never a silent switch)."""
+    from syncd.search import SearchOptions
+    from tests.conftest import InProcessDaemon, wait_for
+
+    _, docs = corpus
+    connectors = [{"name": "docs", "type": "filesystem", "path": str(docs)}]
+    cfg = write_config(tmp_path, connectors)
+    query = "replica primary database"
+    options = SearchOptions(k=3, min_relevance=0.0, dedup=False)
+    with InProcessDaemon(cfg) as d:
+        service = d.service
+        assert service.reranker is None
+        assert all("fusion_score" not in r for r in service.search(query, options)["results"])
+
+        write_config(tmp_path, connectors, search={"reranker": str(tiny_model), "rerank_batch_size": 2})
+        service.reload()
+        wait_for(lambda: service.reranker is not None, what="the reranker loaded by the reload")
+        assert service.reranker.path == tiny_model and service.reranker.batch_size == 2
+        ranked = service.search(query, options)["results"]
+        assert ranked and all("fusion_score" in r for r in ranked)
+        assert service.reranker.calls > 0
+
+        loaded = service.reranker
+        write_config(tmp_path, connectors, search={"reranker": str(tmp_path / "nowhere"), "min_relevance": 0.9})
+        service.reload()  # rejected before anything changes: the whole reload, as a start would fail
+        assert service.reranker is loaded and service.config.search.min_relevance != 0.9
+        assert all("fusion_score" in r for r in service.search(query, options)["results"])
+
+        write_config(tmp_path, connectors)
+        service.reload()
+        wait_for(lambda: service.reranker is None, what="the reranker dropped by the reload")
+        assert all("fusion_score" not in r for r in service.search(query, options)["results"])

@@ -426,14 +426,24 @@ class Service:
 
     # -- reload ----------------------------------------------------------------------------------------
     def reload(self) -> None:
-        """SIGHUP: re-read the config; start, stop or restart connectors whose settings changed."""
+        """SIGHUP: re-read the config; start, stop or restart connectors whose settings changed; load the
+        reranker again when ``[search]`` names another one (or none); the rest of ``[search]`` applies to
+        the next query."""
         from syncd import config as config_mod
         from syncd.runtime import build_connector
 
         assert self.runtime is not None
+        reranker = self.reranker
         try:
             new = config_mod.load(self.config.source)
             secrets = hook_secrets(new)
+            old_search, new_search = self.config.search, new.search
+            if (new_search.reranker and new.resolve_path(new_search.reranker),
+                    new_search.rerank_batch_size) != (old_search.reranker and self.config.resolve_path(
+                        old_search.reranker), old_search.rerank_batch_size):
+                # Loaded before anything changes: a model that does not load rejects the whole reload,
+                # as it fails a start; searches never run with a reranker other than the config's.
+                reranker = reranker_from_config(new)
         except ConfigError as exc:
             log.error("config.reload_rejected", error=str(exc), action="keeping the running config")
             return
@@ -488,6 +498,9 @@ class Service:
                     self._schedule_connector(self.scheduler, name, connector)
             self.config = new
             self.hook_secrets = secrets
+            if reranker is not self.reranker:
+                self.reranker = reranker
+                log.info("search.reranker_loaded", reranker=str(reranker.path) if reranker else None)
             self.maintenance.reload(new)
             log.info("config.reloaded", connectors=sorted(new_by_name))
             notify("STATUS=config reloaded: " + ", ".join(sorted(new_by_name)))
