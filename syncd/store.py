@@ -1290,9 +1290,10 @@ class Store:
 
     @translated("compaction")
     def compact(self) -> dict[str, Any] | None:
-        """Merge small fragments only (short): no index update, no version cleanup, deletions left in
-        place. The writer runs this every few commits; ``maintain`` does the rest when rows pile up or the
-        writer is idle. Lance remaps the indexes of the rows it moves, so no query loses them.
+        """Merge small fragments only (short): those under ``SMALL_FRAGMENT_ROWS`` rows, into fragments of
+        less than twice that size; no index update, no version cleanup, deletions left in place. The writer runs this
+        every few commits; ``maintain`` does the rest when rows pile up or the writer is idle. Lance remaps
+        the indexes of the rows it moves, so no query loses them.
 
         Returns None, doing nothing, while a fold holds ``maintenance_lock`` (Lance can refuse a rewrite of
         fragments committed beside an index update on them); the commits that made it due still count, so
@@ -1301,7 +1302,8 @@ class Store:
             return None
         try:
             dataset = self._dataset()
-            metrics = dataset.optimize.compact_files(materialize_deletions=False)
+            metrics = dataset.optimize.compact_files(target_rows_per_fragment=SMALL_FRAGMENT_ROWS,
+                                                     materialize_deletions=False)
             self.table.checkout_latest()
         except Exception as exc:  # noqa: BLE001
             raise StoreError(f"compaction failed: {exc}") from exc
@@ -1618,6 +1620,12 @@ LABEL_LIST_COLUMNS = ("acl",)
 """Label-list indexed: every search prefilters on ``array_has_any(acl, ...)``."""
 """BTree-indexed: merges match on chunk_id, deletes and scoped merges filter on doc_key, lookups on doc_id,
 vector reuse on content_hash."""
+SMALL_FRAGMENT_ROWS = 4096
+"""The writer's compaction merges fragments under this many rows only, so its cost is bounded whatever the
+table's size. With Lance's default target (a million rows) every fragment of a smaller table counts as
+small, and each compaction between two batches rewrote the whole table: under 20 writes a second that was
+the writer's longest pause, every 32 commits (benchmarks/README.md, daemon freshness). The full maintenance
+(``maintain``, when the writer is idle or rows pile up) still merges everything."""
 MAX_VECTOR_DELTAS = 4
 """ANN index deltas kept before maintenance merges them."""
 REOPEN_EVERY_COMMITS = 256

@@ -289,6 +289,50 @@ def test_small_fragments_are_compacted_every_n_commits_without_touching_the_inde
         assert _indexes(tmp_path / "index", store["table"]) == {"text": "FTS"}
 
 
+@pytest.mark.parametrize("small", [30, 150])
+def test_the_writers_compaction_merges_small_fragments_and_never_rewrites_a_large_one(
+        tmp_path: Path, docs: Path, monkeypatch: pytest.MonkeyPatch, small: int) -> None:
+    """The compaction between batches costs what the small fragments hold, whatever the table's size: a
+    fragment of ``SMALL_FRAGMENT_ROWS`` rows or more keeps its id (not rewritten), the small ones are merged
+    into fragments of less than twice that size, and every row stays searchable. (With Lance's default target every
+    fragment of a table under a million rows is small, and each compaction rewrote the whole table.)"""
+    from syncd import store as store_mod
+    from syncd.runtime import Runtime
+
+    monkeypatch.setattr(store_mod, "SMALL_FRAGMENT_ROWS", small)
+    write_docs(docs, 200)
+    cfg = config_mod.load(write_config(tmp_path, [{"name": "docs", "type": "filesystem", "path": str(docs)}],
+                                      sync={"max_batch_docs": 40}))
+    rt = Runtime(cfg, embedder=HashEmbedder())
+    rt.open()
+    try:
+        assert rt.engine.reconcile("docs").docs_failed == 0  # batches of 40 documents: 5 fragments of 40 rows
+        for i in range(12):  # then one document a commit: one small fragment each
+            (docs / f"note-{i:04d}.md").write_text(f"# Note {i}\n\nEdited note {i}, commit {i}.\n")
+            assert rt.engine.reconcile("docs").docs_changed == 1
+
+        def fragments() -> dict[int, int]:
+            return {f.fragment_id: f.metadata.physical_rows for f in rt.store._dataset().get_fragments()}
+
+        before = fragments()
+        assert len(before) == 5 + 12
+        rt.store.compact()
+        after = fragments()
+        large = {fid for fid, rows in before.items() if rows >= small}
+        assert large <= set(after), "a large fragment was rewritten"
+        new = set(after) - set(before)
+        # Lance fills a merged fragment until it reaches the target: less than twice the target, so a
+        # compaction rewrites fewer than 2 * SMALL_FRAGMENT_ROWS rows.
+        assert new and all(after[fid] < 2 * small for fid in new)
+        assert sum(before[fid] for fid in set(before) - set(after)) < 2 * small * len(new)
+        assert len(after) < len(before)
+        assert rt.store.count_rows() == 200
+        found = rt.store.search(HashEmbedder().encode(["Edited note 3, commit 3."])[0], "Edited note 3", k=3)
+        assert found and found[0]["doc_id"] == "note-0003.md"
+    finally:
+        rt.close()
+
+
 def test_indexes_are_brought_up_to_date_past_a_row_count_and_ann_past_the_row_threshold(
         tmp_path: Path, docs: Path) -> None:
     batch, initial, singles, ann_rows, every_rows = 50, 300, 10, 300, 5
