@@ -80,6 +80,9 @@ class Metrics:
                                       "Unix time of the last successful store maintenance.", registry=r)
         self.compactions = Counter("syncd_store_compactions", "Merges of small fragments between full maintenances.",
                                    registry=r)
+        self.compaction_conflicts = Counter(
+            "syncd_store_compaction_conflicts", "Compactions beside the writer left for later because a commit "
+            "touched their fragments first.", registry=r)
         self.index_folds = Counter("syncd_index_folds", "Single indexes brought up to date by the folder thread.",
                                    registry=r)
         self.query_vectors = Counter("syncd_query_vectors", "Query vectors for /search, by source (model, cache).",

@@ -446,6 +446,8 @@ class Store:
         """Where earlier versions kept the live table's name and the signature: ``PointerFile`` or, on an object
         store, ``coordination.SharedFacts``. Read by the migration of such an install, then deleted."""
         self.commit_retries = 0
+        self.compaction_conflicts = 0
+        """Compactions beside the writer that Lance refused because a commit touched their fragments first."""
         """Commits replayed because another writer committed first (``syncd_commit_retries_total``)."""
         self.on_commit_retry: Callable[[], None] | None = None
         self.index_cache_mb = index_cache_mb
@@ -825,7 +827,8 @@ class Store:
         # The version this commit made (the change journal records it): the commit's own answer, not the
         # handle's, which a concurrent index update may already have moved past.
         version = getattr(result, "version", None)
-        self.commits_since_maintenance += 1
+        with self._rows_lock:
+            self.commits_since_maintenance += 1
         if table is None:
             self._commits_on_connection += 1
             if self._commits_on_connection >= REOPEN_EVERY_COMMITS:
@@ -1250,8 +1253,9 @@ class Store:
 
     @translated("moving to the latest version")
     def adopt_folds(self) -> bool:
-        """Move the table handle to the latest version if a fold committed since (writer thread only: the
-        handle is the writer's; its next commit would move it too). True if it moved."""
+        """Move the table handle to the latest version if a fold or a compaction beside the writer committed
+        since (writer thread only: the handle is the writer's; its next commit would move it too). True if it
+        moved."""
         if not self._folded:
             return False
         self._folded = False
@@ -1289,27 +1293,37 @@ class Store:
             return name
 
     @translated("compaction")
-    def compact(self) -> dict[str, Any] | None:
-        """Merge small fragments only (short): those under ``SMALL_FRAGMENT_ROWS`` rows, into fragments of
-        less than twice that size; no index update, no version cleanup, deletions left in place. The writer runs this
-        every few commits; ``maintain`` does the rest when rows pile up or the writer is idle. Lance remaps
-        the indexes of the rows it moves, so no query loses them.
+    def compact(self, *, beside_writer: bool = False) -> dict[str, Any] | None:
+        """Merge small fragments only: those under ``SMALL_FRAGMENT_ROWS`` rows, into fragments of less than
+        twice that size; no index update, no version cleanup, deletions left in place. The service runs this
+        every few commits on the folder's thread (``beside_writer``: the writer's handle is left for the
+        writer to move, as after a fold); ``maintain`` does the rest when rows pile up or the writer is idle.
+        Lance remaps the indexes of the rows it moves (most of a compaction's time), so no query loses them.
 
         Returns None, doing nothing, while a fold holds ``maintenance_lock`` (Lance can refuse a rewrite of
-        fragments committed beside an index update on them); the commits that made it due still count, so
-        the next commit tries again."""
+        fragments committed beside an index update on them), or when a commit of the writer deleted rows of
+        the fragments being merged first (Lance refuses the rewrite; the writer's commits are never held
+        back for it): the commits that made it due still count, so it is tried again."""
         if not self.maintenance_lock.acquire(blocking=False):
             return None
+        seen = self.commits_since_maintenance  # commits made while it runs count towards the next one
         try:
             dataset = self._dataset()
             metrics = dataset.optimize.compact_files(target_rows_per_fragment=SMALL_FRAGMENT_ROWS,
                                                      materialize_deletions=False)
-            self.table.checkout_latest()
+            if beside_writer:
+                self._folded = True
+            else:
+                self.table.checkout_latest()
         except Exception as exc:  # noqa: BLE001
+            if beside_writer and retryable(exc):
+                self.compaction_conflicts += 1
+                return None
             raise StoreError(f"compaction failed: {exc}") from exc
         finally:
             self.maintenance_lock.release()
-        self.commits_since_maintenance = 0
+        with self._rows_lock:
+            self.commits_since_maintenance = max(0, self.commits_since_maintenance - seen)
         self.compactions += 1
         return {"fragments_removed": int(metrics.fragments_removed), "fragments_added": int(metrics.fragments_added)}
 

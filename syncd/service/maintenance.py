@@ -3,11 +3,14 @@
 ``Store`` has the operations (compact, fold one index, the full maintenance, version clean-up); this
 module decides when. Three paths, so maintenance never stalls an edit for long:
 
-* after each batch the writer asks ``after_batch``: merge small fragments every ``compact_every_commits``
-  commits (a short step); past ``index_every_rows`` unindexed rows, the full maintenance (last resort);
+* after each batch the writer asks ``after_batch``: every ``compact_every_commits`` commits it asks the
+  folder to merge small fragments; past ``index_every_rows`` unindexed rows, it runs the full maintenance
+  (last resort);
 * when the writer has been idle for ``index_when_idle``, the full maintenance (``idle_work_due``);
-* the folder thread (``run_folder``): past ``fold_every_rows`` unindexed rows, one index at a time beside
-  the writer's commits, spaced by ``FOLD_SPACING`` times a step's duration.
+* the folder thread (``run_folder``): the compaction asked for, beside the writer's commits (Lance remaps
+  every index for the rows it moves, which took a pause of up to half a second from the writer under 20
+  writes a second); past ``fold_every_rows`` unindexed rows, one index at a time beside the writer's
+  commits, spaced by ``FOLD_SPACING`` times a step's duration.
 
 The schedule (``[sync] maintenance_interval``) runs the full maintenance too; maintenance that has not
 succeeded for ``MAINTENANCE_GRACE`` intervals is a health failure (``overdue``).
@@ -102,6 +105,8 @@ class Maintenance:
         self.auto_after = 0.0
         """Monotonic time before which commits and idle moments start no maintenance (after a failure)."""
         self._fold_after = 0.0
+        self.compact_wanted = False
+        """The writer asked for a compaction; the folder runs it (or the writer, when no folder runs)."""
         self.fold_wake = threading.Event()
         self.thread: threading.Thread | None = None
 
@@ -130,7 +135,11 @@ class Maintenance:
         if indexing_due(self.store, self.policy):
             self.run()
         elif compaction_due(self.store, self.policy):
-            self.compact()
+            if self.thread is not None and self.thread.is_alive():
+                self.compact_wanted = True
+                self.fold_wake.set()
+            else:
+                self.compact()
 
     def idle_work_due(self) -> bool:
         """The writer is idle and rows wait outside the indexes: bring them up to date now, rather than in the
@@ -138,10 +147,29 @@ class Maintenance:
         return time.monotonic() >= self.auto_after and self.allowed and indexing_due(self.store, self.policy, idle=True)
 
     # -- the steps ------------------------------------------------------------------------------------------
-    def compact(self) -> None:
+    def compact(self, *, beside_writer: bool = False) -> None:
         """Small fragments merged; if it fails, the full maintenance compacts too."""
-        if self.allowed and self._small_step("compaction", self.store.compact) is not None:
+        if not self.allowed:
+            return
+        conflicts = self.store.compaction_conflicts
+        if self._small_step("compaction", lambda: self.store.compact(beside_writer=beside_writer)) is not None:
             self.service.metrics.compactions.inc()
+        elif self.store.compaction_conflicts > conflicts:
+            self.service.metrics.compaction_conflicts.inc()
+            log.info("compaction.deferred", reason="a commit touched the fragments being merged first")
+
+    def compact_if_wanted(self) -> bool:
+        """The compaction the writer asked for, on the folder's thread (the folder's loop body). True if it
+        ran one."""
+        if not self.compact_wanted or self.service.runtime is None:
+            return False
+        self.compact_wanted = False
+        if time.monotonic() < self.auto_after or not self.allowed:
+            return False
+        self.compact(beside_writer=True)
+        if self.store.folds_to_adopt:
+            self.service.queue.wake_all()  # an idle writer moves its handle to the new version
+        return True
 
     def adopt_folds(self) -> None:
         self._small_step("index.adopt", self.store.adopt_folds)
@@ -212,9 +240,11 @@ class Maintenance:
         self.thread.start()
 
     def run_folder(self) -> None:
-        """Past ``fold_every_rows`` unindexed rows, bring the indexes up to date one at a time, on this thread:
-        an edit never waits behind a fold (an index update and a data commit rebase onto each other in Lance;
-        compaction and maintenance take turns with it through ``Store.maintenance_lock``)."""
+        """The compactions the writer asks for and, past ``fold_every_rows`` unindexed rows, the indexes
+        brought up to date one at a time, on this thread: an edit never waits behind either. An index
+        update and a data commit rebase onto each other in Lance; a compaction and a commit that deleted
+        rows of the fragments it merges do not, and the compaction gives way (``Store.compact``). Folds,
+        compaction and the full maintenance take turns through ``Store.maintenance_lock``."""
         stopping = self.service.stopping
         while not stopping.is_set():
             wait = max(0.0, self._fold_after - time.monotonic()) or 1.0
@@ -222,6 +252,7 @@ class Maintenance:
             self.fold_wake.clear()
             if stopping.is_set():
                 break
+            self.compact_if_wanted()
             self.fold_if_due()
 
     def fold_if_due(self) -> str | None:

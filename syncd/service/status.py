@@ -256,6 +256,7 @@ def build_status(runtime: Runtime, service: Service | None = None, viewer: froze
                   "last_reconcile_at": _iso(writer.last_reconcile_at) if writer else None,
                   "last_maintenance_at": _iso(runtime.store.last_maintenance_at),
                   "maintenance_runs": runtime.store.maintenance_runs, "compactions": runtime.store.compactions,
+                  "compaction_conflicts": runtime.store.compaction_conflicts,
                   "index_folds": runtime.store.index_folds,
                   "rows_since_indexed": runtime.store.rows_since_indexed,
                   "maintenance_error": service.maintenance.error if service else None,

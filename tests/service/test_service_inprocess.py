@@ -274,15 +274,28 @@ def test_small_fragments_are_compacted_every_n_commits_without_touching_the_inde
                        store={"uri": "./index", "compact_every_commits": every, "index_every_rows": 10**9,
                               "index_when_idle": "0s", "fold_every_rows": 10**9},
                        sync={"max_batch_docs": batch, "maintenance_interval": "1h", "verify_interval": "0s"})
+    threads: list[str] = []
     with running(cfg) as service:
+        compact = service.runtime.store.compact
+
+        def on_which_thread(**kwargs: Any) -> Any:
+            threads.append(threading.current_thread().name)
+            return compact(**kwargs)
+
+        service.runtime.store.compact = on_which_thread
         wait_for(service.ready, what="ready")
         _edit_one_by_one(service, docs, singles)
         wait_for(lambda: idle(service), what="idle")
         commits = math.ceil(initial / batch) + singles
         assert metric(service, "syncd_store_commits_total") == commits
         store = get(service, "/status")[1]["store"]
-        assert store["compactions"] == commits // every and store["maintenance_runs"] == 0
-        assert store["fragments"] <= every
+        # The folder compacts beside the writer: the commits made while it runs count towards the next one,
+        # so there are at most commits // every, and never none.
+        assert 1 <= store["compactions"] <= commits // every and store["maintenance_runs"] == 0
+        assert store["compactions"] == metric(service, "syncd_store_compactions_total")
+        assert store["compaction_conflicts"] == metric(service, "syncd_store_compaction_conflicts_total") == 0
+        assert set(threads) == {"syncd-folder"}, threads  # never the writer's thread
+        assert store["fragments"] <= 2 * every
         assert store["docs"] == initial and store["rows"] == store["chunks"]
         assert store["rows_since_indexed"] == store["rows"] + singles  # the catch-up, then one row per edit
         # Compaction builds no index (the table is created with its full-text index only).
@@ -329,6 +342,43 @@ def test_the_writers_compaction_merges_small_fragments_and_never_rewrites_a_larg
         assert rt.store.count_rows() == 200
         found = rt.store.search(HashEmbedder().encode(["Edited note 3, commit 3."])[0], "Edited note 3", k=3)
         assert found and found[0]["doc_id"] == "note-0003.md"
+    finally:
+        rt.close()
+
+
+def test_a_compaction_beside_the_writer_gives_way_to_a_commit_that_touched_its_fragments(
+        tmp_path: Path, docs: Path) -> None:
+    """The folder's compaction plans on the version it read; when a commit of the writer deleted rows of the
+    fragments it merges in the meantime, Lance refuses the rewrite (a real conflict, made here in that
+    order). The compaction is then left for later, counted, and never fails the writer or the data: the
+    deletion stands, and the next compaction merges the fragments."""
+    from syncd.runtime import Runtime
+
+    write_docs(docs, 50)
+    cfg = config_mod.load(write_config(tmp_path, [{"name": "docs", "type": "filesystem", "path": str(docs)}]))
+    rt = Runtime(cfg, embedder=HashEmbedder())
+    rt.open()
+    try:
+        rt.engine.reconcile("docs")
+        for i in range(5):  # five small fragments of one document each
+            (docs / f"note-{i:04d}.md").write_text(f"# Note {i}\n\nEdited note {i}.\n")
+            rt.engine.reconcile("docs")
+        store = rt.store
+        stale = store._dataset()  # what the folder read before the writer's next commit
+        (docs / "note-0002.md").unlink()  # its rows are in one of the small fragments
+        assert rt.engine.reconcile("docs").docs_deleted == 1
+        fresh_dataset = store._dataset
+        store._dataset = lambda *a, **k: stale  # type: ignore[method-assign]
+        try:
+            assert store.compact(beside_writer=True) is None
+        finally:
+            store._dataset = fresh_dataset  # type: ignore[method-assign]
+        assert store.compaction_conflicts == 1 and store.compactions == 0
+        assert store.count_rows() == 49 and "note-0002.md" not in {r["doc_id"] for r in store.scan(["doc_id"]).to_pylist()}
+        merged = store.compact(beside_writer=True)
+        assert merged is not None and merged["fragments_removed"] > merged["fragments_added"]
+        assert store.compactions == 1 and store.count_rows() == 49
+        assert store.adopt_folds()  # the writer's handle moves to the compaction's version
     finally:
         rt.close()
 
