@@ -460,59 +460,52 @@ def search(store: Legs, vector: np.ndarray | Callable[[], np.ndarray], text: str
            default_min_relevance: float = DEFAULT_MIN_RELEVANCE, reranker: Reranker | None = None,
            candidates: int = CANDIDATES, extra_conditions: Sequence[str] = (), version: int | None = None) -> Answer:
     """Hybrid search with every stage above; ``extra_conditions`` are further SQL conditions (escaped) that
-    every row must meet. ``version`` (or ``options.as_of``) searches the table as that version held it.
-    Otherwise the live table's version is read before and after the reads: when a commit landed in between,
-    the reads are repeated on the version they ended at, so ``table_version`` always names the one version
-    the answer came from."""
+    every row must meet. ``version`` (or ``options.as_of``) searches the table as that version held it;
+    otherwise the version the live table has when the search begins: every read is made on that one
+    version, which ``table_version`` names."""
     options = check_options(options)
     where = where_clause([*filter_conditions(options), *extra_conditions])
     floor = default_min_relevance if options.min_relevance is None else options.min_relevance
     started = time.perf_counter()
     if version is None and options.as_of is not None:
         version = store.version_as_of(options.as_of)  # AsOfUnavailable names the oldest time kept
-    pinned = version
-    while True:
-        seen = pinned if pinned is not None else store.table_version()
-        legs = store.search_legs(vector, text, limit=max(options.k, candidates), where=where, version=pinned)
-        seconds = dict(legs.seconds)
-        vector = legs.query_vector  # a repeat does not embed again
-        t0 = time.perf_counter()
-        found = fuse(legs.vector_rows, legs.text_rows, pool=candidates)
-        score_relevance(found, legs.query_vector)
-        seconds["fusion"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        if reranker is not None:
-            found = [c for c in found if c.relevance >= floor]
-            pooled = [c for c in found if c.fused > 0]
-            found = complete(store, found, pooled, (), where, pinned)  # the reranker reads their text
-            found = rerank(found, text, reranker)
-        seconds["rerank"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
+    # Every read of the search is made on the version the live table had when it began: one snapshot, so
+    # the answer never mixes versions whatever commits land meanwhile. (Repeating the reads when a commit
+    # had landed, as before, ran most searches twice under 20 writes a second.)
+    pinned = version if version is not None else store.table_version()
+    legs = store.search_legs(vector, text, limit=max(options.k, candidates), where=where, version=pinned)
+    seconds = dict(legs.seconds)
+    t0 = time.perf_counter()
+    found = fuse(legs.vector_rows, legs.text_rows, pool=candidates)
+    score_relevance(found, legs.query_vector)
+    seconds["fusion"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    if reranker is not None:
         found = [c for c in found if c.relevance >= floor]
-        if options.dedup:
-            kept = collapse(found)[:options.k]
-            hashes = sorted({c.row["content_hash"] for c in kept if c.row.get("content_hash")})
-        else:
-            kept, hashes = found[:options.k], []
-        seconds["dedup"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        kept = complete(store, kept, kept, hashes, where, pinned)
-        seconds["read"] = time.perf_counter() - t0
-        if pinned is not None:
-            break
-        now = store.table_version()
-        if now == seen:
-            break
-        pinned = now
+        pooled = [c for c in found if c.fused > 0]
+        found = complete(store, found, pooled, (), where, pinned)  # the reranker reads their text
+        found = rerank(found, text, reranker)
+    seconds["rerank"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    found = [c for c in found if c.relevance >= floor]
+    if options.dedup:
+        kept = collapse(found)[:options.k]
+        hashes = sorted({c.row["content_hash"] for c in kept if c.row.get("content_hash")})
+    else:
+        kept, hashes = found[:options.k], []
+    seconds["dedup"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    kept = complete(store, kept, kept, hashes, where, pinned)
+    seconds["read"] = time.perf_counter() - t0
     seconds["total"] = time.perf_counter() - started
-    return Answer(results=[result(c, seen) for c in kept], table_version=seen, seconds=seconds)
+    return Answer(results=[result(c, pinned) for c in kept], table_version=pinned, seconds=seconds)
 
 
 def complete(store: Legs, candidates: list[Candidate], wanted: Sequence[Candidate], hashes: Sequence[str],
              where: str | None, version: int | None) -> list[Candidate]:
     """``candidates`` with the result columns of those in ``wanted`` read (the legs read only what ranking
-    needs), and the other places of ``hashes`` cited. A wanted row the read no longer found is left out:
-    a commit removed it after the legs ran, and the search repeats on the version it ended at."""
+    needs), and the other places of ``hashes`` cited, on the same ``version`` as the legs. A wanted row the
+    read did not find (none should: it is the legs' version) is left out rather than answered half-read."""
     need = [c for c in wanted if "text" not in c.row]
     if not need and not hashes:
         return candidates

@@ -1186,8 +1186,7 @@ class Store:
         """The result columns of the rows ``chunk_ids`` (by chunk id) and, for ``hashes``, every row holding
         one of them and meeting ``where`` (where else a result's text occurs), in the live table or in it as
         ``version`` held it. One query does both when the results' texts are looked up: a result is a row
-        holding its own hash. A row missing from the answer was gone from the table read (a commit landed
-        since the legs ran, which the search's version check repeats)."""
+        holding its own hash. The search passes the version its legs read, so every row is there."""
         from syncd.search import ALSO_IN_LIMIT, where_clause
 
         table = self.table if version is None else self.table_at(version)
@@ -1504,19 +1503,23 @@ class Store:
                 for key, v in grouped.items()}
 
     def table_at(self, version: int) -> Any:
-        """A read-only handle on the live table pinned at ``version`` (a few are kept, newest used last)."""
+        """A read-only handle on the live table pinned at ``version`` (a few are kept, newest used last; every
+        search pins the version it began on, from the HTTP server's threads at once)."""
         cache: dict[tuple[str, int], Any] = self.__dict__.setdefault("_pinned", {})
+        lock: threading.Lock = self.__dict__.setdefault("_pinned_lock", threading.Lock())
         key = (self.table_name, int(version))
-        handle = cache.pop(key, None)
+        with lock:
+            handle = cache.pop(key, None)
         if handle is None:
             try:
                 handle = self._connect().open_table(self.table_name)
                 handle.checkout(int(version))
             except Exception as exc:  # noqa: BLE001
                 raise StoreError(f"cannot open {self.table_name} at version {version}: {exc}") from exc
-        cache[key] = handle
-        while len(cache) > PINNED_HANDLES:
-            cache.pop(next(iter(cache)))
+        with lock:
+            cache[key] = handle
+            while len(cache) > PINNED_HANDLES:
+                cache.pop(next(iter(cache)))
         return handle
 
     def history_window(self) -> tuple[float | None, list[tuple[int, float]]]:
