@@ -172,6 +172,18 @@ def breakdown(trace: Path, writes: list[Write]) -> dict[str, Any]:
     return {k: summarize(v) for k, v in stages.items()}
 
 
+def _stages(daemon: Daemon) -> dict[str, Any]:
+    from benchmarks.query import _stages as stages
+
+    return stages(daemon)
+
+
+def stage_summary(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    from benchmarks.query import stage_summary as summary
+
+    return summary(before, after)
+
+
 def run(index_folder: Path, work: Path, *, quick: bool, seed: int = 11, threads: int = 0,
         phases: tuple[str, ...] = ("idle", "load"), backend: str = "torch") -> dict[str, Any]:
     """Both phases on one daemon; ``threads`` is ``[embedding] threads`` (0 = one per CPU, the default);
@@ -195,16 +207,20 @@ def run(index_folder: Path, work: Path, *, quick: bool, seed: int = 11, threads:
         daemon.search("warm up the query path")
         idle_n, load_s = (20, 10) if quick else (100, 60)
         log(f"freshness: idle, {idle_n} writes every 300 ms (embedding threads {threads or 'auto'})")
+        before = _stages(daemon)
         idle = run_phase(daemon, root, doc_ids, writes=idle_n, interval=0.3, seed=seed, settle_timeout=600)
         idle["breakdown"] = breakdown(trace, idle.pop("_writes"))
+        idle["search_stages"] = stage_summary(before, _stages(daemon))  # the poller's searches, by stage
         out["idle"] = idle
         log(f"freshness idle: p50 {idle['latency_s']['median']}, p95 {idle['latency_s']['p95']}, lost {idle['lost']}")
         if "load" not in phases:
             return out
         time.sleep(2)
         log(f"freshness: under load, 20 writes/s for {load_s} s")
+        before = _stages(daemon)
         load = run_phase(daemon, root, doc_ids, writes=20 * load_s, interval=0.05, seed=seed + 1, settle_timeout=600)
         load["breakdown"] = breakdown(trace, load.pop("_writes"))
+        load["search_stages"] = stage_summary(before, _stages(daemon))
         out["load"] = load
         log(f"freshness load: p50 {load['latency_s']['median']}, p95 {load['latency_s']['p95']}, lost {load['lost']}")
         code, status = daemon.get("/status")

@@ -374,6 +374,10 @@ def report(data: dict[str, Any], stamp: str) -> str:
                                                               ("load", "20 writes a second")) if phase in fresh),
             "",
         ]
+        searches = fresh.get("load", {}).get("search_stages")
+        if searches:
+            lines += ["The poller's `/search` under load, mean ms a search by stage (`syncd_search_seconds`): "
+                      + ", ".join(f"{k} {1000 * v['mean_s']:.1f}" for k, v in searches.items()) + ".", ""]
     if quality:
         lines += [
             f"Retrieval quality, {'with the daemon phases' if data.get('daemon_phases') else 'same run'}: "
