@@ -128,6 +128,28 @@ def _journal(s3_store: Any) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda r: r["seq"])
 
 
+def _journal_caught_up(s3_store: Any) -> bool:
+    """The journal describes the table's last commits: replayed in number order, its change entries give
+    every document the revision the table holds and no document the table does not hold. (A daemon
+    appends a commit's entries just after the commit, so the table converges a moment before its journal.)"""
+    table = {(r["connector"], r["doc_id"]): r["revision"]
+             for r in _table(s3_store).to_arrow().select(["connector", "doc_id", "revision"]).to_pylist()}
+    db = lancedb.connect(s3_store.uri, storage_options=s3_store.storage_options)
+    rows = db.open_table("chunks_changes").to_arrow().select(
+        ["seq", "kind", "connector", "doc_id", "old_doc_id", "action", "revision"]).to_pylist()
+    replayed: dict[tuple[str, str], str] = {}
+    for r in sorted(rows, key=lambda r: r["seq"]):
+        if r["kind"] != "change":
+            continue
+        if r["action"] == "renamed" and r["old_doc_id"]:
+            replayed.pop((r["connector"], r["old_doc_id"]), None)
+        if r["action"] == "deleted":
+            replayed.pop((r["connector"], r["doc_id"]), None)
+        elif r["action"] != "permissions":
+            replayed[(r["connector"], r["doc_id"])] = r["revision"]
+    return replayed == table
+
+
 def _assert_journal_numbered(s3_store: Any) -> list[dict[str, Any]]:
     """The journal's numbers are 1..N, each once, whichever daemon appended."""
     rows = _journal(s3_store)
@@ -271,6 +293,8 @@ def test_changes_pagers_following_two_churning_daemons_see_every_entry_once_with
         t.join()
     wait_for(lambda: _converged(s3_store, {"alpha": fa, "beta": fb}), timeout=180, interval=0.5,
              what="the table to equal both folders")
+    wait_for(lambda: _journal_caught_up(s3_store), timeout=60, interval=0.5,
+             what="the journal to describe the table's last commits")
     stop.set()
     for pager in pagers:
         pager.join(timeout=60)
