@@ -207,6 +207,19 @@ def built_index(seed: int, n: int, *, rebuild: bool = False, backend: str = "tor
     return folder
 
 
+def open_reader(folder: Path) -> Any:
+    """The store of an index folder (``syncd.toml`` inside it) opened as the service's reader opens it: it
+    sees every commit at its next read."""
+    from syncd import config as config_mod
+    from syncd.store import Store
+
+    cfg = config_mod.load(folder / "syncd.toml")
+    store = Store(cfg.store_uri, cfg.state_dir, base_table=cfg.store.table, dim=384, signature="",
+                  read_consistency_interval=0.0)
+    store.open(create=False)
+    return store
+
+
 def _maintained(config: Path) -> bool:
     from syncd import config as config_mod
     from syncd.store import SCALAR_INDEX_COLUMNS, Store

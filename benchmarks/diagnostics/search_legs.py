@@ -26,7 +26,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(HERE.parent))
 
-from benchmarks.common import percentile  # noqa: E402
+from benchmarks.common import open_reader, percentile  # noqa: E402
 from benchmarks.corpus import labelled_queries  # noqa: E402
 
 
@@ -49,15 +49,11 @@ def main() -> int:
     args = p.parse_args()
 
     from benchmarks.probe import StandInEmbedder
-    from syncd import config as config_mod
     from syncd import search as search_mod
     from syncd.acl import search_filter
-    from syncd.store import LEG_COLUMNS, RESULT_COLUMNS, Store, sql_string
+    from syncd.store import LEG_COLUMNS, RESULT_COLUMNS, sql_string
 
-    cfg = config_mod.load(Path(args.index) / "syncd.toml")
-    store = Store(cfg.store_uri, cfg.state_dir, base_table=cfg.store.table, dim=384, signature="",
-                  read_consistency_interval=0.0)
-    store.open(create=False)
+    store = open_reader(Path(args.index))
     table = store.table
     n = args.queries
     qs = [q for q, _ in labelled_queries(7, 10_000, n=n)]
