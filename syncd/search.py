@@ -471,7 +471,7 @@ def search(store: Legs, vector: np.ndarray | Callable[[], np.ndarray], text: str
         version = store.version_as_of(options.as_of)  # AsOfUnavailable names the oldest time kept
     # Every read of the search is made on the version the live table had when it began: one snapshot, so
     # the answer never mixes versions whatever commits land meanwhile. (Repeating the reads when a commit
-    # had landed, as before, ran most searches twice under 20 writes a second.)
+    # had landed, as before, ran most searches again while a sync kept committing.)
     pinned = version if version is not None else store.table_version()
     legs = store.search_legs(vector, text, limit=max(options.k, candidates), where=where, version=pinned)
     seconds = dict(legs.seconds)

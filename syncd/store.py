@@ -1640,8 +1640,8 @@ vector reuse on content_hash."""
 SMALL_FRAGMENT_ROWS = 4096
 """The writer's compaction merges fragments under this many rows only, so its cost is bounded whatever the
 table's size. With Lance's default target (a million rows) every fragment of a smaller table counts as
-small, and each compaction between two batches rewrote the whole table: under 20 writes a second that was
-the writer's longest pause, every 32 commits (benchmarks/README.md, daemon freshness). The full maintenance
+small, and each compaction between two batches rewrote the whole table: under sustained writes that was
+the writer's longest pause (benchmarks/README.md, daemon freshness). The full maintenance
 (``maintain``, when the writer is idle or rows pile up) still merges everything."""
 MAX_VECTOR_DELTAS = 4
 """ANN index deltas kept before maintenance merges them."""

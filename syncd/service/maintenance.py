@@ -8,8 +8,8 @@ module decides when. Three paths, so maintenance never stalls an edit for long:
   (last resort);
 * when the writer has been idle for ``index_when_idle``, the full maintenance (``idle_work_due``);
 * the folder thread (``run_folder``): the compaction asked for, beside the writer's commits (Lance remaps
-  every index for the rows it moves, which took a pause of up to half a second from the writer under 20
-  writes a second); past ``fold_every_rows`` unindexed rows, one index at a time beside the writer's
+  every index for the rows it moves, the longest pause the writer had under sustained writes; figures in
+  benchmarks/README.md); past ``fold_every_rows`` unindexed rows, one index at a time beside the writer's
   commits, spaced by ``FOLD_SPACING`` times a step's duration.
 
 The schedule (``[sync] maintenance_interval``) runs the full maintenance too; maintenance that has not
