@@ -331,6 +331,11 @@ class SearchConfig(Section):
     first ones for a larger k)."""
     require_principals: bool = False
     """Refuse a /search (400) that names no principal, instead of answering with `everyone` documents only."""
+    vector_cache_mb: int = Field(default=256, ge=0)
+    """Memory the daemon may spend holding the table's vectors while it has no ANN index (below
+    ``[store] ann_min_rows``), so the vector leg is a product in memory instead of a read of every vector
+    from the table's files at each search; past it, or 0, LanceDB's own scan answers. 4 bytes a dimension
+    a chunk: 384 dimensions at 100,000 chunks take about 150 MiB."""
 
 
 class StateConfig(Section):

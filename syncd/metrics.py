@@ -116,6 +116,13 @@ class Metrics:
             "syncd_embedding_backend", "1 for the embedding backend in use (torch, onnx, onnx-int8), with the "
             "config's setting (auto or the backend it names).", ["backend", "configured"], registry=r)
 
+        self.vector_legs = Counter(
+            "syncd_search_vector_legs", "Vector legs of /search by what answered: memory (the vectors held by "
+            "[search] vector_cache_mb, while the table has no ANN index) or lance (LanceDB's own search).",
+            ["source"], registry=r)
+        self.vector_cache_bytes = Gauge(
+            "syncd_search_vector_cache_bytes", "Bytes of vectors the daemon holds for the vector leg "
+            "([search] vector_cache_mb).", registry=r)
         self.search_requests = Counter("syncd_search_requests", "/search requests, by outcome (ok, bad_request: "
                                        "answered 400, error: answered 500).", ["outcome"], registry=r)
         self.connector_docs = Gauge("syncd_connector_docs", "Documents of the connector in the index.",
@@ -128,7 +135,7 @@ class Metrics:
                               "lancedb": _version_of("lancedb")})
         for family, labels in ((self.search_requests, SEARCH_OUTCOMES), (self.drift, DRIFT_KINDS),
                                (self.maintenance_runs, MAINTENANCE_OUTCOMES),
-                               (self.query_vectors, QUERY_VECTOR_SOURCES)):
+                               (self.query_vectors, QUERY_VECTOR_SOURCES), (self.vector_legs, ("memory", "lance"))):
             for value in labels:
                 family.labels(value)
         from syncd.search import STAGES

@@ -43,6 +43,7 @@ from syncd.errors import AsOfUnavailable, StoreError, SyncdError
 from syncd.lazy_imports import import_lancedb
 from syncd.redact import redact
 from syncd.state import read_json, write_json_atomic
+from syncd.vector_cache import VectorCache
 
 SCHEMA_VERSION = "2"
 """Version 2: the ``id`` column, ``metadata`` as a struct of citation fields, ``source_metadata`` (JSON)."""
@@ -441,6 +442,9 @@ class Store:
                  metadata_cache_mb: int = 64, storage_options: dict[str, str] | None = None,
                  facts: Any = None) -> None:
         self.uri = uri
+        self.vector_cache: VectorCache | None = None
+        """A reader's copy of the vectors for exact vector search without an ANN index (``vector_cache.py``);
+        the service's reader has one (``size_vector_cache``), a one-shot command none."""
         self.storage_options = dict(storage_options or {})
         self.facts = facts if facts is not None else PointerFile(state_dir / "store.json")
         """Where earlier versions kept the live table's name and the signature: ``PointerFile`` or, on an object
@@ -1153,10 +1157,14 @@ class Store:
                 query_vector = np.asarray(vector() if callable(vector) else vector, dtype=np.float32)
                 seconds["embed"] = time.perf_counter() - t0
                 t0 = time.perf_counter()
-                query = table.search(query_vector.tolist(), query_type="vector")
-                if where:
-                    query = query.where(where, prefilter=True)
-                vector_rows = self._leg_rows(query.select(columns).limit(limit).to_arrow())
+                held = None if self.vector_cache is None else self.vector_cache.nearest(
+                    table, query_vector, where, limit, columns)
+                if held is None:
+                    query = table.search(query_vector.tolist(), query_type="vector")
+                    if where:
+                        query = query.where(where, prefilter=True)
+                    held = query.select(columns).limit(limit).to_arrow()
+                vector_rows = self._leg_rows(held)
                 seconds["vector"] = time.perf_counter() - t0
             finally:
                 fts_rows = fts_future.result()
@@ -1179,6 +1187,23 @@ class Store:
         for row, vector in zip(rows, matrix, strict=True):
             row["vector"] = vector
         return rows
+
+    def size_vector_cache(self, mb: int) -> VectorCache | None:
+        """Give the vector cache ``mb`` MiB (0: LanceDB's scan answers every vector leg)."""
+        if self.vector_cache is None and mb > 0:
+            self.vector_cache = VectorCache(mb << 20, self.dim)
+        elif self.vector_cache is not None:
+            self.vector_cache.resize(mb << 20)
+        return self.vector_cache
+
+    def warm_vectors(self) -> None:
+        """Start reading the live table's vectors into the vector cache (the service's start), if it has one."""
+        if self.vector_cache is None:
+            return
+        try:
+            self.vector_cache.warm(self.table)
+        except Exception as exc:  # noqa: BLE001 - searches read LanceDB's scan until the cache holds the table
+            log.warning("vector_cache.warm_failed", error=str(exc))
 
     @translated("reading the results' rows")
     def complete_rows(self, chunk_ids: Sequence[str], hashes: Sequence[str], where: str | None,

@@ -107,6 +107,7 @@ class Service:
         self.reader = Store(cfg.store_uri, cfg.state_dir, base_table=cfg.store.table, dim=rt.embedder.dim,
                             signature=rt.signature, read_consistency_interval=cfg.store.read_consistency_interval,
                             **store_kwargs(cfg, rt.shared))
+        self._size_vector_cache(cfg.search.vector_cache_mb)
         self.mcp = self._start_mcp()
         self.http = HttpServer(cfg.http.host, cfg.http.port, Endpoints(
             healthy=self.healthy, ready=self.ready, status=self.status, metrics=self.metrics_text,
@@ -118,6 +119,7 @@ class Service:
             changes=self.changes, document=self.document, mcp=self.mcp.handle,
             count_search=lambda outcome: self.metrics.search_requests.labels(outcome=outcome).inc()))
         self.http.start()
+        self.reader.warm_vectors()
         write_json_atomic(cfg.state_dir / "daemon.json", {"pid": os.getpid(), "url": self.http.url,
                                                           "started_at": self.started_at})
         self._wrote_daemon_json = True
@@ -502,10 +504,19 @@ class Service:
                 self.reranker = reranker
                 log.info("search.reranker_loaded", reranker=str(reranker.path) if reranker else None)
             self.maintenance.reload(new)
+            self._size_vector_cache(new.search.vector_cache_mb)
             log.info("config.reloaded", connectors=sorted(new_by_name))
             notify("STATUS=config reloaded: " + ", ".join(sorted(new_by_name)))
 
         self.queue.push_task("reload", apply)
+
+    def _size_vector_cache(self, mb: int) -> None:
+        """``[search] vector_cache_mb`` on the reader (at start and on reload), its figures in the metrics."""
+        assert self.reader is not None
+        cache = self.reader.size_vector_cache(mb)
+        if cache is not None:
+            cache.on_leg = lambda source: self.metrics.vector_legs.labels(source=source).inc()
+            self.metrics.vector_cache_bytes.set_function(lambda: cache.nbytes)
 
     # -- read side (HTTP) ------------------------------------------------------------------------------
     def healthy(self) -> bool:

@@ -259,6 +259,7 @@ def build_status(runtime: Runtime, service: Service | None = None, viewer: froze
                   "compaction_conflicts": runtime.store.compaction_conflicts,
                   "index_folds": runtime.store.index_folds,
                   "rows_since_indexed": runtime.store.rows_since_indexed,
+                  "vector_cache": _vector_cache(service),
                   "maintenance_error": service.maintenance.error if service else None,
                   "maintenance_overdue": service.maintenance.overdue() if service else False,
                   **_shared_store(runtime),
@@ -276,6 +277,13 @@ def build_status(runtime: Runtime, service: Service | None = None, viewer: froze
         "ready": service.ready() if service else None,
         "ready_problems": ready_problems(service) if service else [],
     }
+
+
+def _vector_cache(service: Service | None) -> dict[str, Any] | None:
+    """``store.vector_cache``: the vectors the daemon holds for the vector leg, and which leg answered how
+    often (None: ``[search] vector_cache_mb = 0``)."""
+    cache = service.reader.vector_cache if service is not None and service.reader is not None else None
+    return cache.figures() if cache is not None else None
 
 
 def _shared_store(runtime: Any) -> dict[str, Any]:
