@@ -123,10 +123,14 @@ def run_phase(daemon: Daemon, root: Path, doc_ids: list[str], *, writes: int, in
     poller.thread.join(timeout=30)
     vectors_after = query_vectors(daemon)
     latencies = [w.found_at - w.written_at for w in done if w.found_at is not None]
+    first = done[0].written_at if done else 0.0
+    # Each write's latency by when it was written (whether the tail clusters, e.g. after a maintenance).
+    timeline = [(round(w.written_at - first, 3), round(w.found_at - w.written_at, 4))
+                for w in done if w.found_at is not None]
     lost = [w.doc_id for w in done if w.found_at is None]
     return {"writes": writes, "interval_s": interval, "write_seconds": write_seconds,
             "achieved_rate": writes / write_seconds if write_seconds else None,
-            "latency_s": summarize(latencies), "lost": len(lost), "lost_docs": lost[:20],
+            "latency_s": summarize(latencies), "timeline": timeline, "lost": len(lost), "lost_docs": lost[:20],
             "query_latency_s": summarize(poller.query_latencies), "query_errors": poller.errors,
             "query_vectors": {k: int(vectors_after[k] - vectors_before[k]) for k in vectors_after},
             "_writes": done}
@@ -184,6 +188,19 @@ def stage_summary(before: dict[str, Any], after: dict[str, Any]) -> dict[str, An
     return summary(before, after)
 
 
+def _vector_cache(daemon: Daemon) -> dict[str, Any]:
+    """``store.vector_cache`` of /status (empty when the daemon has none)."""
+    code, status = daemon.get("/status")
+    return dict((status.get("store") or {}).get("vector_cache") or {}) if code == 200 else {}
+
+
+def vector_legs(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """The phase's vector legs answered from held vectors and by LanceDB, and what was held at its end."""
+    return {"served": after.get("served", 0) - before.get("served", 0),
+            "passed": after.get("passed", 0) - before.get("passed", 0),
+            "rows_held": after.get("rows"), "bytes_held": after.get("bytes")}
+
+
 def run(index_folder: Path, work: Path, *, quick: bool, seed: int = 11, threads: int = 0,
         phases: tuple[str, ...] = ("idle", "load"), backend: str = "torch") -> dict[str, Any]:
     """Both phases on one daemon; ``threads`` is ``[embedding] threads`` (0 = one per CPU, the default);
@@ -207,20 +224,22 @@ def run(index_folder: Path, work: Path, *, quick: bool, seed: int = 11, threads:
         daemon.search("warm up the query path")
         idle_n, load_s = (20, 10) if quick else (100, 60)
         log(f"freshness: idle, {idle_n} writes every 300 ms (embedding threads {threads or 'auto'})")
-        before = _stages(daemon)
+        before, held = _stages(daemon), _vector_cache(daemon)
         idle = run_phase(daemon, root, doc_ids, writes=idle_n, interval=0.3, seed=seed, settle_timeout=600)
         idle["breakdown"] = breakdown(trace, idle.pop("_writes"))
         idle["search_stages"] = stage_summary(before, _stages(daemon))  # the poller's searches, by stage
+        idle["vector_legs"] = vector_legs(held, _vector_cache(daemon))
         out["idle"] = idle
         log(f"freshness idle: p50 {idle['latency_s']['median']}, p95 {idle['latency_s']['p95']}, lost {idle['lost']}")
         if "load" not in phases:
             return out
         time.sleep(2)
         log(f"freshness: under load, 20 writes/s for {load_s} s")
-        before = _stages(daemon)
+        before, held = _stages(daemon), _vector_cache(daemon)
         load = run_phase(daemon, root, doc_ids, writes=20 * load_s, interval=0.05, seed=seed + 1, settle_timeout=600)
         load["breakdown"] = breakdown(trace, load.pop("_writes"))
         load["search_stages"] = stage_summary(before, _stages(daemon))
+        load["vector_legs"] = vector_legs(held, _vector_cache(daemon))
         out["load"] = load
         log(f"freshness load: p50 {load['latency_s']['median']}, p95 {load['latency_s']['p95']}, lost {load['lost']}")
         code, status = daemon.get("/status")

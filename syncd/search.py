@@ -337,7 +337,9 @@ def score_relevance(candidates: Sequence[Candidate], query_vector: np.ndarray) -
     matrix = np.stack([np.asarray(c.row["vector"], dtype=np.float32) for c in candidates])
     norms = np.linalg.norm(matrix, axis=1)
     norms[norms == 0] = 1.0
-    cosines = matrix @ q / (norms * q_norm)
+    # einsum, not `@`: NumPy's BLAS may wake every core for the product and leave them spinning (see
+    # vector_cache.py), taking CPU from the writer.
+    cosines = np.einsum("ij,j->i", matrix, q) / (norms * q_norm)
     for cand, cos in zip(candidates, cosines, strict=True):
         cand.relevance = float(min(1.0, max(0.0, cos)))
 

@@ -1258,6 +1258,17 @@ class Store:
         return int(self.table.stats()["fragment_stats"]["num_fragments"])
 
     @translated("listing indexes")
+    def lacks_an_index(self, ann_min_rows: int) -> bool:
+        """An index the full maintenance creates is missing: a scalar, label-list or full-text one on a table
+        with rows, or the ANN index on a table of ``ann_min_rows`` rows or more (folds only update indexes)."""
+        have = {idx.columns[0] for idx in self.table.list_indices()}
+        rows = int(self.table.count_rows())
+        if rows == 0:
+            return False
+        wanted = {*SCALAR_INDEX_COLUMNS, *LABEL_LIST_COLUMNS, "text"}
+        return not wanted <= have or (rows >= ann_min_rows and "vector" not in have)
+
+    @translated("listing indexes")
     def index_names(self) -> list[str]:
         """The table's indexes, cheapest to bring up to date first (the full-text index, a rewrite, last)."""
         order = {"BTree": 0, "LabelList": 1, "IvfPq": 2, "FTS": 3}

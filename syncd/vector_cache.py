@@ -163,7 +163,10 @@ class VectorCache:
                 self._count(served=False)
                 return None
             # The product over every held row, then the chosen ones: indexing the matrix first would copy it.
-            distances = (fragment.squared_norms - 2.0 * (fragment.vectors @ q))[at]
+            # einsum, not `@`: NumPy's BLAS runs a matrix-vector product on every core and then spins them
+            # waiting for more, taking the CPU the writer's embedding needs; einsum's loop is one thread and,
+            # memory-bound, as fast (benchmarks/diagnostics/vector_product.py).
+            distances = (fragment.squared_norms - 2.0 * np.einsum("ij,j->i", fragment.vectors, q))[at]
             found_ids.append(ids[chosen])
             found_distances.append(distances)
         if not found_ids:
@@ -171,7 +174,7 @@ class VectorCache:
             fields = [table.schema.field(c) for c in columns] + [pa.field("_distance", pa.float32())]
             return pa.schema(fields).empty_table()
         all_ids = np.concatenate(found_ids)
-        all_distances = np.concatenate(found_distances) + float(q @ q)
+        all_distances = np.concatenate(found_distances) + float(np.einsum("i,i->", q, q))
         if len(all_ids) > limit:
             keep = np.argpartition(all_distances, limit - 1)[:limit]
             all_ids, all_distances = all_ids[keep], all_distances[keep]

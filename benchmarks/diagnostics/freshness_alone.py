@@ -31,8 +31,10 @@ def main() -> int:
     benchmarks.common.PY = args.python
     out = freshness.run(Path(args.folder), Path(args.work), quick=False, backend="auto")
     load = out["load"]
+    (Path(args.work) / "freshness.json").write_text(json.dumps(out, indent=1, default=str))
     print(json.dumps({"latency_s": {k: out[k]["latency_s"] for k in ("idle", "load")},
                       "load_breakdown": {k: (v["median"], v["p95"]) for k, v in load["breakdown"].items()},
+                      "vector_legs": {k: out[k].get("vector_legs") for k in ("idle", "load")},
                       "load_search_stages_ms": {k: round(1000 * v["mean_s"], 1)
                                                 for k, v in load.get("search_stages", {}).items()}}, indent=1))
     return 0

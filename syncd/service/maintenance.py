@@ -6,7 +6,8 @@ module decides when. Three paths, so maintenance never stalls an edit for long:
 * after each batch the writer asks ``after_batch``: every ``compact_every_commits`` commits it asks the
   folder to merge small fragments; past ``index_every_rows`` unindexed rows, it runs the full maintenance
   (last resort);
-* when the writer has been idle for ``index_when_idle``, the full maintenance (``idle_work_due``);
+* when the writer has been idle for ``index_when_idle`` with rows outside the indexes, the folder brings
+  every index up to date beside it (``idle_work``; the full maintenance only when an index is missing);
 * the folder thread (``run_folder``): the compaction asked for, beside the writer's commits (Lance remaps
   every index for the rows it moves, the longest pause the writer had under sustained writes; figures in
   benchmarks/README.md); past ``fold_every_rows`` unindexed rows, one index at a time beside the writer's
@@ -107,6 +108,9 @@ class Maintenance:
         self._fold_after = 0.0
         self.compact_wanted = False
         """The writer asked for a compaction; the folder runs it (or the writer, when no folder runs)."""
+        self.idle_fold = False
+        """The writer went idle with rows outside the indexes: the folder runs a fold cycle now, whatever
+        ``fold_every_rows`` says."""
         self.fold_wake = threading.Event()
         self.thread: threading.Thread | None = None
 
@@ -143,8 +147,30 @@ class Maintenance:
 
     def idle_work_due(self) -> bool:
         """The writer is idle and rows wait outside the indexes: bring them up to date now, rather than in the
-        path of a later edit."""
-        return time.monotonic() >= self.auto_after and self.allowed and indexing_due(self.store, self.policy, idle=True)
+        path of a later edit (unless the folder already is)."""
+        return (time.monotonic() >= self.auto_after and self.allowed and not self.idle_fold
+                and not self.store.fold_in_progress and indexing_due(self.store, self.policy, idle=True))
+
+    def idle_work(self) -> None:
+        """What an idle writer does about rows outside the indexes (writer thread). The folder brings every
+        index up to date beside the writer, so an edit arriving meanwhile is committed at once: the full
+        maintenance here held the first edits of every burst after a pause for as long as it took (a
+        compaction of the whole table, every index, the clean-up; figures in benchmarks/README.md). Only
+        an index that does not exist yet (a new table; the ANN index once the table passes
+        ``ann_min_rows``) makes the writer run the full maintenance, which creates it; the schedule
+        (``[sync] maintenance_interval``) still runs it to compact and clean up."""
+        thread = self.thread
+        try:
+            lacking = self.store.lacks_an_index(self.policy.ann_min_rows)
+        except StoreError as exc:
+            log.warning("maintenance.check_failed", error=str(exc))
+            self.auto_after = time.monotonic() + RETRY_AFTER_FAILURE_S
+            return
+        if lacking or thread is None or not thread.is_alive():
+            self.run()
+            return
+        self.idle_fold = True
+        self.fold_wake.set()
 
     # -- the steps ------------------------------------------------------------------------------------------
     def compact(self, *, beside_writer: bool = False) -> None:
@@ -260,12 +286,15 @@ class Maintenance:
         if self.service.runtime is None:
             return None
         now = time.monotonic()
-        if now < max(self.auto_after, self._fold_after) or not self.allowed or not fold_due(self.store, self.policy):
+        if now < max(self.auto_after, self._fold_after) or not self.allowed or not (
+                self.idle_fold or fold_due(self.store, self.policy)):
             return None
         name: str | None = self._small_step("index.fold", self.store.fold_step)
         if name is not None:
             self.service.metrics.index_folds.inc()
             self.service.queue.wake_all()  # an idle writer moves its handle to the new version
+        if name is None or not self.store.fold_in_progress:
+            self.idle_fold = False  # the cycle is over (or could not run; the next idle moment asks again)
         self._fold_after = time.monotonic() + FOLD_SPACING * (time.monotonic() - now)
         return name
 

@@ -176,7 +176,7 @@ class Writer:
                 maintenance.adopt_folds()
                 continue
             if idle_work:
-                maintenance.run()
+                maintenance.idle_work()
                 continue
             with q.cond:
                 if q.empty():

@@ -664,6 +664,9 @@ def test_a_new_connection_that_cannot_be_opened_keeps_the_writer_on_its_old_one(
 
 
 def test_an_idle_writer_brings_the_indexes_up_to_date(tmp_path: Path, docs: Path) -> None:
+    """A new table gets its indexes from the full maintenance once the writer is idle; after that, rows
+    written and then left idle are folded into every index by the folder, beside the writer, and an edit
+    arriving meanwhile is committed at once (the writer never runs the full maintenance for them)."""
     write_docs(docs, 20)
     cfg = write_config(tmp_path, [{"name": "docs", "type": "filesystem", "path": str(docs)}],
                        store={"uri": "./index", "index_every_rows": 10**9, "index_when_idle": "1s"},
@@ -677,10 +680,29 @@ def test_an_idle_writer_brings_the_indexes_up_to_date(tmp_path: Path, docs: Path
         runs = store["maintenance_runs"]
         time.sleep(2.5)  # idle with nothing new: no more runs
         assert get(service, "/status")[1]["store"]["maintenance_runs"] == runs
+        folds = store["index_folds"]
+        indexes = len(_indexes(tmp_path / "index", store["table"]))
+        # The folder, not the writer, takes the fold cycle: a gate holds the cycle's first step while a
+        # second edit arrives, and that edit is committed and searchable all the same.
+        entered, release = threading.Event(), threading.Event()
+        fold_step = service.runtime.store.fold_step
+
+        def gated() -> str | None:
+            assert threading.current_thread().name == "syncd-folder"
+            entered.set()
+            release.wait(30)
+            return fold_step()
+
+        service.runtime.store.fold_step = gated  # type: ignore[method-assign]
         save_atomically(docs / "note-0000.md", "# Note\n\nzanzibarquokka edited.\n")
-        store = wait_for(lambda: (s := get(service, "/status")[1]["store"])["maintenance_runs"] == runs + 1 and s,
-                         what="maintenance after the edit")
-        assert store["unindexed_rows"] == 0
+        assert entered.wait(30), "no fold cycle once idle"
+        save_atomically(docs / "note-0001.md", "# Note\n\nheliotrope sextant edited.\n")
+        wait_for(lambda: "note-0001.md" in [r["doc_id"] for r in get(
+            service, "/search?q=heliotrope+sextant&k=3")[1]["results"]], what="the edit during the fold cycle")
+        release.set()
+        store = wait_for(lambda: (s := get(service, "/status")[1]["store"])["unindexed_rows"] == 0
+                         and s["rows_since_indexed"] == 0 and s, what="every index up to date once idle")
+        assert store["maintenance_runs"] == runs and store["index_folds"] >= folds + indexes
 
 
 def test_no_ann_index_below_the_row_threshold(tmp_path: Path, docs: Path) -> None:
