@@ -225,12 +225,23 @@ class VectorCache:
             if not shape.servable:
                 self._fragments.clear()  # an ANN index answers now, or the copy would pass the budget
             else:
-                newest = next(reversed(self._versions))
-                keep = {key for v, known in self._versions.items() if v == newest or now - known.used_at < RECENT_S
-                        for _, key, _ in known.fragments}
-                for key in [k for k in self._fragments if k not in keep]:
-                    del self._fragments[key]
+                self._evict()
         return shape
+
+    def _evict(self) -> None:
+        """Drop the fragments of versions no search used lately (lock held). When what is left passes the
+        budget (a compaction rewrote most of the table, and both layouts are held), the newest version's
+        fragments only."""
+        if not self._versions:
+            return
+        now = time.monotonic()
+        newest = next(reversed(self._versions))
+        keep = {key for v, known in self._versions.items() if v == newest or now - known.used_at < RECENT_S
+                for _, key, _ in known.fragments}
+        if sum(f.nbytes for k, f in self._fragments.items() if k in keep) > self.budget_bytes:
+            keep = {key for _, key, _ in self._versions[newest].fragments}
+        for key in [k for k in self._fragments if k not in keep]:
+            del self._fragments[key]
 
     def _ready(self, shape: _Version, dataset: Any, inline_rows: int | None = None) -> bool:
         """Every fragment of ``shape`` held: missing ones up to ``inline_rows`` (``INLINE_READ_ROWS``) are read
@@ -267,6 +278,7 @@ class VectorCache:
         fragment = _Fragment(offsets=offsets, vectors=matrix, squared_norms=np.einsum("ij,ij->i", matrix, matrix))
         with self._lock:
             self._fragments[key] = fragment
+            self._evict()
 
     def _read_later(self, dataset: Any, fragments: list[tuple[int, FragmentKey, int]]) -> None:
         with self._lock:

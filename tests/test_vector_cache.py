@@ -290,3 +290,20 @@ def test_the_daemon_answers_from_held_vectors_shows_them_and_a_reload_can_turn_t
         assert found("marigold quasar nebula")[:1] == ["p3.md"]
         assert _legs(url, "lance") == lance_before + 1
         assert _get(url + "/status")["store"]["vector_cache"]["rows"] == 0
+
+
+def test_after_a_compaction_rewrites_the_table_the_budget_holds_the_newest_version_only(corpus: Corpus) -> None:
+    query = queries(4, 1, corpus.runtime.embedder.dim)[0]
+    before = corpus.reader.table_at(corpus.version())
+    assert_same_leg(corpus.cache, before, query, None, 5)
+    one_copy = corpus.cache.nbytes
+    corpus.cache.resize(one_copy * 3 // 2)
+    assert_same_leg(corpus.cache, before, query, None, 5)  # still held, within the budget
+    corpus.runtime.store.maintain(retention_s=600)  # the full maintenance merges every fragment into new ones
+    after = corpus.reader.table_at(corpus.version())
+    old_files = {f.path for fragment in before.to_lance().get_fragments() for f in fragment.metadata.files}
+    new_files = {f.path for fragment in after.to_lance().get_fragments() for f in fragment.metadata.files}
+    assert not old_files & new_files
+    assert_same_leg(corpus.cache, after, query, None, 5)
+    # Both copies would pass the budget: the version searched a moment ago gave its vectors up.
+    assert corpus.cache.nbytes <= one_copy * 3 // 2
