@@ -378,6 +378,11 @@ def report(data: dict[str, Any], stamp: str) -> str:
         if searches:
             lines += ["The poller's `/search` under load, mean ms a search by stage (`syncd_search_seconds`): "
                       + ", ".join(f"{k} {1000 * v['mean_s']:.1f}" for k, v in searches.items()) + ".", ""]
+        legs = fresh.get("load", {}).get("vector_legs")
+        if legs and legs.get("rows_held") is not None:
+            lines += [f"Vector legs under load answered from the vectors the daemon holds (`[search] vector_cache_mb`): "
+                      f"{legs['served']} of {legs['served'] + legs['passed']} (the rest by LanceDB's scan); "
+                      f"{legs['rows_held']:,} rows held at the end, {legs['bytes_held'] / 2**20:.0f} MiB.", ""]
     if quality:
         lines += [
             f"Retrieval quality, {'with the daemon phases' if data.get('daemon_phases') else 'same run'}: "
