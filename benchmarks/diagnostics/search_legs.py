@@ -7,7 +7,9 @@ queries: the vector and the full-text leg of 50 candidates with every result col
 them before) and with the columns ranking needs (``LEG_COLUMNS``), returned as Python rows or as Arrow; the
 results' read (``Store.complete_rows``) and a lookup of one content hash by equality (LanceDB's fixed cost of
 a query); then the whole ``syncd.search.search`` with its stage means. Query vectors come from the stand-in
-embedder the index was built with (no model time)."""
+embedder the index was built with (no model time). On an index without an ANN index (e.g. the one-shot
+benchmark's 5,000 documents: ``--index benchmarks/.cache/oneshot-s7-n5000-g1-c1-onnx-int8``) it also times
+the vector leg and the whole search answered from vectors held in memory, as the daemon answers them."""
 
 from __future__ import annotations
 
@@ -84,6 +86,15 @@ def main() -> int:
         "one content hash by equality": lambda i: table.search().where(
             f"content_hash = {sql_string(hashes[i][0])}").select(["content_hash"]).limit(10).to_arrow(),
     }
+    # The daemon's vector leg from the vectors it holds (``[search] vector_cache_mb``; a table without an
+    # ANN index only: with one, LanceDB's index answers and this line is absent).
+    cache = store.size_vector_cache(1024)
+    assert cache is not None
+    cache.warm(table)
+    cache.wait()
+    if cache.nearest(table, vectors[0], where, 50, LEG_COLUMNS) is not None:
+        reads["vector leg, LEG_COLUMNS, held vectors (syncd/vector_cache.py)"] = (
+            lambda i: cache.nearest(table, vectors[i], where, 50, LEG_COLUMNS))
     out["reads"] = {name: timed(fn, n) for name, fn in reads.items()}
     stages: dict[str, list[float]] = {}
 
@@ -92,6 +103,10 @@ def main() -> int:
         for stage, seconds in answer.seconds.items():
             stages.setdefault(stage, []).append(seconds)
 
+    out["search, held vectors"] = timed(whole, n)
+    out["search_stage_means_ms, held vectors"] = {s: round(statistics.mean(v) * 1000, 2) for s, v in stages.items()}
+    stages.clear()
+    store.size_vector_cache(0)
     out["search"] = timed(whole, n)
     out["search_stage_means_ms"] = {s: round(statistics.mean(v) * 1000, 2) for s, v in stages.items()}
     out["load_average"] = os.getloadavg()
