@@ -10,7 +10,8 @@ module decides when. Three paths, so maintenance never stalls an edit for long:
   every index up to date beside it (``idle_work``; the full maintenance only when an index is missing);
 * the folder thread (``run_folder``): the compaction asked for, beside the writer's commits (Lance remaps
   every index for the rows it moves, the longest pause the writer had under sustained writes; figures in
-  benchmarks/README.md); past ``fold_every_rows`` unindexed rows, one index at a time beside the writer's
+  benchmarks/README.md); after ``MAX_DEFERRALS`` of them in a row gave way to a commit, the writer takes
+  the next one between two batches; past ``fold_every_rows`` unindexed rows, one index at a time beside the writer's
   commits, spaced by ``FOLD_SPACING`` times a step's duration.
 
 The schedule (``[sync] maintenance_interval``) runs the full maintenance too; maintenance that has not
@@ -43,6 +44,11 @@ RETRY_AFTER_FAILURE_S = 60.0
 FOLD_SPACING = 9.0
 """After a fold step the folder waits this many times its duration before the next one, so folding takes at
 most a tenth of one core: a writer that is already behind (a slow model under load) keeps the rest."""
+MAX_DEFERRALS = 2
+"""Compactions beside the writer that may give way to its commits in a row; the next one runs on the writer's
+thread between two batches, where no commit can overtake it. Under edits that keep touching the newest
+fragments, every attempt beside the writer would give way: fragments would pile up, each attempt would take
+longer and fail more surely, and every read and commit would slow down with them (benchmarks/README.md)."""
 FRAGMENT_CHECK_EVERY = 4
 """Commits between two looks at the fragment count (a round trip to the table; a commit adds one or two)."""
 
@@ -108,6 +114,8 @@ class Maintenance:
         self._fold_after = 0.0
         self.compact_wanted = False
         """The writer asked for a compaction; the folder runs it (or the writer, when no folder runs)."""
+        self.deferrals = 0
+        """Compactions beside the writer that gave way in a row (``MAX_DEFERRALS``)."""
         self.idle_fold = False
         """The writer went idle with rows outside the indexes: the folder runs a fold cycle now, whatever
         ``fold_every_rows`` says."""
@@ -139,7 +147,7 @@ class Maintenance:
         if indexing_due(self.store, self.policy):
             self.run()
         elif compaction_due(self.store, self.policy):
-            if self.thread is not None and self.thread.is_alive():
+            if self.thread is not None and self.thread.is_alive() and self.deferrals < MAX_DEFERRALS:
                 self.compact_wanted = True
                 self.fold_wake.set()
             else:
@@ -180,9 +188,13 @@ class Maintenance:
         conflicts = self.store.compaction_conflicts
         if self._small_step("compaction", lambda: self.store.compact(beside_writer=beside_writer)) is not None:
             self.service.metrics.compactions.inc()
+            self.deferrals = 0
         elif self.store.compaction_conflicts > conflicts:
             self.service.metrics.compaction_conflicts.inc()
-            log.info("compaction.deferred", reason="a commit touched the fragments being merged first")
+            self.deferrals += 1
+            log.info("compaction.deferred", reason="a commit touched the fragments being merged first",
+                     in_a_row=self.deferrals,
+                     next_on=("the writer's thread" if self.deferrals >= MAX_DEFERRALS else "the folder"))
 
     def compact_if_wanted(self) -> bool:
         """The compaction the writer asked for, on the folder's thread (the folder's loop body). True if it

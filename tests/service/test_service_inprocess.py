@@ -383,6 +383,60 @@ def test_a_compaction_beside_the_writer_gives_way_to_a_commit_that_touched_its_f
         rt.close()
 
 
+def test_compactions_that_keep_giving_way_are_taken_by_the_writer_between_batches(
+        tmp_path: Path, docs: Path) -> None:
+    """Edits that keep touching the newest fragments make every compaction beside the writer give way. After
+    ``MAX_DEFERRALS`` in a row the writer compacts between two batches, where no commit can overtake it, so
+    fragments never pile up (they did: attempts back to back on the folder, each longer and surer to fail).
+    The folder's attempts give way through a stand-in here; the real Lance conflict is made in the test
+    above."""
+    from syncd.service.maintenance import MAX_DEFERRALS
+
+    every, batch, initial, singles = 2, 50, 100, 16
+    write_docs(docs, initial)
+    cfg = write_config(tmp_path, [{"name": "docs", "type": "filesystem", "path": str(docs)}],
+                       store={"uri": "./index", "compact_every_commits": every, "index_every_rows": 10**9,
+                              "index_when_idle": "0s", "fold_every_rows": 10**9},
+                       sync={"max_batch_docs": batch, "maintenance_interval": "1h", "verify_interval": "0s"})
+    calls: list[tuple[str, str]] = []
+    with running(cfg) as service:
+        store = service.runtime.store
+        compact = store.compact
+
+        def contested(**kwargs: Any) -> Any:
+            thread = threading.current_thread().name
+            if kwargs.get("beside_writer"):
+                store.compaction_conflicts += 1  # as Store.compact counts a commit that overtook it
+                calls.append((thread, "gave way"))
+                return None
+            result = compact(**kwargs)
+            calls.append((thread, "merged" if result is not None else "skipped"))
+            return result
+
+        store.compact = contested  # type: ignore[method-assign]
+        wait_for(service.ready, what="ready")
+        _edit_one_by_one(service, docs, singles)
+        wait_for(lambda: idle(service), what="idle")
+        gave_way = [c for c in calls if c[1] == "gave way"]
+        merged = [c for c in calls if c[1] == "merged"]
+        assert gave_way and {t for t, _ in gave_way} == {"syncd-folder"}, calls
+        assert merged and {t for t, _ in merged} == {"syncd-writer"}, calls
+        in_a_row = 0
+        for _, outcome in calls:
+            in_a_row = in_a_row + 1 if outcome == "gave way" else 0
+            assert in_a_row <= MAX_DEFERRALS, calls
+        # Each merge on the writer's thread came right after MAX_DEFERRALS attempts that gave way.
+        for i, call in enumerate(calls):
+            if call[1] == "merged":
+                assert [c[1] for c in calls[i - MAX_DEFERRALS:i]] == ["gave way"] * MAX_DEFERRALS, calls
+        status = get(service, "/status")[1]["store"]
+        assert status["compaction_conflicts"] == len(gave_way) == metric(
+            service, "syncd_store_compaction_conflicts_total")
+        assert status["compactions"] == len(merged)
+        assert status["fragments"] <= 2 * every * (MAX_DEFERRALS + 1)
+        assert status["docs"] == initial and status["rows"] == status["chunks"]
+
+
 def test_indexes_are_brought_up_to_date_past_a_row_count_and_ann_past_the_row_threshold(
         tmp_path: Path, docs: Path) -> None:
     batch, initial, singles, ann_rows, every_rows = 50, 300, 10, 300, 5
