@@ -202,8 +202,8 @@ class Maintenance:
         if not self.compact_wanted or self.service.runtime is None:
             return False
         self.compact_wanted = False
-        if time.monotonic() < self.auto_after or not self.allowed:
-            return False
+        if time.monotonic() < self.auto_after or not self.allowed or self.deferrals >= MAX_DEFERRALS:
+            return False  # (the last: asked for before the writer took it over)
         self.compact(beside_writer=True)
         if self.store.folds_to_adopt:
             self.service.queue.wake_all()  # an idle writer moves its handle to the new version

@@ -424,7 +424,7 @@ def test_compactions_that_keep_giving_way_are_taken_by_the_writer_between_batche
         in_a_row = 0
         for _, outcome in calls:
             in_a_row = in_a_row + 1 if outcome == "gave way" else 0
-            assert in_a_row <= MAX_DEFERRALS, calls
+            assert in_a_row <= MAX_DEFERRALS, calls  # the folder does not try again once the writer takes over
         # Each merge on the writer's thread came right after MAX_DEFERRALS attempts that gave way.
         for i, call in enumerate(calls):
             if call[1] == "merged":
