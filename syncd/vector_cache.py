@@ -36,6 +36,10 @@ INLINE_READ_ROWS = 8192
 """A fragment up to this many rows is read by the search that first meets it (a commit's new rows); a larger
 one (a compaction's output, the table at start) is read in the background while searches use LanceDB's."""
 
+READ_BATCH_ROWS = 2048
+"""Rows a fragment read brings in at a time, one batch ahead at most: Lance's default read-ahead of a large
+fragment held many times the vectors' size in flight, and the allocator kept it (the daemon's RSS)."""
+
 RECENT_VERSIONS = 8
 """Versions remembered (their fragments and whether the copy can answer on them)."""
 
@@ -266,18 +270,29 @@ class VectorCache:
         return False
 
     def _read(self, dataset: Any, fragment_id: int, key: FragmentKey) -> None:
-        got = dataset.get_fragment(fragment_id).to_table(columns=["vector"], with_row_address=True)
-        addresses = got.column("_rowaddr").to_numpy()
-        offsets = (addresses & np.uint64(0xFFFFFFFF)).astype(np.uint32)
-        vectors = got.column("vector").combine_chunks()
-        if vectors.null_count:
-            raise ValueError(f"fragment {fragment_id} holds rows without a vector")
-        matrix = vectors.flatten().to_numpy(zero_copy_only=False).reshape(len(offsets), -1).astype(np.float32)
-        order = np.argsort(offsets, kind="stable")
-        offsets, matrix = offsets[order], np.ascontiguousarray(matrix[order])
-        fragment = _Fragment(offsets=offsets, vectors=matrix, squared_norms=np.einsum("ij,ij->i", matrix, matrix))
+        """One fragment's vectors, batch by batch into one preallocated matrix: a whole-fragment Arrow table,
+        then NumPy copies of it, made the daemon's resident memory several times the vectors' size."""
+        fragment = dataset.get_fragment(fragment_id)
+        matrix = np.empty((int(fragment.metadata.physical_rows), self.dim), dtype=np.float32)
+        offsets = np.empty(len(matrix), dtype=np.uint32)
+        count = 0
+        for batch in fragment.to_batches(columns=["vector"], with_row_address=True, batch_size=READ_BATCH_ROWS,
+                                         batch_readahead=1, io_buffer_size=READ_BATCH_ROWS * self.dim * 8):
+            vectors = batch.column("vector")
+            if vectors.null_count:
+                raise ValueError(f"fragment {fragment_id} holds rows without a vector")
+            n = batch.num_rows
+            values = vectors.flatten().to_numpy(zero_copy_only=False)
+            matrix[count:count + n] = values.reshape(n, self.dim)
+            offsets[count:count + n] = batch.column("_rowaddr").to_numpy() & np.uint64(0xFFFFFFFF)
+            count += n
+        matrix, offsets = matrix[:count], offsets[:count]
+        if count > 1 and not bool(np.all(offsets[1:] > offsets[:-1])):
+            order = np.argsort(offsets, kind="stable")  # a scan reads in offset order; never assume it
+            offsets, matrix = offsets[order], matrix[order]
+        held = _Fragment(offsets=offsets, vectors=matrix, squared_norms=np.einsum("ij,ij->i", matrix, matrix))
         with self._lock:
-            self._fragments[key] = fragment
+            self._fragments[key] = held
             self._evict()
 
     def _read_later(self, dataset: Any, fragments: list[tuple[int, FragmentKey, int]]) -> None:
