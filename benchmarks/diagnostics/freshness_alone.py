@@ -3,7 +3,9 @@ default config, on a copy of an index folder (default: the one-shot benchmark's 
 run), with the processes of another install if given: ``python benchmarks/diagnostics/freshness_alone.py
 FOLDER WORK [--python PATH]``. What ``oneshot.py --resume`` runs, without its retrieval-quality phase, to try
 one change at a time; the daemon's log and the probe's trace stay in WORK. Prints the latencies, the
-breakdown of the load phase (median, p95) and its searches by stage."""
+breakdown of the load phase (median, p95) and its searches by stage; WORK/freshness.json has every figure,
+each write's latency by when it was written included. ``--debug``: the daemon's log has each compaction and
+index fold with its seconds."""
 
 from __future__ import annotations
 
@@ -26,7 +28,17 @@ def main() -> int:
     p.add_argument("folder")
     p.add_argument("work")
     p.add_argument("--python", default=sys.executable)
+    p.add_argument("--debug", action="store_true",
+                   help="the daemon logs at debug level: each compaction and index fold with its seconds")
     args = p.parse_args()
+    if args.debug:
+        write_config = freshness.write_config
+
+        def debug_config(folder: Path, **sections: dict[str, object]) -> Path:
+            sections.setdefault("logging", {})["level"] = "debug"
+            return write_config(folder, **sections)
+
+        freshness.write_config = debug_config  # type: ignore[assignment]
     os.environ.setdefault("SYNCD_MODEL_CACHE", str(CACHE / "models"))  # the export the benchmarks share
     benchmarks.common.PY = args.python
     out = freshness.run(Path(args.folder), Path(args.work), quick=False, backend="auto")
