@@ -157,9 +157,8 @@ class VectorCache:
             if not chosen.any():
                 continue
             wanted = offsets[chosen]
-            at = np.searchsorted(fragment.offsets, wanted)
-            at = np.minimum(at, len(fragment.offsets) - 1)
-            if not np.array_equal(fragment.offsets[at], wanted):
+            at = np.minimum(np.searchsorted(fragment.offsets, wanted), max(len(fragment.offsets) - 1, 0))
+            if not len(fragment.offsets) or not np.array_equal(fragment.offsets[at], wanted):
                 # A live row the copy does not hold: the fragment changed under its key. Never guess.
                 log.warning("vector_cache.mismatch", fragment=fid, version=int(table.version))
                 with self._lock:

@@ -266,14 +266,20 @@ def _edit_one_by_one(service: Any, docs: Path, count: int) -> None:
                                  for r in connector_status(service, "docs")["recent"]), what=f"edit {i} committed")
 
 
+def _compaction_only_config(tmp_path: Path, docs: Path, *, every: int, batch: int) -> Path:
+    """A config whose only maintenance is a compaction every ``every`` commits (no folds, no idle or
+    scheduled maintenance, no verify)."""
+    return write_config(tmp_path, [{"name": "docs", "type": "filesystem", "path": str(docs)}],
+                        store={"uri": "./index", "compact_every_commits": every, "index_every_rows": 10**9,
+                               "index_when_idle": "0s", "fold_every_rows": 10**9},
+                        sync={"max_batch_docs": batch, "maintenance_interval": "1h", "verify_interval": "0s"})
+
+
 def test_small_fragments_are_compacted_every_n_commits_without_touching_the_indexes(
         tmp_path: Path, docs: Path) -> None:
     every, batch, initial, singles = 4, 50, 300, 10
     write_docs(docs, initial)
-    cfg = write_config(tmp_path, [{"name": "docs", "type": "filesystem", "path": str(docs)}],
-                       store={"uri": "./index", "compact_every_commits": every, "index_every_rows": 10**9,
-                              "index_when_idle": "0s", "fold_every_rows": 10**9},
-                       sync={"max_batch_docs": batch, "maintenance_interval": "1h", "verify_interval": "0s"})
+    cfg = _compaction_only_config(tmp_path, docs, every=every, batch=batch)
     threads: list[str] = []
     with running(cfg) as service:
         compact = service.runtime.store.compact
@@ -394,10 +400,7 @@ def test_compactions_that_keep_giving_way_are_taken_by_the_writer_between_batche
 
     every, batch, initial, singles = 2, 50, 100, 16
     write_docs(docs, initial)
-    cfg = write_config(tmp_path, [{"name": "docs", "type": "filesystem", "path": str(docs)}],
-                       store={"uri": "./index", "compact_every_commits": every, "index_every_rows": 10**9,
-                              "index_when_idle": "0s", "fold_every_rows": 10**9},
-                       sync={"max_batch_docs": batch, "maintenance_interval": "1h", "verify_interval": "0s"})
+    cfg = _compaction_only_config(tmp_path, docs, every=every, batch=batch)
     calls: list[tuple[str, str]] = []
     with running(cfg) as service:
         store = service.runtime.store
