@@ -136,9 +136,11 @@ class StoreConfig(Section):
     read_consistency_interval: Duration = 0.0
     """How often readers in other processes look for new commits (0 = on every query)."""
     compact_every_commits: int = Field(default=32, ge=1, le=10_000)
-    """The service compacts small fragments after this many commits (LanceDB advises about 20)."""
+    """The service merges the small fragments written since the full-text index was last folded after this
+    many commits (LanceDB advises about 20)."""
     max_fragments: int = Field(default=64, ge=2)
-    """... or as soon as the table holds more fragments than this."""
+    """Past this many fragments it merges every small fragment, remapping the full-text and vector indexes
+    (which Lance rewrites whole for it)."""
     ann_min_rows: int = Field(default=100_000, ge=1)
     """An ANN vector index is built once the table holds this many rows; below it a flat scan is faster."""
     index_when_idle: Duration = 2.0

@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -473,8 +473,6 @@ class Store:
         self.maintenance_runs = 0
         self.compactions = 0
         self.index_folds = 0
-        self._fold_pending: list[str] = []
-        self._fold_rows = 0
         self.maintenance_lock = threading.RLock()
         """Held by every step that rewrites the table's layout or indexes (fold, compaction, maintenance,
         a table switch): the service folds indexes on a thread of its own, next to the writer's commits."""
@@ -997,7 +995,6 @@ class Store:
             if not in_place:
                 self._rebuild_indexes(live)
             self.hash_filter = None
-            self._fold_pending = []
             self._folded = False
             self.commits_since_maintenance = 0
             with self._rows_lock:
@@ -1271,19 +1268,19 @@ class Store:
     @translated("listing indexes")
     def index_names(self) -> list[str]:
         """The table's indexes, cheapest to bring up to date first (the full-text index, a rewrite, last)."""
-        order = {"BTree": 0, "LabelList": 1, "IvfPq": 2, "FTS": 3}
-        found = [(order.get(str(idx.index_type), 1), idx.name) for idx in self.table.list_indices()]
+        order = {"BTree": 0, "Bitmap": 0, "LabelList": 1, "FTS": 3}  # a vector index (any kind): 2
+        found = [(order.get(str(idx.index_type), 2), idx.name) for idx in self.table.list_indices()]
         return [name for _, name in sorted(found)]
 
-    @translated("updating an index")
-    def fold_index(self, name: str) -> None:
-        """Bring one index up to date with the rows written since (a BTree is quick; the full-text index is
-        rewritten, the slowest). Safe next to the writer's commits: an index update and a data commit
-        are compatible in Lance, which rebases whichever commits second (the writer's handle then includes
-        the new index), so the service runs this on a thread of its own."""
+    @translated("updating the indexes")
+    def fold_indexes(self, names: list[str]) -> None:
+        """Bring the indexes up to date with the rows written since, in one commit (a BTree is quick; the
+        full-text index is rewritten, the slowest). Safe next to the writer's commits: an index update and
+        a data commit are compatible in Lance, which rebases whichever commits second (the writer's handle
+        then includes the new indexes), so the service runs this on a thread of its own."""
         dataset = self._dataset()
-        dataset.optimize.optimize_indices(index_names=[name])
-        self.index_folds += 1
+        dataset.optimize.optimize_indices(index_names=names)
+        self.index_folds += len(names)
         self._folded = True
 
     @translated("moving to the latest version")
@@ -1301,39 +1298,35 @@ class Store:
     def folds_to_adopt(self) -> bool:
         return self._folded
 
-    @property
-    def fold_in_progress(self) -> bool:
-        """A fold cycle has indexes left to bring up to date."""
-        return bool(self._fold_pending)
-
-    def fold_step(self) -> str | None:
-        """The next step of a fold cycle: one index brought up to date (``index_names`` order). The rows
-        written before the cycle began count as indexed once its last index is done. Returns the index.
+    def fold_step(self) -> list[str]:
+        """A fold: every index brought up to date in one commit, so each fragment is covered by every index
+        or by none. Lance's compaction never merges fragments that different indexes cover (it would split
+        an index's coverage), so indexes folded one at a time beside the commits left the fragments of each
+        fold cycle in as many groups as there were indexes, each kept apart from the others until a
+        compaction that remaps the full-text index. Returns the indexes folded (none on a table without).
         Holds ``maintenance_lock`` (a compaction or a table switch waits for it, never the commits)."""
         with self.maintenance_lock:
-            if not self._fold_pending:
-                self._fold_pending = self.index_names()
-                self._fold_rows = self.rows_since_indexed
-                if not self._fold_pending:
-                    return None
-            name = self._fold_pending.pop(0)
-            try:
-                self.fold_index(name)
-            except StoreError:
-                self._fold_pending = []
-                raise
-            if not self._fold_pending:
-                with self._rows_lock:
-                    self.rows_since_indexed = max(0, self.rows_since_indexed - self._fold_rows)
-            return name
+            names = self.index_names()
+            if not names:
+                return []
+            rows = self.rows_since_indexed
+            self.fold_indexes(names)
+            with self._rows_lock:
+                self.rows_since_indexed = max(0, self.rows_since_indexed - rows)
+            return names
 
     @translated("compaction")
-    def compact(self, *, beside_writer: bool = False) -> dict[str, Any] | None:
+    def compact(self, *, beside_writer: bool = False, remap: Remap = "all") -> dict[str, Any] | None:
         """Merge small fragments only: those under ``SMALL_FRAGMENT_ROWS`` rows, into fragments of less than
         twice that size; no index update, no version cleanup, deletions left in place. The service runs this
         every few commits on the folder's thread (``beside_writer``: the writer's handle is left for the
         writer to move, as after a fold); ``maintain`` does the rest when rows pile up or the writer is idle.
-        Lance remaps the indexes of the rows it moves (most of a compaction's time), so no query loses them.
+        Lance remaps every index that covers a fragment it rewrites, so no query loses a row; the full-text
+        and vector indexes are rewritten whole for it, most of a compaction's time whatever the number of
+        rows moved (the scalar ones are quick). ``remap`` says which indexes it may remap: ``"all"``, or
+        ``"quick"``, which leaves alone the fragments the full-text and vector indexes cover (Lance plans
+        around them), so only the rows written since their last fold are merged (figures in
+        benchmarks/README.md).
 
         Returns None, doing nothing, while a fold holds ``maintenance_lock`` (Lance can refuse a rewrite of
         fragments committed beside an index update on them), or when a commit of the writer deleted rows of
@@ -1344,8 +1337,10 @@ class Store:
         seen = self.commits_since_maintenance  # commits made while it runs count towards the next one
         try:
             dataset = self._dataset()
+            excluded = None if remap == "all" else sorted(_fragments_to_leave(dataset))
             metrics = dataset.optimize.compact_files(target_rows_per_fragment=SMALL_FRAGMENT_ROWS,
-                                                     materialize_deletions=False)
+                                                     materialize_deletions=False,
+                                                     excluded_fragment_ids=excluded)
             if beside_writer:
                 self._folded = True
             else:
@@ -1360,7 +1355,8 @@ class Store:
         with self._rows_lock:
             self.commits_since_maintenance = max(0, self.commits_since_maintenance - seen)
         self.compactions += 1
-        return {"fragments_removed": int(metrics.fragments_removed), "fragments_added": int(metrics.fragments_added)}
+        return {"fragments_removed": int(metrics.fragments_removed), "fragments_added": int(metrics.fragments_added),
+                "remap": remap}
 
     def _merge_vector_deltas(self) -> None:
         """``optimize()`` folds new rows into the ANN index as one more delta each time; a search visits
@@ -1423,7 +1419,6 @@ class Store:
                 raise StoreError(f"maintenance failed: {exc}") from exc
             self.commits_since_maintenance = 0
             self.rows_since_indexed = 0
-            self._fold_pending = []  # every index is up to date
             self.last_maintenance_at = time.time()
             self.maintenance_runs += 1
         return {"indexes_created": created, "rows": rows, "tags": tagged}
@@ -1669,10 +1664,28 @@ PINNED_HANDLES = 4
 
 
 SCALAR_INDEX_COLUMNS = ("doc_key", "doc_id", "chunk_id", "content_hash")
-LABEL_LIST_COLUMNS = ("acl",)
-"""Label-list indexed: every search prefilters on ``array_has_any(acl, ...)``."""
 """BTree-indexed: merges match on chunk_id, deletes and scoped merges filter on doc_key, lookups on doc_id,
 vector reuse on content_hash."""
+LABEL_LIST_COLUMNS = ("acl",)
+"""Label-list indexed: every search prefilters on ``array_has_any(acl, ...)``."""
+
+
+QUICK_TO_REMAP = frozenset({"BTree", "Bitmap", "LabelList"})
+"""Lance index types a compaction remaps quickly; the others (full-text, vector) are rewritten whole."""
+
+
+Remap = Literal["all", "quick"]
+"""Which indexes a compaction may remap (``Store.compact``)."""
+
+
+def _fragments_to_leave(dataset: Any) -> set[int]:
+    """Fragments a ``"quick"`` compaction leaves alone: those an index that is not ``QUICK_TO_REMAP`` covers
+    (Lance's own system indexes aside)."""
+    return {int(fid) for idx in dataset.list_indices()
+            if idx.get("type") not in QUICK_TO_REMAP and not str(idx.get("name", "")).startswith("__")
+            for fid in (idx.get("fragment_ids") or ())}
+
+
 SMALL_FRAGMENT_ROWS = 4096
 """The writer's compaction merges fragments under this many rows only, so its cost is bounded whatever the
 table's size. With Lance's default target (a million rows) every fragment of a smaller table counts as

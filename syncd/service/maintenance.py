@@ -4,15 +4,16 @@
 module decides when. Three paths, so maintenance never stalls an edit for long:
 
 * after each batch the writer asks ``after_batch``: every ``compact_every_commits`` commits it asks the
-  folder to merge small fragments; past ``index_every_rows`` unindexed rows, it runs the full maintenance
-  (last resort);
+  folder to merge small fragments (``compaction_due`` says which); past ``index_every_rows`` unindexed
+  rows, it runs the full maintenance (last resort);
 * when the writer has been idle for ``index_when_idle`` with rows outside the indexes, the folder brings
   every index up to date beside it (``idle_work``; the full maintenance only when an index is missing);
 * the folder thread (``run_folder``): the compaction asked for, beside the writer's commits (Lance remaps
-  every index for the rows it moves, the longest pause the writer had under sustained writes; figures in
+  the indexes for the rows it moves, the longest pause the writer had under sustained writes; figures in
   benchmarks/README.md); after ``MAX_DEFERRALS`` of them in a row gave way to a commit, the writer takes
-  the next one between two batches; past ``fold_every_rows`` unindexed rows, one index at a time beside the writer's
-  commits, spaced by ``FOLD_SPACING`` times a step's duration.
+  the next one between two batches; past ``fold_every_rows`` unindexed rows, a fold: the new fragments
+  merged, then every index brought up to date in one commit, beside the writer's commits, spaced by
+  ``FOLD_SPACING`` times its duration.
 
 The schedule (``[sync] maintenance_interval``) runs the full maintenance too; maintenance that has not
 succeeded for ``MAINTENANCE_GRACE`` intervals is a health failure (``overdue``).
@@ -33,7 +34,7 @@ from syncd.errors import StoreError, SyncdError
 
 if TYPE_CHECKING:
     from syncd.service.lifecycle import Service
-    from syncd.store import Store
+    from syncd.store import Remap, Store
 
 log = structlog.get_logger("syncd.maintenance")
 
@@ -42,7 +43,7 @@ MAINTENANCE_GRACE = 3.0
 RETRY_AFTER_FAILURE_S = 60.0
 """After a failed compaction or maintenance, commits and idle moments leave it alone this long."""
 FOLD_SPACING = 9.0
-"""After a fold step the folder waits this many times its duration before the next one, so folding takes at
+"""After a fold the folder waits this many times its duration before the next one, so folding takes at
 most a tenth of one core: a writer that is already behind (a slow model under load) keeps the rest."""
 MAX_DEFERRALS = 2
 """Compactions beside the writer that may give way to its commits in a row; the next one runs on the writer's
@@ -72,18 +73,23 @@ class MaintenancePolicy:
                    index_when_idle=s.index_when_idle, fold_every_rows=s.fold_every_rows)
 
 
-def compaction_due(store: Store, policy: MaintenancePolicy) -> bool:
-    """Small fragments piling up: every ``compact_every_commits`` commits, or past ``max_fragments`` (looked
-    at every ``FRAGMENT_CHECK_EVERY`` commits)."""
+def compaction_due(store: Store, policy: MaintenancePolicy) -> Remap | None:
+    """The compaction the commits since the last one call for, if any, by the indexes it may remap
+    (``Store.compact``): ``"quick"`` every ``compact_every_commits`` commits (the small fragments written
+    since the full-text index was last folded: quick, so seldom overtaken by a commit); ``"all"`` once the
+    table has more than ``max_fragments`` (looked at every ``FRAGMENT_CHECK_EVERY`` commits; Lance rewrites
+    the full-text index to remap the rows it moves). The folder also merges the new fragments just before
+    each fold (``fold_if_due``), so a fold leaves a small fragment or two that only an "all" compaction
+    merges: one every few minutes under sustained writes, not every few seconds."""
     commits = store.commits_since_maintenance
-    if commits >= policy.compact_every_commits:
-        return True
-    if commits == 0 or commits % FRAGMENT_CHECK_EVERY:
-        return False
+    if commits == 0 or (commits < policy.compact_every_commits and commits % FRAGMENT_CHECK_EVERY):
+        return None
     try:
-        return store.fragment_count() > policy.max_fragments
+        if store.fragment_count() > policy.max_fragments:
+            return "all"
     except StoreError:
-        return False  # a failed look is no reason to compact; the schedule still runs
+        pass  # a failed look is no reason to compact everything; the schedule still runs
+    return "quick" if commits >= policy.compact_every_commits else None
 
 
 def indexing_due(store: Store, policy: MaintenancePolicy, *, idle: bool = False) -> bool:
@@ -96,8 +102,8 @@ def indexing_due(store: Store, policy: MaintenancePolicy, *, idle: bool = False)
 
 
 def fold_due(store: Store, policy: MaintenancePolicy) -> bool:
-    """A fold cycle is under way, or ``fold_every_rows`` rows are outside the indexes."""
-    return store.fold_in_progress or store.rows_since_indexed >= policy.fold_every_rows
+    """``fold_every_rows`` rows are outside the indexes."""
+    return store.rows_since_indexed >= policy.fold_every_rows
 
 
 class Maintenance:
@@ -112,12 +118,13 @@ class Maintenance:
         self.auto_after = 0.0
         """Monotonic time before which commits and idle moments start no maintenance (after a failure)."""
         self._fold_after = 0.0
-        self.compact_wanted = False
-        """The writer asked for a compaction; the folder runs it (or the writer, when no folder runs)."""
+        self.compact_wanted: Remap | None = None
+        """The compaction the writer asked for (``compaction_due``); the folder runs it (or the writer, when
+        no folder runs)."""
         self.deferrals = 0
         """Compactions beside the writer that gave way in a row (``MAX_DEFERRALS``)."""
         self.idle_fold = False
-        """The writer went idle with rows outside the indexes: the folder runs a fold cycle now, whatever
+        """The writer went idle with rows outside the indexes: the folder folds now, whatever
         ``fold_every_rows`` says."""
         self.fold_wake = threading.Event()
         self.thread: threading.Thread | None = None
@@ -146,18 +153,18 @@ class Maintenance:
             return
         if indexing_due(self.store, self.policy):
             self.run()
-        elif compaction_due(self.store, self.policy):
+        elif (kind := compaction_due(self.store, self.policy)) is not None:
             if self.thread is not None and self.thread.is_alive() and self.deferrals < MAX_DEFERRALS:
-                self.compact_wanted = True
+                self.compact_wanted = kind
                 self.fold_wake.set()
             else:
-                self.compact()
+                self.compact(remap=kind)
 
     def idle_work_due(self) -> bool:
         """The writer is idle and rows wait outside the indexes: bring them up to date now, rather than in the
         path of a later edit (unless the folder already is)."""
         return (time.monotonic() >= self.auto_after and self.allowed and not self.idle_fold
-                and not self.store.fold_in_progress and indexing_due(self.store, self.policy, idle=True))
+                and indexing_due(self.store, self.policy, idle=True))
 
     def idle_work(self) -> None:
         """What an idle writer does about rows outside the indexes (writer thread). The folder brings every
@@ -181,12 +188,14 @@ class Maintenance:
         self.fold_wake.set()
 
     # -- the steps ------------------------------------------------------------------------------------------
-    def compact(self, *, beside_writer: bool = False) -> None:
-        """Small fragments merged; if it fails, the full maintenance compacts too."""
+    def compact(self, *, beside_writer: bool = False, remap: Remap = "all") -> None:
+        """Small fragments merged (``remap``: which indexes it may remap, see ``Store.compact``); if it fails,
+        the full maintenance compacts too."""
         if not self.allowed:
             return
         conflicts = self.store.compaction_conflicts
-        if self._small_step("compaction", lambda: self.store.compact(beside_writer=beside_writer)) is not None:
+        if self._small_step("compaction", lambda: self.store.compact(beside_writer=beside_writer,
+                                                                     remap=remap)) is not None:
             self.service.metrics.compactions.inc()
             self.deferrals = 0
         elif self.store.compaction_conflicts > conflicts:
@@ -199,12 +208,13 @@ class Maintenance:
     def compact_if_wanted(self) -> bool:
         """The compaction the writer asked for, on the folder's thread (the folder's loop body). True if it
         ran one."""
-        if not self.compact_wanted or self.service.runtime is None:
+        kind = self.compact_wanted
+        if kind is None or self.service.runtime is None:
             return False
-        self.compact_wanted = False
+        self.compact_wanted = None
         if time.monotonic() < self.auto_after or not self.allowed or self.deferrals >= MAX_DEFERRALS:
             return False  # (the last: asked for before the writer took it over)
-        self.compact(beside_writer=True)
+        self.compact(beside_writer=True, remap=kind)
         if self.store.folds_to_adopt:
             self.service.queue.wake_all()  # an idle writer moves its handle to the new version
         return True
@@ -293,22 +303,25 @@ class Maintenance:
             self.compact_if_wanted()
             self.fold_if_due()
 
-    def fold_if_due(self) -> str | None:
-        """One fold step if one is due and allowed now (the folder's loop body). Returns the index folded."""
+    def fold_if_due(self) -> list[str] | None:
+        """A fold if one is due and allowed now (the folder's loop body): the fragments written since the
+        last one merged, then every index brought up to date in one commit. Returns the indexes folded."""
         if self.service.runtime is None:
             return None
         now = time.monotonic()
         if now < max(self.auto_after, self._fold_after) or not self.allowed or not (
                 self.idle_fold or fold_due(self.store, self.policy)):
             return None
-        name: str | None = self._small_step("index.fold", self.store.fold_step)
-        if name is not None:
-            self.service.metrics.index_folds.inc()
+        # Merged before the indexes cover them, the new fragments cost nothing to remap; once the full-text
+        # index covers them, only a compaction that rewrites it could merge them (``compaction_due``).
+        self.compact(beside_writer=True, remap="quick")
+        names: list[str] | None = self._small_step("index.fold", self.store.fold_step)
+        if names:
+            self.service.metrics.index_folds.inc(len(names))
             self.service.queue.wake_all()  # an idle writer moves its handle to the new version
-        if name is None or not self.store.fold_in_progress:
-            self.idle_fold = False  # the cycle is over (or could not run; the next idle moment asks again)
+        self.idle_fold = False  # done (or could not run; the next idle moment asks again)
         self._fold_after = time.monotonic() + FOLD_SPACING * (time.monotonic() - now)
-        return name
+        return names
 
     def stop(self) -> None:
         self.fold_wake.set()

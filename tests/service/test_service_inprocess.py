@@ -16,7 +16,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -496,7 +496,7 @@ def test_search_embeds_a_repeated_query_once_and_counts_where_vectors_came_from(
         assert asked("note number 3") == 1
 
 
-def test_unindexed_rows_are_folded_one_index_at_a_time_by_the_folder(tmp_path: Path, docs: Path) -> None:
+def test_unindexed_rows_are_folded_by_the_folder_past_fold_every_rows(tmp_path: Path, docs: Path) -> None:
     write_docs(docs, 20)
     cfg = write_config(tmp_path, [{"name": "docs", "type": "filesystem", "path": str(docs)}],
                        store={"uri": "./index", "index_every_rows": 10**9, "index_when_idle": "0s",
@@ -547,10 +547,11 @@ def _fold_runtime(tmp_path: Path, docs: Path, make_runtime: Any, monkeypatch: An
     return service, rt
 
 
-def test_an_edit_never_waits_for_a_fold_the_folder_takes_one_index_per_step(
+def test_an_edit_never_waits_for_a_fold_the_folder_folds_every_index_in_one_commit(
         tmp_path: Path, docs: Path, make_runtime: Any, monkeypatch: Any) -> None:
     """However far past ``fold_every_rows`` the rows pile up, a commit never folds an index in the writer's
-    path: the folder does, one index per step, and a cycle over every index counts its rows as indexed."""
+    path: the folder does, every index in one commit, so every fragment is covered by every index or by
+    none (Lance's compaction never merges fragments that different indexes cover)."""
     service, rt = _fold_runtime(tmp_path, docs, make_runtime, monkeypatch, fold_every_rows=4)
     indexes = rt.store.index_names()
     for i in range(4 * 4):
@@ -558,8 +559,20 @@ def test_an_edit_never_waits_for_a_fold_the_folder_takes_one_index_per_step(
         rt.engine.process({"docs": {"note-0000.md": time.time()}})
     assert rt.store.index_folds == 0 and rt.store.rows_since_indexed == 16  # no commit folded
     assert service.maintenance.fold_wake.is_set()  # each batch wakes the folder
-    folded = [service.maintenance.fold_if_due() for _ in indexes]
-    assert folded == indexes  # cheapest first, the full-text rewrite last
+    versions: list[int] = []
+    fold_step = rt.store.fold_step
+
+    def counted() -> list[str]:
+        versions.append(rt.store._dataset().version)
+        names = fold_step()
+        versions.append(rt.store._dataset().version)
+        return names
+
+    monkeypatch.setattr(rt.store, "fold_step", counted)
+    assert service.maintenance.fold_if_due() == indexes
+    assert versions[1] == versions[0] + 1  # one commit
+    covered = {ids for _, ids in _lance_indexes(rt).values()}
+    assert covered == {frozenset(_fragment_ids(rt))}
     assert rt.store.rows_since_indexed == 0 and rt.store.index_folds == len(indexes)
     assert service.metrics.index_folds._value.get() == len(indexes)
     assert service.maintenance.fold_if_due() is None  # nothing due
@@ -595,6 +608,123 @@ def test_folds_beside_back_to_back_commits_lose_nothing(
     for i in range(37, 40):
         found = rt.store.search(HashEmbedder().encode([f"quokka{i}"])[0], f"quokka{i}", k=3)
         assert found[0]["doc_id"] == f"note-000{i % 3}.md"
+
+
+def _lance_indexes(rt: Any) -> dict[str, tuple[str, frozenset[int]]]:
+    """Each index of the live table: its uuid (a remap writes a new one) and the fragments it covers."""
+    return {idx["name"]: (idx["uuid"], frozenset(int(f) for f in idx["fragment_ids"]))
+            for idx in rt.store._dataset().list_indices()}
+
+
+def _recording_compactions(rt: Any, monkeypatch: Any, events: list[Any],
+                           after_compact: Callable[[str], None] | None = None) -> None:
+    """``rt.store.compact`` and ``fold_step`` record what they did, in order, into ``events``: ``("compact",
+    remap, result, the indexes after it)`` and ``("fold", index)``. ``after_compact(remap)`` runs after each
+    compaction (a commit the writer would make meanwhile)."""
+    compact, fold_step = rt.store.compact, rt.store.fold_step
+
+    def recorded_compact(**kwargs: Any) -> Any:
+        result = compact(**kwargs)
+        remap = kwargs.get("remap", "all")
+        events.append(("compact", remap, result, _lance_indexes(rt)))
+        if after_compact is not None:
+            after_compact(remap)
+        return result
+
+    def recorded_fold() -> Any:
+        names = fold_step()
+        events.append(("fold", names))
+        return names
+
+    monkeypatch.setattr(rt.store, "compact", recorded_compact)
+    monkeypatch.setattr(rt.store, "fold_step", recorded_fold)
+
+
+def _add_one_by_one(rt: Any, docs: Path, start: int, count: int) -> None:
+    for i in range(start, start + count):  # one new document a commit: one small fragment each
+        save_atomically(docs / f"new-{i:04d}.md", f"# New {i}\n\nAdded page {i} says wombat{i}.\n")
+        rt.engine.process({"docs": {f"new-{i:04d}.md": time.time()}})
+
+
+def _fragment_ids(rt: Any) -> set[int]:
+    return {f.fragment_id for f in rt.store._dataset().get_fragments()}
+
+
+def _finds(rt: Any, i: int) -> bool:
+    found = rt.store.search(HashEmbedder().encode([f"wombat{i}"])[0], f"wombat{i}", k=3)
+    return bool(found) and found[0]["doc_id"] == f"new-{i:04d}.md"
+
+
+def test_the_routine_compaction_leaves_what_the_full_text_index_covers_until_fragments_pile_up(
+        tmp_path: Path, docs: Path, make_runtime: Any, monkeypatch: Any) -> None:
+    """Every ``compact_every_commits`` commits the compaction merges only the fragments written since the
+    full-text index was last folded: Lance rewrites that index whole to remap the rows it moves (most of a
+    compaction's time), so the small fragments it covers and the index itself are left as they are. Past
+    ``max_fragments`` the compaction merges every small fragment, remapping the full-text index too."""
+    import dataclasses
+
+    from syncd.service.maintenance import FRAGMENT_CHECK_EVERY
+
+    every = 2 + FRAGMENT_CHECK_EVERY
+    service, rt = _fold_runtime(tmp_path, docs, make_runtime, monkeypatch, fold_every_rows=10**9,
+                                compact_every_commits=every, max_fragments=1000)
+    events: list[Any] = []
+    _recording_compactions(rt, monkeypatch, events)
+    _add_one_by_one(rt, docs, 0, 2)
+    assert rt.store.fold_step() == rt.store.index_names()
+    before = _lance_indexes(rt)
+    covered = before["text_idx"][1]
+    assert len(covered) == 3 and {ids for _, ids in before.values()} == {covered}  # three small fragments
+    _add_one_by_one(rt, docs, 2, FRAGMENT_CHECK_EVERY)  # due: the routine compaction (on this thread)
+    assert [e[:3] for e in events[1:]] == [
+        ("compact", "quick", {"fragments_removed": FRAGMENT_CHECK_EVERY, "fragments_added": 1, "remap": "quick"})]
+    assert events[1][3] == before  # no index remapped
+    fragments = _fragment_ids(rt)
+    assert covered <= fragments and len(fragments) == len(covered) + 1
+    assert _finds(rt, 0) and _finds(rt, 3)
+
+    # Fragments piling up (more than max_fragments): every small one is merged, the indexes remapped. (Lance
+    # merges fragments only with others that the same indexes cover: those the indexes cover, apart.)
+    service.maintenance.policy = dataclasses.replace(service.maintenance.policy, max_fragments=1)
+    _add_one_by_one(rt, docs, 10, FRAGMENT_CHECK_EVERY)
+    assert [e[:2] for e in events[2:]] == [("compact", "all")]
+    assert events[2][2] == {"fragments_removed": 3 + 1 + FRAGMENT_CHECK_EVERY, "fragments_added": 2,
+                            "remap": "all"}
+    remapped = events[2][3]
+    assert remapped["text_idx"][0] != before["text_idx"][0] and not covered & remapped["text_idx"][1]
+    assert rt.store.count_rows() == 3 + 2 + 2 * FRAGMENT_CHECK_EVERY
+    assert all(_finds(rt, i) for i in (0, 1, 2, 10 + FRAGMENT_CHECK_EVERY - 1))
+
+
+def test_the_folder_merges_the_new_fragments_just_before_it_folds(
+        tmp_path: Path, docs: Path, make_runtime: Any, monkeypatch: Any) -> None:
+    """A fold covers every fragment written since the last one; merged first (nothing to remap: no index
+    covers them yet), they leave one small fragment a fold in the full-text index instead of one a commit,
+    which only a compaction remapping that index could merge. A commit made while the merge runs is
+    folded with it."""
+    service, rt = _fold_runtime(tmp_path, docs, make_runtime, monkeypatch, fold_every_rows=4)
+    events: list[Any] = []
+    meanwhile = [True]
+
+    def commit_meanwhile(remap: str) -> None:
+        if meanwhile.pop() if meanwhile else False:
+            _add_one_by_one(rt, docs, 100, 1)
+
+    _recording_compactions(rt, monkeypatch, events, after_compact=commit_meanwhile)
+    base, before = _fragment_ids(rt), _lance_indexes(rt)
+    indexes = rt.store.index_names()
+    for fold in (1, 2):
+        _add_one_by_one(rt, docs, 10 * fold, 6)
+        assert service.maintenance.fold_if_due() == indexes
+        assert [e[:3] for e in events[-2:]] == [
+            ("compact", "quick", {"fragments_removed": 6, "fragments_added": 1, "remap": "quick"}),
+            ("fold", indexes)]
+        fragments = _fragment_ids(rt)
+        assert base <= fragments and len(fragments) == len(base) + fold + 1  # and the commit made meanwhile
+        assert {ids for _, ids in _lance_indexes(rt).values()} == {frozenset(fragments)}
+    assert events[0][3] == before  # the merge remapped no index
+    assert rt.store.compactions == 2 and rt.store.rows_since_indexed == 0
+    assert all(_finds(rt, i) for i in (10, 15, 20, 25, 100))
 
 
 @contextmanager
@@ -739,12 +869,12 @@ def test_an_idle_writer_brings_the_indexes_up_to_date(tmp_path: Path, docs: Path
         assert get(service, "/status")[1]["store"]["maintenance_runs"] == runs
         folds = store["index_folds"]
         indexes = len(_indexes(tmp_path / "index", store["table"]))
-        # The folder, not the writer, takes the fold cycle: a gate holds the cycle's first step while a
-        # second edit arrives, and that edit is committed and searchable all the same.
+        # The folder, not the writer, folds: a gate holds the fold while a second edit arrives, and that edit
+        # is committed and searchable all the same.
         entered, release = threading.Event(), threading.Event()
         fold_step = service.runtime.store.fold_step
 
-        def gated() -> str | None:
+        def gated() -> list[str]:
             assert threading.current_thread().name == "syncd-folder"
             entered.set()
             release.wait(30)
@@ -752,10 +882,10 @@ def test_an_idle_writer_brings_the_indexes_up_to_date(tmp_path: Path, docs: Path
 
         service.runtime.store.fold_step = gated  # type: ignore[method-assign]
         save_atomically(docs / "note-0000.md", "# Note\n\nzanzibarquokka edited.\n")
-        assert entered.wait(30), "no fold cycle once idle"
+        assert entered.wait(30), "no fold once idle"
         save_atomically(docs / "note-0001.md", "# Note\n\nheliotrope sextant edited.\n")
         wait_for(lambda: "note-0001.md" in [r["doc_id"] for r in get(
-            service, "/search?q=heliotrope+sextant&k=3")[1]["results"]], what="the edit during the fold cycle")
+            service, "/search?q=heliotrope+sextant&k=3")[1]["results"]], what="the edit during the fold")
         release.set()
         store = wait_for(lambda: (s := get(service, "/status")[1]["store"])["unindexed_rows"] == 0
                          and s["rows_since_indexed"] == 0 and s, what="every index up to date once idle")
