@@ -156,16 +156,18 @@ def edit_in_place(path: Path, i: int) -> None:
 
 def service_policy(store: Any, policy: Any) -> Callable[[], None]:
     """The service's maintenance after each batch, in one thread (``Maintenance.after_batch`` and its folder):
-    merge small fragments every N commits, bring the indexes up to date past index_every_rows rows, and fold
-    one index per update past fold_every_rows (the folder's thread does this beside the writer's commits)."""
+    merge small fragments every N commits, bring the indexes up to date past index_every_rows rows, and past
+    fold_every_rows merge the new fragments and fold every index in one commit (the folder's thread does this
+    beside the writer's commits)."""
     from syncd.service.maintenance import compaction_due, fold_due, indexing_due
 
     def after_commit() -> None:
         if indexing_due(store, policy):
             store.maintain(retention_s=600, ann_min_rows=policy.ann_min_rows)
-        elif compaction_due(store, policy):
-            store.compact()
+        elif (kind := compaction_due(store, policy)) is not None:
+            store.compact(remap=kind)
         if fold_due(store, policy):
+            store.compact(remap="quick")
             store.fold_step()
             store.adopt_folds()
 
