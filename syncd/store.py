@@ -1267,7 +1267,8 @@ class Store:
 
     @translated("listing indexes")
     def index_names(self) -> list[str]:
-        """The table's indexes, cheapest to bring up to date first (the full-text index, a rewrite, last)."""
+        """The table's indexes in a fixed order: the scalar ones, the vector index, the full-text index (a fold
+        brings them all up to date in one commit; the order names them the same way every time)."""
         order = {"BTree": 0, "Bitmap": 0, "LabelList": 1, "FTS": 3}  # a vector index (any kind): 2
         found = [(order.get(str(idx.index_type), 2), idx.name) for idx in self.table.list_indices()]
         return [name for _, name in sorted(found)]
